@@ -1,0 +1,195 @@
+"""The ``oculi`` command: a thin layer over ``TrainConfig`` and the Python API.
+
+Every user mistake (bad path, bad flag value, unreadable bundle) ends as one line on stderr and exit
+code 2; nothing the user did wrong shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import TrainConfig, parse_image_size
+from .errors import OculiError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, evaluate and use image classifiers from folders of labelled images.")
+out = Console(highlight=False)
+# Recent typer versions vendor click: take the exception classes from wherever typer's come from.
+_click = sys.modules[typer.BadParameter.__module__]
+
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Argument(None, help="Folder of class folders (or train/ val/ test/), or digits, cifar10, mnist, fashion-mnist."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
+    model: str = typer.Option("auto", help="Model name (see `oculi models`; any timm name)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights (default: when available)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: chosen from the data)."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    optimizer: str = typer.Option("adamw", help="adam, adamw, sgd or rmsprop."),
+    weight_decay: float = typer.Option(5e-4, help="Weight decay (not applied to biases and norms)."),
+    schedule: str = typer.Option("cosine", help="cosine, onecycle or constant (all with warmup)."),
+    warmup_epochs: float = typer.Option(1.0, help="Linear warmup length in epochs."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing in [0, 1)."),
+    patience: Optional[int] = typer.Option(10, help="Early stopping after this many epochs without a better val accuracy."),
+    image_size: Optional[str] = typer.Option(None, help="N or HxW (default: from the data and model)."),
+    resize: str = typer.Option("squash", help="squash, pad (letterbox) or crop."),
+    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default from the data."),
+    augment: str = typer.Option("auto", help="auto, none or light."),
+    head: str = typer.Option("auto", help="auto, softmax or sigmoid (binary, one output)."),
+    val_split: float = typer.Option(0.1, help="Fraction of images held out for validation."),
+    test_split: float = typer.Option(0.1, help="Fraction held out for the final test."),
+    split_manifest: Optional[str] = typer.Option(None, help="Reuse a run's split.csv."),
+    class_weights: str = typer.Option("none", help="none or auto (inverse class frequency)."),
+    sampler: str = typer.Option("shuffle", help="shuffle or balanced."),
+    seed: int = typer.Option(0, help="Random seed: same seed, data and machine give the same model."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<data>[-N])."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder holding a built-in dataset's archives."),
+    top_k: int = typer.Option(5, help="k of the top-k accuracy."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    """Train a classifier and evaluate it on the held-out test images."""
+    from .train.run import resume as resume_run, train as train_run
+    from .train.progress import Reporter
+    if resume is not None:
+        resume_run(resume, Reporter(quiet=quiet))
+        return
+    if data is None:
+        raise OculiError("train: give a DATA folder or a built-in dataset name (e.g. `oculi train digits`)")
+    cfg = TrainConfig(
+        data=data, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing, patience=patience, image_size=parse_image_size(image_size),
+        resize=resize, channels=channels, augment=augment, head=head, val_split=val_split,
+        test_split=test_split, split_manifest=split_manifest, class_weights=class_weights, sampler=sampler,
+        seed=seed, device=device, out=out_dir, data_dir=data_dir, top_k=top_k, progress=not quiet)
+    train_run(cfg, Reporter(quiet=quiet))
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    data: str = typer.Option(..., help="Folder of class folders to evaluate on."),
+    top_k: int = typer.Option(5, help="k of the top-k accuracy."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images."""
+    from .evaluate import evaluate_folder, metrics_table_rows
+    from .predict import Classifier
+    classifier = Classifier.load(run, device=device)
+    metrics, written = evaluate_folder(classifier, data, top_k=top_k, out=out_dir,
+                                       run_dir=run if run.is_dir() else run.parent)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    table = Table("class", "precision", "recall", "f1", "support", title=f"{metrics['n']} images from {data}")
+    for row in metrics_table_rows(metrics):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"accuracy {metrics['accuracy']:.2%}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}   "
+              f"log loss {metrics['log_loss']:.4f}")
+    out.print(f"written to {written}/")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    top_k: int = typer.Option(3, help="How many classes to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one per image."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Classify new images with a trained run."""
+    from .predict import Classifier, expand_paths
+    if top_k < 1 or batch_size < 1:
+        raise OculiError("--top-k and --batch-size must be at least 1")
+    classifier = Classifier.load(run, device=device)
+    files, missing = expand_paths(paths)
+    for item in missing:
+        _warn(f"no such file or folder: {item}")
+    if not files:
+        raise OculiError("predict: no image files found in " + ", ".join(paths))
+    failures: list = []
+    predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
+    _print_predictions(predictions, "json" if as_json else "csv" if as_csv else "table")
+    for path, reason in failures:
+        _warn(f"could not read {path}: {reason}")
+
+
+def _print_predictions(predictions, fmt: str) -> None:
+    if fmt == "json":
+        for p in predictions:
+            print(json.dumps(p.to_dict()))
+    elif fmt == "csv":
+        import csv
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label", "confidence", "top_k"])
+        for p in predictions:
+            writer.writerow([p.source, p.label, f"{p.confidence:.6f}",
+                             ";".join(f"{c}:{q:.6f}" for c, q in p.top_k)])
+    else:
+        table = Table("image", "prediction", "confidence", "top-k")
+        for p in predictions:
+            table.add_row(p.source, p.label, f"{p.confidence:.1%}",
+                          ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]))
+        out.print(table)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The built-in architectures (with parameter counts at their tutorial's input) and suggested timm backbones."""
+    from .models.catalog import model_catalog
+    rows = model_catalog()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "kind", "parameters", "reference input", "description")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], f"{r['parameters']:,}", r["reference_input"], r["description"])
+    out.print(table)
+    out.print("Any other timm model name works too, e.g. --model resnet34 (pretrained weights from the hub).")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="oculi", standalone_mode=False)
+    except OculiError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except getattr(_click, "NoArgsIsHelpError", ()) as err:
+        print(err.ctx.get_help() if err.ctx else str(err))
+        return 0
+    except _click.UsageError as err:
+        print(f"error: {err.format_message()} (see oculi {err.ctx.info_name if err.ctx else ''} --help)",
+              file=sys.stderr)
+        return 2
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\ninterrupted: `oculi train --resume RUN_DIR` continues a training run", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

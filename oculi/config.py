@@ -1,0 +1,127 @@
+"""The one place every knob lives. The CLI and the Python API only fill in a ``TrainConfig``.
+
+"auto" (or None) means: chosen from the data and the model when the run starts; the run prints what
+it chose and saves the resolved values in ``config.json``, so a run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import OculiError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("cosine", "onecycle", "constant")
+HEADS = ("auto", "softmax", "sigmoid")
+RESIZE_MODES = ("squash", "pad", "crop")
+AUGMENTS = ("auto", "none", "light")
+CLASS_WEIGHTS = ("none", "auto")
+SAMPLERS = ("shuffle", "balanced")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "digits"
+    data_dir: str | None = None  # where a built-in set's archives already are (skips the download)
+    val_split: float = 0.1
+    test_split: float = 0.1
+    split_manifest: str | None = None
+    image_size: tuple[int, int] | None = None  # (height, width); None: from the data and the model
+    resize: str = "squash"
+    channels: int | None = None  # None: 1 for grayscale data, 3 otherwise (3 when the model needs it)
+    augment: str = "auto"
+    # model
+    model: str = "auto"
+    pretrained: bool | None = None  # None: pretrained weights when the model has them available
+    head: str = "auto"  # binary tasks: one sigmoid output or two softmax outputs
+    # optimisation
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int | None = 10  # early stopping: epochs without a better val accuracy; None: never
+    class_weights: str = "none"
+    sampler: str = "shuffle"
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: str | None = None  # run folder; None: runs/<data name>, runs/<data name>-2, ...
+    top_k: int = 5
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["image_size"] is not None:
+            d["image_size"] = list(d["image_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise OculiError(f"config: unknown setting '{unknown[0]}'")
+        d = dict(d)
+        if d.get("image_size") is not None:
+            d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
+
+    def validate(self) -> "TrainConfig":
+        """Raise OculiError naming the flag of the first out-of-range value."""
+        _choice("--optimizer", self.optimizer, OPTIMIZERS)
+        _choice("--schedule", self.schedule, SCHEDULES)
+        _choice("--head", self.head, HEADS)
+        _choice("--resize", self.resize, RESIZE_MODES)
+        _choice("--augment", self.augment, AUGMENTS)
+        _choice("--class-weights", self.class_weights, CLASS_WEIGHTS)
+        _choice("--sampler", self.sampler, SAMPLERS)
+        _fraction("--val-split", self.val_split)
+        _fraction("--test-split", self.test_split)
+        if self.val_split + self.test_split >= 1:
+            raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
+                            ("--top-k", self.top_k)):
+            if value is not None and value < 1:
+                raise OculiError(f"{flag} must be at least 1, got {value}")
+        if self.patience is not None and self.patience < 1:
+            raise OculiError(f"--patience must be at least 1, got {self.patience}")
+        if self.lr is not None and not 0 < self.lr < 10:
+            raise OculiError(f"--lr must be between 0 and 10, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise OculiError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise OculiError("--weight-decay and --warmup-epochs cannot be negative")
+        if self.channels not in (None, 1, 3):
+            raise OculiError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.image_size is not None and min(self.image_size) < 1:
+            raise OculiError(f"--image-size must be positive, got {self.image_size}")
+        return self
+
+
+def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224x256' -> (224, 256) (height x width)."""
+    if text is None or isinstance(text, int):
+        return None if text is None else (text, text)
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise OculiError(f"--image-size must be N or HxW (e.g. 224 or 224x256), got '{text}'")
+    return (parts[0], parts[-1])
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise OculiError(f"{flag} must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def _fraction(flag: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise OculiError(f"{flag} must be a fraction in [0, 1), got {value}")

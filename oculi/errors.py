@@ -1,0 +1,18 @@
+"""User-facing errors: one line, naming the file or flag, never a traceback."""
+
+
+class OculiError(Exception):
+    """A problem with the user's input or options. The CLI prints it as one line and exits 2."""
+
+
+class ImageDecodeError(OculiError):
+    """A file that is not a readable image (corrupt, truncated, empty or another format)."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class BundleError(OculiError):
+    """A model bundle that is missing, tampered with or does not match its architecture."""

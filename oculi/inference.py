@@ -1,0 +1,69 @@
+"""Running a model over prepared uint8 images: the one path shared by validation, evaluation and
+prediction, so all three give the same probabilities for the same image."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+
+from .data.transforms import Preprocessing
+from .errors import OculiError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, then Apple's MPS, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OculiError(f"--device: unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OculiError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """[N, outputs] logits -> [N, classes] probabilities; a sigmoid head's one output is P(class 1)."""
+    logits = logits.float()
+    if head == "sigmoid":
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
+                   device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images [N, C, H, W], in batches, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = preprocessing.normalize(images[start:start + batch_size].to(device, non_blocking=True))
+        if device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            outputs.append(model(batch).float().cpu())
+    model.train(was_training)
+    if not outputs:
+        return torch.empty(0, 0)
+    return torch.cat(outputs)
+
+
+def predict_probs(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, head: str,
+                  device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    return logits_to_probs(predict_logits(model, images, preprocessing, device, batch_size), head)

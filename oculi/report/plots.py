@@ -1,0 +1,149 @@
+"""Report figures as plain ``matplotlib.figure.Figure``: no pyplot state, so headless-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..io import atomic_path
+
+_TRAIN, _VAL = "tab:blue", "tab:orange"
+_MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable clutter
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as PNG (dpi 120) atomically, then close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # The temp name ends in .tmp, so the format must be explicit.
+        fig.savefig(tmp, format="png", dpi=120)
+    if fig.canvas.manager is not None:  # only pyplot-made figures hold global state
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- training curves
+
+def _series(history: list[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
+
+
+def plot_curves(history: list[dict]) -> Figure:
+    """Accuracy and loss per epoch, train vs val, with the best val accuracy marked."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
+    # Markers keep a single epoch (or gaps left by missing values) visible.
+    marker = "o" if len(history) <= 60 else None
+    for ax, name in ((ax_acc, "acc"), (ax_loss, "loss")):
+        for split, color in (("train", _TRAIN), ("val", _VAL)):
+            y = _series(history, f"{split}_{name}")
+            if np.isfinite(y).any():
+                ax.plot(epochs, y, color=color, marker=marker, ms=4, label=split)
+        ax.set_title("Accuracy" if name == "acc" else "Loss")
+        ax.set_ylabel("accuracy" if name == "acc" else "loss")
+        _epoch_axis(ax, epochs)
+        ax.grid(alpha=0.3)
+    _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"))
+    for ax in (ax_acc, ax_loss):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+    return fig
+
+
+def _epoch_axis(ax, epochs: np.ndarray) -> None:
+    ax.set_xlabel("epoch")
+    if not len(epochs):
+        return
+    # A locator alone puts fractional ticks on a one-epoch run; list short runs explicitly.
+    if len(epochs) <= 15:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
+
+
+def _mark_best(ax_acc, ax_loss, epochs: np.ndarray, val_acc: np.ndarray) -> None:
+    if not np.isfinite(val_acc).any():
+        return
+    i = int(np.nanargmax(val_acc))
+    ax_acc.plot(epochs[i], val_acc[i], "*", color="tab:red", ms=14, zorder=5,
+                label=f"best val {val_acc[i]:.3f} (epoch {epochs[i]})")
+    for ax in (ax_acc, ax_loss):
+        ax.axvline(epochs[i], color="tab:red", ls=":", lw=1, alpha=0.7)
+
+
+# ---------------------------------------------------------------- confusion matrix
+
+def plot_confusion_matrix(matrix, classes: list[str], normalize: bool = False) -> Figure:
+    """Confusion matrix (rows true, columns predicted), optionally row-normalised."""
+    counts = np.asarray(matrix, dtype=float)
+    k = len(classes)
+    values = _row_normalise(counts) if normalize else counts
+    side = float(np.clip(0.42 * k + 3.0, 4.5, 18.0))
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "images")
+    # The figure grows with k, so each cell stays ~0.4 inch: fonts need only shrink a little.
+    label_font = float(np.clip(13 - 0.15 * k, 8, 11))
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, classes, rotation=45, ha="right", rotation_mode="anchor",
+                  fontsize=label_font)
+    ax.set_yticks(ticks, classes, fontsize=label_font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    if k <= _MAX_CELL_TEXT:
+        _cell_text(ax, im, values, normalize, float(np.clip(12 - 0.2 * k, 7, 11)))
+    return fig
+
+
+def _row_normalise(counts: np.ndarray) -> np.ndarray:
+    totals = counts.sum(axis=1, keepdims=True)
+    # Classes absent from the data keep an all-zero row instead of NaN.
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def _cell_text(ax, im, values: np.ndarray, normalize: bool, font: float) -> None:
+    for (i, j), v in np.ndenumerate(values):
+        text = f"{v:.2f}" if normalize else f"{int(v)}"
+        if normalize and v == 0:
+            text = "0"  # a bare 0 keeps empty cells quiet
+        dark = im.norm(v) > 0.55
+        ax.text(j, i, text, ha="center", va="center", fontsize=font,
+                color="white" if dark else "black")
+
+
+# ---------------------------------------------------------------- class counts
+
+def plot_class_counts(counts: dict[str, dict[str, int]]) -> Figure:
+    """Grouped horizontal bars: images per class for each split."""
+    splits = list(counts)
+    classes = list(dict.fromkeys(c for split in counts.values() for c in split))
+    k, s = len(classes), max(len(splits), 1)
+    height = float(np.clip(0.12 * k * (s + 1) + 1.6, 3.0, 20.0))
+    fig = Figure(figsize=(8, height), layout="constrained")
+    ax = fig.subplots()
+    bar = 0.8 / s
+    y = np.arange(k)
+    for n, split in enumerate(splits):
+        vals = [counts[split].get(c, 0) for c in classes]
+        bars = ax.barh(y + (n - (s - 1) / 2) * bar, vals, height=bar, label=split)
+        if k * s <= 80:  # numbers beside bars only while they stay legible
+            ax.bar_label(bars, padding=2, fontsize=8)
+    ax.set_yticks(y, classes, fontsize=float(np.clip(12 - 0.1 * k, 7, 10)))
+    ax.set_ylim(k - 0.5, -0.5)  # first class on top, in reading order, no empty margin
+    ax.set_xlabel("images")
+    ax.set_title("Images per class")
+    ax.grid(axis="x", alpha=0.3)
+    ax.margins(x=0.12)  # room for the bar labels
+    if splits:
+        # Outside the axes so it never hides a bar; constrained layout makes room.
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="split")
+    return fig

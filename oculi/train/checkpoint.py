@@ -1,0 +1,71 @@
+"""Training checkpoints for ``--resume``: one safetensors file, written atomically every epoch.
+
+Tensors (model, best model, optimizer state) go in the safetensors body; everything else (epoch,
+history, the optimizer's non-tensor state) goes in its JSON metadata, so one rename publishes a
+consistent checkpoint and nothing is ever unpickled when it is read back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import OculiError
+from ..io import atomic_path
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: torch.optim.Optimizer,
+                    meta: dict) -> None:
+    tensors = {f"model/{k}": v for k, v in model_state.items()}
+    tensors.update({f"best/{k}": v for k, v in best_state.items()})
+    optim_json, optim_tensors = _split_optimizer_state(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    # safetensors refuses tensors that share memory, so every entry gets its own contiguous copy.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    metadata = {"oculi_checkpoint": json.dumps({**meta, "optimizer": optim_json})}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_checkpoint(path: Path) -> tuple[dict, dict, dict, dict]:
+    """(model state, best model state, optimizer state dict, meta) from a checkpoint file."""
+    if not path.is_file():
+        raise OculiError(f"--resume: no checkpoint in {path.parent} (expected {path.name})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["oculi_checkpoint"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise OculiError(f"--resume: {path} is not a readable oculi checkpoint ({err})") from None
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
+    optim = _join_optimizer_state(meta.pop("optimizer"), tensors)
+    return model, best, optim, meta
+
+
+def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
+    """Optimizer state -> (JSON-able part, {"optim/<param>/<name>": tensor})."""
+    tensors, values = {}, {}
+    for param_id, param_state in state_dict["state"].items():
+        values[str(param_id)] = {}
+        for name, value in param_state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{param_id}/{name}"] = value
+            else:
+                values[str(param_id)][name] = value
+    return {"param_groups": state_dict["param_groups"], "values": values}, tensors
+
+
+def _join_optimizer_state(optim_json: dict, tensors: dict) -> dict:
+    state: dict = {int(pid): dict(values) for pid, values in optim_json["values"].items()}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, pid, name = key.split("/", 2)
+            state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": optim_json["param_groups"]}

@@ -1,0 +1,108 @@
+"""Choosing what the user left on "auto", from a cheap look at the data.
+
+Small images (at most 64 px a side) train a from-scratch CNN at their own size; photos get a
+pretrained backbone at its own input size when weights are available, else a from-scratch CNN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..data.decode import read_image_size
+from ..data.sources import DataSource
+from ..errors import ImageDecodeError
+from ..models import default_head, get_model_info, is_timm_model, offline_weights_file
+
+SMALL_IMAGE_MAX_SIDE = 64
+SMALL_DEFAULT_MODEL = "vgg-mini"
+PHOTO_PRETRAINED_MODEL = "efficientnet_lite0"
+PHOTO_SCRATCH_MODEL, PHOTO_SCRATCH_SIZE = "simple-cnn", (128, 128)
+NO_FLIP_DATASETS = {"digits", "mnist"}  # a mirrored digit is another glyph
+
+
+@dataclass(frozen=True)
+class DataProbe:
+    """Typical image size and colour of a dataset, from a sample of headers."""
+
+    size: tuple[int, int]
+    grayscale: bool
+
+    @property
+    def small(self) -> bool:
+        return max(self.size) <= SMALL_IMAGE_MAX_SIDE
+
+
+def probe_source(source: DataSource, max_files: int = 64) -> DataProbe:
+    if source.arrays is not None:
+        _, c, h, w = source.arrays.shape
+        return DataProbe((h, w), c == 1)
+    step = max(1, len(source.records) // max_files)
+    shapes = []
+    for record in source.records[::step][:max_files]:
+        try:
+            shapes.append(read_image_size(source.root / record.path))
+        except ImageDecodeError:
+            continue  # reported later, when every file is decoded
+    if not shapes:
+        return DataProbe((224, 224), False)
+    arr = np.array(shapes)
+    return DataProbe((int(np.median(arr[:, 1])), int(np.median(arr[:, 2]))), bool((arr[:, 0] == 1).all()))
+
+
+def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe) -> TrainConfig:
+    """A copy of ``cfg`` with every "auto"/None knob replaced by a concrete value."""
+    model = cfg.model if cfg.model != "auto" else _auto_model(probe)
+    pretrained = cfg.pretrained
+    if pretrained is None:
+        pretrained = get_model_info(model) is None and is_timm_model(model)
+    channels = 3 if pretrained else (cfg.channels or (1 if probe.grayscale else 3))
+    image_size = cfg.image_size or _auto_size(model, pretrained, probe)
+    n_train = sum(r.split == "train" for r in source.records)
+    return dataclasses.replace(
+        cfg, model=model, pretrained=pretrained, channels=channels, image_size=tuple(image_size),
+        head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
+        epochs=cfg.epochs or _auto_epochs(pretrained, n_train),
+        batch_size=cfg.batch_size or (32 if pretrained else 64),
+        lr=cfg.lr or _auto_lr(cfg.optimizer, pretrained),
+        augment=cfg.augment if cfg.augment != "auto" else "light",
+    )
+
+
+def _auto_model(probe: DataProbe) -> str:
+    if probe.small:
+        return SMALL_DEFAULT_MODEL
+    return PHOTO_PRETRAINED_MODEL if offline_weights_file(PHOTO_PRETRAINED_MODEL) else PHOTO_SCRATCH_MODEL
+
+
+def _auto_size(model: str, pretrained: bool, probe: DataProbe) -> tuple[int, int]:
+    if pretrained:
+        return (224, 224)  # the input size ImageNet backbones were trained at
+    if probe.small:
+        return probe.size
+    return PHOTO_SCRATCH_SIZE
+
+
+def _auto_epochs(pretrained: bool, n_train: int) -> int:
+    if pretrained:
+        return 10
+    # About 300k images seen in all, between 10 and 40 epochs: enough for small sets to converge
+    # without making large ones slow.
+    return int(np.clip(round(300_000 / max(1, n_train)), 10, 40))
+
+
+def _auto_lr(optimizer: str, pretrained: bool) -> float:
+    if optimizer == "sgd":
+        return 0.01 if pretrained else 0.05
+    return 3e-4 if pretrained else 1e-3
+
+
+def augmentation_settings(cfg: TrainConfig, dataset_name: str):
+    """The augmentation a resolved config asks for, or None."""
+    from ..data.transforms import Augmentation
+    if cfg.augment == "none":
+        return None
+    return Augmentation(flip=dataset_name not in NO_FLIP_DATASETS, translate=0.125)

@@ -1,0 +1,171 @@
+"""The training loop: epochs over in-memory uint8 tensors, augmented and normalised on the device.
+
+Every random draw of epoch ``e`` comes from generators seeded with (seed, e), so a run resumed from
+the checkpoint of epoch ``e - 1`` repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.loading import TensorSet
+from ..data.transforms import Augmentation, Preprocessing
+from ..inference import autocast, predict_logits, logits_to_probs
+from .optim import lr_factor, set_lr
+from .progress import Reporter, Throughput
+
+
+@dataclass
+class LoopSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str
+    warmup_epochs: float
+    label_smoothing: float
+    patience: int | None
+    head: str
+    seed: int
+    sampler: str = "shuffle"
+    class_weights: torch.Tensor | None = None
+
+
+@dataclass
+class LoopState:
+    """Everything that changes during training and must survive a restart."""
+
+    epoch: int = 0  # completed epochs
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+    best_epoch: int = 0
+
+    @property
+    def best_val_acc(self) -> float:
+        return self.history[self.best_epoch - 1]["val_acc"] if self.best_epoch else -1.0
+
+    def epochs_since_best(self) -> int:
+        return self.epoch - self.best_epoch
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def epoch_order(labels: torch.Tensor, settings: LoopSettings, generator: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch: a permutation, or with --sampler balanced, draws weighted so that every
+    class is seen equally often."""
+    if settings.sampler == "balanced":
+        counts = torch.bincount(labels).float()
+        weights = (1.0 / counts)[labels]
+        return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
+    return torch.randperm(len(labels), generator=generator)
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
+    if settings.head == "sigmoid":
+        target = labels.float() * (1 - settings.label_smoothing) + 0.5 * settings.label_smoothing
+        weight = None if settings.class_weights is None else settings.class_weights[labels]
+        return F.binary_cross_entropy_with_logits(logits[:, 0].float(), target, weight=weight)
+    return F.cross_entropy(logits.float(), labels, weight=settings.class_weights,
+                           label_smoothing=settings.label_smoothing)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, preprocessing: Preprocessing,
+                augmentation: Augmentation | None, settings: LoopSettings, epoch: int, device: torch.device,
+                advance: Callable) -> dict:
+    """One pass over the training set; returns mean loss and accuracy (on augmented images)."""
+    generator = epoch_generator(settings.seed, epoch)
+    torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout draws
+    model.train()
+    order = epoch_order(data.labels, settings, generator)
+    steps_per_epoch = len(order) // settings.batch_size or 1
+    total_steps = steps_per_epoch * settings.epochs
+    warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
+    loss_sum = correct = seen = 0
+    speed = Throughput()
+    for step in range(steps_per_epoch):
+        # Drop the last partial batch: a batch of 1 breaks BatchNorm and skews the step size.
+        index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+        images = data.images[index].to(device, non_blocking=True)
+        labels = data.labels[index].to(device, non_blocking=True)
+        if augmentation is not None:
+            images = augmentation(images, generator)
+        inputs = preprocessing.normalize(images)
+        if device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        set_lr(optimizer, settings.lr * lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps,
+                                                  settings.schedule))
+        with autocast(device):
+            logits = model(inputs)
+        loss = loss_fn(logits, labels, settings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        predicted = logits_to_probs(logits.detach(), settings.head).argmax(1)
+        loss_sum += float(loss) * len(index)
+        correct += int((predicted == labels).sum())
+        seen += len(index)
+        advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
+                **{"img/s": f"{speed.add(len(index)):.0f}"})
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
+
+
+def validate(model: nn.Module, data: TensorSet, preprocessing: Preprocessing, head: str,
+             device: torch.device) -> dict:
+    """Loss and accuracy on the validation set (no augmentation)."""
+    if len(data) == 0:
+        return {"val_loss": None, "val_acc": None}
+    probs = logits_to_probs(predict_logits(model, data.images, preprocessing, device), head)
+    nll = -torch.log(probs[torch.arange(len(data)), data.labels].clamp_min(1e-7)).mean()
+    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == data.labels).float().mean())}
+
+
+def is_better(row: dict, state: LoopState) -> bool:
+    """Higher val accuracy wins; on a tie, lower val loss. Without a val set, the latest epoch."""
+    if row["val_acc"] is None:
+        return True
+    if state.best_epoch == 0:
+        return True
+    best = state.history[state.best_epoch - 1]
+    return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+
+
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorSet, val: TensorSet,
+        preprocessing: Preprocessing, augmentation: Augmentation | None, settings: LoopSettings,
+        device: torch.device, reporter: Reporter, state: LoopState,
+        on_epoch_end: Callable[[LoopState], None]) -> LoopState:
+    """Train from ``state.epoch`` to ``settings.epochs`` (or early stop); ``on_epoch_end`` checkpoints."""
+    steps = len(train) // settings.batch_size or 1
+    while state.epoch < settings.epochs:
+        if settings.patience is not None and state.epochs_since_best() >= settings.patience:
+            reporter.info(f"early stop: no better val accuracy for {settings.patience} epochs")
+            break
+        epoch = state.epoch
+        started = time.perf_counter()
+        with reporter.bar(f"epoch {epoch + 1}/{settings.epochs}", steps) as advance:
+            row = train_epoch(model, optimizer, train, preprocessing, augmentation, settings, epoch, device,
+                              advance)
+        row = {"epoch": epoch + 1, **row, **validate(model, val, preprocessing, settings.head, device),
+               "seconds": round(time.perf_counter() - started, 2)}
+        state.history.append(row)
+        state.epoch = epoch + 1
+        if is_better(row, state):
+            state.best_epoch = state.epoch
+            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        reporter.info(_summary(row, settings.epochs, state.best_epoch == state.epoch))
+        on_epoch_end(state)
+    return state
+
+
+def _summary(row: dict, epochs: int, best: bool) -> str:
+    val = "" if row["val_acc"] is None else f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+    mark = "  [green]best[/green]" if best else ""
+    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
+            f"{val}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s{mark}")

@@ -1,0 +1,249 @@
+"""One training run, start to finish: data -> model -> fit -> evaluate -> bundle, plots and reports.
+
+Everything a run writes lives in its run folder; every file there is written atomically, and a
+checkpoint after each epoch lets ``--resume`` finish a killed run with the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..bundle import ModelSpec, save_bundle
+from ..config import TrainConfig
+from ..data.loading import TensorSet, load_split
+from ..data.sources import DataSource, open_source
+from ..data.split import Record, write_manifest
+from ..data.transforms import Preprocessing, channel_stats
+from ..errors import OculiError
+from ..evaluate import classification_metrics
+from ..inference import predict_probs, resolve_device
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..models import Weights, count_parameters, create_model
+from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .defaults import augmentation_settings, probe_source, resolve
+from .loop import LoopSettings, LoopState, fit
+from .optim import build_optimizer
+from .progress import Reporter
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: TrainConfig
+    classes: list[str]
+    history: list[dict]
+    test_metrics: dict
+    skipped: list[tuple[str, str]]
+
+    def load(self, device: str = "auto"):
+        from ..predict import Classifier
+        return Classifier.load(self.run_dir, device=device)
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
+    """Train a new run from ``cfg``."""
+    cfg.validate()
+    reporter = reporter or Reporter(quiet=not cfg.progress)
+    run_dir = Path(cfg.out) if cfg.out else next_run_dir(Path("runs"), _data_name(cfg.data))
+    if (run_dir / "model.json").exists() or (run_dir / CHECKPOINT_NAME).exists():
+        raise OculiError(f"--out {run_dir} already holds a run; choose another folder or --resume it")
+    return _run(cfg, run_dir, reporter, resume=False)
+
+
+def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
+    """Continue a run from its last checkpoint (same config, same split)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise OculiError(f"--resume: {run_dir} is not a run folder (no config.json)")
+    saved = json.loads(config_file.read_text())
+    cfg = TrainConfig.from_dict(saved["config"])
+    cfg = dataclasses.replace(cfg, split_manifest=str(run_dir / "split.csv"))
+    reporter = reporter or Reporter(quiet=not cfg.progress)
+    return _run(cfg, run_dir, reporter, resume=True)
+
+
+def next_run_dir(parent: Path, name: str) -> Path:
+    """runs/<name>, then runs/<name>-2, -3, ... (never overwrites an earlier run)."""
+    candidate, n = parent / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{name}-{n}"
+    return candidate
+
+
+def _data_name(data: str) -> str:
+    return Path(data).expanduser().resolve().name if Path(data).expanduser().exists() else data
+
+
+def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> RunResult:
+    device = resolve_device(cfg.device)
+    source = open_source(_absolute(cfg.data), cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
+                         cfg.data_dir)
+    for warning in source.warnings:
+        reporter.warn(warning)
+    cfg = resolve(cfg, source, probe_source(source))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sets, skipped = _load_sets(source, cfg, reporter)
+    _report_skipped(skipped, run_dir, reporter)
+    _check_trainable(sets["train"], source)
+    torch.manual_seed(cfg.seed)
+    model, weights = _build_model(cfg, len(source.classes), reporter)
+    preprocessing = _preprocessing(cfg, weights, sets["train"])
+    if not resume:
+        write_manifest(run_dir / "split.csv", _used_records(sets), source.classes)
+        atomic_write_json(run_dir / "config.json", {"oculi_version": __version__, "config": cfg.to_dict(),
+                                                    "preprocessing": preprocessing.to_dict()})
+    _print_plan(cfg, source, sets, model, device, weights, reporter)
+    state = _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume)
+    model.load_state_dict(state.best_state)
+    return _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped, reporter)
+
+
+def _absolute(data: str) -> str:
+    path = Path(data).expanduser()
+    return str(path.resolve()) if path.exists() else data
+
+
+def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
+    """Decode and prepare every image once; bad files are collected, not fatal."""
+    stub = Preprocessing(cfg.image_size, cfg.channels, cfg.resize)
+    skipped = list(source.skipped)
+    sets = {}
+    with reporter.bar("decoding images", len(source.records)) as advance:
+        for split in ("train", "val", "test"):
+            sets[split] = load_split(source, source.split_records(split), stub, skipped, advance)
+    return sets, skipped
+
+
+def _report_skipped(skipped: list[tuple[str, str]], run_dir: Path, reporter: Reporter) -> None:
+    atomic_write_csv(run_dir / "skipped_files.csv", ["path", "reason"], skipped)
+    if skipped:
+        first = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        reporter.warn(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {first}{more} "
+                      f"(full list: {run_dir / 'skipped_files.csv'})")
+
+
+def _check_trainable(train: TensorSet, source: DataSource) -> None:
+    counts = torch.bincount(train.labels, minlength=len(source.classes))
+    empty = [c for c, n in zip(source.classes, counts.tolist()) if n == 0]
+    if empty:
+        raise OculiError(f"class '{empty[0]}' has no readable training images")
+
+
+def _build_model(cfg: TrainConfig, num_classes: int, reporter: Reporter):
+    try:
+        return create_model(cfg.model, num_classes, cfg.channels, cfg.image_size, cfg.head, cfg.pretrained)
+    except OculiError as err:
+        if not (cfg.pretrained and "could not get ImageNet weights" in str(err)):
+            raise
+        reporter.warn(f"{err}; training {cfg.model} from scratch")
+        return create_model(cfg.model, num_classes, cfg.channels, cfg.image_size, cfg.head, False)
+
+
+def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) -> Preprocessing:
+    """Pretrained weights bring their own input statistics; from scratch, the training set's."""
+    if weights is not None:
+        mean, std = weights.mean, weights.std
+    else:
+        mean, std = channel_stats(train.images)
+    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std)
+
+
+def _used_records(sets: dict[str, TensorSet]) -> list[Record]:
+    """The records that were actually decoded, in order: the split manifest a resume reuses."""
+    return [Record(path, label, split) for split, s in sets.items()
+            for path, label in zip(s.paths, s.labels.tolist())]
+
+
+def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
+    sizes = ", ".join(f"{len(s)} {k}" for k, s in sets.items())
+    reporter.info(f"[bold]data[/bold]   {source.name}: {len(source.classes)} classes, {sizes}")
+    origin = f"pretrained ({weights.source})" if weights else "from scratch"
+    reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
+                  f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
+    reporter.info(f"[bold]train[/bold]  {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
+                  f"{cfg.schedule} schedule, augment {cfg.augment}, seed {cfg.seed}, device {device}")
+
+
+def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:
+    weights = None
+    if cfg.class_weights == "auto":
+        counts = torch.bincount(train.labels, minlength=num_classes).float().clamp_min(1)
+        weights = (len(train) / (num_classes * counts)).to(device)
+    return LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train)), lr=cfg.lr,
+                        schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
+                        label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
+                        seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
+
+
+def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume) -> LoopState:
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
+    state = LoopState()
+    if resume:
+        state = _restore(model, optimizer, run_dir, device, reporter)
+    checkpoint = run_dir / CHECKPOINT_NAME
+
+    def on_epoch_end(s: LoopState) -> None:
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.history))
+        save_checkpoint(checkpoint, model.state_dict(), s.best_state, optimizer,
+                        {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history})
+
+    settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
+    augmentation = augmentation_settings(cfg, source.name)
+    return fit(model, optimizer, sets["train"], sets["val"], preprocessing, augmentation, settings, device,
+               reporter, state, on_epoch_end)
+
+
+def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
+    model_state, best_state, optim_state, meta = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+    reporter.info(f"resuming {run_dir} after epoch {meta['epoch']}")
+    return LoopState(epoch=meta["epoch"], history=meta["history"],
+                     best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"])
+
+
+def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped,
+            reporter) -> RunResult:
+    """Evaluate the best weights on the test set (val when there is none), save bundle and plots."""
+    split = "test" if len(sets["test"]) else "val"
+    data = sets[split]
+    probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
+    metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
+    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head)
+    summary = {"split": split, "accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
+               "log_loss": metrics["log_loss"], "best_epoch": state.best_epoch, "epochs_run": state.epoch}
+    save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
+                {"metrics": summary, "weights_source": weights.source if weights else "scratch",
+                 "trainable_parameters": count_parameters(model), "data": source.name})
+    atomic_write_json(run_dir / "test_metrics.json", metrics)
+    _save_predictions(run_dir / "test_predictions.csv", data, probs, source.classes)
+    save_figure(plot_curves(state.history), run_dir / "curves.png")
+    save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes),
+                run_dir / "confusion_matrix.png")
+    reporter.info(f"[bold]{split}[/bold]   accuracy {metrics['accuracy']:.2%}, top-{metrics['top_k']} "
+                  f"{metrics['top_k_accuracy']:.2%}, log loss {metrics['log_loss']:.4f} "
+                  f"(best epoch {state.best_epoch})")
+    reporter.info(f"[bold]saved[/bold]  {run_dir}/ (model.safetensors, model.json, curves.png, "
+                  f"confusion_matrix.png, test_metrics.json)")
+    return RunResult(run_dir, cfg, source.classes, state.history, metrics, skipped)
+
+
+def _save_predictions(path: Path, data: TensorSet, probs: np.ndarray, classes: list[str]) -> None:
+    """Per-image predictions of the final evaluation (path, true, predicted, confidence)."""
+    rows = [(p, classes[label], classes[int(row.argmax())], f"{row.max():.6f}")
+            for p, label, row in zip(data.paths, data.labels.tolist(), probs)]
+    atomic_write_csv(path, ["path", "true", "predicted", "confidence"], rows)
