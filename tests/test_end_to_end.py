@@ -59,7 +59,7 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tmp_path, m
     options = dict(data="digits", epochs=4, image_size=12, progress=False)
     full = oculi.train(out=str(tmp_path / "full"), **options)
 
-    import oculi.train.loop as loop
+    from oculi.train import loop
     real_set_lr, calls = loop.set_lr, {"n": 0}
 
     def crash_in_epoch_three(optimizer, lr):

@@ -67,7 +67,8 @@ def _offline_model(name: str, weights_file: str, num_outputs: int) -> nn.Module:
     if len(source) != len(target) or any(a.shape != b.shape for a, b in zip(source.values(), target.values())):
         raise OculiError(f"offline weights {weights_file} do not match timm's {name}")
     model.load_state_dict(dict(zip(target.keys(), source.values())))
-    model.reset_classifier(num_outputs)
+    if num_outputs != 1000:  # keep the ImageNet head when asked for ImageNet's 1000 classes
+        model.reset_classifier(num_outputs)
     return model
 
 

@@ -108,7 +108,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
         loss.backward()
         optimizer.step()
         predicted = logits_to_probs(logits.detach(), settings.head).argmax(1)
-        loss_sum += float(loss) * len(index)
+        loss_sum += float(loss.detach()) * len(index)
         correct += int((predicted == labels).sum())
         seen += len(index)
         advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
