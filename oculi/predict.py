@@ -13,7 +13,7 @@ from .bundle import load_bundle
 from .data.decode import IMAGE_EXTENSIONS, decode_image, is_hidden
 from .data.transforms import Preprocessing
 from .errors import ImageDecodeError, OculiError
-from .inference import predict_probs, resolve_device
+from .inference import place_model, predict_probs, resolve_device
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Classifier:
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str = "auto"):
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = place_model(model, self.device).eval()
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])

@@ -33,8 +33,10 @@ def _series(history: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
 
 
-def plot_curves(history: list[dict]) -> Figure:
-    """Accuracy and loss per epoch, train vs val, with the best val accuracy marked."""
+def plot_curves(history: list[dict], best_epoch: int | None = None) -> Figure:
+    """Accuracy and loss per epoch, train vs val, with the kept (best) epoch marked.
+
+    ``best_epoch`` is the epoch whose weights the run kept; by default, the highest val accuracy."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
@@ -49,7 +51,7 @@ def plot_curves(history: list[dict]) -> Figure:
         ax.set_ylabel("accuracy" if name == "acc" else "loss")
         _epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
-    _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"))
+    _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"), best_epoch)
     for ax in (ax_acc, ax_loss):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")
@@ -68,12 +70,12 @@ def _epoch_axis(ax, epochs: np.ndarray) -> None:
     ax.set_xlim(epochs.min() - 0.5, epochs.max() + 0.5)
 
 
-def _mark_best(ax_acc, ax_loss, epochs: np.ndarray, val_acc: np.ndarray) -> None:
+def _mark_best(ax_acc, ax_loss, epochs: np.ndarray, val_acc: np.ndarray, best_epoch: int | None) -> None:
     if not np.isfinite(val_acc).any():
         return
-    i = int(np.nanargmax(val_acc))
+    i = int(np.nanargmax(val_acc)) if best_epoch is None else int(np.flatnonzero(epochs == best_epoch)[0])
     ax_acc.plot(epochs[i], val_acc[i], "*", color="tab:red", ms=14, zorder=5,
-                label=f"best val {val_acc[i]:.3f} (epoch {epochs[i]})")
+                label=f"kept: val {val_acc[i]:.3f} (epoch {epochs[i]})")
     for ax in (ax_acc, ax_loss):
         ax.axvline(epochs[i], color="tab:red", ls=":", lw=1, alpha=0.7)
 

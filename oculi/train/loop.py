@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation, Preprocessing
-from ..inference import autocast, predict_logits, logits_to_probs
+from ..inference import autocast, logits_to_probs, model_input, predict_logits
 from .optim import lr_factor, set_lr
 from .progress import Reporter, Throughput
 
@@ -96,9 +96,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
         labels = data.labels[index].to(device, non_blocking=True)
         if augmentation is not None:
             images = augmentation(images, generator)
-        inputs = preprocessing.normalize(images)
-        if device.type == "cuda":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs = model_input(preprocessing.normalize(images))
         set_lr(optimizer, settings.lr * lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps,
                                                   settings.schedule))
         with autocast(device):

@@ -23,7 +23,7 @@ from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..errors import OculiError
 from ..evaluate import classification_metrics
-from ..inference import predict_probs, resolve_device
+from ..inference import place_model, predict_probs, resolve_device
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..models import Weights, count_parameters, create_model
 from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
@@ -187,9 +187,7 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
 
 
 def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume) -> LoopState:
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place_model(model, device)
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
     state = LoopState()
     if resume:
@@ -231,7 +229,7 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
                  "trainable_parameters": count_parameters(model), "data": source.name})
     atomic_write_json(run_dir / "test_metrics.json", metrics)
     _save_predictions(run_dir / "test_predictions.csv", data, probs, source.classes)
-    save_figure(plot_curves(state.history), run_dir / "curves.png")
+    save_figure(plot_curves(state.history, state.best_epoch), run_dir / "curves.png")
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes),
                 run_dir / "confusion_matrix.png")
     reporter.info(f"[bold]{split}[/bold]   accuracy {metrics['accuracy']:.2%}, top-{metrics['top_k']} "

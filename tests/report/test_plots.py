@@ -36,7 +36,7 @@ def test_curves(tmp_path):
     acc, loss = fig.axes
     assert acc.get_title() == "Accuracy" and loss.get_title() == "Loss"
     assert acc.get_xlabel() == loss.get_xlabel() == "epoch"
-    assert any("best val" in t.get_text() for t in acc.get_legend().get_texts())
+    assert any("kept: val" in t.get_text() for t in acc.get_legend().get_texts())
     fmt, (w, h) = _saved(fig, tmp_path)
     assert fmt == "PNG" and 800 < w < 2000 and 300 < h < 1000
 
@@ -120,3 +120,8 @@ def test_save_figure_creates_folder_and_cleans_up_on_failure(tmp_path):
     with pytest.raises(OSError):
         save_figure(broken, tmp_path / "broken.png")
     assert sorted(os.listdir(tmp_path)) == ["deep"]
+
+
+def test_curves_mark_the_epoch_the_run_kept():
+    fig = plot_curves(_history(10), best_epoch=4)
+    assert any("(epoch 4)" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
