@@ -105,3 +105,62 @@ def test_predict_matches_evaluate_and_tampering_is_refused(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(BundleError, match="checksum"):
         oculi.load(run.run_dir)
+
+
+def test_sigmoid_head_balanced_sampler_and_class_weights(tmp_path):
+    data = make_class_folder(tmp_path / "two", per_class=12, classes=("cars", "elephants"), size=(32, 32))
+    run = oculi.train(str(data), model="small-cnn", epochs=2, sampler="balanced", class_weights="auto",
+                      label_smoothing=0.1, out=str(tmp_path / "run"), progress=False)
+    assert run.config.head == "sigmoid"  # the tutorial's one-output head, chosen for 2 classes
+    clf = oculi.load(run.run_dir)
+    assert clf.model.head[-1].out_features == 1
+    probs = clf.predict_proba(sorted(data.rglob("*.png")))
+    assert probs.shape == (24, 2) and np.allclose(probs.sum(1), 1)
+
+
+def test_a_bundle_whose_weights_do_not_fit_its_architecture_is_refused(tmp_path):
+    data = make_class_folder(tmp_path / "photos", per_class=6)
+    run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), progress=False)
+    meta_path = run.run_dir / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["num_classes"] = 5
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="does not match the architecture"):
+        oculi.load(run.run_dir)
+    meta_path.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        oculi.load(run.run_dir)
+
+
+def test_kill_9_mid_run_then_resume_gives_the_same_model(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["digits", "--epochs", "8", "--image-size", "16", "-q"]
+    command = [sys.executable, "-m", "oculi.cli", "train"]
+    subprocess.run(command + args + ["--out", str(tmp_path / "full")], check=True)
+    victim = subprocess.Popen(command + args + ["--out", str(tmp_path / "killed")])
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            os.kill(victim.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "model.json").exists()
+    subprocess.run(command + ["--resume", str(tmp_path / "killed"), "-q"], check=True)
+    for name in ("test_predictions.csv", "metrics.jsonl"):
+        full = (tmp_path / "full" / name).read_text()
+        resumed = (tmp_path / "killed" / name).read_text()
+        if name == "metrics.jsonl":  # wall-clock fields differ; everything learned must not
+            full, resumed = (_without_timing(t) for t in (full, resumed))
+        assert full == resumed, name
+
+
+def _without_timing(text: str) -> list[dict]:
+    rows = [json.loads(line) for line in text.splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
