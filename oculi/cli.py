@@ -20,7 +20,8 @@ from .errors import OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
-out = Console(highlight=False)
+# Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # Recent typer versions vendor click: take the exception classes from wherever typer's come from.
 _click = sys.modules[typer.BadParameter.__module__]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,11 +59,12 @@ def _convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor
 
 
 def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
-                split_manifest: str | None = None, data_dir: str | None = None) -> DataSource:
+                split_manifest: str | None = None, data_dir: str | None = None,
+                download_progress: Callable[[int, int | None], None] | None = None) -> DataSource:
     """Open ``data`` (a folder or a built-in name) and assign every image a split."""
     path = Path(data).expanduser()
     if not path.exists() and is_builtin(data):
-        source = _builtin_source(data, data_dir)
+        source = _builtin_source(data, data_dir, download_progress)
     elif not path.exists():
         raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
     elif not path.is_dir():
@@ -141,8 +143,8 @@ def _presplit_source(root: Path) -> DataSource:
 
 # ---- built-in sets ---------------------------------------------------------------------------------
 
-def _builtin_source(name: str, data_dir: str | None) -> DataSource:
-    ds = load_builtin(name, data_dir=data_dir)
+def _builtin_source(name: str, data_dir: str | None, progress) -> DataSource:
+    ds = load_builtin(name, data_dir=data_dir, progress=progress)
     records = [Record(f"{split}/{i}", int(label), split if split == "test" else "")
                for i, (label, split) in enumerate(zip(ds.labels, ds.splits))]
     return DataSource(ds.name, list(ds.classes), records, arrays=ds.images)

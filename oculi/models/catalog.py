@@ -9,7 +9,7 @@ from .registry import count_parameters, num_outputs_for, registered_models
 
 # Backbones worth knowing about for photos; any timm name works, these are the suggestions.
 SUGGESTED_TIMM = {
-    "efficientnet_lite0": "EfficientNet-Lite0, fast on CPUs (ImageNet weights offline)",
+    "efficientnet_lite0": "EfficientNet-Lite0, fast on CPUs; the default for photos",
     "mobilenetv3_large_100": "MobileNetV3-Large, for phones and small CPUs",
     "resnet18": "ResNet-18, the classic baseline",
     "resnet50": "ResNet-50, accurate, heavier",
@@ -36,6 +36,6 @@ def _timm_row(name: str, description: str) -> dict:
     import timm
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=1000)
-    offline = " (offline weights installed)" if offline_weights_file(name) else ""
+    offline = " (ImageNet weights installed, offline)" if offline_weights_file(name) else ""
     return {"name": name, "kind": "timm", "parameters": count_parameters(model),
             "reference_input": "224x224x3, 1000 classes", "description": description + offline}

@@ -6,7 +6,8 @@ import time
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
 
 
 class Reporter:
@@ -42,6 +43,16 @@ class Reporter:
                 progress.update(task, advance=n, **({"info": info} if kw else {}))
 
             yield advance
+
+
+    @contextmanager
+    def download(self, description: str):
+        """A byte-count progress bar for downloads; yields ``update(done_bytes, total_bytes_or_None)``."""
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn()]
+        with Progress(*columns, console=self.console, transient=True,
+                      disable=self.quiet or not self.console.is_terminal) as progress:
+            task = progress.add_task(description, total=None)
+            yield lambda done, total: progress.update(task, completed=done, total=total)
 
 
 class Throughput:

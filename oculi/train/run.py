@@ -86,8 +86,9 @@ def _data_name(data: str) -> str:
 
 def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> RunResult:
     device = resolve_device(cfg.device)
-    source = open_source(_absolute(cfg.data), cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
-                         cfg.data_dir)
+    with reporter.download(f"downloading {cfg.data}") as progress:
+        source = open_source(_absolute(cfg.data), cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
+                             cfg.data_dir, progress)
     for warning in source.warnings:
         reporter.warn(warning)
     cfg = resolve(cfg, source, probe_source(source))
