@@ -103,7 +103,8 @@ def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Pat
                           classifier.device).numpy()
     metrics = {**classification_metrics(images.labels.numpy(), probs, classifier.classes, top_k),
                "data": str(root), "skipped": [list(s) for s in skipped]}
-    folder = Path(out) if out else Path(run_dir or ".") / f"evaluate-{root.name}"
+    name = Path(data).expanduser().resolve().name
+    folder = Path(out) if out else Path(run_dir or ".") / f"evaluate-{name}"
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "confusion_matrix.json", {"classes": classifier.classes,
                                                          "matrix": metrics["confusion_matrix"]})

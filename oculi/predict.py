@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 
 from .bundle import load_bundle
-from .data.decode import IMAGE_EXTENSIONS, decode_image, is_hidden
+from .data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from .data.transforms import Preprocessing
 from .errors import ImageDecodeError, OculiError
 from .inference import place_model, predict_probs, resolve_device
@@ -99,19 +101,11 @@ def to_uint8_chw(image, channels: int) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise OculiError(f"arrays must be uint8 images, got {image.dtype}")
-        image = torch.from_numpy(np.ascontiguousarray(image[..., None] if image.ndim == 2 else image)).permute(2, 0, 1)
+        # np.array copies: the caller's array stays untouched and the tensor owns writable memory.
+        image = torch.from_numpy(np.array(image[..., None] if image.ndim == 2 else image)).permute(2, 0, 1)
     if not torch.is_tensor(image) or image.dtype != torch.uint8 or image.ndim != 3:
         raise OculiError("images must be file paths, PIL images, uint8 arrays or uint8 [C, H, W] tensors")
-    return _match_channels(image, channels)
-
-
-def _match_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
-    if image.shape[0] == channels:
-        return image
-    if image.shape[0] == 1:
-        return image.expand(channels, -1, -1).contiguous()
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-    return (image[:3].float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return convert_channels(image[:3], channels)
 
 
 def _describe(image) -> str:
@@ -129,8 +123,8 @@ def expand_paths(items: Iterable[str]) -> tuple[list[Path], list[str]]:
         elif path.is_file():
             found.append(path)
         else:
-            matches = sorted(Path().glob(item)) if any(ch in item for ch in "*?[") else []
-            found += [m for m in matches if m.is_file()]
+            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True)) if any(ch in item for ch in "*?[") else []
+            found += [Path(m) for m in matches if Path(m).is_file()]
             if not matches:
                 missing.append(item)
     return found, missing

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import OculiError
 from .builtin import is_builtin, load_builtin
-from .decode import IMAGE_EXTENSIONS, decode_image, is_hidden
+from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from .split import Record, read_manifest, stratified_split
 
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -35,7 +35,7 @@ class DataSource:
         """The image of one record as uint8 [C, H, W]; raises ImageDecodeError for a bad file."""
         if self.arrays is not None:
             image = torch.from_numpy(self.arrays[int(record.path.rsplit("/", 1)[1])])
-            return _convert_channels(image, channels)
+            return convert_channels(image, channels)
         return decode_image(self.root / record.path, channels=channels)
 
     def split_records(self, split: str) -> list[Record]:
@@ -47,15 +47,6 @@ class DataSource:
         for r in self.records:
             counts[r.split][self.classes[r.label]] += 1
         return {s: c for s, c in counts.items() if sum(c.values())}
-
-
-def _convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor:
-    if channels is None or channels == image.shape[0]:
-        return image
-    if channels == 3:
-        return image.expand(3, -1, -1).contiguous()
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-    return (image.float() * weights).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
 
 
 def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
