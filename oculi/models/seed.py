@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from ..errors import OculiError
 from .registry import register_model
 
-# Keras BatchNormalization defaults; its momentum 0.99 weighs the old running value, PyTorch's the new one.
-_BN = dict(eps=1e-3, momentum=0.01)
+# Keras' BatchNormalization eps. Not its momentum (0.99, i.e. PyTorch's 0.01): running statistics that
+# slow lag far behind the weights in short runs (digits, 3 epochs: 16% val accuracy against 48% train);
+# PyTorch's 0.1 tracks them. Neither changes a parameter count.
+_BN = dict(eps=1e-3, momentum=0.1)
 
 
 class SeedNet(nn.Module):
