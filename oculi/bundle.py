@@ -34,18 +34,21 @@ class ModelSpec:
     in_chans: int
     image_size: tuple[int, int]
     head: str
+    classifier: str = "linear"  # the layers on a timm backbone's features: linear | mlp
 
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
-                "image_size": list(self.image_size), "head": self.head}
+                "image_size": list(self.image_size), "head": self.head, "classifier": self.classifier}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(d["name"], int(d["num_classes"]), int(d["in_chans"]), tuple(d["image_size"]), d["head"])
+        return cls(d["name"], int(d["num_classes"]), int(d["in_chans"]), tuple(d["image_size"]), d["head"],
+                   d.get("classifier", "linear"))
 
     def build(self) -> nn.Module:
         from .models import create_model
-        return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head)[0]
+        return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head,
+                            classifier=self.classifier)[0]
 
 
 def sha256_of(path: Path) -> str:

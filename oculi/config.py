@@ -17,6 +17,8 @@ RESIZE_MODES = ("squash", "pad", "crop")
 AUGMENTS = ("auto", "none", "light")
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("shuffle", "balanced")
+MODES = ("auto", "features", "finetune")
+CLASSIFIERS = ("linear", "mlp")
 
 
 @dataclass
@@ -35,6 +37,16 @@ class TrainConfig:
     model: str = "auto"
     pretrained: bool | None = None  # None: pretrained weights when the model has them available
     head: str = "auto"  # binary tasks: one sigmoid output or two softmax outputs
+    weights: str | None = None  # a local weights file for a timm backbone (safetensors or state dict)
+    classifier: str = "linear"  # the layers on a backbone's pooled features: linear | mlp (tutorial's)
+    # transfer learning (pretrained backbones)
+    mode: str = "auto"  # features: frozen backbone, cached features | finetune: the whole net | auto: both
+    feature_views: int = 1  # features per training image: 1 plain, more adds augmented views
+    head_epochs: int = 60  # epochs of the head on cached features (each takes milliseconds)
+    head_lr: float = 1e-3  # learning rate of the head on cached features
+    backbone_lr: float = 0.1  # fine-tuning: the backbone's learning rate, as a fraction of --lr
+    unfreeze_epochs: int = 0  # fine-tuning: unfreeze the backbone gradually, top first, over N epochs
+    cache: bool = True  # cache backbone features on disk (see oculi.data.cache)
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -81,22 +93,30 @@ class TrainConfig:
         _choice("--augment", self.augment, AUGMENTS)
         _choice("--class-weights", self.class_weights, CLASS_WEIGHTS)
         _choice("--sampler", self.sampler, SAMPLERS)
+        _choice("--mode", self.mode, MODES)
+        _choice("--classifier", self.classifier, CLASSIFIERS)
         _fraction("--val-split", self.val_split)
         _fraction("--test-split", self.test_split)
         if self.val_split + self.test_split >= 1:
             raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                            ("--top-k", self.top_k)):
+                            ("--top-k", self.top_k), ("--feature-views", self.feature_views),
+                            ("--head-epochs", self.head_epochs)):
             if value is not None and value < 1:
                 raise OculiError(f"{flag} must be at least 1, got {value}")
         if self.patience is not None and self.patience < 1:
             raise OculiError(f"--patience must be at least 1, got {self.patience}")
-        if self.lr is not None and not 0 < self.lr < 10:
-            raise OculiError(f"--lr must be between 0 and 10, got {self.lr}")
+        for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
+            if value is not None and not 0 < value < 10:
+                raise OculiError(f"{flag} must be between 0 and 10, got {value}")
         if not 0 <= self.label_smoothing < 1:
             raise OculiError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise OculiError("--weight-decay and --warmup-epochs cannot be negative")
+        if not 0 < self.backbone_lr <= 1:
+            raise OculiError(f"--backbone-lr must be a fraction in (0, 1] of --lr, got {self.backbone_lr}")
+        if self.unfreeze_epochs < 0:
+            raise OculiError(f"--unfreeze-epochs cannot be negative, got {self.unfreeze_epochs}")
         if self.channels not in (None, 1, 3):
             raise OculiError(f"--channels must be 1 or 3, got {self.channels}")
         if self.image_size is not None and min(self.image_size) < 1:

@@ -47,3 +47,11 @@ def hymenoptera(tmp_path_factory) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(target, filter="data")
     return target / "hymenoptera_data"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Tests never read or fill the user's ~/.cache/oculi."""
+    folder = tmp_path_factory.getbasetemp() / "oculi-cache"
+    monkeypatch.setenv("OCULI_CACHE_DIR", str(folder))
+    return folder

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..errors import OculiError
-from .pretrained import Weights, create_timm_model, is_timm_model, offline_weights_file
+from .pretrained import (CLASSIFIERS, BackboneClassifier, Weights, create_timm_model, is_timm_model,
+                         offline_weights_file)
 from .registry import count_parameters, get_model_info, num_outputs_for, registered_models
 
 __all__ = ["create_model", "count_parameters", "get_model_info", "registered_models", "num_outputs_for",
-           "default_head", "Weights", "is_timm_model", "offline_weights_file"]
+           "default_head", "Weights", "is_timm_model", "offline_weights_file", "BackboneClassifier", "CLASSIFIERS"]
 
 
 def default_head(name: str, num_classes: int) -> str:
@@ -21,13 +22,17 @@ def default_head(name: str, num_classes: int) -> str:
 
 
 def create_model(name: str, num_classes: int, in_chans: int, image_size: tuple[int, int],
-                 head: str = "softmax", pretrained: bool = False) -> tuple[nn.Module, Weights | None]:
-    """Build ``name`` for this task; returns the model and, when pretrained, where its weights came from."""
+                 head: str = "softmax", pretrained: bool = False, classifier: str = "linear",
+                 weights_file: str | None = None) -> tuple[nn.Module, Weights | None]:
+    """Build ``name`` for this task; returns the model and, when pretrained, where its weights came from.
+
+    ``classifier`` (linear or mlp) and ``weights_file`` apply to timm backbones only."""
     num_outputs = num_outputs_for(num_classes, head)
     info = get_model_info(name)
     if info is None:
-        return create_timm_model(name, num_outputs, in_chans, pretrained)
-    if pretrained:
-        raise OculiError(f"--pretrained: '{name}' is trained from scratch; pretrained weights exist for "
+        return create_timm_model(name, num_outputs, in_chans, pretrained, classifier, weights_file)
+    if pretrained or weights_file:
+        flag = "--weights" if weights_file else "--pretrained"
+        raise OculiError(f"{flag}: '{name}' is trained from scratch; pretrained weights exist for "
                          f"timm models such as efficientnet_lite0")
     return info.factory(num_outputs=num_outputs, in_chans=in_chans, image_size=tuple(image_size)), None

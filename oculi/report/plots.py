@@ -33,10 +33,12 @@ def _series(history: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
 
 
-def plot_curves(history: list[dict], best_epoch: int | None = None) -> Figure:
+def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: dict | None = None) -> Figure:
     """Accuracy and loss per epoch, train vs val, with the kept (best) epoch marked.
 
-    ``best_epoch`` is the epoch whose weights the run kept; by default, the highest val accuracy."""
+    ``best_epoch`` is the epoch whose weights the run kept; by default, the highest val accuracy.
+    ``baseline`` (val metrics of the starting model: the head trained on frozen features) is drawn as a
+    dashed line; ``best_epoch`` 0 means the baseline was kept."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_acc, ax_loss = fig.subplots(1, 2)
     epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
@@ -51,7 +53,13 @@ def plot_curves(history: list[dict], best_epoch: int | None = None) -> Figure:
         ax.set_ylabel("accuracy" if name == "acc" else "loss")
         _epoch_axis(ax, epochs)
         ax.grid(alpha=0.3)
-    _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"), best_epoch)
+    if baseline is not None:
+        kept = " (kept)" if best_epoch == 0 else ""
+        ax_acc.axhline(baseline["val_acc"], color=_VAL, ls="--", lw=1.2,
+                       label=f"features head: val {baseline['val_acc']:.3f}{kept}")
+        ax_loss.axhline(baseline["val_loss"], color=_VAL, ls="--", lw=1.2, label="features head: val")
+    if best_epoch != 0:
+        _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"), best_epoch)
     for ax in (ax_acc, ax_loss):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")

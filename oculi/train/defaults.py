@@ -14,14 +14,18 @@ import numpy as np
 from ..config import TrainConfig
 from ..data.decode import read_image_size
 from ..data.sources import DataSource
-from ..errors import ImageDecodeError
+from ..errors import ImageDecodeError, OculiError
 from ..models import default_head, get_model_info, is_timm_model, offline_weights_file
+from ..models.pretrained import pretrained_feed_size
 
 SMALL_IMAGE_MAX_SIDE = 64
 SMALL_DEFAULT_MODEL = "vgg-mini"
 PHOTO_PRETRAINED_MODEL = "efficientnet_lite0"
 PHOTO_SCRATCH_MODEL, PHOTO_SCRATCH_SIZE = "simple-cnn", (128, 128)
-NO_FLIP_DATASETS = {"digits", "mnist"}  # a mirrored digit is another glyph
+NO_FLIP_DATASETS = {"digits", "mnist"}
+# After a head on features, a few epochs of fine-tuning: most of its gain comes early, and on a CPU
+# each epoch of a photo set costs as much as the whole features phase.
+AUTO_FINETUNE_EPOCHS = 5  # a mirrored digit is another glyph
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,15 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe) -> TrainConf
     pretrained = cfg.pretrained
     if pretrained is None:
         pretrained = get_model_info(model) is None and is_timm_model(model)
+    pretrained = pretrained or cfg.weights is not None
+    mode = _mode(cfg.mode, pretrained, probe)
     channels = 3 if pretrained else (cfg.channels or (1 if probe.grayscale else 3))
     image_size = cfg.image_size or _auto_size(model, pretrained, probe)
     n_train = sum(r.split == "train" for r in source.records)
     return dataclasses.replace(
-        cfg, model=model, pretrained=pretrained, channels=channels, image_size=tuple(image_size),
+        cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),
         head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
-        epochs=cfg.epochs or _auto_epochs(pretrained, n_train),
+        epochs=cfg.epochs or _auto_epochs(pretrained, mode, n_train),
         batch_size=cfg.batch_size or (32 if pretrained else 64),
         lr=cfg.lr or _auto_lr(cfg.optimizer, pretrained),
         augment=cfg.augment if cfg.augment != "auto" else "light",
@@ -78,17 +84,30 @@ def _auto_model(probe: DataProbe) -> str:
     return PHOTO_PRETRAINED_MODEL if offline_weights_file(PHOTO_PRETRAINED_MODEL) else PHOTO_SCRATCH_MODEL
 
 
+def _mode(mode: str, pretrained: bool, probe: DataProbe) -> str:
+    """auto: features then fine-tuning for photos on a pretrained backbone; fine-tuning alone for small
+    images (a backbone's features of a 32 px image blown up are poor); whole-network training without
+    pretrained weights."""
+    if not pretrained:
+        if mode == "features":
+            raise OculiError("--mode features needs a pretrained backbone (a timm model with weights, or --weights)")
+        return "finetune"
+    if mode == "auto" and probe.small:
+        return "finetune"
+    return mode
+
+
 def _auto_size(model: str, pretrained: bool, probe: DataProbe) -> tuple[int, int]:
     if pretrained:
-        return (224, 224)  # the input size ImageNet backbones were trained at
+        return pretrained_feed_size(model)
     if probe.small:
         return probe.size
     return PHOTO_SCRATCH_SIZE
 
 
-def _auto_epochs(pretrained: bool, n_train: int) -> int:
+def _auto_epochs(pretrained: bool, mode: str, n_train: int) -> int:
     if pretrained:
-        return 10
+        return AUTO_FINETUNE_EPOCHS if mode == "auto" else 10
     # About 300k images seen in all, between 10 and 40 epochs: enough for small sets to converge
     # without making large ones slow.
     return int(np.clip(round(300_000 / max(1, n_train)), 10, 40))

@@ -34,6 +34,7 @@ class LoopSettings:
     seed: int
     sampler: str = "shuffle"
     class_weights: torch.Tensor | None = None
+    phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
 
 
 @dataclass
@@ -43,11 +44,13 @@ class LoopState:
     epoch: int = 0  # completed epochs
     history: list[dict] = field(default_factory=list)
     best_state: dict | None = None
-    best_epoch: int = 0
+    best_epoch: int = 0  # 0: nothing beat the baseline (yet)
+    baseline: dict | None = None  # val metrics of the starting weights, when they must be beaten
+    prior: list[dict] = field(default_factory=list)  # history of an earlier phase (the features head)
 
     @property
-    def best_val_acc(self) -> float:
-        return self.history[self.best_epoch - 1]["val_acc"] if self.best_epoch else -1.0
+    def best_row(self) -> dict | None:
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.baseline
 
     def epochs_since_best(self) -> int:
         return self.epoch - self.best_epoch
@@ -120,49 +123,54 @@ def validate(model: nn.Module, data: TensorSet, preprocessing: Preprocessing, he
     """Loss and accuracy on the validation set (no augmentation)."""
     if len(data) == 0:
         return {"val_loss": None, "val_acc": None}
-    probs = logits_to_probs(predict_logits(model, data.images, preprocessing, device), head)
-    nll = -torch.log(probs[torch.arange(len(data)), data.labels].clamp_min(1e-7)).mean()
-    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == data.labels).float().mean())}
+    return validation_metrics(predict_logits(model, data.images, preprocessing, device), data.labels, head)
+
+
+def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
+    probs = logits_to_probs(logits, head)
+    nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
+    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == labels).float().mean())}
 
 
 def is_better(row: dict, state: LoopState) -> bool:
     """Higher val accuracy wins; on a tie, lower val loss. Without a val set, the latest epoch."""
-    if row["val_acc"] is None:
+    best = state.best_row
+    if row["val_acc"] is None or best is None:
         return True
-    if state.best_epoch == 0:
-        return True
-    best = state.history[state.best_epoch - 1]
     return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorSet, val: TensorSet,
         preprocessing: Preprocessing, augmentation: Augmentation | None, settings: LoopSettings,
         device: torch.device, reporter: Reporter, state: LoopState,
-        on_epoch_end: Callable[[LoopState], None]) -> LoopState:
-    """Train from ``state.epoch`` to ``settings.epochs`` (or early stop); ``on_epoch_end`` checkpoints."""
+        on_epoch_end: Callable[[LoopState], None],
+        on_epoch_start: Callable[[int], None] = lambda epoch: None) -> LoopState:
+    """Train from ``state.epoch`` to ``settings.epochs`` (or early stop); ``on_epoch_end`` checkpoints,
+    ``on_epoch_start(epoch)`` may change what is trainable (gradual unfreezing)."""
     steps = len(train) // settings.batch_size or 1
     while state.epoch < settings.epochs:
         if settings.patience is not None and state.epochs_since_best() >= settings.patience:
             reporter.info(f"early stop: no better val accuracy for {settings.patience} epochs")
             break
         epoch = state.epoch
+        on_epoch_start(epoch)
         started = time.perf_counter()
         with reporter.bar(f"epoch {epoch + 1}/{settings.epochs}", steps) as advance:
             row = train_epoch(model, optimizer, train, preprocessing, augmentation, settings, epoch, device,
                               advance)
-        row = {"epoch": epoch + 1, **row, **validate(model, val, preprocessing, settings.head, device),
+        row = {"epoch": epoch + 1, "phase": settings.phase, **row, **validate(model, val, preprocessing, settings.head, device),
                "seconds": round(time.perf_counter() - started, 2)}
         state.history.append(row)
         state.epoch = epoch + 1
         if is_better(row, state):
             state.best_epoch = state.epoch
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        reporter.info(_summary(row, settings.epochs, state.best_epoch == state.epoch))
+        reporter.info(summary_line(row, settings.epochs, state.best_epoch == state.epoch))
         on_epoch_end(state)
     return state
 
 
-def _summary(row: dict, epochs: int, best: bool) -> str:
+def summary_line(row: dict, epochs: int, best: bool) -> str:
     val = "" if row["val_acc"] is None else f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
     mark = "  [green]best[/green]" if best else ""
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"

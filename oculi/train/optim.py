@@ -8,12 +8,17 @@ import torch
 import torch.nn as nn
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm parameters: decaying them only hurts (they are 1-d).
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                    backbone_lr: float = 1.0) -> torch.optim.Optimizer:
+    """``backbone_lr`` scales the learning rate of parameters under ``model.backbone``: fine-tuning keeps
+    pretrained features near where they were, while the head moves at the full rate. Frozen parameters
+    stay in the optimizer (they get no gradient, so no update), ready for gradual unfreezing."""
+    groups = []
+    for scale, params in _by_lr_scale(model, backbone_lr):
+        # No weight decay on biases and norm parameters: decaying them only hurts (they are 1-d).
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    groups = [g for g in groups if g["params"]]
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if name == "adamw":
@@ -38,6 +43,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _by_lr_scale(model: nn.Module, backbone_lr: float) -> list[tuple[float, list[nn.Parameter]]]:
+    named = list(model.named_parameters())
+    backbone = [p for n, p in named if n.startswith("backbone.")]
+    rest = [p for n, p in named if not n.startswith("backbone.")]
+    return [(backbone_lr, backbone), (1.0, rest)]
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

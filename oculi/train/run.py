@@ -25,11 +25,12 @@ from ..errors import OculiError
 from ..evaluate import classification_metrics
 from ..inference import place_model, predict_probs, resolve_device
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
-from ..models import Weights, count_parameters, create_model
+from ..models import BackboneClassifier, Weights, count_parameters, create_model
 from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .defaults import augmentation_settings, probe_source, resolve
 from .loop import LoopSettings, LoopState, fit
+from .transfer import features_phase, freeze, gradual_unfreezing
 from .optim import build_optimizer
 from .progress import Reporter
 
@@ -97,7 +98,9 @@ def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> R
     _report_skipped(skipped, run_dir, reporter)
     _check_trainable(sets["train"], source)
     torch.manual_seed(cfg.seed)
-    model, weights = _build_model(cfg, len(source.classes), reporter)
+    model, weights, cfg = _build_model(cfg, len(source.classes), reporter)
+    if cfg.mode == "features":
+        freeze(model.backbone)
     preprocessing = _preprocessing(cfg, weights, sets["train"])
     if not resume:
         write_manifest(run_dir / "split.csv", _used_records(sets), source.classes)
@@ -142,13 +145,19 @@ def _check_trainable(train: TensorSet, source: DataSource) -> None:
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, reporter: Reporter):
+    """The model, its weights' origin, and ``cfg`` (changed to from-scratch training when no weights
+    could be had and the user had not asked for them explicitly)."""
+    def build(c: TrainConfig):
+        return create_model(c.model, num_classes, c.channels, c.image_size, c.head, c.pretrained, c.classifier,
+                            c.weights)
     try:
-        return create_model(cfg.model, num_classes, cfg.channels, cfg.image_size, cfg.head, cfg.pretrained)
+        return (*build(cfg), cfg)
     except OculiError as err:
-        if not (cfg.pretrained and "could not get ImageNet weights" in str(err)):
+        if not (cfg.pretrained and cfg.mode == "auto" and "could not get ImageNet weights" in str(err)):
             raise
         reporter.warn(f"{err}; training {cfg.model} from scratch")
-        return create_model(cfg.model, num_classes, cfg.channels, cfg.image_size, cfg.head, False)
+        cfg = dataclasses.replace(cfg, pretrained=False, mode="finetune")
+        return (*build(cfg), cfg)
 
 
 def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) -> Preprocessing:
@@ -172,8 +181,20 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     origin = f"pretrained ({weights.source})" if weights else "from scratch"
     reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
-    reporter.info(f"[bold]train[/bold]  {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, "
-                  f"{cfg.schedule} schedule, augment {cfg.augment}, seed {cfg.seed}, device {device}")
+    reporter.info(f"[bold]train[/bold]  {_describe_mode(cfg)}")
+    reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
+                  f"seed {cfg.seed}, device {device}")
+
+
+def _describe_mode(cfg: TrainConfig) -> str:
+    head = (f"{cfg.classifier} head on frozen features ({cfg.feature_views} view{'s' * (cfg.feature_views > 1)} "
+            f"per training image, cached), {cfg.head_epochs} epochs at lr {cfg.head_lr:g}")
+    finetune = (f"fine-tune everything {cfg.epochs} epochs at lr {cfg.lr:g} (backbone x{cfg.backbone_lr:g}"
+                + (f", unfrozen over {cfg.unfreeze_epochs} epochs" if cfg.unfreeze_epochs else "") + ")")
+    if not cfg.pretrained:
+        return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
+    return {"features": head, "finetune": finetune,
+            "auto": f"{head}; then {finetune}, kept if it beats the head"}[cfg.mode]
 
 
 def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:
@@ -188,22 +209,54 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
 
 
 def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume) -> LoopState:
+    """Train ``model`` as ``cfg.mode`` says: a head on frozen features, then (or only) the whole network."""
     place_model(model, device)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum)
-    state = LoopState()
-    if resume:
-        state = _restore(model, optimizer, run_dir, device, reporter)
+    settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
     checkpoint = run_dir / CHECKPOINT_NAME
+    state = LoopState()
+    # A resumed run past its features phase finds that phase's result in the checkpoint.
+    if cfg.mode in ("features", "auto") and not (resume and checkpoint.is_file()):
+        head_state = features_phase(model, cfg, sets, preprocessing, settings, source.name, device, reporter)
+        if cfg.mode == "features":
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head_state.history))
+            return dataclasses.replace(head_state, best_state=_copy_state(model))
+        state = LoopState(best_state=_copy_state(model), baseline=head_state.best_row, prior=head_state.history)
+        reporter.info("fine-tuning the whole network; it must beat the features model's val accuracy "
+                      f"({state.baseline['val_acc']:.2%}) to replace it")
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
+                                cfg.backbone_lr if cfg.pretrained else 1.0)
+    if resume and checkpoint.is_file():
+        state = _restore(model, optimizer, run_dir, device, reporter)
 
     def on_epoch_end(s: LoopState) -> None:
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.history))
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.prior + s.history))
         save_checkpoint(checkpoint, model.state_dict(), s.best_state, optimizer,
-                        {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history})
+                        {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
+                         "baseline": s.baseline, "prior": s.prior})
 
-    settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
-    augmentation = augmentation_settings(cfg, source.name)
-    return fit(model, optimizer, sets["train"], sets["val"], preprocessing, augmentation, settings, device,
-               reporter, state, on_epoch_end)
+    if isinstance(model, BackboneClassifier) and cfg.pretrained:
+        model.frozen_norm = True
+    on_epoch_start = (gradual_unfreezing(model, cfg.unfreeze_epochs)
+                      if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier) else lambda epoch: None)
+    settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
+    state = fit(model, optimizer, sets["train"], sets["val"], preprocessing, augmentation_settings(cfg, source.name),
+                settings, device, reporter, state, on_epoch_end, on_epoch_start)
+    if state.baseline is not None:
+        _say_what_was_kept(state, reporter)
+    return state
+
+
+def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:
+    base = state.baseline["val_acc"]
+    if state.best_epoch == 0:
+        reporter.info(f"kept the features model: fine-tuning did not beat its val accuracy {base:.2%}")
+    else:
+        reporter.info(f"kept fine-tuned epoch {state.best_epoch}: val accuracy {state.best_row['val_acc']:.2%} "
+                      f"(features model: {base:.2%})")
+
+
+def _copy_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
@@ -212,7 +265,8 @@ def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
     optimizer.load_state_dict(optim_state)
     reporter.info(f"resuming {run_dir} after epoch {meta['epoch']}")
     return LoopState(epoch=meta["epoch"], history=meta["history"],
-                     best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"])
+                     best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"],
+                     baseline=meta.get("baseline"), prior=meta.get("prior", []))
 
 
 def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped,
@@ -222,15 +276,16 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
     data = sets[split]
     probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
     metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
-    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head)
+    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
     summary = {"split": split, "accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
                "log_loss": metrics["log_loss"], "best_epoch": state.best_epoch, "epochs_run": state.epoch}
     save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
                 {"metrics": summary, "weights_source": weights.source if weights else "scratch",
+                 "training": _what_was_trained(cfg, state),
                  "trainable_parameters": count_parameters(model), "data": source.name})
     atomic_write_json(run_dir / "test_metrics.json", metrics)
     _save_predictions(run_dir / "test_predictions.csv", data, probs, source.classes)
-    save_figure(plot_curves(state.history, state.best_epoch), run_dir / "curves.png")
+    save_figure(plot_curves(state.history, state.best_epoch, state.baseline), run_dir / "curves.png")
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes),
                 run_dir / "confusion_matrix.png")
     reporter.info(f"[bold]{split}[/bold]   accuracy {metrics['accuracy']:.2%}, top-{metrics['top_k']} "
@@ -238,7 +293,16 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
                   f"(best epoch {state.best_epoch})")
     reporter.info(f"[bold]saved[/bold]  {run_dir}/ (model.safetensors, model.json, curves.png, "
                   f"confusion_matrix.png, test_metrics.json)")
-    return RunResult(run_dir, cfg, source.classes, state.history, metrics, skipped)
+    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped)
+
+
+def _what_was_trained(cfg: TrainConfig, state: LoopState) -> str:
+    """features | finetune | scratch: what produced the kept weights."""
+    if not cfg.pretrained:
+        return "scratch"
+    if cfg.mode == "features" or (state.baseline is not None and state.best_epoch == 0):
+        return "features"
+    return "finetune"
 
 
 def _save_predictions(path: Path, data: TensorSet, probs: np.ndarray, classes: list[str]) -> None:

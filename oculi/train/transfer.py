@@ -1,0 +1,79 @@
+"""The transfer-learning phases around the training loop: a head on frozen features, then fine-tuning.
+
+``--mode features`` runs only the first phase. ``--mode auto`` runs both: the head trained on
+features becomes the starting point of fine-tuning (linear probing then fine-tuning, which distorts
+pretrained features less than fine-tuning from a random head: Kumar et al. 2022, "Fine-Tuning can
+Distort Pretrained Features and Underperform Out-of-Distribution"), and the features model stays the
+one to beat: a fine-tuned epoch is kept only if its validation accuracy is higher.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from timm.models import group_parameters
+
+from ..config import TrainConfig
+from ..data.cache import TensorCache, cache_key
+from ..data.loading import TensorSet
+from ..data.transforms import Preprocessing
+from ..models import BackboneClassifier
+from .defaults import augmentation_settings
+from .features import fit_head, split_features
+from .loop import LoopSettings, LoopState
+from .progress import Reporter
+
+
+def features_phase(model: BackboneClassifier, cfg: TrainConfig, sets: dict[str, TensorSet],
+                   preprocessing: Preprocessing, settings: LoopSettings, dataset_name: str,
+                   device: torch.device, reporter: Reporter) -> LoopState:
+    """Compute (or read from the cache) the frozen backbone's features, train ``model.head`` on them.
+    Returns the head's training state; ``model.head`` holds its best epoch."""
+    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
+    cache = TensorCache("features") if cfg.cache else None
+    augmentation = augmentation_settings(cfg, dataset_name)
+    feats = {split: split_features(model.backbone, data, preprocessing, device, identity,
+                                   cfg.feature_views if split == "train" else 1, augmentation, cfg.seed, cache,
+                                   reporter, split)
+             for split, data in sets.items() if split in ("train", "val")}
+    head_settings = LoopSettings(**{**vars(settings), "epochs": cfg.head_epochs, "lr": cfg.head_lr,
+                                    "batch_size": min(settings.batch_size, len(feats["train"])),
+                                    "phase": "features"})
+    return fit_head(model.head, feats["train"], feats["val"], head_settings, cfg.optimizer, cfg.weight_decay,
+                    device, reporter)
+
+
+def backbone_digest(backbone: nn.Module) -> str:
+    """A key for the backbone's exact weights (features from other weights must not be reused)."""
+    return cache_key({}, *[t.detach().cpu() for t in backbone.state_dict().values()])
+
+
+def gradual_unfreezing(model: BackboneClassifier, epochs: int) -> Callable[[int], None]:
+    """``on_epoch_start`` that trains the top of the backbone first and one more block group each epoch,
+    all of it from epoch ``epochs`` on (ULMFiT's gradual unfreezing, over timm's block groups)."""
+    groups = backbone_groups(model.backbone)
+
+    def on_epoch_start(epoch: int) -> None:
+        thawed = len(groups) if epochs == 0 else math.ceil(len(groups) * min(1.0, (epoch + 1) / epochs))
+        for i, params in enumerate(groups):
+            for p in params:
+                p.requires_grad_(i >= len(groups) - thawed)
+
+    return on_epoch_start
+
+
+def backbone_groups(backbone: nn.Module) -> list[list[nn.Parameter]]:
+    """The backbone's parameters in timm's coarse block groups, stem first."""
+    params = dict(backbone.named_parameters())
+    if not hasattr(backbone, "group_matcher"):
+        return [list(params.values())]
+    names = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    return [[params[n] for n in group if n in params] for _, group in sorted(names.items())]
+
+
+def freeze(module: nn.Module, frozen: bool = True) -> None:
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
