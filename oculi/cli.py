@@ -175,6 +175,26 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
     out.print("Any other timm model name works too, e.g. --model resnet34 (pretrained weights from the hub).")
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The on-disk cache of backbone features.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the cache is and how much it holds."""
+    from .data.cache import cache_root, cache_size
+    entries, size = cache_size()
+    out.print(f"{cache_root()}: {entries} entries, {size / 2**20:.1f} MiB")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete every cached entry (they are recomputed when needed)."""
+    from .data.cache import cache_root, clear_cache
+    entries, size = clear_cache()
+    out.print(f"cleared {cache_root()}: {entries} entries, {size / 2**20:.1f} MiB freed")
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 

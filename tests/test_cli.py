@@ -24,6 +24,11 @@ def run_cli(capsys, *args):
     (["train", "{tmp}/colours", "--image-size", "big"], "--image-size"),
     (["train", "{tmp}/colours", "--epochs", "many"], "--epochs"),
     (["train", "{tmp}/colours", "--no-such-flag"], "--no-such-flag"),
+    (["train", "{tmp}/colours", "--mode", "frozen"], "--mode"),
+    (["train", "{tmp}/colours", "--model", "vgg-mini", "--mode", "features"], "--mode features"),
+    (["train", "{tmp}/colours", "--model", "resnet18", "--weights", "{tmp}/none.pt"], "--weights"),
+    (["train", "{tmp}/colours", "--classifier", "svm"], "--classifier"),
+    (["train", "{tmp}/colours", "--backbone-lr", "2"], "--backbone-lr"),
     (["predict", "{tmp}/missing", "x.jpg"], "no such run folder"),
     (["evaluate", "{tmp}/empty", "--data", "{tmp}/colours"], "model.json"),
 ])
@@ -60,6 +65,17 @@ def test_train_predict_evaluate_from_the_command_line(tmp_path, capsys):
     assert code == 0 and json.loads(out)["n"] == 24
     code, out, _ = run_cli(capsys, "predict", str(run), str(data / "blue" / "img_00.png"), "--csv")
     assert code == 0 and out.splitlines()[0] == "path,label,confidence,top_k"
+
+
+def test_cache_info_and_clear(tmp_path, capsys, private_cache):
+    from oculi.data.cache import TensorCache
+    import torch
+    TensorCache("features").put("k", {"features": torch.zeros(1000, 100)})
+    code, out, _ = run_cli(capsys, "cache", "info")
+    assert code == 0 and "1 entries, 0.4 MiB" in out and str(private_cache) in out
+    code, out, _ = run_cli(capsys, "cache", "clear")
+    assert code == 0 and "1 entries, 0.4 MiB freed" in out
+    assert "0 entries" in run_cli(capsys, "cache", "info")[1]
 
 
 def test_console_script_is_installed():

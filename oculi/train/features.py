@@ -38,7 +38,7 @@ class FeatureSet:
 @torch.no_grad()
 def extract_features(backbone: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, device: torch.device,
                      augmentation: Augmentation | None = None, generator: torch.Generator | None = None,
-                     batch_size: int = 64, advance: Callable = lambda n: None) -> torch.Tensor:
+                     batch_size: int = 32, advance: Callable = lambda n: None) -> torch.Tensor:
     """Pooled features of uint8 images [N, C, H, W], optionally augmented; backbone in eval mode."""
     backbone.eval()
     out = []

@@ -92,7 +92,11 @@ def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> R
                              cfg.data_dir, progress)
     for warning in source.warnings:
         reporter.warn(warning)
-    cfg = resolve(cfg, source, probe_source(source))
+    asked = cfg
+    cfg = resolve(cfg, source, probe_source(source), device.type)
+    if asked.mode == "auto" and cfg.mode == "features":
+        reporter.info(f"fine-tuning skipped: {len(source.split_records('train'))} training images take long "
+                      f"to fine-tune on the {device.type.upper()}; --mode finetune (or a GPU) does it anyway")
     run_dir.mkdir(parents=True, exist_ok=True)
     sets, skipped = _load_sets(source, cfg, reporter)
     _report_skipped(skipped, run_dir, reporter)
