@@ -55,3 +55,8 @@ def private_cache(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.getbasetemp() / "oculi-cache"
     monkeypatch.setenv("OCULI_CACHE_DIR", str(folder))
     return folder
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows less what depends on the clock (equal runs differ only there)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "time")} for r in rows]

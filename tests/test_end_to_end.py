@@ -9,7 +9,7 @@ import torch
 import oculi
 from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
-from tests.conftest import make_class_folder
+from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow
 
@@ -162,5 +162,4 @@ def test_kill_9_mid_run_then_resume_gives_the_same_model(tmp_path):
 
 
 def _without_timing(text: str) -> list[dict]:
-    rows = [json.loads(line) for line in text.splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rows]
+    return without_timing([json.loads(line) for line in text.splitlines()])

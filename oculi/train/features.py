@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation, Preprocessing
-from ..inference import autocast, model_input
+from ..inference import model_input
 from .loop import LoopSettings, LoopState, epoch_generator, epoch_order, is_better, loss_fn, validation_metrics
 from .optim import build_optimizer, lr_factor, set_lr
 from .progress import Reporter
@@ -36,23 +36,23 @@ class FeatureSet:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, device: torch.device,
-                     augmentation: Augmentation | None = None, generator: torch.Generator | None = None,
-                     batch_size: int = 32, advance: Callable = lambda n: None) -> torch.Tensor:
-    """Pooled features of uint8 images [N, C, H, W], optionally augmented; backbone in eval mode."""
-    backbone.eval()
+def extract_features(backbone: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     preprocessing: Preprocessing, device: torch.device, augmentation: Augmentation | None = None,
+                     generator: torch.Generator | None = None, batch_size: int = 32,
+                     advance: Callable = lambda n: None) -> torch.Tensor:
+    """Pooled features of uint8 images [N, C, H, W], optionally augmented, from ``backbone`` (a frozen
+    backbone in eval mode, or its ``FrozenForward``)."""
     out = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         if augmentation is not None:
             batch = augmentation(batch, generator)
-        with autocast(device):
-            out.append(backbone(model_input(preprocessing.normalize(batch))).float().cpu())
+        out.append(backbone(model_input(preprocessing.normalize(batch))).float().cpu())
         advance(len(batch))
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def split_features(backbone: nn.Module, data: TensorSet, preprocessing: Preprocessing, device: torch.device,
+def split_features(backbone: Callable[[torch.Tensor], torch.Tensor], data: TensorSet, preprocessing: Preprocessing, device: torch.device,
                    identity: dict, views: int, augmentation: Augmentation | None, seed: int,
                    cache: TensorCache | None, reporter: Reporter, name: str) -> FeatureSet:
     """Features of one split: view 0 plain, views 1.. augmented with generators seeded by (seed, view).
@@ -102,7 +102,7 @@ def fit_head(head: nn.Module, train: FeatureSet, val: FeatureSet, settings: Loop
         for epoch in range(settings.epochs):
             row = {"epoch": epoch + 1, "phase": "features",
                    **_head_epoch(head, optimizer, train, settings, epoch, steps, device),
-                   **validate_head(head, val, settings, device)}
+                   **validate_head(head, val, settings, device), "time": round(time.time(), 2)}
             state.history.append(row)
             state.epoch = epoch + 1
             if is_better(row, state):

@@ -159,7 +159,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorSet, va
             row = train_epoch(model, optimizer, train, preprocessing, augmentation, settings, epoch, device,
                               advance)
         row = {"epoch": epoch + 1, "phase": settings.phase, **row, **validate(model, val, preprocessing, settings.head, device),
-               "seconds": round(time.perf_counter() - started, 2)}
+               "seconds": round(time.perf_counter() - started, 2), "time": round(time.time(), 2)}
         state.history.append(row)
         state.epoch = epoch + 1
         if is_better(row, state):

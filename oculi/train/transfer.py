@@ -20,6 +20,7 @@ from ..config import TrainConfig
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Preprocessing
+from ..export import FrozenForward
 from ..models import BackboneClassifier
 from .defaults import augmentation_settings
 from .features import fit_head, split_features
@@ -35,10 +36,15 @@ def features_phase(model: BackboneClassifier, cfg: TrainConfig, sets: dict[str, 
     identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
     cache = TensorCache("features") if cfg.cache else None
     augmentation = augmentation_settings(cfg, dataset_name)
-    feats = {split: split_features(model.backbone, data, preprocessing, device, identity,
+    backbone = FrozenForward(model.backbone, device)
+    feats = {split: split_features(backbone, data, preprocessing, device, identity,
                                    cfg.feature_views if split == "train" else 1, augmentation, cfg.seed, cache,
                                    reporter, split)
              for split, data in sets.items() if split in ("train", "val")}
+    if backbone.runner is not None:
+        reporter.info("features computed with ONNX Runtime (the frozen backbone exported to ONNX)")
+    elif backbone.fallback_reason and device.type == "cpu":
+        reporter.info(f"features computed with PyTorch: {backbone.fallback_reason}")
     head_settings = LoopSettings(**{**vars(settings), "epochs": cfg.head_epochs, "lr": cfg.head_lr,
                                     "batch_size": min(settings.batch_size, len(feats["train"])),
                                     "phase": "features"})
