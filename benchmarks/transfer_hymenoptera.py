@@ -121,7 +121,9 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for r in rows:
         t, acc = zip(*r["curve"])
-        ax.plot(t, acc, marker="o", ms=4, label=f"{r['name']} (best {r['best_val_acc']:.1%})")
+        single = len(t) == 1  # a features-only run is one point: drawn large so no curve hides it
+        ax.plot(t, acc, marker="*" if single else "o", ms=14 if single else 4, zorder=3 if single else 2,
+                label=f"{r['name']} (best {r['best_val_acc']:.1%})")
     ax.set_xlabel("seconds from process start (2-core CPU)")
     ax.set_ylabel("val accuracy")
     ax.set_title("hymenoptera-256: val accuracy against wall time")

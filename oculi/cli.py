@@ -54,7 +54,7 @@ def train(
     head_lr: float = typer.Option(1e-3, help="Learning rate of the head on cached features."),
     backbone_lr: float = typer.Option(0.1, help="Fine-tuning: the backbone's learning rate as a fraction of --lr."),
     unfreeze_epochs: int = typer.Option(0, help="Fine-tuning: unfreeze the backbone gradually, top first, over N epochs."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Cache backbone features on disk."),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images and backbone features on disk, for later runs."),
     val_split: float = typer.Option(0.1, help="Fraction of images held out for validation."),
     test_split: float = typer.Option(0.1, help="Fraction held out for the final test."),
     split_manifest: Optional[str] = typer.Option(None, help="Reuse a run's split.csv."),
@@ -175,7 +175,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON."))
     out.print("Any other timm model name works too, e.g. --model resnet34 (pretrained weights from the hub).")
 
 
-cache_app = typer.Typer(no_args_is_help=True, help="The on-disk cache of backbone features.")
+cache_app = typer.Typer(no_args_is_help=True, help="The on-disk cache of decoded images and backbone features.")
 app.add_typer(cache_app, name="cache")
 
 

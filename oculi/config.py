@@ -46,7 +46,6 @@ class TrainConfig:
     head_lr: float = 1e-3  # learning rate of the head on cached features
     backbone_lr: float = 0.1  # fine-tuning: the backbone's learning rate, as a fraction of --lr
     unfreeze_epochs: int = 0  # fine-tuning: unfreeze the backbone gradually, top first, over N epochs
-    cache: bool = True  # cache backbone features on disk (see oculi.data.cache)
     # optimisation
     epochs: int | None = None
     batch_size: int | None = None
@@ -61,6 +60,7 @@ class TrainConfig:
     class_weights: str = "none"
     sampler: str = "shuffle"
     # run
+    cache: bool = True  # keep decoded images and backbone features on disk for later runs (oculi.data.cache)
     seed: int = 0
     device: str = "auto"
     out: str | None = None  # run folder; None: runs/<data name>, runs/<data name>-2, ...

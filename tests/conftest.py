@@ -50,9 +50,9 @@ def hymenoptera(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch) -> Path:
-    """Tests never read or fill the user's ~/.cache/oculi."""
-    folder = tmp_path_factory.getbasetemp() / "oculi-cache"
+def private_cache(tmp_path, monkeypatch) -> Path:
+    """Tests never read or fill the user's ~/.cache/oculi, nor one another's."""
+    folder = tmp_path / "oculi-cache"
     monkeypatch.setenv("OCULI_CACHE_DIR", str(folder))
     return folder
 

@@ -1,9 +1,12 @@
-"""An on-disk cache of computed tensors (backbone features), keyed by everything they depend on.
+"""On-disk caches, keyed by everything their contents depend on, so a stale entry is never read back.
 
-A key is a hash of the exact inputs: the prepared uint8 pixels of every image (so a changed, added or
-removed file, or another preprocessing, gives another key), plus a description of the computation
-(backbone, weights, view). A stale entry can therefore never be read back; it is only wasted disk,
-which ``oculi cache clear`` frees. Entries are safetensors files, written atomically.
+- ``images/``: a dataset's decoded, resized uint8 pixels (``ArrayCache``), keyed by every file's path,
+  size and modification time and the preprocessing: a changed, added or removed file, or another image
+  size, gives another key. Read back memory-mapped, so opening an entry costs no time.
+- ``features/``: backbone features (``TensorCache``), keyed by the exact prepared pixels and a
+  description of the computation (backbone, weights, view).
+
+An old entry is only wasted disk, which ``oculi cache clear`` frees. Every entry is written atomically.
 
 The folder is ``$OCULI_CACHE_DIR``, else ``$XDG_CACHE_HOME/oculi``, else ``~/.cache/oculi``.
 """
@@ -14,8 +17,10 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -69,10 +74,52 @@ class TensorCache:
             save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp))
 
 
+class ArrayCache:
+    """``get``/``put`` of one uint8 array and a JSON index under a key: ``root/<kind>/<key>/``."""
+
+    def __init__(self, kind: str, root: Path | None = None):
+        self.folder = (root or cache_root()) / kind
+
+    def get(self, key: str) -> tuple[np.ndarray, dict] | None:
+        """(array memory-mapped copy-on-write, index), or None when absent or damaged."""
+        entry = self.folder / key
+        try:
+            index = json.loads((entry / "index.json").read_text())
+            return np.load(entry / "array.npy", mmap_mode="c"), index
+        except (OSError, ValueError):
+            return None
+
+    def put(self, key: str, array: np.ndarray, index: dict) -> None:
+        """Write the entry into a temporary folder, then rename it into place in one step."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}."))
+        try:
+            np.save(tmp / "array.npy", array)
+            (tmp / "index.json").write_text(json.dumps(index))
+            os.replace(tmp, self.folder / key)
+        except OSError:
+            pass  # another process wrote the same entry first, or the disk is full: the cache is optional
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_identity(root: Path, paths: list[str]) -> str:
+    """A key for the files as they are now: each one's path, size and modification time."""
+    digest = hashlib.blake2b(str(root.resolve()).encode(), digest_size=20)
+    for path in paths:
+        try:
+            stat = (root / path).stat()
+            digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        except OSError:  # gone since the folder was listed: decoding will report it
+            digest.update(f"\0{path}\0missing".encode())
+    return digest.hexdigest()
+
+
 def cache_size(root: Path | None = None) -> tuple[int, int]:
     """(number of entries, bytes) under the cache folder."""
-    files = [p for p in (root or cache_root()).rglob("*.safetensors") if p.is_file()]
-    return len(files), sum(p.stat().st_size for p in files)
+    root = root or cache_root()
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".npy")]
+    return len(files), sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 def clear_cache(root: Path | None = None) -> tuple[int, int]:

@@ -1,24 +1,29 @@
 """Decode and prepare every image once, into uint8 tensors held in memory.
 
-Decoding is the slow part of a small-image run, so it happens exactly once per image; every epoch
-then slices batches out of one tensor (and augments them on the device) instead of re-reading files.
-A bad file is recorded and skipped: a long run never dies on one image.
+Decoding is the slow part of a small-image run, so it happens once per image and preprocessing:
+the decoded pixels of a folder are kept on disk (``images/`` in the cache, see ``oculi.data.cache``)
+and later runs map them back in instead of decoding again. Every epoch then slices batches out of one
+tensor (and augments them on the device) instead of re-reading files. A bad file is recorded and
+skipped: a long run never dies on one image.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
-import os
-
 import torch
 
 from ..errors import ImageDecodeError
+from .cache import ArrayCache, cache_key, file_identity
 from .sources import DataSource
 from .split import Record
 from .transforms import Preprocessing
+
+# Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
+DECODING_VERSION = 1
 
 
 @dataclass
@@ -33,45 +38,71 @@ class TensorSet:
         return len(self.labels)
 
 
-def load_split(source: DataSource, records: list[Record], preprocessing: Preprocessing,
-               skipped: list[tuple[str, str]], advance: Callable[[int], None] | None = None) -> TensorSet:
-    """Decode and prepare ``records``; unreadable ones are appended to ``skipped`` and left out."""
-    if source.arrays is not None:
-        return _load_arrays(source, records, preprocessing, advance)
+@dataclass
+class DecodedImages:
+    """Every distinct image of a source, decoded: ``images[rows[path]]``; ``failed[path]`` says why a
+    file could not be read."""
 
-    def prepare(record: Record):
+    images: torch.Tensor
+    rows: dict[str, int]
+    failed: dict[str, str]
+
+    def select(self, records: list[Record]) -> TensorSet:
+        """The readable ``records``, in order, as a TensorSet (a copy in memory)."""
+        kept = [r for r in records if r.path in self.rows]
+        index = torch.tensor([self.rows[r.path] for r in kept], dtype=torch.long)
+        images = self.images[index] if len(kept) else self.images[:0].clone()
+        return TensorSet(images, torch.tensor([r.label for r in kept], dtype=torch.long), [r.path for r in kept])
+
+
+def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Callable[[int], None] = lambda n: None,
+                  cache: ArrayCache | None = None) -> DecodedImages:
+    """Decode and prepare every image of ``source`` once, or map in the cached result of an earlier run."""
+    paths = sorted({r.path for r in source.records})
+    if source.arrays is not None or cache is None:  # built-in sets are decoded arrays already
+        return _decode(source, paths, preprocessing, advance)
+    key = cache_key({"decoding": DECODING_VERSION, "files": file_identity(source.root, paths),
+                     "size": list(preprocessing.image_size), "channels": preprocessing.channels,
+                     "resize": preprocessing.resize})
+    hit = cache.get(key)
+    if hit is not None and hit[0].shape[0] == len(hit[1]["paths"]):
+        array, index = hit
+        advance(len(paths))
+        return DecodedImages(torch.from_numpy(array), {p: i for i, p in enumerate(index["paths"])}, index["failed"])
+    decoded = _decode(source, paths, preprocessing, advance)
+    cache.put(key, decoded.images.numpy(), {"paths": sorted(decoded.rows, key=decoded.rows.get),
+                                            "failed": decoded.failed})
+    return decoded
+
+
+def _decode(source: DataSource, paths: list[str], preprocessing: Preprocessing,
+            advance: Callable[[int], None]) -> DecodedImages:
+    def prepare(path: str):
         try:
-            image = preprocessing.prepare(source.read(record, channels=preprocessing.channels))
+            return path, preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels)), None
         except ImageDecodeError as err:
-            return record, None, err.reason
-        return record, image, None
+            return path, None, err.reason
 
-    kept, images = [], []
-    # Decoders release the GIL, so threads give real parallelism without pickling images between processes.
+    images, rows, failed = [], {}, {}
+    # Decoders and resizing release the GIL, so threads use every core without copying images between
+    # processes.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for record, image, reason in pool.map(prepare, records):
+        for path, image, reason in pool.map(prepare, paths):
             if image is None:
-                skipped.append((record.path, reason))
+                failed[path] = reason
             else:
-                kept.append(record)
+                rows[path] = len(images)
                 images.append(image)
-            if advance:
-                advance(1)
-    return _stack(kept, images, preprocessing)
+            advance(1)
+    empty = torch.empty((0, preprocessing.channels, *preprocessing.image_size), dtype=torch.uint8)
+    return DecodedImages(torch.stack(images) if images else empty, rows, failed)
 
 
-def _load_arrays(source: DataSource, records: list[Record], preprocessing: Preprocessing,
-                 advance) -> TensorSet:
-    images = [preprocessing.prepare(source.read(r, channels=preprocessing.channels)) for r in records]
-    if advance:
-        advance(len(records))
-    return _stack(records, images, preprocessing)
-
-
-def _stack(records: list[Record], images: list[torch.Tensor], preprocessing: Preprocessing) -> TensorSet:
-    if images:
-        stacked = torch.stack(images)
-    else:
-        stacked = torch.empty((0, preprocessing.channels, *preprocessing.image_size), dtype=torch.uint8)
-    labels = torch.tensor([r.label for r in records], dtype=torch.long)
-    return TensorSet(stacked, labels, [r.path for r in records])
+def load_split(source: DataSource, records: list[Record], preprocessing: Preprocessing,
+               skipped: list[tuple[str, str]], advance: Callable[[int], None] = lambda n: None,
+               cache: ArrayCache | None = None) -> TensorSet:
+    """Decode and prepare ``records``; unreadable ones are appended to ``skipped`` and left out."""
+    decoded = decode_source(DataSource(source.name, source.classes, records, source.root, source.arrays),
+                            preprocessing, advance, cache)
+    skipped += [(r.path, decoded.failed[r.path]) for r in records if r.path in decoded.failed]
+    return decoded.select(records)

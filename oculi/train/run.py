@@ -17,7 +17,8 @@ import torch
 from .. import __version__
 from ..bundle import ModelSpec, save_bundle
 from ..config import TrainConfig
-from ..data.loading import TensorSet, load_split
+from ..data.cache import ArrayCache
+from ..data.loading import TensorSet, decode_source
 from ..data.sources import DataSource, open_source
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
@@ -124,12 +125,11 @@ def _absolute(data: str) -> str:
 def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
     """Decode and prepare every image once; bad files are collected, not fatal."""
     stub = Preprocessing(cfg.image_size, cfg.channels, cfg.resize)
-    skipped = list(source.skipped)
-    sets = {}
-    with reporter.bar("decoding images", len(source.records)) as advance:
-        for split in ("train", "val", "test"):
-            sets[split] = load_split(source, source.split_records(split), stub, skipped, advance)
-    return sets, skipped
+    with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
+        decoded = decode_source(source, stub, advance, ArrayCache("images") if cfg.cache else None)
+    skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
+                                      if r.path in decoded.failed]
+    return {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}, skipped
 
 
 def _report_skipped(skipped: list[tuple[str, str]], run_dir: Path, reporter: Reporter) -> None:

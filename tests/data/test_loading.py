@@ -1,0 +1,97 @@
+"""Decoding once: the decoded-image cache is reused while the files are unchanged, and only then."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from oculi.data import loading
+from oculi.data.cache import ArrayCache
+from oculi.data.loading import decode_source
+from oculi.data.sources import open_source
+from oculi.data.transforms import Preprocessing
+from tests.conftest import make_class_folder, write_image
+
+PREP = Preprocessing((16, 16), 3)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = make_class_folder(tmp_path / "colours", per_class=6)
+    (root / "red" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    return root
+
+
+def _decode(root, cache, prep=PREP):
+    return decode_source(open_source(str(root)), prep, cache=cache)
+
+
+def _entries(cache):
+    return sorted(p.name for p in cache.folder.iterdir() if not p.name.startswith("."))
+
+
+def _no_decoding(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr(loading, "_decode", fail)
+
+
+def test_a_second_decode_maps_the_cached_pixels_back(folder, tmp_path, monkeypatch):
+    cache = ArrayCache("images", root=tmp_path / "cache")
+    first = _decode(folder, cache)
+    assert len(first.rows) == 18 and list(first.failed) == ["red/broken.jpg"]
+    _no_decoding(monkeypatch)
+    second = _decode(folder, cache)
+    assert second.rows == first.rows and second.failed == first.failed  # bad files stay reported
+    assert torch.equal(second.images, first.images)
+
+
+@pytest.mark.parametrize("change", ["rewrite", "add", "remove"])
+def test_a_changed_added_or_removed_file_means_decoding_again(folder, tmp_path, change):
+    cache = ArrayCache("images", root=tmp_path / "cache")
+    before = _decode(folder, cache)
+    target = folder / "green" / "img_00.png"
+    if change == "rewrite":
+        write_image(target, np.random.default_rng(7), size=(30, 30), colour=2)
+        os.utime(target, ns=(1, 1))  # even an old modification time: the size differs
+    elif change == "add":
+        write_image(folder / "green" / "new.png", np.random.default_rng(7))
+    else:
+        target.unlink()
+    after = _decode(folder, cache)
+    assert len(_entries(cache)) == 2
+    if change == "rewrite":
+        row = lambda d: d.images[d.rows["green/img_00.png"]]  # noqa: E731
+        assert not torch.equal(row(before), row(after))
+    else:
+        assert len(after.rows) == len(before.rows) + (1 if change == "add" else -1)
+
+
+def test_another_image_size_is_another_entry_and_no_cache_writes_nothing(folder, tmp_path):
+    cache = ArrayCache("images", root=tmp_path / "cache")
+    small, large = _decode(folder, cache), _decode(folder, cache, Preprocessing((24, 20), 3))
+    assert small.images.shape[-2:] == (16, 16) and large.images.shape[-2:] == (24, 20)
+    assert len(_entries(cache)) == 2
+    _decode(folder, None)
+    assert len(_entries(cache)) == 2
+
+
+def test_a_damaged_entry_is_decoded_again(folder, tmp_path):
+    cache = ArrayCache("images", root=tmp_path / "cache")
+    first = _decode(folder, cache)
+    (cache.folder / _entries(cache)[0] / "array.npy").write_bytes(b"garbage")
+    again = _decode(folder, cache)
+    assert torch.equal(again.images, first.images)
+
+
+def test_a_run_uses_the_cache_and_no_cache_bypasses_it(folder, tmp_path, private_cache, monkeypatch):
+    import oculi
+    options = dict(model="mlp", epochs=1, image_size=16, progress=False)
+    first = oculi.train(str(folder), out=str(tmp_path / "a"), **options)
+    assert len(list((private_cache / "images").iterdir())) == 1
+    _no_decoding(monkeypatch)
+    second = oculi.train(str(folder), out=str(tmp_path / "b"), **options)
+    assert second.test_metrics == first.test_metrics and second.skipped == first.skipped
+    with pytest.raises(AssertionError, match="decoded again"):
+        oculi.train(str(folder), out=str(tmp_path / "c"), cache=False, **options)
