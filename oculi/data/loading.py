@@ -9,11 +9,14 @@ skipped: a long run never dies on one image.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..errors import ImageDecodeError
@@ -24,6 +27,7 @@ from .transforms import Preprocessing
 
 # Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
 DECODING_VERSION = 1
+DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
 
 
 @dataclass
@@ -75,27 +79,59 @@ def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Cal
     return decoded
 
 
+
+
 def _decode(source: DataSource, paths: list[str], preprocessing: Preprocessing,
             advance: Callable[[int], None]) -> DecodedImages:
-    def prepare(path: str):
-        try:
-            return path, preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels)), None
-        except ImageDecodeError as err:
-            return path, None, err.reason
-
+    """Decode ``paths`` in chunks, on every core."""
+    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
     images, rows, failed = [], {}, {}
-    # Decoders and resizing release the GIL, so threads use every core without copying images between
-    # processes.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for path, image, reason in pool.map(prepare, paths):
-            if image is None:
-                failed[path] = reason
-            else:
-                rows[path] = len(images)
-                images.append(image)
-            advance(1)
+    with _decoding_pool(len(chunks), source, preprocessing) as pool:
+        for chunk, results in zip(chunks, pool.map(_prepare_chunk, chunks)):
+            for path, result in zip(chunk, results):
+                if isinstance(result, str):
+                    failed[path] = result
+                else:
+                    rows[path] = len(images)
+                    images.append(torch.from_numpy(result))
+            advance(len(chunk))
     empty = torch.empty((0, preprocessing.channels, *preprocessing.image_size), dtype=torch.uint8)
     return DecodedImages(torch.stack(images) if images else empty, rows, failed)
+
+
+def _decoding_pool(n_chunks: int, source: DataSource, preprocessing: Preprocessing) -> Executor:
+    """Forked worker processes where the platform forks (Linux): image headers are parsed in Python
+    under the GIL, so threads do not scale (60,000 CIFAR JPEGs on 2 cores: 11.3 s in one thread, 14.4 s
+    in two threads, 7.0 s in two processes). Elsewhere, or for a single chunk, this process."""
+    workers = min(os.cpu_count() or 1, n_chunks)
+    if workers > 1 and sys.platform.startswith("linux"):
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_start_worker, initargs=(source, preprocessing))
+    _start_worker(source, preprocessing, threads=None)
+    return ThreadPoolExecutor(1)
+
+
+_worker_job: tuple[DataSource, Preprocessing] | None = None
+
+
+def _start_worker(source: DataSource, preprocessing: Preprocessing, threads: int | None = 1) -> None:
+    global _worker_job
+    _worker_job = (source, preprocessing)
+    if threads:
+        torch.set_num_threads(threads)  # one thread per process: the processes already fill the cores
+
+
+def _prepare_chunk(chunk: list[str]) -> list[np.ndarray | str]:
+    """uint8 arrays [C, H, W] of the chunk's images, or the reason a file could not be read."""
+    source, preprocessing = _worker_job
+    out = []
+    for path in chunk:
+        try:
+            image = preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels))
+            out.append(image.contiguous().numpy())
+        except ImageDecodeError as err:
+            out.append(err.reason)
+    return out
 
 
 def load_split(source: DataSource, records: list[Record], preprocessing: Preprocessing,
