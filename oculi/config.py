@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import OculiError
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("cosine", "onecycle", "constant")
+OPTIMIZERS = ("auto", "adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("auto", "cosine", "onecycle", "constant")
 HEADS = ("auto", "softmax", "sigmoid")
 RESIZE_MODES = ("squash", "pad", "crop")
 AUGMENTS = ("auto", "none", "light")
@@ -50,12 +50,12 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    optimizer: str = "adamw"
+    optimizer: str = "auto"  # the model's recipe: sgd for fast-cnn, else adamw
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    schedule: str = "cosine"
+    schedule: str = "auto"  # the model's recipe: onecycle for fast-cnn, else cosine
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
+    label_smoothing: float | None = None  # None: the model's recipe (0.2 for fast-cnn, else 0)
     patience: int | None = 10  # early stopping: epochs without a better val accuracy; None: never
     class_weights: str = "none"
     sampler: str = "shuffle"
@@ -109,7 +109,7 @@ class TrainConfig:
         for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
             if value is not None and not 0 < value < 10:
                 raise OculiError(f"{flag} must be between 0 and 10, got {value}")
-        if not 0 <= self.label_smoothing < 1:
+        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise OculiError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             raise OculiError("--weight-decay and --warmup-epochs cannot be negative")

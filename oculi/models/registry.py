@@ -77,4 +77,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 def _import_architectures() -> None:
     # Importing the module runs its @register_model decorators.
-    from . import seed  # noqa: F401
+    from . import seed, speed  # noqa: F401

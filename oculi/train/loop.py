@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -79,6 +79,20 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) 
                            label_smoothing=settings.label_smoothing)
 
 
+def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augmentation: Augmentation | None,
+                     preprocessing: Preprocessing, generator: torch.Generator,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time.
+    The last partial batch is dropped: a batch of 1 breaks BatchNorm and skews the step size."""
+    for step in range(max(1, len(order) // batch_size)):
+        index = order[step * batch_size:(step + 1) * batch_size]
+        images = data.images[index].to(device, non_blocking=True)
+        labels = data.labels[index].to(device, non_blocking=True)
+        if augmentation is not None:
+            images = augmentation(images, generator)
+        yield model_input(preprocessing.normalize(images)), labels
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, preprocessing: Preprocessing,
                 augmentation: Augmentation | None, settings: LoopSettings, epoch: int, device: torch.device,
                 advance: Callable) -> dict:
@@ -92,14 +106,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
     warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
     loss_sum = correct = seen = 0
     speed = Throughput()
-    for step in range(steps_per_epoch):
-        # Drop the last partial batch: a batch of 1 breaks BatchNorm and skews the step size.
-        index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
-        images = data.images[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
-        if augmentation is not None:
-            images = augmentation(images, generator)
-        inputs = model_input(preprocessing.normalize(images))
+    batches = training_batches(data, order, settings.batch_size, augmentation, preprocessing, generator, device)
+    for step, (inputs, labels) in enumerate(batches):
         set_lr(optimizer, settings.lr * lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps,
                                                   settings.schedule))
         with autocast(device):
@@ -109,11 +117,11 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
         loss.backward()
         optimizer.step()
         predicted = logits_to_probs(logits.detach(), settings.head).argmax(1)
-        loss_sum += float(loss.detach()) * len(index)
+        loss_sum += float(loss.detach()) * len(labels)
         correct += int((predicted == labels).sum())
-        seen += len(index)
+        seen += len(labels)
         advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
-                **{"img/s": f"{speed.add(len(index)):.0f}"})
+                **{"img/s": f"{speed.add(len(labels)):.0f}"})
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
             "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
 

@@ -107,6 +107,8 @@ def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> R
     if cfg.mode == "features":
         freeze(model.backbone)
     preprocessing = _preprocessing(cfg, weights, sets["train"])
+    if hasattr(model, "init_from_data") and not resume:
+        _init_from_data(model, sets["train"], preprocessing, cfg.seed)
     if not resume:
         write_manifest(run_dir / "split.csv", _used_records(sets), source.classes)
         atomic_write_json(run_dir / "config.json", {"oculi_version": __version__, "config": cfg.to_dict(),
@@ -171,6 +173,12 @@ def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) 
     else:
         mean, std = channel_stats(train.images)
     return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std)
+
+
+def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed: int, sample: int = 5000) -> None:
+    """Layers set from the data before training (fast-cnn's patch whitening), from a seeded sample."""
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:sample]
+    model.init_from_data(preprocessing.normalize(train.images[index]))
 
 
 def _used_records(sets: dict[str, TensorSet]) -> list[Record]:

@@ -1,0 +1,54 @@
+"""fast-cnn: its whitening layer really whitens, it takes any small input, and it learns."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oculi.models import create_model
+from oculi.models.speed import PATCH, FastCNN
+
+
+def _correlated_images(n=400, channels=3, side=16, seed=0):
+    """Smooth, channel-correlated images: patches far from white."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.avg_pool2d(torch.randn(n, 1, side + 3, side + 3, generator=g), 4, stride=1)
+    return base.repeat(1, channels, 1, 1) + 0.1 * torch.randn(n, channels, side, side, generator=g)
+
+
+def test_whitening_filters_decorrelate_the_training_patches():
+    images = _correlated_images()
+    model = FastCNN(10, in_chans=3)
+    model.init_from_data(images)
+    half = model.whiten.out_channels // 2
+    with torch.no_grad():
+        responses = F.conv2d(images, model.whiten.weight[:half])  # one sign of each filter
+    flat = responses.permute(0, 2, 3, 1).reshape(-1, half)
+    covariance = torch.cov(flat.T)
+    assert torch.allclose(covariance, torch.eye(half), atol=0.05)
+    assert torch.equal(model.whiten.weight[half:], -model.whiten.weight[:half])
+    assert not model.whiten.weight.requires_grad  # fixed: training leaves it as the data set it
+
+
+@pytest.mark.parametrize("channels, side", [(1, 8), (1, 28), (3, 32), (3, 64), (3, 24)])
+def test_any_small_input_gives_one_logit_per_class(channels, side):
+    model, weights = create_model("fast-cnn", 7, channels, (side, side))
+    assert weights is None
+    assert model(torch.randn(2, channels, side, side)).shape == (2, 7)
+    assert model.whiten.kernel_size == (PATCH, PATCH)
+
+
+def test_it_learns_a_separable_task():
+    torch.manual_seed(0)
+    images = torch.randn(256, 3, 16, 16)
+    labels = (images[:, 0].mean((1, 2)) > 0).long()
+    images[:, 0] += labels.view(-1, 1, 1).float() * 2 - 1
+    model = FastCNN(2, 3)
+    model.init_from_data(images)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.2, momentum=0.9)
+    for _ in range(30):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert (model(images).argmax(1) == labels).float().mean() > 0.95
