@@ -14,11 +14,12 @@ OPTIMIZERS = ("auto", "adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("auto", "cosine", "onecycle", "constant")
 HEADS = ("auto", "softmax", "sigmoid")
 RESIZE_MODES = ("squash", "pad", "crop")
-AUGMENTS = ("auto", "none", "light")
+AUGMENTS = ("auto", "none", "light", "standard", "strong")
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("shuffle", "balanced")
 MODES = ("auto", "features", "finetune")
 CLASSIFIERS = ("linear", "mlp")
+TTAS = ("auto", "none", "flip")
 
 
 @dataclass
@@ -33,6 +34,7 @@ class TrainConfig:
     resize: str = "squash"
     channels: int | None = None  # None: 1 for grayscale data, 3 otherwise (3 when the model needs it)
     augment: str = "auto"
+    tta: str = "auto"  # test-time augmentation: flip averages each image with its mirror; auto: the recipe's
     # model
     model: str = "auto"
     pretrained: bool | None = None  # None: pretrained weights when the model has them available
@@ -95,6 +97,7 @@ class TrainConfig:
         _choice("--sampler", self.sampler, SAMPLERS)
         _choice("--mode", self.mode, MODES)
         _choice("--classifier", self.classifier, CLASSIFIERS)
+        _choice("--tta", self.tta, TTAS)
         _fraction("--val-split", self.val_split)
         _fraction("--test-split", self.test_split)
         if self.val_split + self.test_split >= 1:

@@ -66,7 +66,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Prepro
     for start in range(0, len(images), batch_size):
         batch = model_input(preprocessing.normalize(images[start:start + batch_size].to(device, non_blocking=True)))
         with autocast(device):
-            outputs.append(model(batch).float().cpu())
+            logits = model(batch).float()
+            if preprocessing.flip_tta:
+                logits = (logits + model(batch.flip(-1)).float()) / 2
+            outputs.append(logits.cpu())
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)

@@ -26,6 +26,7 @@ class Preprocessing:
     resize: str = "squash"  # squash: ignore aspect | pad: letterbox | crop: centre crop
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    flip_tta: bool = False  # the model's output for an image is the mean of its and its mirror's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,7 +34,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]), resize=d["resize"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), flip_tta=bool(d.get("flip_tta", False)))
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 [C, H, W] (already ``channels`` channels) -> uint8 [C, *image_size]."""
@@ -75,20 +76,55 @@ def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple
 
 # ---- augmentation (batched, on the training device) ---------------------------------------------
 
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+
+
 @dataclass(frozen=True)
 class Augmentation:
+    """Random changes to a uint8 batch [N, C, H, W], all drawn from one generator (a seeded epoch repeats
+    exactly), all batched on the batch's device. The knobs are Keras ImageDataGenerator's."""
+
     flip: bool = True  # random horizontal flip (off for digits: a mirrored 3 is not a 3)
-    translate: float = 0.125  # random shift, as a fraction of the image side, with reflect padding
+    translate: float = 0.125  # random shift by whole pixels, as a fraction of the side, reflect padding
+    vflip: bool = False  # random vertical flip
+    rotation: float = 0.0  # degrees, up to +-rotation
+    shift: float = 0.0  # sub-pixel shift, up to +-shift of the width and height (Keras' *_shift_range)
+    shear: float = 0.0  # degrees, up to +-shear
+    zoom: float = 0.0  # scale between 1 - zoom and 1 + zoom
+    fill: str = "reflect"  # what the affine changes bring in at the borders: constant|nearest|reflect|wrap
+    brightness: float = 0.0  # pixel values times 1 +- brightness
+    contrast: float = 0.0  # distance from each image's mean times 1 +- contrast
+    saturation: float = 0.0  # distance from gray times 1 +- saturation (colour images)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def affine(self) -> bool:
+        return any((self.rotation, self.shift, self.shear, self.zoom))
+
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.flip:
             batch = random_flip(batch, generator)
+        if self.vflip:
+            batch = random_flip(batch, generator, dim=-2)
         if self.translate > 0:
             batch = random_translate(batch, self.translate, generator)
+        if self.affine:
+            batch = random_affine(batch, self, generator)
+        if self.brightness or self.contrast or self.saturation:
+            batch = random_colour(batch, self, generator)
         return batch
+
+
+# Presets for --augment. light: airbench's flip and translate, right for small images; standard and strong:
+# the Keras tutorials' ImageDataGenerator settings (strong is the cars-vs-elephants "heavy augmentation").
+AUGMENT_PRESETS = {
+    "light": Augmentation(),
+    "standard": Augmentation(translate=0, rotation=15, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1),
+    "strong": Augmentation(translate=0, rotation=40, shift=0.2, shear=11.3, zoom=0.2, fill="nearest",
+                           brightness=0.2, contrast=0.2, saturation=0.2),
+}
 
 
 def _uniform(n: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -96,9 +132,14 @@ def _uniform(n: int, generator: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=generator).to(device)
 
 
-def random_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _symmetric(n: int, limit: float, generator: torch.Generator, device) -> torch.Tensor:
+    """n draws from U(-limit, limit)."""
+    return (_uniform(n, generator, device) * 2 - 1) * limit
+
+
+def random_flip(batch: torch.Tensor, generator: torch.Generator, dim: int = -1) -> torch.Tensor:
     flip = _uniform(len(batch), generator, batch.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+    return torch.where(flip.view(-1, 1, 1, 1), batch.flip(dim), batch)
 
 
 def random_translate(batch: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -115,3 +156,51 @@ def random_translate(batch: torch.Tensor, fraction: float, generator: torch.Gene
     index = torch.arange(n, device=batch.device)[:, None, None, None]
     channels = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
     return padded[index, channels, rows, cols]
+
+
+def random_affine(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Rotate, shear, zoom and shift each image by its own random amounts, in one resampling."""
+    n, device = len(batch), batch.device
+    angle = torch.deg2rad(_symmetric(n, aug.rotation, generator, device))
+    shear = torch.deg2rad(_symmetric(n, aug.shear, generator, device))
+    scale = 1 + _symmetric(n, aug.zoom, generator, device)
+    shift = _symmetric(2 * n, aug.shift, generator, device).view(n, 2)
+    return affine_batch(batch, angle, shear, scale, shift, aug.fill)
+
+
+def affine_batch(batch: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor,
+                 shift: torch.Tensor, fill: str) -> torch.Tensor:
+    """Per image: rotate by ``angle`` and shear by ``shear`` (radians), zoom by ``scale`` (2: twice as
+    large), shift by ``shift`` [N, 2] (fractions of width and height: output pixel x shows input pixel
+    x + shift * w), filling the borders as ``fill`` says."""
+    n, _, h, w = batch.shape
+    device = batch.device
+    # The output-to-input map in pixel units around the centre, A = R(angle) @ Shear(shear) / scale, is
+    # moved to affine_grid's [-1, 1] units by D^-1 A D with D = diag(w, h) / 2 (non-square images stay true).
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    a = torch.stack([torch.stack([cos, cos * tan - sin], 1), torch.stack([sin, sin * tan + cos], 1)], 1)
+    a = a / scale.view(n, 1, 1)
+    d = torch.tensor([w / 2, h / 2], device=device)
+    theta = torch.cat([a * d.view(1, 1, 2) / d.view(1, 2, 1), 2 * shift.view(n, 2, 1)], dim=2)
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
+    if fill == "wrap":
+        grid = torch.remainder(grid + 1, 2) - 1
+    padding = {"constant": "zeros", "nearest": "border", "reflect": "reflection", "wrap": "border"}[fill]
+    out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    return out.round_().clamp_(0, 255).to(batch.dtype)
+
+
+def random_colour(batch: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation, each image by its own factors."""
+    n, device = len(batch), batch.device
+    x = batch.float()
+    factor = lambda limit: 1 + _symmetric(n, limit, generator, device).view(n, 1, 1, 1)  # noqa: E731
+    if aug.brightness:
+        x = x * factor(aug.brightness)
+    if aug.contrast:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * factor(aug.contrast) + mean
+    if aug.saturation and x.shape[1] == 3:
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - gray) * factor(aug.saturation) + gray
+    return x.round_().clamp_(0, 255).to(batch.dtype)

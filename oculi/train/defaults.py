@@ -37,9 +37,9 @@ CPU_FINETUNE_IMAGES = 1500  # a mirrored digit is another glyph
 # label smoothing 0.2. Measured on CIFAR-10 JPEGs, 2-core CPU: 84% test accuracy in 10 epochs (BENCHMARKS.md).
 RECIPES = {
     "fast-cnn": dict(optimizer="sgd", lr=0.2, batch_size=512, schedule="onecycle", label_smoothing=0.2,
-                     images_seen=450_000),
+                     images_seen=450_000, tta="flip"),
 }
-DEFAULT_RECIPE = dict(optimizer="adamw", schedule="cosine", label_smoothing=0.0, images_seen=300_000)
+DEFAULT_RECIPE = dict(optimizer="adamw", schedule="cosine", label_smoothing=0.0, images_seen=300_000, tta="none")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,13 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         schedule=cfg.schedule if cfg.schedule != "auto" else recipe["schedule"],
         label_smoothing=cfg.label_smoothing if cfg.label_smoothing is not None else recipe["label_smoothing"],
         augment=cfg.augment if cfg.augment != "auto" else "light",
+        tta=cfg.tta if cfg.tta != "auto" else _auto_tta(recipe, source.name),
     )
+
+
+def _auto_tta(recipe: dict, dataset_name: str) -> str:
+    """The recipe's test-time flip, except where a mirrored image is another class (digits)."""
+    return "none" if dataset_name in NO_FLIP_DATASETS else recipe["tta"]
 
 
 def _auto_model(probe: DataProbe) -> str:
@@ -166,7 +172,7 @@ def _auto_lr(optimizer: str, pretrained: bool) -> float:
 
 def augmentation_settings(cfg: TrainConfig, dataset_name: str):
     """The augmentation a resolved config asks for, or None."""
-    from ..data.transforms import Augmentation
+    from ..data.transforms import AUGMENT_PRESETS
     if cfg.augment == "none":
         return None
-    return Augmentation(flip=dataset_name not in NO_FLIP_DATASETS, translate=0.125)
+    return dataclasses.replace(AUGMENT_PRESETS[cfg.augment], flip=dataset_name not in NO_FLIP_DATASETS)

@@ -172,7 +172,7 @@ def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) 
         mean, std = weights.mean, weights.std
     else:
         mean, std = channel_stats(train.images)
-    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std)
+    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, flip_tta=cfg.tta == "flip")
 
 
 def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed: int, sample: int = 5000) -> None:
@@ -195,6 +195,7 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
     reporter.info(f"[bold]train[/bold]  {_describe_mode(cfg)}")
     reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
+                  f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
 
 

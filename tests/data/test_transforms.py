@@ -41,3 +41,71 @@ def test_translate_shifts_content(shift):
     out = random_translate(image, 0.125, torch.Generator().manual_seed(shift))
     # Every output row is a (possibly reflected) run of the input: values come from the image only.
     assert set(out.unique().tolist()) <= set(image.unique().tolist())
+
+
+# ---- affine and colour augmentation ------------------------------------------------------------------
+
+from oculi.data.transforms import AUGMENT_PRESETS, FILL_MODES, affine_batch, random_colour  # noqa: E402
+
+
+def _affine(batch, angle=0.0, shear=0.0, scale=1.0, shift=(0.0, 0.0), fill="reflect"):
+    n = len(batch)
+    full = lambda v: torch.full((n,), float(v))  # noqa: E731
+    return affine_batch(batch, full(angle), full(shear), full(scale), torch.tensor([shift] * n), fill)
+
+
+def test_identity_parameters_leave_the_image_unchanged():
+    batch = torch.randint(0, 256, (3, 3, 10, 14), dtype=torch.uint8)
+    assert torch.equal(_affine(batch), batch)
+
+
+def test_a_quarter_turn_is_rot90_and_a_half_turn_flips_a_wide_image_both_ways():
+    square = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    turned = _affine(square, angle=torch.pi / 2)
+    assert torch.equal(turned, torch.rot90(square, 1, (2, 3))) or torch.equal(turned, torch.rot90(square, -1, (2, 3)))
+    wide = torch.randint(0, 256, (2, 3, 6, 10), dtype=torch.uint8)
+    assert torch.equal(_affine(wide, angle=torch.pi), wide.flip(-1).flip(-2))
+
+
+def test_shift_moves_content_by_whole_pixels():
+    batch = torch.arange(64, dtype=torch.uint8).view(1, 1, 8, 8)
+    out = _affine(batch, shift=(0.25, 0.0))  # a quarter of the width: 2 pixels
+    assert torch.equal(out[..., :6], batch[..., 2:])
+
+
+@pytest.mark.parametrize("fill", FILL_MODES)
+def test_fill_modes_when_zooming_out(fill):
+    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    image[..., :, :4] = 200  # left half bright, right half dark
+    out = _affine(image, scale=0.5, fill=fill)[0, 0]  # the image shrinks to the centre 4x4
+    assert torch.equal(out[2:6, 2:4], torch.full((4, 2), 200, dtype=torch.uint8))
+    assert torch.equal(out[2:6, 4:6], torch.zeros(4, 2, dtype=torch.uint8))
+    left_border, right_border = out[4, 0].item(), out[4, 7].item()
+    # wrap tiles the image: the copy on the left ends dark, the one on the right starts bright.
+    expected = {"constant": (0, 0), "nearest": (200, 0), "reflect": (200, 0), "wrap": (0, 200)}[fill]
+    assert (left_border, right_border) == expected
+
+
+def test_reflect_mirrors_where_nearest_repeats_the_edge():
+    image = torch.tensor([[10, 90, 200, 200, 200, 200, 90, 10]], dtype=torch.uint8).expand(8, 8).reshape(1, 1, 8, 8)
+    shifted = lambda fill: _affine(image, shift=(-0.25, 0.0), fill=fill)[0, 0, 0, :2].tolist()  # noqa: E731
+    assert shifted("nearest") == [10, 10] and shifted("reflect") == [90, 10]
+
+
+def test_colour_changes_are_per_image_and_saturation_zero_would_be_gray():
+    from oculi.data.transforms import Augmentation
+    batch = torch.randint(0, 256, (32, 3, 6, 6), dtype=torch.uint8)
+    out = random_colour(batch, Augmentation(brightness=0.5), torch.Generator().manual_seed(0))
+    ratios = out.float().mean((1, 2, 3)) / batch.float().mean((1, 2, 3))
+    assert ratios.std() > 0.05 and 0.4 < ratios.min() and ratios.max() < 1.6
+    gray = random_colour(batch, Augmentation(saturation=1.0), torch.Generator().manual_seed(0))
+    assert gray.dtype == torch.uint8 and gray.shape == batch.shape
+
+
+@pytest.mark.parametrize("preset", sorted(AUGMENT_PRESETS))
+def test_presets_are_seeded_and_keep_shape_and_dtype(preset):
+    batch = torch.randint(0, 256, (8, 3, 20, 16), dtype=torch.uint8)
+    aug = AUGMENT_PRESETS[preset]
+    a, b = aug(batch, torch.Generator().manual_seed(3)), aug(batch, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == batch.shape and a.dtype == torch.uint8
+    assert not torch.equal(a, batch)

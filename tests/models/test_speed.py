@@ -52,3 +52,20 @@ def test_it_learns_a_separable_task():
         optimizer.step()
     model.eval()
     assert (model(images).argmax(1) == labels).float().mean() > 0.95
+
+
+def test_flip_tta_run_predicts_as_evaluated_and_a_mirror_gets_the_same_answer(tmp_path, colour_folder):
+    import json
+
+    import numpy as np
+
+    import oculi
+    run = oculi.train(str(colour_folder), out=str(tmp_path / "run"), epochs=2, progress=False)
+    meta = json.loads((run.run_dir / "model.json").read_text())
+    assert run.config.model == "fast-cnn" and meta["preprocessing"]["flip_tta"] is True
+    clf = oculi.load(run.run_dir)
+    rows = [line.split(",") for line in (run.run_dir / "test_predictions.csv").read_text().splitlines()[1:]]
+    confidences = [p.confidence for p in clf.predict_files([colour_folder / r[0] for r in rows])]
+    assert confidences == pytest.approx([float(r[3]) for r in rows], abs=1e-5)
+    image = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    assert np.allclose(clf.predict_proba(image), clf.predict_proba(image[:, ::-1].copy()), atol=1e-5)

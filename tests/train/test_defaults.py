@@ -1,0 +1,42 @@
+"""What "auto" resolves to: fast-cnn and its recipe for small images, scaled to the data; the user's
+flags always win."""
+
+import pytest
+
+from oculi.config import TrainConfig
+from oculi.data.sources import DataSource
+from oculi.data.split import Record
+from oculi.train.defaults import DataProbe, resolve
+
+
+def _source(n_train: int, classes: int = 10) -> DataSource:
+    records = [Record(f"train/{i}", i % classes, "train") for i in range(n_train)]
+    return DataSource("set", [str(c) for c in range(classes)], records)
+
+
+SMALL = DataProbe((32, 32), False)
+
+
+def test_small_images_get_fast_cnn_with_its_recipe():
+    cfg = resolve(TrainConfig(data="x"), _source(45_000), SMALL)
+    assert (cfg.model, cfg.optimizer, cfg.schedule, cfg.batch_size, cfg.label_smoothing) == \
+        ("fast-cnn", "sgd", "onecycle", 512, 0.2)
+    assert cfg.lr == pytest.approx(0.2) and cfg.epochs == 10
+
+
+def test_a_small_set_gets_smaller_batches_with_the_learning_rate_scaled():
+    cfg = resolve(TrainConfig(data="x"), _source(1_439), SMALL)
+    assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.2 * 64 / 512)
+    assert 1_439 // cfg.batch_size >= 16 and cfg.epochs == 40
+
+
+def test_the_users_flags_win_over_the_recipe():
+    asked = TrainConfig(data="x", optimizer="adam", schedule="cosine", label_smoothing=0.0, batch_size=100, epochs=3)
+    cfg = resolve(asked, _source(45_000), SMALL)
+    assert (cfg.optimizer, cfg.schedule, cfg.label_smoothing, cfg.batch_size, cfg.epochs) == ("adam", "cosine", 0.0, 100, 3)
+    assert cfg.lr == pytest.approx(1e-3)  # the recipe's SGD rate does not follow another optimizer
+
+
+def test_other_models_keep_the_general_defaults():
+    cfg = resolve(TrainConfig(data="x", model="vgg-mini"), _source(45_000), SMALL)
+    assert (cfg.optimizer, cfg.schedule, cfg.label_smoothing, cfg.batch_size) == ("adamw", "cosine", 0.0, 64)
