@@ -12,12 +12,11 @@ decoded-image cache (decoding it first if needed, which is timed separately).
 from __future__ import annotations
 
 import argparse
-import tarfile
-import tempfile
 import time
 from pathlib import Path
 
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
+from shared_data import extract_shared
+
 
 
 def main() -> None:
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--augment", default="light", help="light (flip + translate) or none")
     args = parser.parse_args()
-    data = args.data or extract(SHARED_TAR) / "train"
+    data = args.data or extract_shared("cifar10-jpg.tar.gz", "cifar10") / "train"
 
     import torch
     from oculi.data.cache import ArrayCache
@@ -59,16 +58,6 @@ def main() -> None:
         seconds = time.perf_counter() - started
         print(f"epoch {epoch + 1}: {seen} augmented images in {seconds:.2f} s = {seen / seconds:,.0f} images/s "
               f"(batch {args.batch_size}, augment {args.augment}, {device})")
-
-
-def extract(tar: Path) -> Path:
-    if not tar.is_file():
-        raise SystemExit(f"no data: pass --data DIR or provide {tar}")
-    target = Path(tempfile.gettempdir()) / "oculi-bench-cifar10"
-    if not (target / "cifar10").is_dir():
-        with tarfile.open(tar) as archive:
-            archive.extractall(target, filter="data")
-    return target / "cifar10"
 
 
 if __name__ == "__main__":

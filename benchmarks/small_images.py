@@ -22,12 +22,12 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
+from shared_data import extract_shared
+
 
 
 def main() -> None:
@@ -41,23 +41,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return PEERS[args.child](args.data, args.peer_epochs, args.device)
-    data = args.data or extract(SHARED_TAR)
+    data = args.data or extract_shared("cifar10-jpg.tar.gz", "cifar10")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             rows.append(run_oculi(data, Path(tmp), args) if name == "oculi" else run_peer(name, data, args))
             print(json.dumps(rows[-1]), flush=True)
     print_table(rows, data, args)
-
-
-def extract(tar: Path) -> Path:
-    if not tar.is_file():
-        raise SystemExit(f"no data: pass --data DIR or provide {tar}")
-    target = Path(tempfile.gettempdir()) / "oculi-bench-cifar10"
-    if not (target / "cifar10").is_dir():
-        with tarfile.open(tar) as archive:
-            archive.extractall(target, filter="data")
-    return target / "cifar10"
 
 
 def timed(command: list[str], env: dict) -> tuple[float, float, str]:

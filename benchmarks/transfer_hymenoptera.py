@@ -19,12 +19,12 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-SHARED_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera-256.tar"
+from shared_data import extract_shared
+
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.peer_only:
         return tutorial_recipe(args.data, args.peer_epochs)
-    data = args.data or extract(SHARED_TAR)
+    data = args.data or extract_shared("hymenoptera-256.tar", "hymenoptera_data")
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,16 +53,6 @@ def main() -> None:
     print_table(rows)
     (args.out / "transfer_hymenoptera.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "transfer_hymenoptera.png")
-
-
-def extract(tar: Path) -> Path:
-    if not tar.is_file():
-        sys.exit(f"no data: pass --data DIR (hymenoptera_data) or provide {tar}")
-    target = Path(tempfile.gettempdir()) / "oculi-bench-hymenoptera"
-    if not (target / "hymenoptera_data").is_dir():
-        with tarfile.open(tar) as archive:
-            archive.extractall(target, filter="data")
-    return target / "hymenoptera_data"
 
 
 def timed(command: list[str], env: dict, capture: Path | None = None) -> tuple[float, float, float]:
