@@ -102,9 +102,10 @@ def _decode(source: DataSource, paths: list[str], preprocessing: Preprocessing,
 def _decoding_pool(n_chunks: int, source: DataSource, preprocessing: Preprocessing) -> Executor:
     """Forked worker processes where the platform forks (Linux): image headers are parsed in Python
     under the GIL, so threads do not scale (60,000 CIFAR JPEGs on 2 cores: 11.3 s in one thread, 14.4 s
-    in two threads, 7.0 s in two processes). Elsewhere, or for a single chunk, this process."""
+    in two threads, 7.0 s in two processes). Elsewhere, for a single chunk, or for a built-in set's arrays
+    (nothing to decode), this process."""
     workers = min(os.cpu_count() or 1, n_chunks)
-    if workers > 1 and sys.platform.startswith("linux"):
+    if workers > 1 and sys.platform.startswith("linux") and source.arrays is None:
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_start_worker, initargs=(source, preprocessing))
     _start_worker(source, preprocessing, threads=None)

@@ -35,10 +35,9 @@ CPU_FINETUNE_IMAGES = 1500  # a mirrored digit is another glyph
 # Training recipes by model, for the knobs left on auto. fast-cnn's is built for time-to-accuracy (after
 # airbench and Page's DAWNBench runs): large batches, Nesterov SGD with a high one-cycle learning rate,
 # label smoothing 0.2. Measured on CIFAR-10 JPEGs, 2-core CPU: 84% test accuracy in 10 epochs (BENCHMARKS.md).
-RECIPES = {
-    "fast-cnn": dict(optimizer="sgd", lr=0.2, batch_size=512, schedule="onecycle", label_smoothing=0.2,
-                     images_seen=450_000, tta="flip"),
-}
+_FAST_RECIPE = dict(optimizer="sgd", lr=0.2, batch_size=512, schedule="onecycle", label_smoothing=0.2,
+                    images_seen=450_000, tta="flip")
+RECIPES = {"fast-cnn": _FAST_RECIPE, "fast-cnn-wide": _FAST_RECIPE}
 DEFAULT_RECIPE = dict(optimizer="adamw", schedule="cosine", label_smoothing=0.0, images_seen=300_000, tta="none")
 
 

@@ -37,7 +37,7 @@ def build(name: str, in_chans: int | None = None, size: tuple[int, int] | None =
 
 
 def test_all_six_are_registered_in_order():
-    assert [info.name for info in registered_models()] == NAMES + ["fast-cnn"]  # the tutorials, then oculi's own
+    assert [info.name for info in registered_models()] == NAMES + ["fast-cnn", "fast-cnn-wide"]  # the tutorials, then oculi's own
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -73,7 +73,7 @@ def test_smallest_input_works_and_one_less_is_refused(name):
 
 def test_small_cnn_defaults_to_a_sigmoid_head_and_the_rest_to_softmax():
     heads = {info.name: info.default_head for info in registered_models()}
-    assert heads == {name: "sigmoid" if name == "small-cnn" else "softmax" for name in NAMES + ["fast-cnn"]}
+    assert heads == {name: "sigmoid" if name == "small-cnn" else "softmax" for name in NAMES + ["fast-cnn", "fast-cnn-wide"]}
     assert get_model_info("small-cnn").reference_classes == 2
 
 

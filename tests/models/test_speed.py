@@ -29,9 +29,10 @@ def test_whitening_filters_decorrelate_the_training_patches():
     assert not model.whiten.weight.requires_grad  # fixed: training leaves it as the data set it
 
 
+@pytest.mark.parametrize("name", ["fast-cnn", "fast-cnn-wide"])
 @pytest.mark.parametrize("channels, side", [(1, 8), (1, 28), (3, 32), (3, 64), (3, 24)])
-def test_any_small_input_gives_one_logit_per_class(channels, side):
-    model, weights = create_model("fast-cnn", 7, channels, (side, side))
+def test_any_small_input_gives_one_logit_per_class(name, channels, side):
+    model, weights = create_model(name, 7, channels, (side, side))
     assert weights is None
     assert model(torch.randn(2, channels, side, side)).shape == (2, 7)
     assert model.whiten.kernel_size == (PATCH, PATCH)
