@@ -18,13 +18,18 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..io import atomic_path
+
+
+DIGEST_ROWS = 4096
 
 
 def cache_root() -> Path:
@@ -34,11 +39,14 @@ def cache_root() -> Path:
     return Path(base) / "oculi"
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """BLAKE2 of a tensor's bytes, shape and dtype (about 1 GB/s on one core)."""
+def tensor_digest(tensor) -> str:
+    """BLAKE2 of a tensor's bytes, shape and dtype (about 1 GB/s on one core), read a block of rows at a
+    time, so that images streamed from disk (``RowView``) hash like the same tensor in memory."""
     digest = hashlib.blake2b(digest_size=20)
     digest.update(f"{tuple(tensor.shape)} {tensor.dtype}".encode())
-    digest.update(tensor.contiguous().numpy().tobytes() if tensor.numel() else b"")
+    rows = tensor if len(tensor.shape) else tensor.reshape(1)
+    for start in range(0, len(rows), DIGEST_ROWS):
+        digest.update(rows[start:start + DIGEST_ROWS].contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -89,16 +97,26 @@ class ArrayCache:
         except (OSError, ValueError):
             return None
 
-    def put(self, key: str, array: np.ndarray, index: dict) -> None:
-        """Write the entry into a temporary folder, then rename it into place in one step."""
+    @contextmanager
+    def writing(self, key: str, shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, dict]]:
+        """A new entry: a uint8 array of ``shape`` memory-mapped for writing (filled row by row, so a
+        dataset larger than memory never has to fit in it) and an index dict to fill. Written into a
+        temporary folder, renamed into place in one step when the block ends without error."""
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}."))
         try:
-            np.save(tmp / "array.npy", array)
+            array = np.lib.format.open_memmap(tmp / "array.npy", mode="w+", dtype=np.uint8, shape=shape)
+            index: dict = {}
+            yield array, index
+            array.flush()
+            del array
             (tmp / "index.json").write_text(json.dumps(index))
-            os.replace(tmp, self.folder / key)
-        except OSError:
-            pass  # another process wrote the same entry first, or the disk is full: the cache is optional
+            if (self.folder / key).exists():  # a damaged entry (a sound one is read, not rewritten)
+                shutil.rmtree(self.folder / key, ignore_errors=True)
+            try:
+                os.replace(tmp, self.folder / key)
+            except OSError:
+                pass  # another process wrote the same entry meanwhile
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

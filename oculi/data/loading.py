@@ -26,7 +26,7 @@ from .split import Record
 from .transforms import Preprocessing
 
 # Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
-DECODING_VERSION = 1
+DECODING_VERSION = 2
 DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
 
 
@@ -42,61 +42,109 @@ class TensorSet:
         return len(self.labels)
 
 
+class RowView:
+    """Some rows of a memory-mapped image array, read from disk when indexed, for a split too large to
+    copy into memory: the process holds one batch, and the OS page cache keeps what is read often. Indexing
+    (an int tensor, a slice) gives a tensor, in the order asked, as indexing a tensor would."""
+
+    def __init__(self, images: torch.Tensor, rows: torch.Tensor):
+        self.images, self.rows = images, rows
+        self.shape = torch.Size((len(rows), *images.shape[1:]))
+        self.dtype, self.device = images.dtype, images.device
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.images[self.rows[index]]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.rows) * self.images[0].nbytes if len(self.rows) else 0
+
+    def to(self, *args, **kwargs) -> torch.Tensor:
+        return self[:].to(*args, **kwargs)
+
+
 @dataclass
 class DecodedImages:
     """Every distinct image of a source, decoded: ``images[rows[path]]``; ``failed[path]`` says why a
-    file could not be read."""
+    file could not be read. ``mapped``: ``images`` lives in a memory-mapped cache file."""
 
     images: torch.Tensor
     rows: dict[str, int]
     failed: dict[str, str]
+    mapped: bool = False
 
     def select(self, records: list[Record]) -> TensorSet:
-        """The readable ``records``, in order, as a TensorSet (a copy in memory)."""
+        """The readable ``records``, in order: a copy in memory, or a ``RowView`` of the mapped file when
+        the copy would take more than ``stream_threshold()`` bytes."""
         kept = [r for r in records if r.path in self.rows]
         index = torch.tensor([self.rows[r.path] for r in kept], dtype=torch.long)
-        images = self.images[index] if len(kept) else self.images[:0].clone()
+        images = RowView(self.images, index)
+        if not (self.mapped and images.nbytes > stream_threshold()):
+            images = self.images[index]
         return TensorSet(images, torch.tensor([r.label for r in kept], dtype=torch.long), [r.path for r in kept])
+
+
+def stream_threshold() -> float:
+    """Splits larger than half the memory available now stream from the decoded-image cache
+    (``OCULI_STREAM_ABOVE_MB`` sets another threshold)."""
+    if os.environ.get("OCULI_STREAM_ABOVE_MB"):
+        return float(os.environ["OCULI_STREAM_ABOVE_MB"]) * 2**20
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2
+    except (ValueError, OSError, AttributeError):  # no such counters here: never stream
+        return float("inf")
 
 
 def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Callable[[int], None] = lambda n: None,
                   cache: ArrayCache | None = None) -> DecodedImages:
-    """Decode and prepare every image of ``source`` once, or map in the cached result of an earlier run."""
+    """Decode and prepare every image of ``source`` once, or map in the cached result of an earlier run.
+    Decoded rows go straight into the cache file, so memory holds a chunk of images, not the dataset."""
     paths = sorted({r.path for r in source.records})
+    shape = (len(paths), preprocessing.channels, *preprocessing.image_size)
     if source.arrays is not None or cache is None:  # built-in sets are decoded arrays already
-        return _decode(source, paths, preprocessing, advance)
+        images = np.empty(shape, dtype=np.uint8)
+        rows, failed = _decode_into(images, source, paths, preprocessing, advance)
+        return DecodedImages(torch.from_numpy(images), rows, failed)
     key = cache_key({"decoding": DECODING_VERSION, "files": file_identity(source.root, paths),
                      "size": list(preprocessing.image_size), "channels": preprocessing.channels,
                      "resize": preprocessing.resize})
-    hit = cache.get(key)
-    if hit is not None and hit[0].shape[0] == len(hit[1]["paths"]):
-        array, index = hit
+    hit = _cached(cache, key, shape)
+    if hit is None:
+        with cache.writing(key, shape) as (array, index):
+            index["rows"], index["failed"] = _decode_into(array, source, paths, preprocessing, advance)
+        hit = _cached(cache, key, shape)
+        if hit is None:  # could not be stored: decode into memory instead (rare: a read-only cache folder)
+            return decode_source(source, preprocessing, lambda n: None, cache=None)
+    else:
         advance(len(paths))
-        return DecodedImages(torch.from_numpy(array), {p: i for i, p in enumerate(index["paths"])}, index["failed"])
-    decoded = _decode(source, paths, preprocessing, advance)
-    cache.put(key, decoded.images.numpy(), {"paths": sorted(decoded.rows, key=decoded.rows.get),
-                                            "failed": decoded.failed})
-    return decoded
+    array, index = hit
+    return DecodedImages(torch.from_numpy(array), index["rows"], index["failed"], mapped=True)
 
 
+def _cached(cache: ArrayCache, key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:
+    hit = cache.get(key)
+    return hit if hit is not None and hit[0].shape == shape and "rows" in hit[1] else None
 
 
-def _decode(source: DataSource, paths: list[str], preprocessing: Preprocessing,
-            advance: Callable[[int], None]) -> DecodedImages:
-    """Decode ``paths`` in chunks, on every core."""
+def _decode_into(images: np.ndarray, source: DataSource, paths: list[str], preprocessing: Preprocessing,
+                 advance: Callable[[int], None]) -> tuple[dict[str, int], dict[str, str]]:
+    """Decode ``paths`` in chunks, on every core, into ``images[i]`` for ``paths[i]``; returns the rows of
+    the readable files and the reasons for the others (their rows stay unused)."""
     chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
-    images, rows, failed = [], {}, {}
+    rows, failed = {}, {}
     with _decoding_pool(len(chunks), source, preprocessing) as pool:
-        for chunk, results in zip(chunks, pool.map(_prepare_chunk, chunks)):
-            for path, result in zip(chunk, results):
+        for start, results in zip(range(0, len(paths), DECODE_CHUNK), pool.map(_prepare_chunk, chunks)):
+            for row, result in enumerate(results, start):
                 if isinstance(result, str):
-                    failed[path] = result
+                    failed[paths[row]] = result
                 else:
-                    rows[path] = len(images)
-                    images.append(torch.from_numpy(result))
-            advance(len(chunk))
-    empty = torch.empty((0, preprocessing.channels, *preprocessing.image_size), dtype=torch.uint8)
-    return DecodedImages(torch.stack(images) if images else empty, rows, failed)
+                    rows[paths[row]] = row
+                    images[row] = result
+            advance(len(results))
+    return rows, failed
 
 
 def _decoding_pool(n_chunks: int, source: DataSource, preprocessing: Preprocessing) -> Executor:

@@ -18,7 +18,7 @@ from .. import __version__
 from ..bundle import ModelSpec, save_bundle
 from ..config import TrainConfig
 from ..data.cache import ArrayCache
-from ..data.loading import TensorSet, decode_source
+from ..data.loading import RowView, TensorSet, decode_source
 from ..data.sources import DataSource, open_source
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
@@ -131,7 +131,12 @@ def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tupl
         decoded = decode_source(source, stub, advance, ArrayCache("images") if cfg.cache else None)
     skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
                                       if r.path in decoded.failed]
-    return {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}, skipped
+    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
+    for split, data in sets.items():
+        if isinstance(data.images, RowView):
+            reporter.info(f"{split} images ({data.images.nbytes / 2**30:.1f} GiB, more than half the free memory) "
+                          f"are read from the decoded-image cache as batches need them")
+    return sets, skipped
 
 
 def _report_skipped(skipped: list[tuple[str, str]], run_dir: Path, reporter: Reporter) -> None:

@@ -34,7 +34,7 @@ def _entries(cache):
 def _no_decoding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded again")
-    monkeypatch.setattr(loading, "_decode", fail)
+    monkeypatch.setattr(loading, "_decode_into", fail)
 
 
 def test_a_second_decode_maps_the_cached_pixels_back(folder, tmp_path, monkeypatch):
@@ -79,10 +79,12 @@ def test_another_image_size_is_another_entry_and_no_cache_writes_nothing(folder,
 
 def test_a_damaged_entry_is_decoded_again(folder, tmp_path):
     cache = ArrayCache("images", root=tmp_path / "cache")
-    first = _decode(folder, cache)
-    (cache.folder / _entries(cache)[0] / "array.npy").write_bytes(b"garbage")
+    expected = _decode(folder, cache).images.clone()  # a copy: the entry's mapping is about to go
+    damaged = cache.folder / _entries(cache)[0] / "array.npy"
+    (damaged.parent / "new").write_bytes(b"garbage")
+    os.replace(damaged.parent / "new", damaged)  # replaced, not truncated under a live mapping
     again = _decode(folder, cache)
-    assert torch.equal(again.images, first.images)
+    assert torch.equal(again.images, expected)
 
 
 def test_a_run_uses_the_cache_and_no_cache_bypasses_it(folder, tmp_path, private_cache, monkeypatch):
@@ -95,3 +97,21 @@ def test_a_run_uses_the_cache_and_no_cache_bypasses_it(folder, tmp_path, private
     assert second.test_metrics == first.test_metrics and second.skipped == first.skipped
     with pytest.raises(AssertionError, match="decoded again"):
         oculi.train(str(folder), out=str(tmp_path / "c"), cache=False, **options)
+
+
+def test_splits_above_the_threshold_stream_from_the_cache_and_train_the_same(folder, tmp_path, monkeypatch,
+                                                                             private_cache):
+    import oculi
+    from oculi.data.loading import RowView
+    options = dict(model="fast-cnn", epochs=2, image_size=16, progress=False)
+    in_memory = oculi.train(str(folder), out=str(tmp_path / "a"), **options)
+    monkeypatch.setenv("OCULI_STREAM_ABOVE_MB", "0")
+    decoded = _decode(folder, ArrayCache("images"), Preprocessing((16, 16), 3))
+    records = open_source(str(folder)).records
+    view = decoded.select(records)
+    assert isinstance(view.images, RowView) and view.images.shape == (18, 3, 16, 16)
+    copied = loading.DecodedImages(decoded.images, decoded.rows, decoded.failed).select(records)  # not mapped
+    assert torch.equal(view.images[torch.arange(18).flip(0)], copied.images.flip(0))
+    assert torch.equal(view.images[2:9:3], copied.images[2:9:3])
+    streamed = oculi.train(str(folder), out=str(tmp_path / "b"), **options)
+    assert streamed.test_metrics == in_memory.test_metrics
