@@ -5,10 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oculi.data import loading
 from oculi.data.cache import ArrayCache
-from oculi.data.loading import decode_source
+from oculi.data.loading import RowView, decode_source
 from oculi.data.sources import open_source
 from oculi.data.transforms import Preprocessing
 from tests.conftest import make_class_folder, write_image
@@ -102,7 +104,6 @@ def test_a_run_uses_the_cache_and_no_cache_bypasses_it(folder, tmp_path, private
 def test_splits_above_the_threshold_stream_from_the_cache_and_train_the_same(folder, tmp_path, monkeypatch,
                                                                              private_cache):
     import oculi
-    from oculi.data.loading import RowView
     options = dict(model="fast-cnn", epochs=2, image_size=16, progress=False)
     in_memory = oculi.train(str(folder), out=str(tmp_path / "a"), **options)
     monkeypatch.setenv("OCULI_STREAM_ABOVE_MB", "0")
@@ -115,3 +116,16 @@ def test_splits_above_the_threshold_stream_from_the_cache_and_train_the_same(fol
     assert torch.equal(view.images[2:9:3], copied.images[2:9:3])
     streamed = oculi.train(str(folder), out=str(tmp_path / "b"), **options)
     assert streamed.test_metrics == in_memory.test_metrics
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows=st.lists(st.integers(0, 11), min_size=1, max_size=12),
+       index=st.lists(st.integers(0, 11), max_size=20), start=st.integers(0, 12), step=st.integers(1, 4))
+def test_a_row_view_indexes_like_the_tensor_it_stands_for(rows, index, start, step):
+    images = torch.arange(12 * 2 * 3 * 3, dtype=torch.uint8).view(12, 2, 3, 3)
+    rows = torch.tensor(rows)
+    view, tensor = RowView(images, rows), images[rows]
+    index = torch.tensor([i % len(rows) for i in index], dtype=torch.long)
+    assert torch.equal(view[index], tensor[index])
+    assert torch.equal(view[start::step], tensor[start::step])
+    assert view.shape == tensor.shape and view.nbytes == tensor.nbytes and len(view) == len(tensor)
