@@ -161,6 +161,23 @@ def _print_predictions(predictions, fmt: str) -> None:
         out.print(table)
 
 
+@app.command("augment-preview")
+def augment_preview(
+    data: str = typer.Argument(..., help="Folder of class folders, or a built-in dataset name."),
+    n: int = typer.Option(20, "--n", help="Augmented versions of each image."),
+    images: int = typer.Option(3, help="How many images (one per class, in class order)."),
+    augment: str = typer.Option("auto", help="none, light, standard or strong; auto: what train uses (light)."),
+    image_size: Optional[str] = typer.Option(None, help="N or HxW; default: small images at their size, photos at 160."),
+    seed: int = typer.Option(0, help="Seed of the random augmentations."),
+    out_file: Path = typer.Option(Path("augment_preview.png"), "--out", help="The PNG to write."),
+) -> None:
+    """A grid of augmented versions of a few images, as training would see them."""
+    from .report.augment import augmentation_preview
+    from .report.plots import save_figure
+    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed)
+    out.print(f"wrote {save_figure(figure, out_file)}")
+
+
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The built-in architectures (with parameter counts at their tutorial's input) and suggested timm backbones."""

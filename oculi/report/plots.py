@@ -157,3 +157,31 @@ def plot_class_counts(counts: dict[str, dict[str, int]]) -> Figure:
         # Outside the axes so it never hides a bar; constrained layout makes room.
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="split")
     return fig
+
+
+# ---------------------------------------------------------------- augmentation preview
+
+def plot_augmentation_preview(originals: "torch.Tensor", augmented: "torch.Tensor", titles: list[str],
+                              columns: int = 7) -> Figure:
+    """Each original image [K, C, H, W] (uint8) followed by its augmented versions [K, n, C, H, W]: one
+    block of rows per image, the original first and outlined."""
+    k, n = augmented.shape[:2]
+    rows_each = -(-(n + 1) // columns)
+    fig = Figure(figsize=(1.6 * columns, 1.7 * rows_each * k), layout="constrained")
+    axes = fig.subplots(rows_each * k, columns, squeeze=False)
+    for i in range(k):
+        tiles = [originals[i], *augmented[i]]
+        for j in range(rows_each * columns):
+            ax = axes[i * rows_each + j // columns, j % columns]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(tiles):
+                ax.set_axis_off()
+                continue
+            pixels = tiles[j].permute(1, 2, 0).numpy()
+            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+            if j == 0:
+                ax.set_title(f"{titles[i]} (original)", fontsize=8, loc="left")
+                for spine in ax.spines.values():
+                    spine.set(color="tab:green", linewidth=2)
+    return fig

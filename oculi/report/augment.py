@@ -1,0 +1,55 @@
+"""``oculi augment-preview``: what the training augmentation does to a few images of a dataset, as one
+picture (the Keras tutorials' folder of augmented previews)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from matplotlib.figure import Figure
+
+from ..config import TrainConfig
+from ..data.sources import open_source
+from ..data.transforms import Preprocessing
+from ..errors import ImageDecodeError, OculiError
+from .plots import plot_augmentation_preview
+
+
+def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str = "auto",
+                         image_size: tuple[int, int] | None = None, seed: int = 0) -> Figure:
+    """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
+    the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px)."""
+    from ..train.defaults import augmentation_settings, probe_source
+    if n < 1 or images < 1:
+        raise OculiError("--n and --images must be at least 1")
+    source = open_source(data, seed=seed)
+    probe = probe_source(source)
+    size = image_size or (probe.size if probe.small else (160, 160))
+    cfg = dataclasses.replace(TrainConfig(data=data, augment=augment).validate(),
+                              augment="light" if augment == "auto" else augment)
+    augmentation = augmentation_settings(cfg, source.name)
+    originals, titles = _samples(source, images, Preprocessing(tuple(size), 1 if probe.grayscale else 3))
+    generator = torch.Generator().manual_seed(seed)
+    repeated = originals.repeat_interleave(n, dim=0)
+    augmented = augmentation(repeated, generator) if augmentation is not None else repeated
+    return plot_augmentation_preview(originals, augmented.view(len(originals), n, *originals.shape[1:]), titles)
+
+
+def _samples(source, count: int, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[str]]:
+    """The first readable image of each class, then of the next ones round again, up to ``count``."""
+    picked, titles = [], []
+    by_class = [[r for r in source.records if r.label == c] for c in range(len(source.classes))]
+    for round_ in range(max(len(records) for records in by_class)):
+        for c, records in enumerate(by_class):
+            if len(picked) == count:
+                return torch.stack(picked), titles
+            if round_ < len(records):
+                try:
+                    image = source.read(records[round_], channels=preprocessing.channels)
+                except ImageDecodeError:
+                    continue
+                picked.append(preprocessing.prepare(image))
+                titles.append(source.classes[c])
+    if not picked:
+        raise OculiError(f"{source.root or source.name}: no readable images")
+    return torch.stack(picked), titles

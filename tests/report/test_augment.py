@@ -1,0 +1,42 @@
+"""oculi augment-preview: one picture of a few images and their augmented versions."""
+
+import pytest
+from PIL import Image
+
+from oculi.cli import main
+from oculi.errors import OculiError
+from oculi.report.augment import augmentation_preview
+
+
+def _shown(fig):
+    return [ax for ax in fig.axes if ax.images]
+
+
+def test_each_image_comes_first_then_its_augmented_versions(colour_folder):
+    fig = augmentation_preview(str(colour_folder), n=5, images=2, augment="standard")
+    shown = _shown(fig)
+    assert len(shown) == 2 * (1 + 5)
+    titles = [ax.get_title(loc="left") for ax in shown if ax.get_title(loc="left")]
+    assert titles == ["blue (original)", "green (original)"]  # one per class, in class order
+    first, second = (ax.images[0].get_array() for ax in shown[:2])
+    assert first.shape == second.shape == (20, 24, 3)  # small images keep their size
+    assert (first != second).any()
+
+
+def test_no_augmentation_repeats_the_original(colour_folder):
+    shown = _shown(augmentation_preview(str(colour_folder), n=3, images=1, augment="none"))
+    arrays = [ax.images[0].get_array() for ax in shown]
+    assert all((a == arrays[0]).all() for a in arrays)
+
+
+def test_bad_values_name_the_flag(colour_folder):
+    with pytest.raises(OculiError, match="--n"):
+        augmentation_preview(str(colour_folder), n=0)
+    with pytest.raises(OculiError, match="--augment"):
+        augmentation_preview(str(colour_folder), augment="wild")
+
+
+def test_the_command_writes_a_png(colour_folder, tmp_path, capsys):
+    out = tmp_path / "preview.png"
+    assert main(["augment-preview", str(colour_folder), "--n", "4", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 500 and str(out) in capsys.readouterr().out
