@@ -179,6 +179,29 @@ def augment_preview(
 
 
 @app.command()
+def filters(
+    image: Path = typer.Argument(..., help="An image file."),
+    low: float = typer.Option(50.0, help="Canny: lower hysteresis threshold (gradient magnitude, 0-255 scale)."),
+    high: float = typer.Option(150.0, help="Canny: upper hysteresis threshold."),
+    sigma: float = typer.Option(1.0, help="Gaussian blur sigma, in pixels."),
+    out_file: Path = typer.Option(Path("filters.png"), "--out", help="The PNG to write."),
+) -> None:
+    """The image filters side by side: sharpen, blur, Canny edges, blur then sharpen."""
+    from .data.decode import decode_image
+    from .data.filters import blur, blur_sharpen, edges, sharpen
+    from .report.plots import plot_filters, save_figure
+    if not 0 <= low <= high:
+        raise OculiError(f"--low and --high must satisfy 0 <= low <= high, got {low} and {high}")
+    if sigma <= 0:
+        raise OculiError(f"--sigma must be positive, got {sigma}")
+    pixels = decode_image(image)
+    figure = plot_filters(pixels, {"sharpen": sharpen(pixels), f"blur (sigma {sigma:g})": blur(pixels, sigma),
+                                   f"edges ({low:g}/{high:g})": edges(pixels, low, high),
+                                   "blur+sharpen": blur_sharpen(pixels, sigma)})
+    out.print(f"wrote {save_figure(figure, out_file)}")
+
+
+@app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The built-in architectures (with parameter counts at their tutorial's input) and suggested timm backbones."""
     from .models.catalog import model_catalog

@@ -185,3 +185,17 @@ def plot_augmentation_preview(originals: "torch.Tensor", augmented: "torch.Tenso
                 for spine in ax.spines.values():
                     spine.set(color="tab:green", linewidth=2)
     return fig
+
+
+# ---------------------------------------------------------------- image filters
+
+def plot_filters(original: "torch.Tensor", filtered: dict[str, "torch.Tensor"]) -> Figure:
+    """The original uint8 image [C, H, W] and each filter's result, side by side."""
+    tiles = {"original": original, **filtered}
+    fig = Figure(figsize=(3 * len(tiles), 3.3), layout="constrained")
+    for ax, (name, image) in zip(fig.subplots(1, len(tiles), squeeze=False)[0], tiles.items()):
+        pixels = image.permute(1, 2, 0).numpy()
+        ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name)
+        ax.set_axis_off()
+    return fig
