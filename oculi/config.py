@@ -20,6 +20,7 @@ SAMPLERS = ("shuffle", "balanced")
 MODES = ("auto", "features", "finetune")
 CLASSIFIERS = ("linear", "mlp")
 TTAS = ("auto", "none", "flip")
+FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TrainConfig:
     resize: str = "squash"
     channels: int | None = None  # None: 1 for grayscale data, 3 otherwise (3 when the model needs it)
     augment: str = "auto"
+    filter: str | None = None  # sharpen | blur | edges | blur+sharpen, applied to every image (kept in the bundle)
     tta: str = "auto"  # test-time augmentation: flip averages each image with its mirror; auto: the recipe's
     # model
     model: str = "auto"
@@ -98,6 +100,8 @@ class TrainConfig:
         _choice("--mode", self.mode, MODES)
         _choice("--classifier", self.classifier, CLASSIFIERS)
         _choice("--tta", self.tta, TTAS)
+        if self.filter is not None:
+            _choice("--filter", self.filter, FILTER_NAMES)
         _fraction("--val-split", self.val_split)
         _fraction("--test-split", self.test_split)
         if self.val_split + self.test_split >= 1:

@@ -110,7 +110,7 @@ def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Cal
         return DecodedImages(torch.from_numpy(images), rows, failed)
     key = cache_key({"decoding": DECODING_VERSION, "files": file_identity(source.root, paths),
                      "size": list(preprocessing.image_size), "channels": preprocessing.channels,
-                     "resize": preprocessing.resize})
+                     "resize": preprocessing.resize, "filter": preprocessing.filter})
     hit = _cached(cache, key, shape)
     if hit is None:
         with cache.writing(key, shape) as (array, index):

@@ -27,6 +27,7 @@ class Preprocessing:
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
     flip_tta: bool = False  # the model's output for an image is the mean of its and its mirror's
+    filter: str | None = None  # an image filter applied after resizing (oculi.data.filters): edges, blur...
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -34,11 +35,17 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]), resize=d["resize"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), flip_tta=bool(d.get("flip_tta", False)))
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), flip_tta=bool(d.get("flip_tta", False)),
+                   filter=d.get("filter"))
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 [C, H, W] (already ``channels`` channels) -> uint8 [C, *image_size]."""
-        return resize_image(image, self.image_size, self.resize)
+        """uint8 [C, H, W] (already ``channels`` channels) -> uint8 [C, *image_size], filtered if asked."""
+        image = resize_image(image, self.image_size, self.resize)
+        if self.filter is None:
+            return image
+        from .filters import FILTERS
+        filtered = FILTERS[self.filter](image)
+        return filtered.expand(image.shape[0], -1, -1).contiguous()  # edges give one channel
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float32 normalised, on the batch's device."""

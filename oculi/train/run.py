@@ -126,7 +126,7 @@ def _absolute(data: str) -> str:
 
 def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
     """Decode and prepare every image once; bad files are collected, not fatal."""
-    stub = Preprocessing(cfg.image_size, cfg.channels, cfg.resize)
+    stub = Preprocessing(cfg.image_size, cfg.channels, cfg.resize, filter=cfg.filter)
     with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
         decoded = decode_source(source, stub, advance, ArrayCache("images") if cfg.cache else None)
     skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
@@ -177,7 +177,8 @@ def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) 
         mean, std = weights.mean, weights.std
     else:
         mean, std = channel_stats(train.images)
-    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, flip_tta=cfg.tta == "flip")
+    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, flip_tta=cfg.tta == "flip",
+                         filter=cfg.filter)
 
 
 def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed: int, sample: int = 5000) -> None:

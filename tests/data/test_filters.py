@@ -1,5 +1,6 @@
 """The kernels tutorial's filters: sharpen, Gaussian blur, Canny edges with real hysteresis."""
 
+import pytest
 import torch
 
 from oculi.data.filters import FILTERS, blur, edges, gaussian_kernel, sharpen
@@ -63,3 +64,20 @@ def test_the_filters_command_draws_them_and_rejects_bad_thresholds(tmp_path, cap
     assert main(["filters", str(picture), "--out", str(out)]) == 0 and Image.open(out).size[0] > 1000
     assert main(["filters", str(picture), "--low", "200", "--high", "100"]) == 2
     assert "--low" in capsys.readouterr().err
+
+
+def test_a_filter_named_in_training_is_applied_again_in_prediction(tmp_path, colour_folder):
+    import json
+
+    import oculi
+    from oculi.config import FILTER_NAMES
+    assert set(FILTER_NAMES) == set(FILTERS)
+    run = oculi.train(str(colour_folder), out=str(tmp_path / "run"), filter="edges", epochs=2, progress=False)
+    meta = json.loads((run.run_dir / "model.json").read_text())
+    assert meta["preprocessing"]["filter"] == "edges"
+    clf = oculi.load(run.run_dir)
+    prepared = clf.prepare(colour_folder / "red" / "img_00.png")
+    assert set(prepared.unique().tolist()) <= {0, 255}  # an edge map, as in training
+    rows = [line.split(",") for line in (run.run_dir / "test_predictions.csv").read_text().splitlines()[1:]]
+    confidences = [p.confidence for p in clf.predict_files([colour_folder / r[0] for r in rows])]
+    assert confidences == pytest.approx([float(r[3]) for r in rows], abs=1e-5)
