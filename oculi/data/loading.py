@@ -109,8 +109,7 @@ def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Cal
         rows, failed = _decode_into(images, source, paths, preprocessing, advance)
         return DecodedImages(torch.from_numpy(images), rows, failed)
     key = cache_key({"decoding": DECODING_VERSION, "files": file_identity(source.root, paths),
-                     "size": list(preprocessing.image_size), "channels": preprocessing.channels,
-                     "resize": preprocessing.resize, "filter": preprocessing.filter})
+                     **preprocessing.pixel_settings()})
     hit = _cached(cache, key, shape)
     if hit is None:
         with cache.writing(key, shape) as (array, index):

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from .filters import FILTERS
+
 RESIZE_MODES = ("squash", "pad", "crop")
 
 
@@ -43,9 +45,13 @@ class Preprocessing:
         image = resize_image(image, self.image_size, self.resize)
         if self.filter is None:
             return image
-        from .filters import FILTERS
         filtered = FILTERS[self.filter](image)
         return filtered.expand(image.shape[0], -1, -1).contiguous()  # edges give one channel
+
+    def pixel_settings(self) -> dict:
+        """What ``prepare`` depends on: the key of its cached output (normalisation and TTA come later)."""
+        return {"image_size": list(self.image_size), "channels": self.channels, "resize": self.resize,
+                "filter": self.filter}
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [N, C, H, W] -> float32 normalised, on the batch's device."""
