@@ -12,6 +12,7 @@ decoded-image cache (decoding it first if needed, which is timed separately).
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--augment", default="light", help="light (flip + translate) or none")
+    parser.add_argument("--cold", action="store_true", help="decode into an empty cache first (times decoding)")
     args = parser.parse_args()
     data = args.data or extract_shared("cifar10-jpg.tar.gz", "cifar10") / "train"
 
@@ -37,8 +39,14 @@ def main() -> None:
     from oculi.train.loop import LoopSettings, epoch_generator, epoch_order, training_batches
 
     source = open_source(str(data), val_split=0, test_split=0)
+    cache = ArrayCache("images", root=Path(tempfile.mkdtemp()) if args.cold else None)
+    if args.cold:
+        for label, use in (("decoding into memory (--no-cache)", None), ("decoding into the empty cache", cache)):
+            started = time.perf_counter()
+            decode_source(source, Preprocessing((32, 32), 3), cache=use)
+            print(f"{label}: {len(source.records)} files in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
-    decoded = decode_source(source, Preprocessing((32, 32), 3), cache=ArrayCache("images"))
+    decoded = decode_source(source, Preprocessing((32, 32), 3), cache=cache)
     train = decoded.select(source.records)
     print(f"{len(train)} images {tuple(train.images.shape[1:])} ready in {time.perf_counter() - started:.1f} s "
           f"(decoded or read from the cache)")
