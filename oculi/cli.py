@@ -6,6 +6,8 @@ code 2; nothing the user did wrong shows a traceback.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -26,7 +28,42 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 _click = sys.modules[typer.BadParameter.__module__]
 
 
+# Keras ImageDataGenerator's knobs, each overriding the --augment preset: (type, flag declarations, help).
+AUGMENTATION_FLAGS = {
+    "rotation": (float, ("--rotation",), "Augmentation: rotate up to +-N degrees."),
+    "shift": (float, ("--shift",), "Augmentation: shift up to +-this fraction of width and height."),
+    "shear": (float, ("--shear",), "Augmentation: shear up to +-N degrees."),
+    "zoom": (float, ("--zoom",), "Augmentation: zoom in or out by up to this fraction."),
+    "translate": (float, ("--translate",), "Augmentation: shift by whole pixels, reflect-padded, up to this fraction."),
+    "brightness": (float, ("--brightness",), "Augmentation: scale brightness by 1 +- this."),
+    "contrast": (float, ("--contrast",), "Augmentation: scale contrast by 1 +- this."),
+    "saturation": (float, ("--saturation",), "Augmentation: scale saturation by 1 +- this."),
+    "flip": (bool, ("--flip/--no-flip",), "Augmentation: random horizontal flips (default: on, off for digits and MNIST)."),
+    "vflip": (bool, ("--vflip/--no-vflip",), "Augmentation: random vertical flips."),
+    "fill_mode": (str, ("--fill-mode",), "Augmentation: what fills the borders: constant, nearest, reflect or wrap."),
+}
+
+
+def augmentation_flags(command):
+    """Give a command the flags of AUGMENTATION_FLAGS; it receives the values as one dict, ``knobs``.
+    (``train`` and ``augment-preview`` share them, so the preview shows what training will do.)"""
+    signature = inspect.signature(command)
+    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                               default=typer.Option(None, *decls, help=text))
+             for name, (kind, decls, text) in AUGMENTATION_FLAGS.items()]
+
+    @functools.wraps(command)
+    def with_knobs(**kwargs):
+        knobs = {name: kwargs.pop(name) for name in AUGMENTATION_FLAGS}
+        return command(**kwargs, knobs=knobs)
+
+    own = [p for p in signature.parameters.values() if p.name != "knobs"]
+    with_knobs.__signature__ = signature.replace(parameters=own + flags)
+    return with_knobs
+
+
 @app.command()
+@augmentation_flags
 def train(
     data: Optional[str] = typer.Argument(None, help="Folder of class folders (or train/ val/ test/), or digits, cifar10, mnist, fashion-mnist."),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
@@ -67,7 +104,9 @@ def train(
     out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<data>[-N])."),
     data_dir: Optional[str] = typer.Option(None, help="Folder holding a built-in dataset's archives."),
     top_k: int = typer.Option(5, help="k of the top-k accuracy."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html in the run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    knobs: dict | None = None,
 ) -> None:
     """Train a classifier and evaluate it on the held-out test images."""
     from .train.run import resume as resume_run, train as train_run
@@ -85,7 +124,8 @@ def train(
         classifier=classifier, feature_views=feature_views, head_epochs=head_epochs, head_lr=head_lr,
         backbone_lr=backbone_lr, unfreeze_epochs=unfreeze_epochs, cache=cache, val_split=val_split,
         test_split=test_split, split_manifest=split_manifest, class_weights=class_weights, sampler=sampler,
-        seed=seed, device=device, out=out_dir, data_dir=data_dir, top_k=top_k, progress=not quiet)
+        seed=seed, device=device, out=out_dir, data_dir=data_dir, top_k=top_k, progress=not quiet, report=report,
+        **knobs)
     train_run(cfg, Reporter(quiet=quiet))
 
 
@@ -163,6 +203,7 @@ def _print_predictions(predictions, fmt: str) -> None:
 
 
 @app.command("augment-preview")
+@augmentation_flags
 def augment_preview(
     data: str = typer.Argument(..., help="Folder of class folders, or a built-in dataset name."),
     n: int = typer.Option(20, "--n", help="Augmented versions of each image."),
@@ -171,12 +212,21 @@ def augment_preview(
     image_size: Optional[str] = typer.Option(None, help="N or HxW; default: small images at their size, photos at 160."),
     seed: int = typer.Option(0, help="Seed of the random augmentations."),
     out_file: Path = typer.Option(Path("augment_preview.png"), "--out", help="The PNG to write."),
+    knobs: dict | None = None,
 ) -> None:
     """A grid of augmented versions of a few images, as training would see them."""
     from .report.augment import augmentation_preview
     from .report.plots import save_figure
-    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed)
+    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **knobs)
     out.print(f"wrote {save_figure(figure, out_file)}")
+
+
+@app.command()
+def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
+    """Rebuild report.html of a run: data, augmentation, model, curves, metrics, predictions, Grad-CAM."""
+    from .report.build import write_report
+    from .train.progress import Reporter
+    out.print(f"wrote {write_report(run, reporter=Reporter())}")
 
 
 @app.command()
@@ -200,6 +250,42 @@ def filters(
                                    f"edges ({low:g}/{high:g})": edges(pixels, low, high),
                                    "blur+sharpen": blur_sharpen(pixels, sigma)})
     out.print(f"wrote {save_figure(figure, out_file)}")
+
+
+@app.command()
+def explain(
+    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    image: Path = typer.Argument(..., help="An image file."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
+    channels: int = typer.Option(16, help="Feature-map channels shown per stage (the most active ones)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the PNGs (default RUN/explain-<image name>)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """What the model looks at: feature maps of each convolutional stage and a Grad-CAM heat map."""
+    from .explain import explain_image
+    from .predict import Classifier
+    from .report.explain_plots import plot_feature_maps, plot_grad_cam
+    from .report.plots import save_figure
+    if channels < 1:
+        raise OculiError(f"--channels must be at least 1, got {channels}")
+    if not image.is_file():
+        raise OculiError(f"explain: no such image file: {image}")
+    classifier = Classifier.load(run, device=device)
+    explanation = explain_image(classifier, image, class_name)
+    folder = out_dir or (run if run.is_dir() else run.parent) / f"explain-{image.stem}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OculiError(f"--out {folder}: cannot create the folder ({err.strerror or err})") from None
+    written = [save_figure(plot_feature_maps(explanation.maps, channels), folder / "feature_maps.png"),
+               save_figure(plot_grad_cam(explanation.image, explanation.cam, explanation.title),
+                           folder / "grad_cam.png")]
+    e, best = explanation, explanation.predicted
+    out.print(f"prediction: {e.classes[best]} ({e.probs[best]:.1%})")
+    if e.target != best:
+        out.print(f"explained: {e.label} ({e.probs[e.target]:.1%})")
+    for path in written:
+        out.print(f"wrote {path}")
 
 
 @app.command()
@@ -253,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(err.ctx.get_help() if err.ctx else str(err))
         return 0
     except _click.UsageError as err:
-        print(f"error: {err.format_message()} (see oculi {err.ctx.info_name if err.ctx else ''} --help)",
-              file=sys.stderr)
+        command = err.ctx.command_path if err.ctx else "oculi"  # "oculi" or "oculi train"
+        print(f"error: {err.format_message()} (see {command} --help)", file=sys.stderr)
         return 2
     except typer.Abort:
         print("error: aborted", file=sys.stderr)

@@ -21,6 +21,12 @@ MODES = ("auto", "features", "finetune")
 CLASSIFIERS = ("linear", "mlp")
 TTAS = ("auto", "none", "flip")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
+FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+# Augmentation knobs that override the --augment preset: (flag, lowest, highest) of each number.
+AUGMENT_RANGES = {"rotation": ("--rotation", 0, 180), "shift": ("--shift", 0, 0.5), "shear": ("--shear", 0, 45),
+                  "zoom": ("--zoom", 0, 0.9), "translate": ("--translate", 0, 0.5),
+                  "brightness": ("--brightness", 0, 0.9), "contrast": ("--contrast", 0, 0.9),
+                  "saturation": ("--saturation", 0, 1)}
 
 
 @dataclass
@@ -35,6 +41,18 @@ class TrainConfig:
     resize: str = "squash"
     channels: int | None = None  # None: 1 for grayscale data, 3 otherwise (3 when the model needs it)
     augment: str = "auto"
+    # Each augmentation knob overrides the --augment preset's value when set (None: the preset's).
+    rotation: float | None = None  # degrees, up to +-rotation
+    shift: float | None = None  # fraction of the side, up to +-shift (Keras' width/height_shift_range)
+    shear: float | None = None  # degrees
+    zoom: float | None = None  # scale in [1 - zoom, 1 + zoom]
+    translate: float | None = None  # whole-pixel shift with reflect padding, fraction of the side
+    brightness: float | None = None  # pixel values times 1 +- brightness
+    contrast: float | None = None
+    saturation: float | None = None
+    flip: bool | None = None  # horizontal flips (None: on, except for digits and MNIST)
+    vflip: bool | None = None  # vertical flips
+    fill_mode: str | None = None  # constant | nearest | reflect | wrap: what comes in at the borders
     filter: str | None = None  # sharpen | blur | edges | blur+sharpen, applied to every image (kept in the bundle)
     tta: str = "auto"  # test-time augmentation: flip averages each image with its mirror; auto: the recipe's
     # model
@@ -70,6 +88,7 @@ class TrainConfig:
     out: str | None = None  # run folder; None: runs/<data name>, runs/<data name>-2, ...
     top_k: int = 5
     progress: bool = True
+    report: bool = True  # write report.html (data, model, curves, metrics, predictions, Grad-CAM) at the end
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -102,6 +121,12 @@ class TrainConfig:
         _choice("--tta", self.tta, TTAS)
         if self.filter is not None:
             _choice("--filter", self.filter, FILTER_NAMES)
+        if self.fill_mode is not None:
+            _choice("--fill-mode", self.fill_mode, FILL_MODES)
+        for name, (flag, low, high) in AUGMENT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise OculiError(f"{flag} must be between {low} and {high}, got {value}")
         _fraction("--val-split", self.val_split)
         _fraction("--test-split", self.test_split)
         if self.val_split + self.test_split >= 1:

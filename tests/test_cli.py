@@ -29,6 +29,9 @@ def run_cli(capsys, *args):
     (["train", "{tmp}/colours", "--model", "resnet18", "--weights", "{tmp}/none.pt"], "--weights"),
     (["train", "{tmp}/colours", "--classifier", "svm"], "--classifier"),
     (["train", "{tmp}/colours", "--backbone-lr", "2"], "--backbone-lr"),
+    (["train", "{tmp}/colours", "--fill-mode", "mirror"], "--fill-mode"),
+    (["augment-preview", "{tmp}/colours", "--rotation", "200"], "--rotation"),
+    (["report", "{tmp}/empty"], "not a finished oculi run"),
     (["predict", "{tmp}/missing", "x.jpg"], "no such run folder"),
     (["evaluate", "{tmp}/empty", "--data", "{tmp}/colours"], "model.json"),
 ])

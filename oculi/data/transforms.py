@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from ..config import FILL_MODES
 from .filters import FILTERS
 
 RESIZE_MODES = ("squash", "pad", "crop")
@@ -89,7 +90,6 @@ def channel_stats(images: torch.Tensor, max_images: int = 10_000) -> tuple[tuple
 
 # ---- augmentation (batched, on the training device) ---------------------------------------------
 
-FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,11 @@ class Augmentation:
     @property
     def affine(self) -> bool:
         return any((self.rotation, self.shift, self.shear, self.zoom))
+
+    @property
+    def changes_anything(self) -> bool:
+        return any((self.flip, self.vflip, self.translate > 0, self.affine, self.brightness, self.contrast,
+                    self.saturation))
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.flip:

@@ -65,10 +65,16 @@ class BackboneClassifier(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return self.backbone.num_features
+        return pooled_width(self.backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def pooled_width(backbone: nn.Module) -> int:
+    """Width of a headless timm model's output: ``head_hidden_size`` where a layer follows the pooling
+    (mobilenetv3: 576 channels pooled, 1024 after its conv_head), else ``num_features``."""
+    return getattr(backbone, "head_hidden_size", None) or backbone.num_features
 
 
 def make_head(kind: str, num_features: int, num_outputs: int) -> nn.Module:
@@ -128,7 +134,7 @@ def _split_head(model: nn.Module, num_outputs: int, classifier: str, keep_imagen
     reuse = (keep_imagenet and classifier == "linear" and isinstance(old, nn.Linear)
              and old.out_features == num_outputs)
     model.reset_classifier(0)  # the backbone now returns pooled features
-    head = old if reuse else make_head(classifier, model.num_features, num_outputs)
+    head = old if reuse else make_head(classifier, pooled_width(model), num_outputs)
     return BackboneClassifier(model, head)
 
 

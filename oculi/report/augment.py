@@ -9,26 +9,33 @@ import torch
 from matplotlib.figure import Figure
 
 from ..config import TrainConfig
-from ..data.sources import open_source
-from ..data.transforms import Preprocessing
+from ..data.sources import DataSource, open_source
+from ..data.transforms import Augmentation, Preprocessing
 from ..errors import ImageDecodeError, OculiError
 from .plots import plot_augmentation_preview
 
 
 def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str = "auto",
-                         image_size: tuple[int, int] | None = None, seed: int = 0) -> Figure:
+                         image_size: tuple[int, int] | None = None, seed: int = 0, **knobs) -> Figure:
     """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
-    the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px)."""
+    the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px).
+    ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
     from ..train.defaults import augmentation_settings, probe_source
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
     source = open_source(data, seed=seed)
     probe = probe_source(source)
     size = image_size or (probe.size if probe.small else (160, 160))
-    cfg = dataclasses.replace(TrainConfig(data=data, augment=augment).validate(),
+    cfg = dataclasses.replace(TrainConfig(data=data, augment=augment, **knobs).validate(),
                               augment="light" if augment == "auto" else augment)
-    augmentation = augmentation_settings(cfg, source.name)
-    originals, titles = _samples(source, images, Preprocessing(tuple(size), 1 if probe.grayscale else 3))
+    preprocessing = Preprocessing(tuple(size), 1 if probe.grayscale else 3)
+    return preview_figure(source, augmentation_settings(cfg, source.name), preprocessing, n, images, seed)
+
+
+def preview_figure(source: DataSource, augmentation: Augmentation | None, preprocessing: Preprocessing,
+                   n: int, images: int, seed: int) -> Figure:
+    """``n`` versions of ``images`` sample images of ``source`` under ``augmentation`` (None: unchanged)."""
+    originals, titles = _samples(source, images, preprocessing)
     generator = torch.Generator().manual_seed(seed)
     repeated = originals.repeat_interleave(n, dim=0)
     augmented = augmentation(repeated, generator) if augmentation is not None else repeated

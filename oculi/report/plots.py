@@ -12,6 +12,7 @@ from ..io import atomic_path
 
 _TRAIN, _VAL = "tab:blue", "tab:orange"
 _MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable clutter
+_LABEL_CHARS = 28  # class names on an axis are cut here: a longer one squeezes the plot to nothing
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -33,18 +34,22 @@ def _series(history: list[dict], key: str) -> np.ndarray:
     return np.array([np.nan if h.get(key) is None else float(h[key]) for h in history])
 
 
-def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: dict | None = None) -> Figure:
+def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: dict | None = None,
+                panels: tuple[str, ...] = ("acc", "loss")) -> Figure:
     """Accuracy and loss per epoch, train vs val, with the kept (best) epoch marked.
 
     ``best_epoch`` is the epoch whose weights the run kept; by default, the highest val accuracy.
     ``baseline`` (val metrics of the starting model: the head trained on frozen features) is drawn as a
-    dashed line; ``best_epoch`` 0 means the baseline was kept."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_acc, ax_loss = fig.subplots(1, 2)
+    dashed line; ``best_epoch`` 0 means the baseline was kept. ``panels``: ("acc",) or ("loss",) draws one."""
+    if not panels or not set(panels) <= {"acc", "loss"}:
+        raise ValueError(f"panels must name acc and/or loss, got {panels}")
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
+    ax_acc, ax_loss = axes.get("acc"), axes.get("loss")
     epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
     # Markers keep a single epoch (or gaps left by missing values) visible.
     marker = "o" if len(history) <= 60 else None
-    for ax, name in ((ax_acc, "acc"), (ax_loss, "loss")):
+    for name, ax in axes.items():
         for split, color in (("train", _TRAIN), ("val", _VAL)):
             y = _series(history, f"{split}_{name}")
             if np.isfinite(y).any():
@@ -55,12 +60,14 @@ def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: di
         ax.grid(alpha=0.3)
     if baseline is not None:
         kept = " (kept)" if best_epoch == 0 else ""
-        ax_acc.axhline(baseline["val_acc"], color=_VAL, ls="--", lw=1.2,
-                       label=f"features head: val {baseline['val_acc']:.3f}{kept}")
-        ax_loss.axhline(baseline["val_loss"], color=_VAL, ls="--", lw=1.2, label="features head: val")
+        if ax_acc is not None:
+            ax_acc.axhline(baseline["val_acc"], color=_VAL, ls="--", lw=1.2,
+                           label=f"features head: val {baseline['val_acc']:.3f}{kept}")
+        if ax_loss is not None:
+            ax_loss.axhline(baseline["val_loss"], color=_VAL, ls="--", lw=1.2, label="features head: val")
     if best_epoch != 0:
         _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"), best_epoch)
-    for ax in (ax_acc, ax_loss):
+    for ax in axes.values():
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")
     return fig
@@ -82,9 +89,10 @@ def _mark_best(ax_acc, ax_loss, epochs: np.ndarray, val_acc: np.ndarray, best_ep
     if not np.isfinite(val_acc).any():
         return
     i = int(np.nanargmax(val_acc)) if best_epoch is None else int(np.flatnonzero(epochs == best_epoch)[0])
-    ax_acc.plot(epochs[i], val_acc[i], "*", color="tab:red", ms=14, zorder=5,
-                label=f"kept: val {val_acc[i]:.3f} (epoch {epochs[i]})")
-    for ax in (ax_acc, ax_loss):
+    if ax_acc is not None:
+        ax_acc.plot(epochs[i], val_acc[i], "*", color="tab:red", ms=14, zorder=5,
+                    label=f"kept: val {val_acc[i]:.3f} (epoch {epochs[i]})")
+    for ax in (a for a in (ax_acc, ax_loss) if a is not None):
         ax.axvline(epochs[i], color="tab:red", ls=":", lw=1, alpha=0.7)
 
 
@@ -103,9 +111,9 @@ def plot_confusion_matrix(matrix, classes: list[str], normalize: bool = False) -
     # The figure grows with k, so each cell stays ~0.4 inch: fonts need only shrink a little.
     label_font = float(np.clip(13 - 0.15 * k, 8, 11))
     ticks = np.arange(k)
-    ax.set_xticks(ticks, classes, rotation=45, ha="right", rotation_mode="anchor",
-                  fontsize=label_font)
-    ax.set_yticks(ticks, classes, fontsize=label_font)
+    names = [_short(c, _LABEL_CHARS) for c in classes]
+    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=label_font)
+    ax.set_yticks(ticks, names, fontsize=label_font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix")
@@ -147,7 +155,7 @@ def plot_class_counts(counts: dict[str, dict[str, int]]) -> Figure:
         bars = ax.barh(y + (n - (s - 1) / 2) * bar, vals, height=bar, label=split)
         if k * s <= 80:  # numbers beside bars only while they stay legible
             ax.bar_label(bars, padding=2, fontsize=8)
-    ax.set_yticks(y, classes, fontsize=float(np.clip(12 - 0.1 * k, 7, 10)))
+    ax.set_yticks(y, [_short(c, _LABEL_CHARS) for c in classes], fontsize=float(np.clip(12 - 0.1 * k, 7, 10)))
     ax.set_ylim(k - 0.5, -0.5)  # first class on top, in reading order, no empty margin
     ax.set_xlabel("images")
     ax.set_title("Images per class")
@@ -199,3 +207,82 @@ def plot_filters(original: "torch.Tensor", filtered: dict[str, "torch.Tensor"]) 
         ax.set_title(name)
         ax.set_axis_off()
     return fig
+
+
+# ---------------------------------------------------------------- image grids
+
+_RIGHT, _WRONG = "tab:green", "tab:red"
+
+
+def _show(ax, image: "torch.Tensor") -> None:
+    """A uint8 [C, H, W] image on ``ax``, without ticks; one channel in gray."""
+    pixels = image.permute(1, 2, 0).numpy()
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_class_samples(images: "torch.Tensor", labels: list[int], classes: list[str], per_class: int = 8) -> Figure:
+    """One row per class: its name, then up to ``per_class`` of its images (uint8 [N, C, H, W])."""
+    rows = [c for c in range(len(classes)) if c in set(labels)]
+    fig = Figure(figsize=(1.3 * per_class + 1.6, 1.35 * max(len(rows), 1)), layout="constrained")
+    axes = fig.subplots(max(len(rows), 1), per_class, squeeze=False)
+    for r, c in enumerate(rows):
+        mine = [i for i, label in enumerate(labels) if label == c][:per_class]
+        for j, ax in enumerate(axes[r]):
+            if j < len(mine):
+                _show(ax, images[mine[j]])
+            else:
+                ax.set_axis_off()
+        axes[r, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=10)
+    return fig
+
+
+def plot_prediction_grid(images: "torch.Tensor", true: list[int], predicted: list[int], confidence: list[float],
+                         classes: list[str], columns: int = 6) -> Figure:
+    """Images titled "true / predicted (confidence)", green when right and red when wrong."""
+    n = len(images)
+    columns = max(min(columns, n), 1)  # a few images stay tile-sized, not spread over an empty row
+    rows = max(-(-n // columns), 1)
+    fig = Figure(figsize=(1.9 * columns, 2.15 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        _show(ax, images[i])
+        right = true[i] == predicted[i]
+        colour = _RIGHT if right else _WRONG
+        ax.set_title(f"{_short(classes[true[i]])}\n→ {_short(classes[predicted[i]])} {confidence[i]:.0%}",
+                     fontsize=8.5, color=colour)
+        for spine in ax.spines.values():
+            spine.set(color=colour, linewidth=2.5)
+    return fig
+
+
+def plot_probability_bars(images: "torch.Tensor", probs: np.ndarray, true: list[int], classes: list[str],
+                          top: int = 5) -> Figure:
+    """Each image beside a bar chart of its ``top`` most probable classes: the true class green, a wrong
+    top prediction red."""
+    n, k = len(images), min(top, len(classes))
+    fig = Figure(figsize=(5.2, 1.55 * max(n, 1) + 0.3), layout="constrained")
+    axes = fig.subplots(max(n, 1), 2, squeeze=False, width_ratios=[1, 2.4])
+    for i in range(n):
+        _show(axes[i, 0], images[i])
+        axes[i, 0].set_title(f"true: {_short(classes[true[i]])}", fontsize=9, loc="left")
+        order = np.argsort(-probs[i], kind="stable")[:k]
+        colours = [_RIGHT if c == true[i] else _WRONG if j == 0 else "tab:gray" for j, c in enumerate(order)]
+        ax = axes[i, 1]
+        bars = ax.barh(np.arange(k), probs[i][order], color=colours)
+        ax.bar_label(bars, labels=[f"{p:.1%}" for p in probs[i][order]], padding=3, fontsize=8)
+        ax.set_yticks(np.arange(k), [_short(classes[c], 24) for c in order], fontsize=9)
+        ax.set_ylim(k - 0.5, -0.5)
+        ax.set_xlim(0, 1.18)  # room for the labels beside full bars
+        ax.set_xticks([0, 0.5, 1])
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _short(name: str, limit: int = 14) -> str:
+    """Class names cut to fit a small tile's title."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"

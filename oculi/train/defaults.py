@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import AUGMENT_RANGES, TrainConfig
 from ..data.decode import read_image_size
 from ..data.sources import DataSource
 from ..errors import ImageDecodeError, OculiError
@@ -170,8 +170,13 @@ def _auto_lr(optimizer: str, pretrained: bool) -> float:
 
 
 def augmentation_settings(cfg: TrainConfig, dataset_name: str):
-    """The augmentation a resolved config asks for, or None."""
-    from ..data.transforms import AUGMENT_PRESETS
-    if cfg.augment == "none":
-        return None
-    return dataclasses.replace(AUGMENT_PRESETS[cfg.augment], flip=dataset_name not in NO_FLIP_DATASETS)
+    """The augmentation a resolved config asks for: its preset with each knob the user set (--rotation,
+    --fill-mode, ...) in place of the preset's; None when it changes nothing."""
+    from ..data.transforms import AUGMENT_PRESETS, Augmentation
+    base = Augmentation(flip=False, translate=0.0) if cfg.augment == "none" else AUGMENT_PRESETS[cfg.augment]
+    base = dataclasses.replace(base, flip=cfg.augment != "none" and dataset_name not in NO_FLIP_DATASETS)
+    knobs = {name: getattr(cfg, name) for name in (*AUGMENT_RANGES, "flip", "vflip")}
+    if cfg.fill_mode is not None:
+        knobs["fill"] = cfg.fill_mode
+    augmentation = dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
+    return augmentation if augmentation.changes_anything else None

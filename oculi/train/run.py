@@ -27,6 +27,7 @@ from ..evaluate import classification_metrics
 from ..inference import place_model, predict_probs, resolve_device
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
+from ..report.build import write_report
 from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .defaults import augmentation_settings, probe_source, resolve
@@ -312,7 +313,20 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
                   f"(best epoch {state.best_epoch})")
     reporter.info(f"[bold]saved[/bold]  {run_dir}/ (model.safetensors, model.json, curves.png, "
                   f"confusion_matrix.png, test_metrics.json)")
+    if cfg.report:
+        _write_report(run_dir, source, reporter)
     return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped)
+
+
+def _write_report(run_dir: Path, source: DataSource, reporter: Reporter) -> None:
+    """report.html; the model is saved by now, so a report that fails is a warning, not a lost run."""
+    try:
+        path = write_report(run_dir, source, reporter)
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, the trained model must not be lost
+        reporter.warn(f"report.html could not be written ({type(err).__name__}: {err}); "
+                      f"`oculi report {run_dir}` tries again")
+        return
+    reporter.info(f"[bold]report[/bold] {path}")
 
 
 def _what_was_trained(cfg: TrainConfig, state: LoopState) -> str:

@@ -51,6 +51,14 @@ def test_backbone_and_head_are_separate(kind):
     assert isinstance(model.head, torch.nn.Linear) == (kind == "linear")
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_small_100", "efficientnet_b0"])
+def test_head_fits_backbones_with_a_layer_after_pooling(name):
+    # mobilenetv3 pools 576 channels, then its conv_head widens them to 1024: the head must take 1024.
+    model, _ = create_model(name, 3, 3, (64, 64), pretrained=False)
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 3)
+    assert model.num_features == model.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
+
+
 def test_mlp_head_is_never_narrower_than_the_classes():
     head = make_head("mlp", 64, 200)
     widths = [m.out_features for m in head if isinstance(m, torch.nn.Linear)]

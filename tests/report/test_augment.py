@@ -40,3 +40,15 @@ def test_the_command_writes_a_png(colour_folder, tmp_path, capsys):
     out = tmp_path / "preview.png"
     assert main(["augment-preview", str(colour_folder), "--n", "4", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 500 and str(out) in capsys.readouterr().out
+
+
+def test_knobs_change_the_preview(colour_folder):
+    def tiles(**knobs):
+        shown = _shown(augmentation_preview(str(colour_folder), n=4, images=1, augment="none", **knobs))
+        return [ax.images[0].get_array() for ax in shown]
+    plain = tiles()
+    flipped = tiles(vflip=True)
+    assert all((a == plain[0]).all() for a in plain)
+    # Each version is the original or its upside-down mirror, and at least one is mirrored.
+    assert all((a == plain[0]).all() or (a == plain[0][::-1]).all() for a in flipped)
+    assert any((a == plain[0][::-1]).all() for a in flipped[1:])

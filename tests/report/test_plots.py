@@ -125,3 +125,45 @@ def test_save_figure_creates_folder_and_cleans_up_on_failure(tmp_path):
 def test_curves_mark_the_epoch_the_run_kept():
     fig = plot_curves(_history(10), best_epoch=4)
     assert any("(epoch 4)" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def _images(n, side=16, seed=0):
+    import torch
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, side, side), dtype=np.uint8))
+
+
+def test_curves_one_panel_at_a_time():
+    (acc,) = plot_curves(_history(5), panels=("acc",)).axes
+    (loss,) = plot_curves(_history(5), panels=("loss",)).axes
+    assert acc.get_title() == "Accuracy" and loss.get_title() == "Loss"
+    stars = [[line for line in ax.lines if line.get_marker() == "*"] for ax in (acc, loss)]
+    assert len(stars[0]) == 1 and not stars[1]  # the kept epoch's star is on the accuracy panel
+    with pytest.raises(ValueError, match="panels"):
+        plot_curves(_history(5), panels=("f1",))
+
+
+def test_class_samples_one_row_per_class():
+    from oculi.report.plots import plot_class_samples
+    fig = plot_class_samples(_images(7), [0, 0, 0, 2, 2, 2, 2], ["a", "b", "c"], per_class=3)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 6  # 3 of a, 3 of the 4 c images; b has none and gets no row
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["a", "c"]
+
+
+def test_prediction_grid_colours_right_and_wrong():
+    from oculi.report.plots import plot_prediction_grid
+    fig = plot_prediction_grid(_images(3), [0, 1, 1], [0, 0, 1], [0.9, 0.6, 0.8], ["cat", "dog"])
+    colours = [ax.title.get_color() for ax in fig.axes if ax.images]
+    assert colours == ["tab:green", "tab:red", "tab:green"]
+    assert fig.axes[1].get_title() == "dog\n→ cat 60%"
+
+
+def test_probability_bars_show_the_top_classes_in_order():
+    from oculi.report.plots import plot_probability_bars
+    probs = np.array([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])
+    fig = plot_probability_bars(_images(2), probs, [2, 0], ["a", "b", "c"], top=2)
+    bars = [ax for ax in fig.axes if ax.patches]
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == ["b", "c"]
+    assert [p.get_width() for p in bars[0].patches] == [0.6, 0.3]
+    # First image: the top guess (b) is wrong, the true class (c) is second.
+    assert [p.get_facecolor() for p in bars[0].patches][1] == pytest.approx((0.172549, 0.627451, 0.172549, 1.0), abs=1e-3)

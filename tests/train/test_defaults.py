@@ -40,3 +40,25 @@ def test_the_users_flags_win_over_the_recipe():
 def test_other_models_keep_the_general_defaults():
     cfg = resolve(TrainConfig(data="x", model="vgg-mini"), _source(45_000), SMALL)
     assert (cfg.optimizer, cfg.schedule, cfg.label_smoothing, cfg.batch_size) == ("adamw", "cosine", 0.0, 64)
+
+
+def test_augmentation_knobs_override_the_preset():
+    from oculi.train.defaults import augmentation_settings
+    light = augmentation_settings(TrainConfig(augment="light"), "set")
+    changed = augmentation_settings(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True), "set")
+    assert (changed.rotation, changed.fill, changed.vflip) == (30, "wrap", True)
+    assert (changed.flip, changed.translate) == (light.flip, light.translate)  # the rest stays the preset's
+    assert augmentation_settings(TrainConfig(augment="none"), "set") is None
+    only_vflip = augmentation_settings(TrainConfig(augment="none", vflip=True), "set")
+    assert only_vflip.vflip and not only_vflip.flip and only_vflip.translate == 0
+    # Mirrored digits are other digits: no flips unless asked for.
+    assert not augmentation_settings(TrainConfig(augment="light"), "digits").flip
+    assert augmentation_settings(TrainConfig(augment="light", flip=True), "digits").flip
+
+
+@pytest.mark.parametrize("knob, value, flag", [("rotation", 181, "--rotation"), ("zoom", -0.1, "--zoom"),
+                                               ("shift", 0.6, "--shift"), ("fill_mode", "mirror", "--fill-mode")])
+def test_augmentation_knobs_out_of_range_name_the_flag(knob, value, flag):
+    from oculi.errors import OculiError
+    with pytest.raises(OculiError, match=flag):
+        TrainConfig(**{knob: value}).validate()

@@ -1,0 +1,246 @@
+"""What a trained network looks at: the feature maps of each convolutional stage, and a Grad-CAM heat map.
+
+Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization"): take the activations A [C, H, W] of a late convolutional stage and the gradients of one
+class's score with respect to them; each channel's weight is the spatial mean of its gradient, and the
+map is ReLU(sum_c w_c A_c), upsampled to the input. It shows where the evidence *for* that class lies.
+
+Works on oculi's seed networks (SeedNet), fast-cnn (FastCNN), timm backbones (BackboneClassifier, stages
+from timm's ``feature_info``) and, as a fallback, any module whose direct children hold convolutions.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import OculiError
+from .inference import model_input, predict_probs
+from .models.pretrained import BackboneClassifier
+from .models.seed import SeedNet
+from .models.speed import FastCNN
+
+NO_STAGES = ("has no convolutional stages (a dense-only network such as mlp, or a vision transformer): "
+             "no feature maps or Grad-CAM to show")
+
+Stage = tuple[str, nn.Module]
+
+
+# ---------------------------------------------------------------- where the stages are
+
+def conv_stages(model: nn.Module) -> list[Stage]:
+    """(name, module) of each stage whose output is worth showing, in forward order; [] for a dense net."""
+    if isinstance(model, SeedNet):
+        stages = [m for m in model.features if len(m)]
+        return [(f"stage {i}", m) for i, m in enumerate(stages, 1)]
+    if isinstance(model, FastCNN):
+        return [("whiten", model.whiten)] + [(f"block {i}", m) for i, m in enumerate(model.features, 1)]
+    if isinstance(model, BackboneClassifier):
+        return _timm_stages(model.backbone)
+    return _conv_children(model)
+
+
+def _timm_stages(backbone: nn.Module) -> list[Stage]:
+    """timm's own list of feature stages (what ``features_only`` would return): stem, then one per
+    resolution. It survives ``reset_classifier(0)``, so a backbone without a head still has it."""
+    info = getattr(backbone, "feature_info", None)
+    if not isinstance(info, list) or not info:
+        return _conv_children(backbone)
+    return [(f"stage {i} ({d['module']})", backbone.get_submodule(d["module"])) for i, d in enumerate(info, 1)]
+
+
+def _conv_children(model: nn.Module) -> list[Stage]:
+    """Direct children that contain a Conv2d: a reasonable guess for a module oculi does not know."""
+    return [(name, child) for name, child in model.named_children()
+            if any(isinstance(m, nn.Conv2d) for m in child.modules())]
+
+
+def _channels_last_output(model: nn.Module) -> bool:
+    """Some timm backbones (Swin, ...) give their stages' outputs as [N, H, W, C]."""
+    return isinstance(model, BackboneClassifier) and getattr(model.backbone, "output_fmt", "NCHW") == "NHWC"
+
+
+def _nchw(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2) if channels_last else x
+
+
+# ---------------------------------------------------------------- running the model with hooks
+
+@contextmanager
+def _evaluating(model: nn.Module):
+    """Eval mode (no dropout, BatchNorm's running statistics), each module's own mode restored after:
+    a model.train() would undo modes set apart, such as BatchNorm frozen during fine-tuning."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
+def _capturing(stages: list[Stage]):
+    """A dict filled, by the next forward pass, with each stage's output; hooks removed on exit."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def store(module, inputs, output):
+            outputs[name] = output
+        return store
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in stages]
+    try:
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _spatial(outputs: dict[str, torch.Tensor], stages: list[Stage], channels_last: bool) -> dict[str, torch.Tensor]:
+    """The captured outputs that are image-like [N, C, H, W], in forward order (transformer blocks give
+    token sequences, which are not maps)."""
+    return {name: _nchw(outputs[name], channels_last) for name, _ in stages
+            if name in outputs and torch.is_tensor(outputs[name]) and outputs[name].ndim == 4}
+
+
+def feature_maps(model: nn.Module, batch: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """Each stage's output for the first image of ``batch`` (normalised, on the model's device), as
+    float CPU tensors [C, H, W], from one forward pass in eval mode."""
+    stages = conv_stages(model)
+    with _evaluating(model), _capturing(stages) as outputs, torch.no_grad():
+        model(batch[:1])
+    maps = _spatial(outputs, stages, _channels_last_output(model))
+    return [(name, x[0].float().cpu()) for name, x in maps.items()]
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+def cam_stage(shapes: dict[str, tuple[int, ...]]) -> str:
+    """The stage Grad-CAM uses by default: the last one, unless its map is a single pixel (8x8 digits
+    shrink to 1x1 in fast-cnn's last blocks), which can only give a uniform map: then the last one
+    larger than that."""
+    names = list(shapes)
+    larger = [name for name in names if shapes[name][-2] * shapes[name][-1] > 1]
+    return larger[-1] if larger else names[-1]
+
+
+def class_score(logits: torch.Tensor, target: int) -> torch.Tensor:
+    """The score whose gradient Grad-CAM follows: the target's logit. A sigmoid head has one logit, the
+    evidence for class 1; class 0's evidence is its negative."""
+    if logits.numel() == 1:
+        return logits.reshape(()) if target == 1 else -logits.reshape(())
+    return logits.reshape(-1)[target]
+
+
+def _predicted(logits: torch.Tensor) -> int:
+    return int(logits.reshape(()) > 0) if logits.numel() == 1 else int(logits.argmax())
+
+
+def grad_cam(model: nn.Module, batch: torch.Tensor, target: int | None = None,
+             stage: str | None = None) -> tuple[torch.Tensor, int]:
+    """Grad-CAM of the first image of ``batch`` (normalised, on the model's device) for class ``target``
+    (default: the predicted one), at ``stage`` (a name from ``conv_stages``; default ``cam_stage``).
+
+    Returns the map [H, W] at the input's size, float on the CPU, scaled so that its peak is 1 (all
+    zeros when nothing speaks for the class), and the target."""
+    stages = conv_stages(model)
+    # A leaf input that needs gradients puts every activation in the graph, even when no parameter
+    # requires grad (a frozen backbone) or the caller is inside torch.no_grad.
+    x = batch[:1].detach().requires_grad_(True)
+    with _evaluating(model), _capturing(stages) as outputs, torch.enable_grad():
+        logits = model(x)
+        maps = _spatial(outputs, stages, _channels_last_output(model))
+        if not maps:
+            raise OculiError(f"{type(model).__name__} {NO_STAGES}")
+        stage = _check_stage(stage, maps)
+        target = _predicted(logits[0]) if target is None else _check_target(target, logits.shape[1])
+        # Gradients of the raw output (NHWC or not), permuted as its activations were.
+        grads = torch.autograd.grad(class_score(logits[0], target), outputs[stage])[0]
+    activations = maps[stage][0].detach().float()
+    grads = _nchw(grads, _channels_last_output(model))[0].float()
+    weights = grads.mean(dim=(1, 2))  # one number per channel: how much the class score wants more of it
+    cam = F.relu(torch.einsum("c,chw->hw", weights, activations))
+    cam = F.interpolate(cam[None, None], size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return _unit_peak(cam).cpu(), target
+
+
+def _check_stage(stage: str | None, maps: dict[str, torch.Tensor]) -> str:
+    if stage is None:
+        return cam_stage({name: tuple(x.shape) for name, x in maps.items()})
+    if stage not in maps:
+        raise OculiError(f"unknown stage '{stage}'; this model's stages are: {', '.join(maps)}")
+    return stage
+
+
+def _check_target(target: int, num_outputs: int) -> int:
+    num_classes = 2 if num_outputs == 1 else num_outputs
+    if not 0 <= int(target) < num_classes:
+        raise OculiError(f"class index {target} is out of range: the model has {num_classes} classes")
+    return int(target)
+
+
+def _unit_peak(cam: torch.Tensor) -> torch.Tensor:
+    """Divide by the peak rather than min-max scale: zero keeps meaning "no evidence", a map that is the
+    same everywhere stays flat instead of 0/0, and an all-zero map stays zeros."""
+    peak = cam.max()
+    return cam / peak if peak > 0 else torch.zeros_like(cam)
+
+
+# ---------------------------------------------------------------- one image, for the CLI and reports
+
+@dataclass
+class Explanation:
+    """Everything shown for one image: the image as the model saw it, its feature maps and Grad-CAM."""
+
+    image: torch.Tensor  # uint8 [C, H, W], resized (and filtered) as the model's input
+    maps: list[tuple[str, torch.Tensor]]  # each stage's output [C, H, W]
+    cam: torch.Tensor  # [H, W] in [0, 1], the input's size
+    target: int  # the class the heat map explains
+    probs: np.ndarray  # [classes], the probabilities `oculi predict` gives this image
+    classes: list[str]
+    stage: str  # the stage Grad-CAM was taken at
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probs))
+
+    @property
+    def label(self) -> str:
+        return self.classes[self.target]
+
+    @property
+    def title(self) -> str:
+        return f"Grad-CAM for '{self.label}' ({self.probs[self.target]:.1%}) at {self.stage}"
+
+
+def explain_image(classifier, image, target: int | str | None = None) -> Explanation:
+    """Feature maps and Grad-CAM of ``image`` (anything ``Classifier.prepare`` takes) for ``target`` (a
+    class index or name; default: the predicted class)."""
+    pixels = classifier.prepare(image)
+    # Probabilities as `oculi predict` reports them (flip TTA included), so the two never disagree.
+    probs = predict_probs(classifier.model, pixels[None], classifier.preprocessing, classifier.head,
+                          classifier.device)[0].numpy()
+    target = int(np.argmax(probs)) if target is None else _class_index(target, classifier.classes)
+    batch = model_input(classifier.preprocessing.normalize(pixels[None].to(classifier.device)))
+    maps = feature_maps(classifier.model, batch)
+    if not maps:
+        raise OculiError(f"model '{classifier.meta['model']['name']}' {NO_STAGES}")
+    stage = cam_stage({name: tuple(x.shape) for name, x in maps})
+    cam, _ = grad_cam(classifier.model, batch, target, stage)
+    return Explanation(pixels, maps, cam, target, probs, classifier.classes, stage)
+
+
+def _class_index(target: int | str, classes: list[str]) -> int:
+    """A class name or index -> its index."""
+    if isinstance(target, str):
+        if target not in classes:
+            shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+            raise OculiError(f"unknown class '{target}'; this model's classes are: {shown}")
+        return classes.index(target)
+    return _check_target(target, len(classes))

@@ -1,0 +1,469 @@
+"""``report.html``: one run on one page, from the files in its run folder.
+
+Everything comes from what the run saved (config.json, model.json and its weights, metrics.jsonl,
+test_metrics.json, test_predictions.csv, split.csv, skipped_files.csv), plus the few images the page
+shows, read again from the data. So ``oculi report RUN`` rebuilds the same page any time later; when the
+data has moved away, the sections that need images say so and the rest is still there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from html import escape
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import TrainConfig
+from ..data.sources import DataSource, open_source
+from ..data.split import Record, read_manifest
+from ..data.transforms import Preprocessing
+from ..errors import OculiError
+from ..io import atomic_write_text
+from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
+
+REPORT_NAME = "report.html"
+SAMPLES_PER_CLASS = 8
+MAX_SAMPLE_CLASSES = 20  # rows of the per-class sample grid
+GRID_IMAGES = 24  # test images in the right/wrong grid
+BAR_IMAGES = 4  # images with a probability chart
+MISTAKES = 12  # most confident mistakes shown
+MAX_SKIPPED_ROWS = 50
+MAX_LAYER_ROWS = 40
+
+
+@dataclass
+class RunFiles:
+    """What a finished run folder holds, parsed."""
+
+    run_dir: Path
+    config: TrainConfig
+    meta: dict  # model.json
+    history: list[dict]  # metrics.jsonl, one row per epoch of every phase
+    metrics: dict  # test_metrics.json
+    predictions: list[dict]  # test_predictions.csv: path, true, predicted, confidence
+    skipped: list[list[str]]  # skipped_files.csv: path, reason
+    split: list[tuple[str, str, str]]  # split.csv: path, class, split
+
+
+def read_run(run_dir: str | Path) -> RunFiles:
+    """Parse a finished run folder; a missing or unreadable file is named in a one-line error."""
+    run_dir = Path(run_dir).expanduser()
+    if not (run_dir / "model.json").is_file():
+        raise OculiError(f"{run_dir}: not a finished oculi run (no model.json)")
+    try:
+        config = TrainConfig.from_dict(_json(run_dir / "config.json")["config"])
+        history = [json.loads(line) for line in _text(run_dir / "metrics.jsonl").splitlines() if line.strip()]
+        return RunFiles(run_dir, config, _json(run_dir / "model.json"), history, _json(run_dir / "test_metrics.json"),
+                        _csv(run_dir / "test_predictions.csv"), [list(r.values()) for r in _csv(run_dir / "skipped_files.csv")],
+                        read_manifest(run_dir / "split.csv"))
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise OculiError(f"{run_dir}: a run file is damaged ({type(err).__name__}: {err})") from None
+
+
+def _text(path: Path) -> str:
+    if not path.is_file():
+        raise OculiError(f"{path.parent}: the run has no {path.name}")
+    return path.read_text()
+
+
+def _json(path: Path) -> dict:
+    return json.loads(_text(path))
+
+
+def _csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(_text(path).splitlines()))
+
+
+# ---------------------------------------------------------------- images of the run
+
+class RunImages:
+    """Reads the run's images again, by path, through the bundle's preprocessing (what the model saw)."""
+
+    def __init__(self, run: RunFiles, preprocessing: Preprocessing, source: DataSource | None = None):
+        self.preprocessing = preprocessing
+        self.unavailable = ""
+        if source is None:
+            try:
+                cfg = run.config
+                source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed,
+                                     str(run.run_dir / "split.csv"), cfg.data_dir)
+            except OculiError as err:
+                self.unavailable = f"The images could not be read again ({err}); this section needs them."
+        self.source = source
+        self.classes = source.classes if source else list(run.meta["classes"])
+
+    def record(self, path: str, class_name: str, split: str) -> Record:
+        return Record(path, self.classes.index(class_name), split)
+
+    def load(self, records: list[Record]) -> tuple[torch.Tensor, list[Record]]:
+        """Prepared uint8 images [N, C, H, W] of the readable ``records``, and those records."""
+        from ..data.loading import load_split
+        skipped: list = []
+        images = load_split(self.source, records, self.preprocessing, skipped)
+        bad = {path for path, _ in skipped}
+        return images.images[:], [r for r in records if r.path not in bad]
+
+    def raw(self, record: Record) -> torch.Tensor:
+        """One image as decoded, before preprocessing."""
+        return self.source.read(record, channels=self.preprocessing.channels)
+
+
+# ---------------------------------------------------------------- the page
+
+def write_report(run_dir: str | Path, source: DataSource | None = None, reporter=None) -> Path:
+    """Build ``report.html`` in ``run_dir`` (``source``: the run's data, when the caller has it open)."""
+    from ..predict import Classifier
+    run = read_run(run_dir)
+    classifier = Classifier.load(run.run_dir, device="cpu")
+    images = RunImages(run, classifier.preprocessing, source)
+    builders = [data_section, augmentation_section, model_section, training_section, metrics_section,
+                predictions_section, explain_section]
+    sections = []
+    with _bar(reporter, len(builders)) as advance:
+        for build in builders:
+            section = build(run, classifier, images)
+            if section is not None:
+                sections.append(section)
+            advance(1)
+    page = render_page(f"oculi run: {run.run_dir.name}", _subtitle(run), _facts(run), sections)
+    path = run.run_dir / REPORT_NAME
+    atomic_write_text(path, page)
+    return path
+
+
+def _bar(reporter, total: int):
+    from ..train.progress import Reporter
+    return (reporter or Reporter(quiet=True)).bar("writing report.html", total)
+
+
+def _subtitle(run: RunFiles) -> str:
+    meta = run.meta
+    return (f"{meta['model']['name']} on {meta.get('data', run.config.data)}, "
+            f"{len(meta['classes'])} classes; oculi {meta.get('oculi_version', '?')}")
+
+
+def _facts(run: RunFiles) -> list[tuple[str, str]]:
+    m = run.metrics
+    facts = [(f"{m['split']} accuracy", f"{m['accuracy']:.2%}"), (f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.2%}"),
+             ("log loss", f"{m['log_loss']:.4f}"), (f"{m['split']} images", f"{m['n']:,}")]
+    if run.history and run.history[-1].get("time") and run.history[0].get("time"):
+        seconds = run.history[-1]["time"] - run.history[0]["time"] + run.history[0].get("seconds", 0)
+        facts.append(("training time", f"{seconds:.0f} s"))
+    return facts
+
+
+# ---------------------------------------------------------------- data
+
+def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    from .plots import plot_class_counts
+    classes = list(run.meta["classes"])
+    counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
+    for _, name, split in run.split:
+        counts[split][name] += 1
+    counts = {s: c for s, c in counts.items() if sum(c.values())}
+    sizes = ", ".join(f"{sum(c.values()):,} {s}" for s, c in counts.items())
+    body = [paragraph(f"{run.meta.get('data', run.config.data)}: {len(classes)} classes, {sizes} images "
+                      f"(read at {_size(classifier.preprocessing)})."),
+            figure_html(plot_class_counts(counts), "bar chart of images per class and split")]
+    body.append("<h3>Training images of each class</h3>")
+    if images.unavailable:
+        body.append(paragraph(images.unavailable))
+    else:
+        shown = classes[:MAX_SAMPLE_CLASSES]
+        records = [images.record(p, c, s) for p, c, s in run.split if s == "train" and c in shown]
+        picked = _first_per_class(records, SAMPLES_PER_CLASS)
+        pixels, picked = images.load(picked)
+        more = f" (the first {len(shown)} of {len(classes)} classes)" if len(classes) > len(shown) else ""
+        body.append(paragraph(f"As the model sees them{more}:") + _class_rows(pixels, picked, images.classes))
+    body.append("<h3>Skipped files</h3>")
+    body.append(_skipped_html(run.skipped))
+    return Section("data", "Data", "".join(body))
+
+
+def _class_rows(pixels: torch.Tensor, records: list[Record], classes: list[str]) -> str:
+    rows = []
+    for c in dict.fromkeys(r.label for r in records):
+        tiles = [image_tile(pixels[i]) for i, r in enumerate(records) if r.label == c]
+        rows.append(f'<div class="class-row"><h3>{escape(classes[c])}</h3>{tiles_html(tiles)}</div>')
+    return "".join(rows)
+
+
+def _size(preprocessing: Preprocessing) -> str:
+    h, w = preprocessing.image_size
+    colour = "grayscale" if preprocessing.channels == 1 else "RGB"
+    return f"{h}x{w} {colour}, {preprocessing.resize}"
+
+
+def _first_per_class(records: list[Record], n: int) -> list[Record]:
+    taken: dict[int, int] = {}
+    out = []
+    for r in records:
+        if taken.get(r.label, 0) < n:
+            taken[r.label] = taken.get(r.label, 0) + 1
+            out.append(r)
+    return out
+
+
+def _skipped_html(skipped: list[list[str]]) -> str:
+    if not skipped:
+        return paragraph("No file was skipped: every image was read.")
+    more = len(skipped) - MAX_SKIPPED_ROWS
+    note = paragraph(f"... and {more} more (all in skipped_files.csv).") if more > 0 else ""
+    return (paragraph(f"{len(skipped)} file{'s' * (len(skipped) > 1)} could not be used and were left out:")
+            + table_html(["file", "reason"], skipped[:MAX_SKIPPED_ROWS], numeric_from=2) + note)
+
+
+# ---------------------------------------------------------------- augmentation
+
+def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    from ..train.defaults import augmentation_settings
+    from .augment import preview_figure
+    augmentation = augmentation_settings(run.config, run.meta.get("data", ""))
+    if augmentation is None:
+        return Section("augmentation", "Augmentation", paragraph("No augmentation (--augment none)."))
+    knobs = [[k, v] for k, v in augmentation.to_dict().items() if v not in (0, 0.0, False)]
+    body = paragraph(f"Preset '{run.config.augment}', applied on the fly to every training batch:") + table_html(
+        ["setting", "value"], knobs)
+    if images.unavailable:
+        body += paragraph(images.unavailable)
+    else:
+        preprocessing = Preprocessing(classifier.preprocessing.image_size, classifier.preprocessing.channels,
+                                      classifier.preprocessing.resize, filter=classifier.preprocessing.filter)
+        # The training images in path order: the same samples whether the data was just scanned or reopened.
+        source = images.source
+        train = sorted(source.split_records("train"), key=lambda r: r.path)
+        view = DataSource(source.name, source.classes, train, source.root, source.arrays)
+        fig = preview_figure(view, augmentation, preprocessing, n=13, images=2, seed=run.config.seed)
+        body += figure_html(fig, "augmented versions of sample images", "Each sample (outlined) and 13 random "
+                            "augmented versions of it.")
+    return Section("augmentation", "Augmentation", body)
+
+
+# ---------------------------------------------------------------- model
+
+def model_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    model, meta = classifier.model, run.meta
+    frozen = _frozen_parameters(model, meta.get("training", "scratch"))
+    total = sum(p.numel() for p in model.parameters())
+    c, (h, w) = classifier.preprocessing.channels, classifier.preprocessing.image_size
+    facts = [["architecture", meta["model"]["name"]], ["weights", meta.get("weights_source", "?")],
+             ["trained", _TRAINED.get(meta.get("training", ""), meta.get("training", "?"))],
+             ["input", f"{c}x{h}x{w}"], ["head", f"{meta['model']['head']} ({meta['model'].get('classifier', 'linear')})"],
+             ["parameters", f"{total:,}"], ["trained parameters", f"{total - sum(frozen.values()):,}"],
+             ["frozen parameters", f"{sum(frozen.values()):,}"]]
+    rows = layer_rows(model, (1, c, h, w), frozen)
+    body = table_html(["", ""], facts, numeric_from=2) + "<h3>Layers</h3>" + table_html(
+        ["layer", "type", "output", "parameters", "frozen"], rows, numeric_from=3)
+    return Section("model", "Model", body)
+
+
+_TRAINED = {"scratch": "from scratch, every layer", "features": "head only, on the frozen backbone's features",
+            "finetune": "the whole network, fine-tuned from the pretrained weights"}
+
+
+def _frozen_parameters(model: nn.Module, training: str) -> dict[str, int]:
+    """{parameter name: size} of what training did not change: the backbone of a features-only model and
+    fixed layers (fast-cnn's whitening)."""
+    return {name: p.numel() for name, p in model.named_parameters()
+            if not p.requires_grad or (training == "features" and name.startswith("backbone."))}
+
+
+def layer_rows(model: nn.Module, input_shape: tuple[int, ...], frozen: dict[str, int]) -> list[list]:
+    """Keras-summary-like rows (name, type, output shape, parameters, frozen parameters) for the modules at
+    the deepest nesting level that still gives at most MAX_LAYER_ROWS rows."""
+    chosen = _summary_modules(model, MAX_LAYER_ROWS)
+    shapes = _output_shapes(model, chosen, input_shape)
+    rows = []
+    for name, module in chosen:
+        params = sum(p.numel() for p in module.parameters())
+        fixed = sum(n for k, n in frozen.items() if k.startswith(name + "."))
+        rows.append([name, type(module).__name__, shapes.get(name, "-"), f"{params:,}", f"{fixed:,}" if fixed else ""])
+    return rows
+
+
+def _summary_modules(model: nn.Module, limit: int) -> list[tuple[str, nn.Module]]:
+    best: list[tuple[str, nn.Module]] = []
+    for depth in range(1, 8):
+        frontier = list(_frontier(model, "", depth))
+        if len(frontier) > limit or (best and len(frontier) == len(best)):
+            break
+        best = frontier
+    return best
+
+
+def _frontier(module: nn.Module, prefix: str, depth: int):
+    """Submodules ``depth`` levels down, stopping early at layers: modules without children, or with
+    parameters of their own (timm's BatchNormAct2d holds its weights and an activation child)."""
+    for name, child in module.named_children():
+        own = next(child.parameters(recurse=False), None) is not None
+        if depth == 1 or own or not any(child.children()):
+            yield prefix + name, child
+        else:
+            yield from _frontier(child, f"{prefix}{name}.", depth - 1)
+
+
+@torch.no_grad()
+def _output_shapes(model: nn.Module, modules: list[tuple[str, nn.Module]], input_shape) -> dict[str, str]:
+    """Each module's output shape (batch dimension left out) for one zero input."""
+    shapes: dict[str, str] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            if torch.is_tensor(output):
+                shapes.setdefault(name, " x ".join(str(s) for s in output.shape[1:]))
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules]
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(input_shape))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return shapes
+
+
+# ---------------------------------------------------------------- training
+
+def training_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    from .plots import plot_curves
+    history, baseline = split_phases(run.history)
+    best = run.meta.get("metrics", {}).get("best_epoch")
+    body = '<div class="charts">' + "".join(
+        figure_html(plot_curves(history, best, baseline, panels=(panel,)), f"training curve: {panel} per epoch")
+        for panel in ("acc", "loss")) + "</div>"
+    columns = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    rows = [[_cell(r.get(k)) for k in columns] for r in run.history]
+    body += f"<details><summary>Every epoch ({len(rows)})</summary>{table_html(columns, rows, numeric_from=2)}</details>"
+    settings = [[k, _cell(v)] for k, v in run.config.to_dict().items() if k not in ("progress",)]
+    body += f"<details><summary>Settings (config.json)</summary>{table_html(['setting', 'value'], settings, 2)}</details>"
+    return Section("training", "Training", body)
+
+
+def split_phases(rows: list[dict]) -> tuple[list[dict], dict | None]:
+    """(the rows to draw, the features head's best val row when fine-tuning followed it, else None)."""
+    features = [r for r in rows if r.get("phase") == "features"]
+    rest = [r for r in rows if r.get("phase") != "features"]
+    if features and rest:
+        return rest, max(features, key=lambda r: r.get("val_acc") or 0)
+    return rows, None
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- test metrics
+
+def metrics_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    from ..evaluate import metrics_table_rows
+    from .plots import plot_confusion_matrix
+    m = run.metrics
+    body = paragraph(f"On the {m['n']:,} {m['split']} images, never used for training"
+                     + (" or for choosing the epoch." if m["split"] == "test" else " (there is no test split)."))
+    body += table_html(["class", "precision", "recall", "f1", "support"], metrics_table_rows(m))
+    body += figure_html(plot_confusion_matrix(np.array(m["confusion_matrix"]), list(m["classes"])), "confusion matrix")
+    return Section("metrics", f"Metrics on the {m['split']} set", body)
+
+
+# ---------------------------------------------------------------- predictions
+
+def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    from ..inference import predict_probs
+    from .plots import plot_probability_bars
+    title = f"Predictions on the {run.metrics['split']} set"
+    if images.unavailable:
+        return Section("predictions", title, paragraph(images.unavailable))
+    rows = _sample(run.predictions, GRID_IMAGES, run.config.seed)
+    pixels, records, rows = _load_rows(images, rows, run.metrics["split"])
+    right = sum(r["true"] == r["predicted"] for r in rows)
+    body = paragraph(f"{len(rows)} images drawn at random: {right} right (green), {len(rows) - right} wrong (red). "
+                     "Each reads: true class, → predicted class and its probability.")
+    body += _prediction_tiles(pixels, rows)
+    few = _right_and_wrong(rows, BAR_IMAGES)
+    probs = predict_probs(classifier.model, pixels[few], classifier.preprocessing, classifier.head, classifier.device).numpy()
+    charts = "".join(figure_html(plot_probability_bars(pixels[i:i + 1], p[None], [records[i].label], images.classes),
+                                 f"class probabilities of a {rows[i]['true']} image") for i, p in zip(few, probs))
+    body += ("<h3>Class probabilities</h3>" + paragraph("The most probable classes of a few images: the true class "
+             "green, a wrong first guess red.") + f'<div class="charts">{charts}</div>')
+    body += "<h3>Most confident mistakes</h3>" + _mistakes_html(run, images)
+    return Section("predictions", title, body)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
+
+
+def _sample(rows: list[dict], n: int, seed: int) -> list[dict]:
+    order = np.random.default_rng(seed).permutation(len(rows))[:n]
+    return [rows[i] for i in sorted(order)]
+
+
+def _load_rows(images: RunImages, rows: list[dict], split: str):
+    """The prepared images of prediction rows, with their records; rows whose image is unreadable now drop."""
+    pixels, records = images.load([images.record(r["path"], r["true"], split) for r in rows])
+    kept = {r.path for r in records}
+    return pixels, records, [r for r in rows if r["path"] in kept]
+
+
+def _right_and_wrong(rows: list[dict], n: int) -> list[int]:
+    """Indices of up to ``n`` rows: half wrong ones when there are any, the rest right ones."""
+    wrong = [i for i, r in enumerate(rows) if r["true"] != r["predicted"]][: n // 2]
+    right = [i for i, r in enumerate(rows) if r["true"] == r["predicted"]][: n - len(wrong)]
+    return sorted(wrong + right)
+
+
+def _prediction_tiles(pixels: torch.Tensor, rows: list[dict]) -> str:
+    """Each image titled true class, then the prediction and its probability; framed green or red."""
+    tiles = [image_tile(pixels[i], f"{escape(r['true'])}<br>→ {escape(r['predicted'])} {float(r['confidence']):.0%}",
+                        "right" if r["true"] == r["predicted"] else "wrong") for i, r in enumerate(rows)]
+    return tiles_html(tiles)
+
+
+def _mistakes_html(run: RunFiles, images: RunImages) -> str:
+    wrong = sorted((r for r in run.predictions if r["true"] != r["predicted"]), key=lambda r: -float(r["confidence"]))
+    if not wrong:
+        return paragraph("None: every image was classified right.")
+    pixels, _, rows = _load_rows(images, wrong[:MISTAKES], run.metrics["split"])
+    return (paragraph(f"The {_count(len(rows), 'wrong prediction')} made with the highest probability, of "
+                      f"{_count(len(wrong), 'mistake')} in all: often a mislabelled image or a class pair the "
+                      "model confuses.") + _prediction_tiles(pixels, rows))
+
+
+# ---------------------------------------------------------------- explanation
+
+def explain_section(run: RunFiles, classifier, images: RunImages) -> Section:
+    """Feature maps and Grad-CAM of the first test image of the prediction grid."""
+    from ..explain import explain_image
+    from .explain_plots import plot_feature_maps, plot_grad_cam
+    title = "What the model looks at"
+    if images.unavailable:
+        return Section("explain", title, paragraph(images.unavailable))
+    rows = _sample(run.predictions, GRID_IMAGES, run.config.seed)
+    record = images.record(rows[0]["path"], rows[0]["true"], run.metrics["split"])
+    try:
+        e = explain_image(classifier, images.raw(record))
+    except OculiError as err:  # a dense-only network has nothing to show here
+        return Section("explain", title, paragraph(str(err)))
+    body = (paragraph(f"One {run.metrics['split']} image of class '{rows[0]['true']}', predicted "
+                      f"'{e.classes[e.predicted]}' ({e.probs[e.predicted]:.1%}).")
+            + "<p><code>oculi explain RUN IMAGE</code> draws the same for any image.</p>")
+    body += "<h3>Grad-CAM</h3>" + figure_html(plot_grad_cam(e.image, e.cam, e.title), "Grad-CAM heat map",
+                                              "Where the evidence for the class lies: red is where a change "
+                                              "in the last convolutional stage's features moves the class "
+                                              "score most.")
+    body += "<h3>Feature maps</h3>" + figure_html(plot_feature_maps(e.maps), "feature maps of each stage",
+                                                  "The most active channels of each convolutional stage, "
+                                                  "each scaled to its own range: early stages respond to "
+                                                  "edges and colours, later ones to larger parts.")
+    return Section("explain", title, body)

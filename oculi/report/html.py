@@ -1,0 +1,150 @@
+"""HTML building blocks for ``report.html``: one self-contained page (figures embedded as PNG data URIs,
+styles inline, no script, no network), readable from a phone's width up to a laptop's."""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from html import escape
+
+from matplotlib.figure import Figure
+
+
+@dataclass
+class Section:
+    """One part of the report: ``id`` is its anchor in the table of contents."""
+
+    id: str
+    title: str
+    body: str
+
+
+def figure_html(fig: Figure, alt: str, caption: str = "") -> str:
+    """``fig`` as an embedded PNG shown 100 CSS pixels per inch, scaled down (never up) to the page width;
+    drawn at 150 dpi so that it stays sharp on high-density screens. The figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    width = round(fig.get_figwidth() * 100)
+    if fig.canvas.manager is not None:  # only pyplot-made figures hold global state
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    note = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" '
+            f'style="width:{width}px">{note}</figure>')
+
+
+def image_tile(image: "torch.Tensor", caption: str = "", verdict: str = "") -> str:
+    """One uint8 [C, H, W] image as a tile of a ``tiles_html`` grid; ``caption`` is HTML; ``verdict``
+    ("right" or "wrong") colours its frame. Images under 64 px are enlarged by the browser pixel by pixel
+    rather than blurred."""
+    from PIL import Image
+    pixels = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    small = " small" if max(pixels.shape[:2]) < 64 else ""
+    note = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return (f'<figure class="tile {verdict}{small}"><img src="data:image/png;base64,{data}" alt="{escape(_text_of(caption))}">'
+            f"{note}</figure>")
+
+
+def tiles_html(tiles: list[str]) -> str:
+    """Tiles in a grid that wraps to the screen: 2-3 a row on a phone, 8-10 on a laptop."""
+    return f'<div class="tiles">{"".join(tiles)}</div>'
+
+
+def _text_of(html: str) -> str:
+    """Caption HTML without its tags, for an image's alt text."""
+    import re
+    return re.sub(r"<[^>]+>", " ", html).strip() or "image"
+
+
+def table_html(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    """A table that scrolls sideways on its own when the screen is narrower than it is; columns from
+    ``numeric_from`` on are right-aligned."""
+    head = "".join(f"<th{_num(i, numeric_from)}>{escape(str(h))}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td{_num(i, numeric_from)}>{escape(str(v))}</td>" for i, v in enumerate(row))
+                   + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _num(column: int, numeric_from: int) -> str:
+    return ' class="num"' if column >= numeric_from else ""
+
+
+def facts_html(facts: list[tuple[str, str]]) -> str:
+    """Headline figures as a row of cards that wraps on narrow screens."""
+    cards = "".join(f'<div class="card"><div class="value">{escape(v)}</div><div class="label">{escape(k)}</div></div>'
+                    for k, v in facts)
+    return f'<div class="cards">{cards}</div>'
+
+
+def paragraph(text: str) -> str:
+    return f"<p>{escape(text)}</p>"
+
+
+def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], sections: list[Section]) -> str:
+    """The whole page: header with headline figures, a table of contents, then each section."""
+    toc = "".join(f'<li><a href="#{s.id}">{n}. {escape(s.title)}</a></li>' for n, s in enumerate(sections, 1))
+    body = "".join(f'<section id="{s.id}"><h2>{escape(s.title)}</h2>{s.body}</section>' for s in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)}</title>
+<style>{_STYLE}</style>
+</head>
+<body>
+<header id="summary"><h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>{facts_html(facts)}
+<nav><ol>{toc}</ol></nav></header>
+<main>{body}</main>
+<footer>Made by oculi. Rebuild with <code>oculi report RUN</code>.</footer>
+</body>
+</html>
+"""
+
+
+_STYLE = """
+:root { --ink: #1f2328; --muted: #59636e; --line: #d1d9e0; --soft: #f6f8fa; --accent: #0969da; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); }
+header, main, footer { max-width: 1100px; margin: 0 auto; padding: 0 16px; }
+header { padding-top: 20px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 1.6rem; margin: 0 0 4px; overflow-wrap: anywhere; }
+h2 { font-size: 1.3rem; margin: 32px 0 12px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+h2, h3 { overflow-wrap: anywhere; }
+h3 { font-size: 1.05rem; margin: 20px 0 8px; }
+.sub { color: var(--muted); margin: 0 0 12px; overflow-wrap: anywhere; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 12px 0; }
+.card { background: var(--soft); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 120px; }
+.card .value { font-size: 1.3rem; font-weight: 600; }
+.card .label { color: var(--muted); font-size: 0.85rem; }
+nav ol { display: flex; flex-wrap: wrap; gap: 4px 18px; list-style: none; padding: 0; margin: 8px 0 16px; }
+a { color: var(--accent); }
+figure { margin: 12px 0; }
+figure img { display: block; max-width: 100%; height: auto; }
+figcaption { color: var(--muted); font-size: 0.9rem; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: 0.92rem; margin: 8px 0; }
+th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+th { background: var(--soft); }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+code { background: var(--soft); padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
+p, li { overflow-wrap: anywhere; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)); gap: 10px; margin: 12px 0; }
+.tile { margin: 0; }
+.tile img { display: block; width: 100%; height: auto; border: 3px solid transparent; border-radius: 3px; }
+.tile.small img { image-rendering: pixelated; }
+.tile.right img { border-color: #2da44e; }
+.tile.wrong img { border-color: #cf222e; }
+.tile figcaption { font-size: 0.8rem; line-height: 1.3; overflow-wrap: anywhere; margin-top: 2px; }
+.tile.right figcaption { color: #1a7f37; }
+.tile.wrong figcaption { color: #cf222e; }
+.class-row h3 { margin-bottom: 4px; }
+.charts { display: flex; flex-wrap: wrap; gap: 0 24px; }
+details summary { cursor: pointer; color: var(--accent); }
+footer { color: var(--muted); font-size: 0.85rem; padding: 24px 16px; }
+"""
