@@ -257,7 +257,7 @@ def model_section(run: RunFiles, classifier, images: RunImages) -> Section:
              ["parameters", f"{total:,}"], ["trained parameters", f"{total - sum(frozen.values()):,}"],
              ["frozen parameters", f"{sum(frozen.values()):,}"]]
     rows = layer_rows(model, (1, c, h, w), frozen)
-    body = table_html(["", ""], facts, numeric_from=2) + "<h3>Layers</h3>" + table_html(
+    body = table_html(None, facts, numeric_from=2) + "<h3>Layers</h3>" + table_html(
         ["layer", "type", "output", "parameters", "frozen"], rows, numeric_from=3)
     return Section("model", "Model", body)
 

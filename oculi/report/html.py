@@ -61,13 +61,14 @@ def _text_of(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html).strip() or "image"
 
 
-def table_html(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
+def table_html(headers: list[str] | None, rows: list[list], numeric_from: int = 1) -> str:
     """A table that scrolls sideways on its own when the screen is narrower than it is; columns from
-    ``numeric_from`` on are right-aligned."""
-    head = "".join(f"<th{_num(i, numeric_from)}>{escape(str(h))}</th>" for i, h in enumerate(headers))
+    ``numeric_from`` on are right-aligned. ``headers`` None: a two-column list of facts, no header row."""
+    head = "" if headers is None else "<thead><tr>" + "".join(
+        f"<th{_num(i, numeric_from)}>{escape(str(h))}</th>" for i, h in enumerate(headers)) + "</tr></thead>"
     body = "".join("<tr>" + "".join(f"<td{_num(i, numeric_from)}>{escape(str(v))}</td>" for i, v in enumerate(row))
                    + "</tr>" for row in rows)
-    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
 
 
 def _num(column: int, numeric_from: int) -> str:
