@@ -43,7 +43,7 @@ def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: di
     dashed line; ``best_epoch`` 0 means the baseline was kept. ``panels``: ("acc",) or ("loss",) draws one."""
     if not panels or not set(panels) <= {"acc", "loss"}:
         raise ValueError(f"panels must name acc and/or loss, got {panels}")
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")  # two fit side by side in a report
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False)[0]))
     ax_acc, ax_loss = axes.get("acc"), axes.get("loss")
     epochs = np.array([h.get("epoch", i + 1) for i, h in enumerate(history)])
