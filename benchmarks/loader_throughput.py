@@ -4,7 +4,10 @@ Runs the exact batch path of the training loop (``oculi.train.loop.training_batc
 cached uint8 images, augment it on the device, normalise) over a folder's decoded images, read from the
 decoded-image cache (decoding it first if needed, which is timed separately).
 
-    python benchmarks/loader_throughput.py [--data DIR] [--batch-size 512] [--epochs 3] [--device cpu]
+    python benchmarks/loader_throughput.py [--data DIR] [--batch-size 512] [--epochs 3] [--device cpu] [--stream]
+
+``--stream`` leaves the images in the cache file, as a run does for data larger than half the free
+memory: worker processes read each batch's rows ahead of the loop; peak memory is printed.
 
 ``--data`` defaults to CIFAR-10 extracted from ../shared/data/cifar10-jpg.tar.gz (train split, 50,000 images).
 """
@@ -12,6 +15,7 @@ decoded-image cache (decoding it first if needed, which is timed separately).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +32,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--augment", default="light", help="light (flip + translate) or none")
     parser.add_argument("--cold", action="store_true", help="decode into an empty cache first (times decoding)")
+    parser.add_argument("--stream", action="store_true", help="read batches from the cache file (data larger than RAM)")
     args = parser.parse_args()
+    if args.stream:
+        os.environ["OCULI_STREAM_ABOVE_MB"] = "0"
     data = args.data or extract_shared("cifar10-jpg.tar.gz", "cifar10") / "train"
 
     import torch
@@ -55,6 +62,7 @@ def main() -> None:
     device = torch.device(args.device)
     settings = LoopSettings(epochs=args.epochs, batch_size=args.batch_size, lr=0.1, schedule="constant",
                             warmup_epochs=0, label_smoothing=0, patience=None, head="softmax", seed=0)
+    before = resident_mib()
     for epoch in range(args.epochs):
         generator = epoch_generator(0, epoch)
         order = epoch_order(train.labels, settings, generator)
@@ -65,7 +73,18 @@ def main() -> None:
             seen += len(labels)
         seconds = time.perf_counter() - started
         print(f"epoch {epoch + 1}: {seen} augmented images in {seconds:.2f} s = {seen / seconds:,.0f} images/s "
-              f"(batch {args.batch_size}, augment {args.augment}, {device})")
+              f"(batch {args.batch_size}, augment {args.augment}, {device}, "
+              f"{'streamed from the cache file' if args.stream else 'in memory'})")
+    print(f"memory of this process: {before:,.0f} MiB before the epochs, {resident_mib():,.0f} MiB after "
+          f"(the training images: {train.images.nbytes / 2**20:,.0f} MiB)")
+
+
+def resident_mib() -> float:
+    """This process's resident memory now, file pages it has mapped and touched included (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 if __name__ == "__main__":

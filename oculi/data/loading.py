@@ -14,7 +14,7 @@ import os
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,6 +64,35 @@ class RowView:
 
     def to(self, *args, **kwargs) -> torch.Tensor:
         return self[:].to(*args, **kwargs)
+
+
+class _RowBatches(torch.utils.data.Dataset):
+    """Batch ``step`` of ``order``, read from a ``RowView``: what one streaming worker process reads."""
+
+    def __init__(self, rows: RowView, order: torch.Tensor, batch_size: int):
+        self.rows, self.order, self.batch_size = rows, order, batch_size
+
+    def __len__(self) -> int:
+        return max(1, len(self.order) // self.batch_size)
+
+    def __getitem__(self, step: int) -> torch.Tensor:
+        return self.rows[self.order[step * self.batch_size:(step + 1) * self.batch_size]]
+
+
+def streamed_batches(rows: RowView, order: torch.Tensor, batch_size: int, workers: int | None = None,
+                     prefetch: int = 2) -> Iterator[torch.Tensor]:
+    """The full batches of ``order`` as uint8 tensors, read from the cache file by worker processes while
+    the model trains on earlier ones, in order. Memory stays bounded: at most ``workers * prefetch``
+    batches are read ahead (2 x 2 x 512 CIFAR images: 6 MiB; 4 x 64 photos at 224 px: 38 MiB), beside the
+    pages of the file the OS chooses to cache. Workers are forked (they share the mapping, nothing is
+    copied); where fork is not the default, batches are read in this process."""
+    workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if workers is None else workers
+    batches = _RowBatches(rows, order, batch_size)
+    if sys.platform != "linux" or workers == 0:
+        yield from (batches[step] for step in range(len(batches)))
+        return
+    yield from torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
+                                           multiprocessing_context="fork")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.loading import TensorSet
+from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..inference import autocast, logits_to_probs, model_input, predict_logits
 from .optim import lr_factor, set_lr
@@ -86,13 +86,22 @@ def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augm
     """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time.
     The last partial batch is dropped: a batch of 1 breaks BatchNorm and skews the step size."""
     order = order.to(data.images.device)  # gather where the images are (the GPU when resident there)
-    for step in range(max(1, len(order) // batch_size)):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        images = data.images[index].to(device, non_blocking=True)
-        labels = data.labels[index].to(device, non_blocking=True)
+    steps = max(1, len(order) // batch_size)
+    for step, images in zip(range(steps), uint8_batches(data, order, batch_size)):
+        labels = data.labels[order[step * batch_size:(step + 1) * batch_size]].to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
         if augmentation is not None:
             images = augmentation(images, generator)
         yield model_input(preprocessing.normalize(images)), labels
+
+
+def uint8_batches(data: TensorSet, order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """The images of each batch of ``order``: gathered from memory, or, for a split that stays in the cache
+    file, read ahead by worker processes."""
+    if isinstance(data.images, RowView):
+        return streamed_batches(data.images, order, batch_size)
+    steps = max(1, len(order) // batch_size)
+    return (data.images[order[step * batch_size:(step + 1) * batch_size]] for step in range(steps))
 
 
 def device_resident(data: TensorSet, device: torch.device, share: float = 0.25) -> TensorSet:
@@ -104,7 +113,10 @@ def device_resident(data: TensorSet, device: torch.device, share: float = 0.25) 
     free, _ = torch.cuda.mem_get_info(device)
     if data.images.nbytes > share * free:
         return data
-    return TensorSet(data.images.to(device), data.labels.to(device), data.paths)
+    resident = torch.empty(data.images.shape, dtype=data.images.dtype, device=device)
+    for start in range(0, len(resident), 8192):  # a chunk at a time: a streamed split never sits in RAM whole
+        resident[start:start + 8192] = data.images[start:start + 8192].to(device)
+    return TensorSet(resident, data.labels.to(device), data.paths)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, preprocessing: Preprocessing,

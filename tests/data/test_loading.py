@@ -129,3 +129,16 @@ def test_a_row_view_indexes_like_the_tensor_it_stands_for(rows, index, start, st
     assert torch.equal(view[index], tensor[index])
     assert torch.equal(view[start::step], tensor[start::step])
     assert view.shape == tensor.shape and view.nbytes == tensor.nbytes and len(view) == len(tensor)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_streamed_batches_come_in_order_from_worker_processes(workers):
+    images = torch.arange(40 * 3 * 2 * 2, dtype=torch.uint8).view(40, 3, 2, 2)
+    view = RowView(images, torch.arange(39, -1, -1))  # rows in reverse
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    batches = list(loading.streamed_batches(view, order, 8, workers=workers))
+    assert len(batches) == 5
+    assert torch.equal(torch.cat(batches), images.flip(0)[order])
+    # Fewer images than a batch: one short batch, as the in-memory path gives.
+    (short,) = loading.streamed_batches(view, order[:5], 8, workers=workers)
+    assert torch.equal(short, images.flip(0)[order[:5]])

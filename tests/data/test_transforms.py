@@ -109,3 +109,16 @@ def test_presets_are_seeded_and_keep_shape_and_dtype(preset):
     a, b = aug(batch, torch.Generator().manual_seed(3)), aug(batch, torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == batch.shape and a.dtype == torch.uint8
     assert not torch.equal(a, batch)
+
+
+@pytest.mark.parametrize("n, channels", [(700, 3), (2500, 1)])
+def test_channel_stats_in_chunks_match_the_whole_sample(n, channels):
+    from oculi.data.loading import RowView
+    from oculi.data.transforms import channel_stats
+    images = torch.randint(0, 256, (n, channels, 5, 4), generator=torch.Generator().manual_seed(n), dtype=torch.uint8)
+    images[:, 0] //= 2  # channels differ
+    sample = images[:: max(1, n // 1000)].double() / 255  # what max_images=1000 takes
+    mean, std = channel_stats(images, max_images=1000, chunk=64)
+    assert mean == pytest.approx(sample.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
+    assert std == pytest.approx(sample.std(dim=(0, 2, 3)).tolist(), abs=1e-4)
+    assert channel_stats(RowView(images, torch.arange(n)), max_images=1000, chunk=64) == (mean, std)
