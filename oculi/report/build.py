@@ -453,7 +453,7 @@ def explain_section(run: RunFiles, classifier, images: RunImages) -> Section:
     record = images.record(rows[0]["path"], rows[0]["true"], run.metrics["split"])
     try:
         e = explain_image(classifier, images.raw(record))
-    except OculiError as err:  # a dense-only network has nothing to show here
+    except OculiError as err:  # a dense-only network; an image file that changed since the run
         return Section("explain", title, paragraph(str(err)))
     body = (paragraph(f"One {run.metrics['split']} image of class '{rows[0]['true']}', predicted "
                       f"'{e.classes[e.predicted]}' ({e.probs[e.predicted]:.1%}).")
