@@ -82,7 +82,7 @@ def train(
     resize: str = typer.Option("squash", help="squash, pad (letterbox) or crop."),
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default from the data."),
     image_filter: Optional[str] = typer.Option(None, "--filter", help="Apply an image filter to every image, in training and prediction: sharpen, blur, edges or blur+sharpen."),
-    tta: str = typer.Option("auto", help="Test-time augmentation: none, or flip (average each image with its mirror); auto: the model's recipe (flip for fast-cnn)."),
+    tta: str = typer.Option("auto", help="Test-time augmentation: none, flip (average each image with its mirror) or flip-shift (also both shifted a pixel either way); auto: the model's recipe (flip for fast-cnn)."),
     augment: str = typer.Option("auto", help="none, light (flip + translate: small images), standard or strong (Keras-style rotation, shift, shear, zoom, colour); auto: light."),
     head: str = typer.Option("auto", help="auto, softmax or sigmoid (binary, one output)."),
     mode: str = typer.Option("auto", help="Pretrained backbones: features (frozen, cached features + head), finetune (whole net) or auto (features, then fine-tuning if it helps)."),

@@ -19,7 +19,7 @@ CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("shuffle", "balanced")
 MODES = ("auto", "features", "finetune")
 CLASSIFIERS = ("linear", "mlp")
-TTAS = ("auto", "none", "flip")
+TTAS = ("auto", "none", "flip", "flip-shift")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 # Augmentation knobs that override the --augment preset: (flag, lowest, highest) of each number.

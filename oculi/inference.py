@@ -56,6 +56,30 @@ def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
+def tta_logits(model: nn.Module, batch: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """float32 logits of a normalised batch, averaged over the test-time views ``tta`` names:
+    none; flip: the image and its mirror; flip-shift: those two (weight 1/2) and both shifted by one pixel
+    up-left and down-right (1/4 each), airbench's multi-crop. Measured on CIFAR-10 test (BENCHMARKS.md)."""
+    def with_mirror(x: torch.Tensor) -> torch.Tensor:
+        return (model(x).float() + model(x.flip(-1)).float()) / 2
+
+    if tta == "none":
+        return model(batch).float()
+    if tta == "flip":
+        return with_mirror(batch)
+    if tta == "flip-shift":
+        return (with_mirror(batch) / 2 + with_mirror(shift_image(batch, -1, -1)) / 4
+                + with_mirror(shift_image(batch, 1, 1)) / 4)
+    raise ValueError(f"unknown test-time augmentation '{tta}'")
+
+
+def shift_image(batch: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The batch moved by (dy, dx) pixels (|d| <= 1), the border filled by reflection."""
+    padded = torch.nn.functional.pad(batch, (1, 1, 1, 1), mode="reflect")
+    h, w = batch.shape[-2:]
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing,
                    device: torch.device, batch_size: int = 256) -> torch.Tensor:
@@ -66,10 +90,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Prepro
     for start in range(0, len(images), batch_size):
         batch = model_input(preprocessing.normalize(images[start:start + batch_size].to(device, non_blocking=True)))
         with autocast(device):
-            logits = model(batch).float()
-            if preprocessing.flip_tta:
-                logits = (logits + model(batch.flip(-1)).float()) / 2
-            outputs.append(logits.cpu())
+            outputs.append(tta_logits(model, batch, preprocessing.tta).cpu())
     model.train(was_training)
     if not outputs:
         return torch.empty(0, 0)

@@ -29,7 +29,7 @@ class Preprocessing:
     resize: str = "squash"  # squash: ignore aspect | pad: letterbox | crop: centre crop
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-    flip_tta: bool = False  # the model's output for an image is the mean of its and its mirror's
+    tta: str = "none"  # test-time views averaged: none | flip (and the mirror) | flip-shift (oculi.inference)
     filter: str | None = None  # an image filter applied after resizing (oculi.data.filters): edges, blur...
 
     def to_dict(self) -> dict:
@@ -38,7 +38,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
         return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]), resize=d["resize"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), flip_tta=bool(d.get("flip_tta", False)),
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), tta=d.get("tta") or _legacy_tta(d),
                    filter=d.get("filter"))
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -59,6 +59,11 @@ class Preprocessing:
         mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1) * 255
         std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1) * 255
         return (batch.float() - mean) / std
+
+
+def _legacy_tta(d: dict) -> str:
+    """Bundles from before --tta flip-shift stored a flag, ``flip_tta``."""
+    return "flip" if d.get("flip_tta") else "none"
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -178,7 +178,7 @@ def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) 
         mean, std = weights.mean, weights.std
     else:
         mean, std = channel_stats(train.images)
-    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, flip_tta=cfg.tta == "flip",
+    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, tta=cfg.tta,
                          filter=cfg.filter)
 
 

@@ -63,7 +63,7 @@ def test_flip_tta_run_predicts_as_evaluated_and_a_mirror_gets_the_same_answer(tm
     import oculi
     run = oculi.train(str(colour_folder), out=str(tmp_path / "run"), epochs=2, progress=False)
     meta = json.loads((run.run_dir / "model.json").read_text())
-    assert run.config.model == "fast-cnn" and meta["preprocessing"]["flip_tta"] is True
+    assert run.config.model == "fast-cnn" and meta["preprocessing"]["tta"] == "flip"
     clf = oculi.load(run.run_dir)
     rows = [line.split(",") for line in (run.run_dir / "test_predictions.csv").read_text().splitlines()[1:]]
     confidences = [p.confidence for p in clf.predict_files([colour_folder / r[0] for r in rows])]

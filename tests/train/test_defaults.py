@@ -24,6 +24,16 @@ def test_small_images_get_fast_cnn_with_its_recipe():
     assert cfg.lr == pytest.approx(0.2) and cfg.epochs == 10
 
 
+def test_test_time_views_follow_the_recipe_the_device_and_the_data():
+    def tta(device="cpu", name="set", **flags):
+        source = _source(45_000)
+        source.name = name
+        return resolve(TrainConfig(data="x", **flags), source, SMALL, device).tta
+    assert (tta(), tta("cuda")) == ("flip", "flip-shift")  # 3x the views are cheap on a GPU only
+    assert tta("cuda", name="digits") == "none"  # a mirrored digit is another glyph
+    assert tta("cuda", tta="flip") == "flip" and tta(model="vgg-mini") == "none"
+
+
 def test_a_small_set_gets_smaller_batches_with_the_learning_rate_scaled():
     cfg = resolve(TrainConfig(data="x"), _source(1_439), SMALL)
     assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.2 * 64 / 512)
