@@ -174,9 +174,10 @@ def random_flip(batch: torch.Tensor, generator: torch.Generator, dim: int = -1) 
 
 
 def random_translate(batch: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to ``fraction`` of its size, filling with the reflected border."""
+    """Shift each image by up to ``fraction`` of its size (at least a pixel when ``fraction`` > 0: 8x8 digits
+    still move), filling with the reflected border."""
     n, _, h, w = batch.shape
-    pad_h, pad_w = int(round(h * fraction)), int(round(w * fraction))
+    pad_h, pad_w = (max(1, round(side * fraction)) if fraction > 0 else 0 for side in (h, w))
     if pad_h == 0 and pad_w == 0:
         return batch
     padded = F.pad(batch.float(), (pad_w, pad_w, pad_h, pad_h), mode="reflect").to(batch.dtype)

@@ -34,6 +34,14 @@ def test_test_time_views_follow_the_recipe_the_device_and_the_data():
     assert tta("cuda", tta="flip") == "flip" and tta(model="vgg-mini") == "none"
 
 
+def test_fast_cnn_translates_less_unless_the_augmentation_is_chosen():
+    def translate(**flags):
+        return resolve(TrainConfig(data="x", **flags), _source(45_000), SMALL).translate
+    assert translate() == 0.0625  # 2 pixels at 32 px
+    assert translate(translate=0.2) == 0.2 and translate(augment="light") is None  # None: the preset's
+    assert translate(model="vgg-mini") is None
+
+
 def test_a_small_set_gets_smaller_batches_with_the_learning_rate_scaled():
     cfg = resolve(TrainConfig(data="x"), _source(1_439), SMALL)
     assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.2 * 64 / 512)
