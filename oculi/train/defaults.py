@@ -108,8 +108,8 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
 def _auto_tta(recipe: dict, dataset_name: str, device_type: str) -> str:
     """The recipe's test-time views, without mirrors where a mirrored image is another class (digits).
     On a GPU, flip becomes flip-shift: +0.15 to +0.38 points of CIFAR-10 test accuracy over flip for 3x
-    the test-time work (`benchmarks/tta_views.py`), which costs a 2-core CPU run about 40 s of its ~500
-    and a GPU a small share of its run."""
+    the test-time work (`benchmarks/tta_views.py`), which would cost a 2-core CPU run about 70 s of its
+    ~410 (12 s on the test set, 6 s on the val set each epoch) and a GPU a small share of its run."""
     if dataset_name in NO_FLIP_DATASETS:
         return "none"
     if recipe["tta"] == "flip" and device_type == "cuda":
