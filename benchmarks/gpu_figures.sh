@@ -33,7 +33,8 @@ oculi)
     ;;
 sweep)
     for flags in "--model fast-cnn-wide" "--model fast-cnn-wide --epochs 16" "--model fast-cnn-wide --epochs 24" \
-                 "--model fast-cnn-wide --epochs 16 --batch-size 1024" ${FLAGS:+"$FLAGS"}; do
+                 "--model fast-cnn-wide --epochs 16 --batch-size 1024" "--model fast-cnn-wide --epochs 16 --lookahead" \
+                 ${FLAGS:+"$FLAGS"}; do
         python3 benchmarks/small_images.py --data "$data" --only oculi --oculi-flags "$flags" | tail -1 \
             | tee -a "$out/sweep.txt"
     done

@@ -77,6 +77,7 @@ def train(
     schedule: str = typer.Option("auto", help="cosine, onecycle or constant (all with warmup); auto: the model's recipe."),
     warmup_epochs: float = typer.Option(1.0, help="Linear warmup length in epochs."),
     label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1); default: the model's recipe (0.2 for fast-cnn, else 0)."),
+    lookahead: Optional[bool] = typer.Option(None, "--lookahead/--no-lookahead", help="Pull the weights back to a slow average every 5 steps (airbench's Lookahead); default: the model's recipe."),
     patience: Optional[int] = typer.Option(10, help="Early stopping after this many epochs without a better val accuracy."),
     image_size: Optional[str] = typer.Option(None, help="N or HxW (default: from the data and model)."),
     resize: str = typer.Option("squash", help="squash, pad (letterbox) or crop."),
@@ -119,7 +120,7 @@ def train(
     cfg = TrainConfig(
         data=data, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
         optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, patience=patience, image_size=parse_image_size(image_size),
+        label_smoothing=label_smoothing, lookahead=lookahead, patience=patience, image_size=parse_image_size(image_size),
         resize=resize, channels=channels, augment=augment, tta=tta, filter=image_filter, head=head, mode=mode, weights=weights,
         classifier=classifier, feature_views=feature_views, head_epochs=head_epochs, head_lr=head_lr,
         backbone_lr=backbone_lr, unfreeze_epochs=unfreeze_epochs, cache=cache, val_split=val_split,

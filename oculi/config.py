@@ -78,6 +78,7 @@ class TrainConfig:
     schedule: str = "auto"  # the model's recipe: onecycle for fast-cnn, else cosine
     warmup_epochs: float = 1.0
     label_smoothing: float | None = None  # None: the model's recipe (0.2 for fast-cnn, else 0)
+    lookahead: bool | None = None  # average the weights every 5 steps (airbench's Lookahead); None: the recipe's
     patience: int | None = 10  # early stopping: epochs without a better val accuracy; None: never
     class_weights: str = "none"
     sampler: str = "shuffle"

@@ -55,8 +55,9 @@ def test_reproducible_with_the_same_seed(tmp_path):
     assert a.test_metrics == b.test_metrics
 
 
-def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch):
-    options = dict(data="digits", epochs=4, image_size=12, progress=False)
+@pytest.mark.parametrize("lookahead", [False, True])  # Lookahead's slow weights must survive the crash too
+def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch, lookahead):
+    options = dict(data="digits", epochs=4, image_size=12, progress=False, lookahead=lookahead)
     full = oculi.train(out=str(tmp_path / "full"), **options)
 
     from oculi.train import loop

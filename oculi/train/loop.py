@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..inference import autocast, logits_to_probs, model_input, predict_logits
-from .optim import lr_factor, set_lr
+from .optim import Lookahead, lr_factor, set_lr
 from .progress import Reporter, Throughput
 
 
@@ -35,6 +35,7 @@ class LoopSettings:
     sampler: str = "shuffle"
     class_weights: torch.Tensor | None = None
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
+    lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
 
 
 @dataclass
@@ -133,6 +134,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
     loss_sum = correct = seen = 0
     speed = Throughput()
     batches = training_batches(data, order, settings.batch_size, augmentation, preprocessing, generator, device)
+    lookahead = Lookahead(model) if settings.lookahead else None
     for step, (inputs, labels) in enumerate(batches):
         set_lr(optimizer, settings.lr * lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps,
                                                   settings.schedule))
@@ -142,6 +144,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Tensor
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if lookahead is not None:
+            lookahead.step(model, epoch * steps_per_epoch + step, total_steps, force=step == steps_per_epoch - 1)
         predicted = logits_to_probs(logits.detach(), settings.head).argmax(1)
         loss_sum += float(loss.detach()) * len(labels)
         correct += int((predicted == labels).sum())

@@ -53,3 +53,27 @@ def _by_lr_scale(model: nn.Module, backbone_lr: float) -> list[tuple[float, list
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+class Lookahead:
+    """Lookahead on the weights (Zhang et al. 2019, as airbench uses it): every ``every`` steps the
+    network is pulled back to a slow copy that follows it, ``slow += (1 - decay) * (net - slow); net =
+    slow``. ``decay`` grows over training as 0.95^5 * progress^3: no smoothing at first, heavy averaging
+    near the end, where it smooths out the noise of the last steps. It acts on every float tensor of the
+    state dict (BatchNorm statistics too). Created at an epoch's start and synced at its end, the slow
+    copy is then the network itself, so a checkpoint needs nothing more."""
+
+    def __init__(self, model: torch.nn.Module, every: int = 5):
+        self.every = every
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    def step(self, model: torch.nn.Module, step: int, total_steps: int, force: bool = False) -> None:
+        """After optimizer step ``step`` (counted over the whole run, from 0)."""
+        if not force and (step + 1) % self.every:
+            return
+        decay = 0.95 ** 5 * ((step + 1) / total_steps) ** 3
+        state = model.state_dict()
+        with torch.no_grad():
+            for name, slow in self.slow.items():
+                slow.lerp_(state[name], 1 - decay)
+                state[name].copy_(slow)

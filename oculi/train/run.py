@@ -225,6 +225,7 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
     return LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train)), lr=cfg.lr,
                         schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
+                        lookahead=bool(cfg.lookahead),
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
 
 
