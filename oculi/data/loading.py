@@ -67,32 +67,31 @@ class RowView:
 
 
 class _RowBatches(torch.utils.data.Dataset):
-    """Batch ``step`` of ``order``, read from a ``RowView``: what one streaming worker process reads."""
+    """Batch ``i``: the rows ``indices[i]`` of a ``RowView``; what one streaming worker process reads."""
 
-    def __init__(self, rows: RowView, order: torch.Tensor, batch_size: int):
-        self.rows, self.order, self.batch_size = rows, order, batch_size
+    def __init__(self, rows: RowView, indices: list[torch.Tensor]):
+        self.rows, self.indices = rows, indices
 
     def __len__(self) -> int:
-        return max(1, len(self.order) // self.batch_size)
+        return len(self.indices)
 
-    def __getitem__(self, step: int) -> torch.Tensor:
-        return self.rows[self.order[step * self.batch_size:(step + 1) * self.batch_size]]
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.rows[self.indices[i]]
 
 
-def streamed_batches(rows: RowView, order: torch.Tensor, batch_size: int, workers: int | None = None,
+def streamed_batches(rows: RowView, indices: list[torch.Tensor], workers: int | None = None,
                      prefetch: int = 2) -> Iterator[torch.Tensor]:
-    """The full batches of ``order`` as uint8 tensors, read from the cache file by worker processes while
-    the model trains on earlier ones, in order. Memory stays bounded: at most ``workers * prefetch``
+    """The rows of each batch of ``indices`` as uint8 tensors, read from the cache file by worker processes
+    while the model trains on earlier ones, in order. Memory stays bounded: at most ``workers * prefetch``
     batches are read ahead (4 x 2 x 512 CIFAR images: 12 MiB; 4 x 2 x 64 photos at 224 px: 75 MiB),
-    beside the pages of the file the OS chooses to cache. Workers are forked (they share the mapping, nothing is
-    copied); where fork is not the default, batches are read in this process."""
+    beside the pages of the file the OS chooses to cache. Workers are forked (they share the mapping,
+    nothing is copied); where fork is not the default, batches are read in this process."""
     workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if workers is None else workers
-    batches = _RowBatches(rows, order, batch_size)
+    batches = _RowBatches(rows, indices)
     if sys.platform != "linux" or workers == 0:
-        yield from (batches[step] for step in range(len(batches)))
-        return
-    yield from torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
-                                           multiprocessing_context="fork")
+        return (batches[i] for i in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, prefetch_factor=prefetch,
+                                            multiprocessing_context="fork"))
 
 
 @dataclass

@@ -89,12 +89,12 @@ def channel_stats(images: torch.Tensor, max_images: int = 10_000, chunk: int = 5
     from scratch; pretrained backbones bring their own statistics). Summed a chunk at a time, so that the
     sample is never converted to floats all at once (10,000 photos at 224 px would take 6 GB)."""
     step = max(1, len(images) // max_images)
-    total = squares = None
+    total = squares = torch.zeros(images.shape[1], dtype=torch.float64)
     count = 0
     for start in range(0, len(images), chunk * step):
         part = images[start:start + chunk * step:step].double() / 255
-        sums, sq = part.sum(dim=(0, 2, 3)), (part * part).sum(dim=(0, 2, 3))
-        total, squares = (sums, sq) if total is None else (total + sums, squares + sq)
+        total = total + part.sum(dim=(0, 2, 3))
+        squares = squares + (part * part).sum(dim=(0, 2, 3))
         count += part.numel() // part.shape[1]
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)

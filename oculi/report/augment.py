@@ -3,8 +3,6 @@ picture (the Keras tutorials' folder of augmented previews)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from matplotlib.figure import Figure
 
@@ -20,14 +18,15 @@ def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str =
     """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
     the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px).
     ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
-    from ..train.defaults import augmentation_settings, probe_source
+    from ..train.defaults import augmentation_settings, probe_source, resolve
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
     source = open_source(data, seed=seed)
     probe = probe_source(source)
     size = image_size or (probe.size if probe.small else (160, 160))
-    cfg = dataclasses.replace(TrainConfig(data=data, augment=augment, **knobs).validate(),
-                              augment="light" if augment == "auto" else augment)
+    # Resolved as `oculi train` resolves it: the preset "auto" means, and the model's recipe (fast-cnn's
+    # smaller shifts).
+    cfg = resolve(TrainConfig(data=data, augment=augment, **knobs).validate(), source, probe)
     preprocessing = Preprocessing(tuple(size), 1 if probe.grayscale else 3)
     return preview_figure(source, augmentation_settings(cfg, source.name), preprocessing, n, images, seed)
 

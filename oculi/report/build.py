@@ -106,7 +106,7 @@ class RunImages:
         skipped: list = []
         images = load_split(self.source, records, self.preprocessing, skipped)
         bad = {path for path, _ in skipped}
-        return images.images[:], [r for r in records if r.path not in bad]
+        return images.images, [r for r in records if r.path not in bad]
 
     def raw(self, record: Record) -> torch.Tensor:
         """One image as decoded, before preprocessing."""
@@ -162,10 +162,10 @@ def _facts(run: RunFiles) -> list[tuple[str, str]]:
 def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
     from .plots import plot_class_counts
     classes = list(run.meta["classes"])
-    counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
-    for _, name, split in run.split:
-        counts[split][name] += 1
-    counts = {s: c for s, c in counts.items() if sum(c.values())}
+    # What the run used (split.csv), counted as the data source counts: readable even if the data moved.
+    label = {c: i for i, c in enumerate(classes)}
+    used = DataSource(run.config.data, classes, [Record(p, label[c], s) for p, c, s in run.split])
+    counts = used.class_counts()
     sizes = ", ".join(f"{sum(c.values()):,} {s}" for s, c in counts.items())
     body = [paragraph(f"{run.meta.get('data', run.config.data)}: {len(classes)} classes, {sizes} images "
                       f"(read at {_size(classifier.preprocessing)})."),

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .plots import show_image
+
 _WIDTH = 8.0  # inches: 960 px at save_figure's dpi, readable scaled down to a phone's width
 _COLUMNS = 8  # tiles per row: about an inch each
 _VALUES_PER_ROW = 32  # cells per row for stages of 1x1 maps (more when that would take over 4 rows)
@@ -109,24 +111,17 @@ def plot_grad_cam(image: torch.Tensor, cam: torch.Tensor, title: str) -> Figure:
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     ax_image, ax_cam, ax_overlay = fig.subplots(1, 3)
     heat = cam.float().numpy()
-    _show_image(ax_image, image)
+    show_image(ax_image, image)
     # jet, the usual Grad-CAM colours: its reds and blues stand out over a photo or a gray image alike.
     shown = ax_cam.imshow(heat, cmap="jet", vmin=0, vmax=1)
     fig.colorbar(shown, ax=ax_cam, shrink=0.8)
-    _show_image(ax_overlay, image)
+    show_image(ax_overlay, image)
     # Transparency follows the heat: where nothing speaks for the class, the image shows unchanged.
     ax_overlay.imshow(heat, cmap="jet", vmin=0, vmax=1, alpha=0.6 * heat)
     for ax, name in ((ax_image, "image"), (ax_cam, "heat map"), (ax_overlay, "overlay")):
         ax.set_title(name, fontsize=12)
-        ax.set_xticks([])
+        ax.set_xticks([])  # the heat map's axes (the image's are bare already)
         ax.set_yticks([])
     fig.suptitle("\n".join(textwrap.wrap(title, 80)), fontsize=13)  # long class names wrap, not clip
     return fig
 
-
-def _show_image(ax, image: torch.Tensor) -> None:
-    pixels = image.permute(1, 2, 0).numpy()
-    if pixels.shape[2] == 1:
-        ax.imshow(pixels[..., 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(pixels)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass
 from html import escape
 
 from matplotlib.figure import Figure
+
+from .plots import close_figure
 
 
 @dataclass
@@ -26,9 +29,7 @@ def figure_html(fig: Figure, alt: str, caption: str = "") -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
     width = round(fig.get_figwidth() * 100)
-    if fig.canvas.manager is not None:  # only pyplot-made figures hold global state
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+    close_figure(fig)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     note = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" '
@@ -57,7 +58,6 @@ def tiles_html(tiles: list[str]) -> str:
 
 def _text_of(html: str) -> str:
     """Caption HTML without its tags, for an image's alt text."""
-    import re
     return re.sub(r"<[^>]+>", " ", html).strip() or "image"
 
 

@@ -15,16 +15,29 @@ _MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable cl
 _LABEL_CHARS = 28  # class names on an axis are cut here: a longer one squeezes the plot to nothing
 
 
+def show_image(ax, image: "torch.Tensor") -> None:
+    """A uint8 [C, H, W] image on ``ax``, without ticks; one channel in gray."""
+    pixels = image.permute(1, 2, 0).numpy()
+    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def close_figure(fig: Figure) -> None:
+    """Release a figure; only pyplot-made figures hold global state."""
+    if fig.canvas.manager is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG (dpi 120) atomically, then close it."""
     path = Path(path)
     with atomic_path(path) as tmp:
         # The temp name ends in .tmp, so the format must be explicit.
         fig.savefig(tmp, format="png", dpi=120)
-    if fig.canvas.manager is not None:  # only pyplot-made figures hold global state
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+    close_figure(fig)
     return path
 
 
@@ -181,13 +194,10 @@ def plot_augmentation_preview(originals: "torch.Tensor", augmented: "torch.Tenso
         tiles = [originals[i], *augmented[i]]
         for j in range(rows_each * columns):
             ax = axes[i * rows_each + j // columns, j % columns]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if j >= len(tiles):
                 ax.set_axis_off()
                 continue
-            pixels = tiles[j].permute(1, 2, 0).numpy()
-            ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+            show_image(ax, tiles[j])
             if j == 0:
                 ax.set_title(f"{titles[i]} (original)", fontsize=8, loc="left")
                 for spine in ax.spines.values():
@@ -202,8 +212,7 @@ def plot_filters(original: "torch.Tensor", filtered: dict[str, "torch.Tensor"]) 
     tiles = {"original": original, **filtered}
     fig = Figure(figsize=(3 * len(tiles), 3.3), layout="constrained")
     for ax, (name, image) in zip(fig.subplots(1, len(tiles), squeeze=False)[0], tiles.items()):
-        pixels = image.permute(1, 2, 0).numpy()
-        ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
+        show_image(ax, image)
         ax.set_title(name)
         ax.set_axis_off()
     return fig
@@ -212,14 +221,6 @@ def plot_filters(original: "torch.Tensor", filtered: dict[str, "torch.Tensor"]) 
 # ---------------------------------------------------------------- image grids
 
 _RIGHT, _WRONG = "tab:green", "tab:red"
-
-
-def _show(ax, image: "torch.Tensor") -> None:
-    """A uint8 [C, H, W] image on ``ax``, without ticks; one channel in gray."""
-    pixels = image.permute(1, 2, 0).numpy()
-    ax.imshow(pixels[..., 0] if pixels.shape[2] == 1 else pixels, cmap="gray", vmin=0, vmax=255)
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_class_samples(images: "torch.Tensor", labels: list[int], classes: list[str], per_class: int = 8) -> Figure:
@@ -231,7 +232,7 @@ def plot_class_samples(images: "torch.Tensor", labels: list[int], classes: list[
         mine = [i for i, label in enumerate(labels) if label == c][:per_class]
         for j, ax in enumerate(axes[r]):
             if j < len(mine):
-                _show(ax, images[mine[j]])
+                show_image(ax, images[mine[j]])
             else:
                 ax.set_axis_off()
         axes[r, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=10)
@@ -250,7 +251,7 @@ def plot_prediction_grid(images: "torch.Tensor", true: list[int], predicted: lis
         if i >= n:
             ax.set_axis_off()
             continue
-        _show(ax, images[i])
+        show_image(ax, images[i])
         right = true[i] == predicted[i]
         colour = _RIGHT if right else _WRONG
         ax.set_title(f"{_short(classes[true[i]])}\n→ {_short(classes[predicted[i]])} {confidence[i]:.0%}",
@@ -268,7 +269,7 @@ def plot_probability_bars(images: "torch.Tensor", probs: np.ndarray, true: list[
     fig = Figure(figsize=(5.2, 1.55 * max(n, 1) + 0.3), layout="constrained")
     axes = fig.subplots(max(n, 1), 2, squeeze=False, width_ratios=[1, 2.4])
     for i in range(n):
-        _show(axes[i, 0], images[i])
+        show_image(axes[i, 0], images[i])
         axes[i, 0].set_title(f"true: {_short(classes[true[i]])}", fontsize=9, loc="left")
         order = np.argsort(-probs[i], kind="stable")[:k]
         colours = [_RIGHT if c == true[i] else _WRONG if j == 0 else "tab:gray" for j, c in enumerate(order)]

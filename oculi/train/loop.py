@@ -88,21 +88,21 @@ def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augm
     The last partial batch is dropped: a batch of 1 breaks BatchNorm and skews the step size."""
     order = order.to(data.images.device)  # gather where the images are (the GPU when resident there)
     steps = max(1, len(order) // batch_size)
-    for step, images in zip(range(steps), uint8_batches(data, order, batch_size)):
-        labels = data.labels[order[step * batch_size:(step + 1) * batch_size]].to(device, non_blocking=True)
+    indices = [order[step * batch_size:(step + 1) * batch_size] for step in range(steps)]
+    for index, images in zip(indices, uint8_batches(data, indices)):
+        labels = data.labels[index].to(device, non_blocking=True)
         images = images.to(device, non_blocking=True)
         if augmentation is not None:
             images = augmentation(images, generator)
         yield model_input(preprocessing.normalize(images)), labels
 
 
-def uint8_batches(data: TensorSet, order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """The images of each batch of ``order``: gathered from memory, or, for a split that stays in the cache
-    file, read ahead by worker processes."""
+def uint8_batches(data: TensorSet, indices: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The images of each batch of ``indices``: gathered from memory, or, for a split that stays in the
+    cache file, read ahead by worker processes."""
     if isinstance(data.images, RowView):
-        return streamed_batches(data.images, order, batch_size)
-    steps = max(1, len(order) // batch_size)
-    return (data.images[order[step * batch_size:(step + 1) * batch_size]] for step in range(steps))
+        return streamed_batches(data.images, indices)
+    return (data.images[index] for index in indices)
 
 
 def device_resident(data: TensorSet, device: torch.device, share: float = 0.25) -> TensorSet:

@@ -127,9 +127,8 @@ def _absolute(data: str) -> str:
 
 def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
     """Decode and prepare every image once; bad files are collected, not fatal."""
-    stub = Preprocessing(cfg.image_size, cfg.channels, cfg.resize, filter=cfg.filter)
     with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        decoded = decode_source(source, stub, advance, ArrayCache("images") if cfg.cache else None)
+        decoded = decode_source(source, _pixel_preprocessing(cfg), advance, ArrayCache("images") if cfg.cache else None)
     skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
                                       if r.path in decoded.failed]
     sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
@@ -178,8 +177,12 @@ def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) 
         mean, std = weights.mean, weights.std
     else:
         mean, std = channel_stats(train.images)
-    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, mean, std, tta=cfg.tta,
-                         filter=cfg.filter)
+    return dataclasses.replace(_pixel_preprocessing(cfg), mean=mean, std=std, tta=cfg.tta)
+
+
+def _pixel_preprocessing(cfg: TrainConfig) -> Preprocessing:
+    """What turns a file into the cached uint8 pixels (normalisation and TTA are added later)."""
+    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, filter=cfg.filter)
 
 
 def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed: int, sample: int = 5000) -> None:

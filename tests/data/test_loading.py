@@ -136,9 +136,9 @@ def test_streamed_batches_come_in_order_from_worker_processes(workers):
     images = torch.arange(40 * 3 * 2 * 2, dtype=torch.uint8).view(40, 3, 2, 2)
     view = RowView(images, torch.arange(39, -1, -1))  # rows in reverse
     order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
-    batches = list(loading.streamed_batches(view, order, 8, workers=workers))
+    batches = list(loading.streamed_batches(view, list(order.split(8)), workers=workers))
     assert len(batches) == 5
     assert torch.equal(torch.cat(batches), images.flip(0)[order])
     # Fewer images than a batch: one short batch, as the in-memory path gives.
-    (short,) = loading.streamed_batches(view, order[:5], 8, workers=workers)
+    (short,) = loading.streamed_batches(view, [order[:5]], workers=workers)
     assert torch.equal(short, images.flip(0)[order[:5]])
