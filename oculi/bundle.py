@@ -1,28 +1,50 @@
 """Model bundles: ``model.safetensors`` (weights) + ``model.json`` (everything needed to use them).
 
-Loading never unpickles anything: safetensors holds plain tensors, JSON holds the rest. The JSON
-records the SHA-256 of the weights file, so a tampered or swapped file is refused with a clear error,
-and the architecture is rebuilt from its name and checked against every tensor's shape.
+Loading never unpickles anything: safetensors holds plain tensors, JSON holds the rest.
+
+Integrity: ``model.json`` records the SHA-256 of the weights file, and ``bundle_sha256`` is the SHA-256
+of model.json's own canonical JSON (every field but the digest and signature), so an edited class list
+or a damaged file is refused as surely as swapped weights. A digest alone only catches accidents: a
+deliberate forger can recompute it. That is what ``OCULI_BUNDLE_KEY`` is for: when it is set at save
+time, ``bundle_hmac_sha256`` signs the digest with it; when it is set at load time, a bundle without a
+valid signature is refused.
+
+Everything model.json says is checked before it is used (types, ranges, class count against the
+network's outputs), and the architecture is rebuilt from its name and checked against every tensor's
+shape. Bundles of format 1 (weights checksum only) still load, with a ``BundleWarning``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import math
+import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
 from .data.transforms import Preprocessing
-from .errors import BundleError, OculiError
+from .errors import BundleError, BundleWarning, OculiError
 from .io import atomic_path, atomic_write_json
 
 FORMAT = "oculi.bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bundle_sha256 covers model.json as well; 1: only the weights' checksum
 WEIGHTS_NAME, META_NAME = "model.safetensors", "model.json"
+DIGEST_FIELD, SIGNATURE_FIELD = "bundle_sha256", "bundle_hmac_sha256"
+KEY_ENV = "OCULI_BUNDLE_KEY"
+MODEL_FIELDS = ("name", "num_classes", "in_chans", "image_size", "head", "classifier")
+# flip_tta: how bundles from before --tta flip-shift stored test-time flips (Preprocessing.from_dict reads it).
+PREPROCESSING_FIELDS = ("image_size", "channels", "resize", "mean", "std", "tta", "filter", "flip_tta")
+MAX_CLASSES = 1_000_000  # far above any real task; only bounds what a damaged file can ask to allocate
 
 
 @dataclass
@@ -39,11 +61,6 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
                 "image_size": list(self.image_size), "head": self.head, "classifier": self.classifier}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(d["name"], int(d["num_classes"]), int(d["in_chans"]), tuple(d["image_size"]), d["head"],
-                   d.get("classifier", "linear"))
 
     def build(self) -> nn.Module:
         from .models import create_model
@@ -69,8 +86,41 @@ def save_bundle(folder: Path, model: nn.Module, spec: ModelSpec, classes: list[s
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "oculi_version": __version__,
             "model": spec.to_dict(), "classes": list(classes), "preprocessing": preprocessing.to_dict(),
             "weights_sha256": sha256_of(folder / WEIGHTS_NAME), **(extra or {})}
-    atomic_write_json(folder / META_NAME, meta)
+    atomic_write_json(folder / META_NAME, seal(meta))
     return folder / META_NAME
+
+
+def canonical_json(meta: dict) -> bytes:
+    """What the digest covers: every field but the digest and signature, in one fixed spelling (sorted
+    keys, no spaces), so that re-indenting model.json does not break it but changing any value does."""
+    body = {k: v for k, v in meta.items() if k not in (DIGEST_FIELD, SIGNATURE_FIELD)}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def bundle_digest(meta: dict) -> str:
+    """SHA-256 of ``meta``'s canonical JSON; it includes ``weights_sha256``, so it covers the weights too."""
+    return hashlib.sha256(canonical_json(meta)).hexdigest()
+
+
+def signing_key() -> bytes | None:
+    """The key in OCULI_BUNDLE_KEY; unset or empty: no signing."""
+    key = os.environ.get(KEY_ENV, "")
+    # surrogateescape: the key's bytes as the environment holds them, even when they are not UTF-8.
+    return key.encode("utf-8", "surrogateescape") if key else None
+
+
+def _signature(digest: str, key: bytes) -> str:
+    return hmac.new(key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+    """``meta`` with its digest, and signed when OCULI_BUNDLE_KEY is set: what ``save_bundle`` writes."""
+    digest = bundle_digest(meta)
+    sealed = {**{k: v for k, v in meta.items() if k not in (DIGEST_FIELD, SIGNATURE_FIELD)}, DIGEST_FIELD: digest}
+    key = signing_key()
+    if key is not None:
+        sealed[SIGNATURE_FIELD] = _signature(digest, key)
+    return sealed
 
 
 def bundle_paths(path: str | Path) -> tuple[Path, Path]:
@@ -87,29 +137,203 @@ def bundle_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_bundle_meta(meta_path: Path) -> dict:
+    """model.json parsed, once it is known to be an oculi bundle of a format this version reads."""
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{meta_path}: not valid JSON ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BundleError(f"{meta_path}: not an oculi model bundle")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise BundleError(f"{meta_path}: made by a newer oculi (bundle format {meta['format_version']})")
+    version = meta.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise BundleError(f"{meta_path}: made by a newer oculi (bundle format {version})")
+    _Fields(meta_path, "", meta).integer("format_version", 1, FORMAT_VERSION)
     return meta
 
 
 def load_bundle(path: str | Path) -> tuple[nn.Module, dict]:
-    """The model (eval mode, CPU) and its metadata; refuses tampered or mismatched files."""
+    """The model (eval mode, CPU) and its metadata, once both files are shown to be unchanged and everything
+    model.json says is checked; a one-line BundleError otherwise. Format 1 bundles load with a BundleWarning."""
     meta_path, weights_path = bundle_paths(path)
     meta = read_bundle_meta(meta_path)
+    _check_integrity(meta, meta_path, weights_path)
+    model = _build(check_meta(meta, meta_path), meta_path, weights_path)
+    if meta["format_version"] < 2:
+        # Warned only once everything else passed, so that a refused bundle gets a single line.
+        warnings.warn(f"{meta_path}: bundle format {meta['format_version']} checks its weights but not "
+                      f"model.json itself; train again for a bundle whose every file is checked",
+                      BundleWarning, stacklevel=2)
+    return model.eval(), meta
+
+
+def _check_integrity(meta: dict, meta_path: Path, weights_path: Path) -> None:
     if sha256_of(weights_path) != meta.get("weights_sha256"):
         raise BundleError(f"{weights_path}: checksum does not match {meta_path.name} "
                           f"(the weights were changed or belong to another model)")
+    if meta["format_version"] >= 2 and meta.get(DIGEST_FIELD) != bundle_digest(meta):
+        raise BundleError(f"{meta_path}: its content does not match its {DIGEST_FIELD} "
+                          f"(the file was edited or damaged)")
+    key = signing_key()
+    if key is not None and not _signed(meta, key):
+        raise BundleError(f"{meta_path}: no valid signature for the key in {KEY_ENV} "
+                          f"(unsigned, signed with another key, or altered)")
+
+
+def _signed(meta: dict, key: bytes) -> bool:
+    signature = meta.get(SIGNATURE_FIELD)
+    if not isinstance(signature, str):
+        return False
+    # compare_digest: the time taken does not tell a forger how much of a guess was right.
+    return hmac.compare_digest(signature.encode("utf-8", "replace"), _signature(bundle_digest(meta), key).encode())
+
+
+def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
+    """Check classes, model spec and preprocessing (types, ranges and agreement); returns the spec."""
+    fields = _Fields(meta_path, "", meta)
+    classes = _classes(fields)
+    spec = _model_spec(fields.section("model"))
+    preprocessing = _preprocessing(fields.section("preprocessing"))
+    if len(classes) != spec.num_classes:
+        fields.fail("classes", f"has {len(classes)} names but model.num_classes is {spec.num_classes}")
+    if spec.head == "sigmoid" and spec.num_classes != 2:
+        fields.fail("model.head", f"is \"sigmoid\", which takes exactly 2 classes, not {spec.num_classes}")
+    if spec.in_chans != preprocessing.channels:
+        fields.fail("model.in_chans", f"is {spec.in_chans} but preprocessing.channels is {preprocessing.channels}")
+    if spec.image_size != preprocessing.image_size:
+        fields.fail("model.image_size", f"is {list(spec.image_size)} but preprocessing.image_size is "
+                                        f"{list(preprocessing.image_size)}")
+    return spec
+
+
+def _classes(fields: "_Fields") -> list[str]:
+    classes = fields.get("classes", "a list of class names")
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c.strip() for c in classes):
+        fields.wrong("classes", classes, "a list of non-empty names")
+    if len(classes) < 2:
+        fields.wrong("classes", classes, "at least 2 names")
+    repeated = next((c for c, n in Counter(classes).items() if n > 1), None)
+    if repeated is not None:
+        fields.fail("classes", f"names {_show(repeated)} twice")
+    return classes
+
+
+def _model_spec(model: "_Fields") -> ModelSpec:
+    model.only(MODEL_FIELDS)
+    return ModelSpec(model.text("name"), model.integer("num_classes", 2, MAX_CLASSES), model.pick("in_chans", (1, 3)),
+                     model.size("image_size"), model.pick("head", ("softmax", "sigmoid")),
+                     model.pick("classifier", CLASSIFIERS, default="linear"))
+
+
+def _preprocessing(pre: "_Fields") -> Preprocessing:
+    pre.only(PREPROCESSING_FIELDS)
+    channels = pre.pick("channels", (1, 3))
+    pre.size("image_size")
+    pre.pick("resize", RESIZE_MODES)
+    pre.numbers("mean", sorted({1, channels}), positive=False)
+    pre.numbers("std", sorted({1, channels}), positive=True)
+    pre.pick("tta", (None, *(t for t in TTAS if t != "auto")), default=None)
+    pre.pick("filter", (None, *FILTER_NAMES), default=None)
+    pre.pick("flip_tta", (False, True), default=False)
+    return Preprocessing.from_dict(pre.d)
+
+
+def _build(spec: ModelSpec, meta_path: Path, weights_path: Path) -> nn.Module:
+    """The network ``spec`` names, with every tensor of the weights file (names and shapes must match)."""
     try:
-        spec = ModelSpec.from_dict(meta["model"])
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise BundleError(f"{weights_path}: not a readable safetensors file ({_first_line(err)})") from None
+    try:
         model = spec.build()
-        model.load_state_dict(load_file(str(weights_path)), strict=True)
+    except (OculiError, TypeError, ValueError, RuntimeError) as err:
+        raise BundleError(f"{meta_path}: model cannot be built ({_first_line(err)})") from None
+    try:
+        model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        reason = str(err).strip().splitlines()[0][:200]
-        raise BundleError(f"{weights_path}: does not match the architecture in {meta_path.name} ({reason})") from None
-    return model.eval(), meta
+        raise BundleError(f"{weights_path}: does not match the architecture in {meta_path.name} "
+                          f"({_first_line(err)})") from None
+    return model
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+
+
+_MISSING = object()
+
+
+def _show(value) -> str:
+    """``value`` as model.json spells it, cut short so that a message stays one line."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Fields:
+    """One object of model.json read field by field: a missing or wrong value is a one-line BundleError
+    naming the file, the field, what it holds and what was expected."""
+
+    def __init__(self, where: Path, prefix: str, d: dict):
+        self.where, self.prefix, self.d = where, prefix, d
+
+    def fail(self, key: str, problem: str):
+        raise BundleError(f"{self.where}: {self.prefix}{key} {problem}")
+
+    def wrong(self, key: str, value, expected: str):
+        self.fail(key, f"is {_show(value)}, expected {expected}")
+
+    def get(self, key: str, expected: str, default=_MISSING):
+        if key in self.d:
+            return self.d[key]
+        if default is _MISSING:
+            self.fail(key, f"is missing (expected {expected})")
+        return default
+
+    def only(self, known: tuple[str, ...]) -> None:
+        """Refuse settings this version does not know: ignoring one could change what the model sees."""
+        unknown = sorted(set(self.d) - set(known))
+        if unknown:
+            self.fail(unknown[0], "is not a setting this version of oculi knows")
+
+    def section(self, key: str) -> "_Fields":
+        value = self.get(key, "an object")
+        if not isinstance(value, dict):
+            self.wrong(key, value, "an object")
+        return _Fields(self.where, f"{self.prefix}{key}.", value)
+
+    def text(self, key: str) -> str:
+        value = self.get(key, "a name")
+        if not isinstance(value, str) or not value.strip():
+            self.wrong(key, value, "a name")
+        return value
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        expected = f"a whole number from {low} to {high}"
+        value = self.get(key, expected)
+        # type() rather than isinstance: JSON's true and false are Python ints, not numbers to a reader.
+        if type(value) is not int or not low <= value <= high:
+            self.wrong(key, value, expected)
+        return value
+
+    def pick(self, key: str, allowed: tuple, default=_MISSING):
+        expected = "one of " + ", ".join(_show(a) for a in allowed)
+        value = self.get(key, expected, default)
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            self.wrong(key, value, expected)
+        return value
+
+    def size(self, key: str) -> tuple[int, int]:
+        # The bounds --image-size has: a damaged side of 10^5 would ask for gigabytes per image.
+        expected = f"[height, width], each from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE}"
+        value = self.get(key, expected)
+        if not (isinstance(value, list) and len(value) == 2
+                and all(type(v) is int and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in value)):
+            self.wrong(key, value, expected)
+        return tuple(value)
+
+    def numbers(self, key: str, counts: list[int], positive: bool) -> list[float]:
+        expected = f"a list of {' or '.join(map(str, counts))} finite numbers{' above 0' if positive else ''}"
+        value = self.get(key, expected)
+        if not (isinstance(value, list) and len(value) in counts
+                and all(type(v) in (int, float) and math.isfinite(v) and (v > 0 or not positive) for v in value)):
+            self.wrong(key, value, expected)
+        return value

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import TrainConfig, parse_image_size
-from .errors import OculiError
+from .errors import BundleWarning, OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
@@ -86,7 +89,7 @@ def train(
     tta: str = typer.Option("auto", help="Test-time augmentation: none, flip (average each image with its mirror) or flip-shift (also both shifted a pixel either way); auto: the model's recipe (flip for fast-cnn)."),
     augment: str = typer.Option("auto", help="none, light (flip + translate: small images), standard or strong (Keras-style rotation, shift, shear, zoom, colour); auto: light."),
     head: str = typer.Option("auto", help="auto, softmax or sigmoid (binary, one output)."),
-    mode: str = typer.Option("auto", help="Pretrained backbones: features (frozen, cached features + head), finetune (whole net) or auto (features, then fine-tuning if it helps)."),
+    mode: str = typer.Option("auto", help="Pretrained backbones: features (frozen, cached features + head), finetune (whole net) or auto (features, then fine-tuning if it helps); scratch: no pretrained weights."),
     weights: Optional[str] = typer.Option(None, help="Local weights file for a timm backbone (safetensors or a state dict)."),
     classifier: str = typer.Option("linear", help="Layers on a backbone's features: linear or mlp (Dense 100/50, LeakyReLU, dropout)."),
     feature_views: int = typer.Option(1, help="Feature vectors per training image: 1 plain, more adds augmented views."),
@@ -133,22 +136,27 @@ def train(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
-    data: str = typer.Option(..., help="Folder of class folders to evaluate on."),
+    data: Optional[str] = typer.Option(None, help="Folder of class folders to evaluate on (default: the run's own test split, read again from its data)."),
     top_k: int = typer.Option(5, help="k of the top-k accuracy."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
-    """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images."""
-    from .evaluate import evaluate_folder, metrics_table_rows
+    """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images
+    (--data, or the run's own test split)."""
+    from .evaluate import evaluate_folder, evaluate_run, metrics_table_rows
     from .predict import Classifier
     classifier = Classifier.load(run, device=device)
-    metrics, written = evaluate_folder(classifier, data, top_k=top_k, out=out_dir,
-                                       run_dir=run if run.is_dir() else run.parent)
+    run_dir = run if run.is_dir() else run.parent
+    if data is None:
+        metrics, written = evaluate_run(classifier, run_dir, top_k=top_k, out=out_dir)
+    else:
+        metrics, written = evaluate_folder(classifier, data, top_k=top_k, out=out_dir, run_dir=run_dir)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    table = Table("class", "precision", "recall", "f1", "support", title=f"{metrics['n']} images from {data}")
+    split = f" (the run's {metrics['split']} split)" if "split" in metrics else ""
+    table = Table("class", "precision", "recall", "f1", "support", title=f"{metrics['n']} images from {metrics['data']}{split}")
     for row in metrics_table_rows(metrics):
         table.add_row(*row)
     out.print(table)
@@ -166,8 +174,8 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-) -> None:
-    """Classify new images with a trained run."""
+) -> int:
+    """Classify new images with a trained run (exit code 1 when none of them can be read)."""
     from .predict import Classifier, expand_paths
     if top_k < 1 or batch_size < 1:
         raise OculiError("--top-k and --batch-size must be at least 1")
@@ -179,9 +187,15 @@ def predict(
         raise OculiError("predict: no image files found in " + ", ".join(paths))
     failures: list = []
     predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
-    _print_predictions(predictions, "json" if as_json else "csv" if as_csv else "table")
+    first = next(predictions, None)  # read before printing anything: no table or header for nothing
+    if first is not None:
+        _print_predictions(itertools.chain([first], predictions), "json" if as_json else "csv" if as_csv else "table")
     for path, reason in failures:
         _warn(f"could not read {path}: {reason}")
+    if first is None:
+        print(f"error: predict: none of the {len(files)} image files could be read", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _print_predictions(predictions, fmt: str) -> None:
@@ -212,14 +226,14 @@ def augment_preview(
     augment: str = typer.Option("auto", help="none, light, standard or strong; auto: what train uses (light)."),
     image_size: Optional[str] = typer.Option(None, help="N or HxW; default: small images at their size, photos at 160."),
     seed: int = typer.Option(0, help="Seed of the random augmentations."),
-    out_file: Path = typer.Option(Path("augment_preview.png"), "--out", help="The PNG to write."),
+    out_file: str = typer.Option("augment_preview.png", "--out", help="The PNG to write (a folder: augment_preview.png in it)."),
     knobs: dict | None = None,
 ) -> None:
     """A grid of augmented versions of a few images, as training would see them."""
     from .report.augment import augmentation_preview
     from .report.plots import save_figure
     figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **knobs)
-    out.print(f"wrote {save_figure(figure, out_file)}")
+    out.print(f"wrote {save_figure(figure, _png_path(out_file, 'augment_preview.png'))}")
 
 
 @app.command()
@@ -236,7 +250,7 @@ def filters(
     low: float = typer.Option(50.0, help="Canny: lower hysteresis threshold (gradient magnitude, 0-255 scale)."),
     high: float = typer.Option(150.0, help="Canny: upper hysteresis threshold."),
     sigma: float = typer.Option(1.0, help="Gaussian blur sigma, in pixels."),
-    out_file: Path = typer.Option(Path("filters.png"), "--out", help="The PNG to write."),
+    out_file: str = typer.Option("filters.png", "--out", help="The PNG to write, or a folder to write filters.png in."),
 ) -> None:
     """The image filters side by side: sharpen, blur, Canny edges, blur then sharpen."""
     from .data.decode import decode_image
@@ -250,7 +264,7 @@ def filters(
     figure = plot_filters(pixels, {"sharpen": sharpen(pixels), f"blur (sigma {sigma:g})": blur(pixels, sigma),
                                    f"edges ({low:g}/{high:g})": edges(pixels, low, high),
                                    "blur+sharpen": blur_sharpen(pixels, sigma)})
-    out.print(f"wrote {save_figure(figure, out_file)}")
+    out.print(f"wrote {save_figure(figure, _png_path(out_file, 'filters.png'))}")
 
 
 @app.command()
@@ -324,12 +338,36 @@ def cache_clear() -> None:
     out.print(f"cleared {cache_root()}: {entries} entries, {size / 2**20:.1f} MiB freed")
 
 
+def _png_path(out_arg: str, default_name: str) -> Path:
+    """Where ``--out`` means a PNG to go: into a folder (an existing one, or a name ending in a slash)
+    as ``default_name``; a file name without an image extension gets ``.png``, so it opens as one."""
+    from .data.decode import IMAGE_EXTENSIONS
+    path = Path(out_arg).expanduser()
+    if path.is_dir() or out_arg.endswith(("/", os.sep)):
+        return path / default_name
+    return path if path.suffix.lower() in IMAGE_EXTENSIONS else path.with_name(path.name + ".png")
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A BundleWarning is for the user: one line, like errors; other warnings keep Python's format."""
+    if issubclass(category, BundleWarning):
+        _warn(str(message))
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; user errors become one line on stderr and exit code 2."""
+    with warnings.catch_warnings():  # restores the caller's showwarning (tests call main in-process)
+        warnings.showwarning = _show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="oculi", standalone_mode=False)

@@ -7,6 +7,7 @@ it chose and saves the resolved values in ``config.json``, so a run can be repea
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 from .errors import OculiError
 
@@ -17,16 +18,76 @@ RESIZE_MODES = ("squash", "pad", "crop")
 AUGMENTS = ("auto", "none", "light", "standard", "strong")
 CLASS_WEIGHTS = ("none", "auto")
 SAMPLERS = ("shuffle", "balanced")
-MODES = ("auto", "features", "finetune")
+MODES = ("auto", "features", "finetune", "scratch")
 CLASSIFIERS = ("linear", "mlp")
 TTAS = ("auto", "none", "flip", "flip-shift")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+MAX_IMAGE_SIDE = 4096  # largest model input side (pixels): one bound for --image-size and bundles
+# Smallest: --augment's and --tta's whole-pixel shifts pad by reflection (which needs a side of 2) and
+# fast-cnn's first layer is a 2x2 patch. Models that need more (the tutorials' conv nets) say so when built.
+MIN_IMAGE_SIDE = 2
 # Augmentation knobs that override the --augment preset: (flag, lowest, highest) of each number.
 AUGMENT_RANGES = {"rotation": ("--rotation", 0, 180), "shift": ("--shift", 0, 0.5), "shear": ("--shear", 0, 45),
                   "zoom": ("--zoom", 0, 0.9), "translate": ("--translate", 0, 0.5),
                   "brightness": ("--brightness", 0, 0.9), "contrast": ("--contrast", 0, 0.9),
                   "saturation": ("--saturation", 0, 1)}
+# Seeds go to numpy's and torch's generators, which take 0 .. 2**32 - 1 everywhere (numpy's legacy
+# seeding and other tools' too), so a seed from another tool means the same thing here.
+MAX_SEED = 2**32 - 1
+
+
+class NumberRange(NamedTuple):
+    """The values a numeric setting accepts: ``kind`` "int" or "float", from ``low`` to ``high``, both
+    included unless ``excluded`` names that end ("low" or "high")."""
+
+    field: str
+    flag: str
+    low: float
+    high: float
+    kind: str
+    excluded: str = ""
+
+    def accepts(self, value) -> bool:
+        number = int if self.kind == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number):
+            return False
+        # NaN fails every comparison, so it is never accepted; inf fails the finite upper bound.
+        above = self.low < value if self.excluded == "low" else self.low <= value
+        below = value < self.high if self.excluded == "high" else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        ends = [f"{v}{' (excluded)' if self.excluded == end else ''}"
+                for v, end in ((self.low, "low"), (self.high, "high"))]
+        whole = " (a whole number)" if self.kind == "int" else ""
+        return f"{self.flag} must be between {ends[0]} and {ends[1]}{whole}"
+
+
+# Every numeric setting's range, checked by TrainConfig.validate (None, where a field allows it, means
+# "auto" and is not checked). The upper bounds are far beyond any sensible run; they turn a typo into an
+# error instead of hours of work or an allocation that cannot succeed. channels and image_size are
+# checked on their own (a choice of 1 or 3; a pair of sides).
+NUMBER_RANGES = (
+    NumberRange("val_split", "--val-split", 0, 1, "float", "high"),
+    NumberRange("test_split", "--test-split", 0, 1, "float", "high"),
+    *(NumberRange(name, flag, low, high, "float") for name, (flag, low, high) in AUGMENT_RANGES.items()),
+    NumberRange("feature_views", "--feature-views", 1, 100, "int"),
+    NumberRange("head_epochs", "--head-epochs", 1, 100_000, "int"),
+    NumberRange("head_lr", "--head-lr", 0, 10, "float", "low"),
+    NumberRange("backbone_lr", "--backbone-lr", 0, 1, "float", "low"),
+    NumberRange("unfreeze_epochs", "--unfreeze-epochs", 0, 10_000, "int"),
+    NumberRange("epochs", "--epochs", 1, 10_000, "int"),
+    NumberRange("batch_size", "--batch-size", 1, 65_536, "int"),
+    NumberRange("lr", "--lr", 0, 10, "float", "low"),
+    NumberRange("weight_decay", "--weight-decay", 0, 1, "float"),
+    NumberRange("momentum", "momentum", 0, 1, "float", "high"),  # API only: no flag
+    NumberRange("warmup_epochs", "--warmup-epochs", 0, 10_000, "float"),
+    NumberRange("label_smoothing", "--label-smoothing", 0, 1, "float", "high"),
+    NumberRange("patience", "--patience", 1, 10_000, "int"),
+    NumberRange("seed", "--seed", 0, MAX_SEED, "int"),
+    NumberRange("top_k", "--top-k", 1, 1000, "int"),
+)
 
 
 @dataclass
@@ -124,36 +185,16 @@ class TrainConfig:
             _choice("--filter", self.filter, FILTER_NAMES)
         if self.fill_mode is not None:
             _choice("--fill-mode", self.fill_mode, FILL_MODES)
-        for name, (flag, low, high) in AUGMENT_RANGES.items():
-            value = getattr(self, name)
-            if value is not None and not low <= value <= high:
-                raise OculiError(f"{flag} must be between {low} and {high}, got {value}")
-        _fraction("--val-split", self.val_split)
-        _fraction("--test-split", self.test_split)
+        for rule in NUMBER_RANGES:
+            value = getattr(self, rule.field)
+            if value is not None and not rule.accepts(value):
+                raise OculiError(f"{rule.describe()}, got {value!r}")
         if self.val_split + self.test_split >= 1:
             raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                            ("--top-k", self.top_k), ("--feature-views", self.feature_views),
-                            ("--head-epochs", self.head_epochs)):
-            if value is not None and value < 1:
-                raise OculiError(f"{flag} must be at least 1, got {value}")
-        if self.patience is not None and self.patience < 1:
-            raise OculiError(f"--patience must be at least 1, got {self.patience}")
-        for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr)):
-            if value is not None and not 0 < value < 10:
-                raise OculiError(f"{flag} must be between 0 and 10, got {value}")
-        if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
-            raise OculiError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise OculiError("--weight-decay and --warmup-epochs cannot be negative")
-        if not 0 < self.backbone_lr <= 1:
-            raise OculiError(f"--backbone-lr must be a fraction in (0, 1] of --lr, got {self.backbone_lr}")
-        if self.unfreeze_epochs < 0:
-            raise OculiError(f"--unfreeze-epochs cannot be negative, got {self.unfreeze_epochs}")
         if self.channels not in (None, 1, 3):
             raise OculiError(f"--channels must be 1 or 3, got {self.channels}")
-        if self.image_size is not None and min(self.image_size) < 1:
-            raise OculiError(f"--image-size must be positive, got {self.image_size}")
+        if self.image_size is not None:
+            check_image_size(self.image_size)
         return self
 
 
@@ -167,14 +208,18 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
         parts = []
     if len(parts) not in (1, 2) or min(parts, default=0) < 1:
         raise OculiError(f"--image-size must be N or HxW (e.g. 224 or 224x256), got '{text}'")
-    return (parts[0], parts[-1])
+    return check_image_size((parts[0], parts[-1]))
+
+
+def check_image_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` when each side is from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE: 100000 px a side would ask for
+    tens of GB per image before anything could fail more helpfully."""
+    if len(size) != 2 or not all(isinstance(v, int) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size):
+        raise OculiError(f"--image-size sides must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels, "
+                         f"got {'x'.join(map(str, size))}")
+    return size
 
 
 def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise OculiError(f"{flag} must be one of {', '.join(allowed)}; got '{value}'")
-
-
-def _fraction(flag: str, value: float) -> None:
-    if not 0 <= value < 1:
-        raise OculiError(f"{flag} must be a fraction in [0, 1), got {value}")

@@ -16,3 +16,7 @@ class ImageDecodeError(OculiError):
 
 class BundleError(OculiError):
     """A model bundle that is missing, tampered with or does not match its architecture."""
+
+
+class BundleWarning(UserWarning):
+    """A bundle that loads but is less protected than a current one (the CLI prints it as one line)."""

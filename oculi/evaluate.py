@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -89,28 +90,96 @@ def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Pat
     ``data`` is a folder of class folders, or a split folder (its test/, else val/, is used). The
     images go through the bundle's own preprocessing, exactly as ``predict`` does.
     """
+    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes)
+    name = Path(data).expanduser().resolve().name
+    folder = Path(out) if out else Path(run_dir or ".") / f"evaluate-{name}"
+    return _evaluate(classifier, source, top_k, folder, {"data": str(root)}, f"--data {data}")
+
+
+def evaluate_run(classifier, run_dir: str | Path, top_k: int = 5, out: str | Path | None = None) -> tuple[dict, Path]:
+    """Metrics of ``classifier`` on its run's own test split (split.csv; the val split when the run held
+    out no test images, as training scored it), the images read again from the data the run was trained
+    on; written to ``out`` (default RUN/evaluate-<split>)."""
+    run_dir = Path(run_dir)
+    source, data, split = _run_held_out(run_dir, classifier.classes)
+    folder = Path(out) if out else run_dir / f"evaluate-{split}"
+    return _evaluate(classifier, source, top_k, folder, {"data": data, "split": split}, f"the {split} split of {data}")
+
+
+def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: str) -> tuple[dict, Path]:
+    """Predict every record of ``source`` (labels in the model's class order), score and write to ``folder``.
+    ``about`` goes into the metrics as it is; ``what`` names the images in errors."""
     from .data.loading import load_split
     from .inference import predict_probs
     from .io import atomic_write_json
     from .report.plots import plot_confusion_matrix, save_figure
 
-    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes)
     skipped: list = list(source.skipped)
     images = load_split(source, source.records, classifier.preprocessing, skipped)
     if len(images) == 0:
-        raise OculiError(f"--data {data}: no readable images")
+        raise OculiError(f"{what}: no readable images")
     probs = predict_probs(classifier.model, images.images, classifier.preprocessing, classifier.head,
                           classifier.device).numpy()
     metrics = {**classification_metrics(images.labels.numpy(), probs, classifier.classes, top_k),
-               "data": str(root), "skipped": [list(s) for s in skipped]}
-    name = Path(data).expanduser().resolve().name
-    folder = Path(out) if out else Path(run_dir or ".") / f"evaluate-{name}"
+               **about, "skipped": [list(s) for s in skipped]}
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "confusion_matrix.json", {"classes": classifier.classes,
                                                          "matrix": metrics["confusion_matrix"]})
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes),
                 folder / "confusion_matrix.png")
     return metrics, folder
+
+
+def _run_held_out(run_dir: Path, classes: list[str]):
+    """(source of the run's test images as its split.csv lists them, the data they come from, "test"),
+    or of its val images, "val", when it has no test images."""
+    config, manifest = run_dir / "config.json", run_dir / "split.csv"
+    for file in (config, manifest):
+        if not file.is_file():
+            raise OculiError(f"{run_dir}: no {file.name}, so no test split to evaluate on; give --data FOLDER")
+    records = _held_out_records(manifest, classes)
+    if not records:
+        raise OculiError(f"{run_dir}: the run held no images out for testing; give --data FOLDER")
+    settings = _run_settings(config)
+    source = _images_of(settings["data"], settings.get("data_dir"), records, classes, run_dir)
+    return source, settings["data"], records[0].split
+
+
+def _run_settings(config: Path) -> dict:
+    try:
+        return json.loads(config.read_text())["config"]
+    except (ValueError, KeyError, TypeError):  # not JSON, or not a run's settings
+        raise OculiError(f"{config}: not the config.json of an oculi run; give --data FOLDER") from None
+
+
+def _held_out_records(manifest: Path, classes: list[str]) -> list:
+    """The manifest's test records, else its val records, labelled in the model's class order."""
+    from .data.split import Record, read_manifest
+
+    rows = read_manifest(manifest)
+    split = next((s for s in ("test", "val") if any(row[2] == s for row in rows)), None)
+    return [Record(path, _model_label(label, classes, manifest), s) for path, label, s in rows if s == split]
+
+
+def _images_of(data: str, data_dir: str | None, records: list, classes: list[str], run_dir: Path):
+    """A source reading ``records`` from the run's data: a folder, else a built-in set."""
+    from .data.builtin import is_builtin, load_builtin
+    from .data.sources import DataSource
+
+    folder = Path(data).expanduser()
+    if folder.is_dir():  # a folder wins over a built-in name, as in training
+        return DataSource(folder.name, list(classes), records, root=folder)
+    if is_builtin(data):  # no files: the records are rows of the set's arrays
+        dataset = load_builtin(data, data_dir=data_dir)
+        return DataSource(dataset.name, list(classes), records, arrays=dataset.images)
+    raise OculiError(f"the data of {run_dir} is gone: no such folder {folder} (give --data FOLDER)")
+
+
+def _model_label(class_name: str, classes: list[str], where) -> int:
+    """The model's index of ``class_name``; a class it does not know is the user's mistake."""
+    if class_name not in classes:
+        raise OculiError(f"{where}: class '{class_name}' is not one the model knows ({', '.join(classes)})")
+    return classes.index(class_name)
 
 
 def _labelled_folder(path: Path, classes: list[str]):
@@ -122,9 +191,7 @@ def _labelled_folder(path: Path, classes: list[str]):
     splits = split_folders(path)
     root = splits.get("test") or splits.get("val") or path
     source = scan_class_folders(root)
-    unknown = [c for c in source.classes if c not in classes]
-    if unknown:
-        raise OculiError(f"--data {root}: class '{unknown[0]}' is not one the model knows ({', '.join(classes)})")
+    labels = [_model_label(name, classes, f"--data {root}") for name in source.classes]
     for record in source.records:
-        record.label = classes.index(source.classes[record.label])
+        record.label = labels[record.label]
     return source, root

@@ -121,13 +121,21 @@ def feature_maps(model: nn.Module, batch: torch.Tensor) -> list[tuple[str, torch
 
 # ---------------------------------------------------------------- Grad-CAM
 
+# Grad-CAM weighs each channel of a stage's map and adds them up: its heat map has the map's resolution.
+# A 3x3 map can only say which third of the image holds the evidence, so the default stage is the
+# deepest (most semantic) one that is still at least this many cells a side.
+MIN_CAM_SIDE = 7
+
+
 def cam_stage(shapes: dict[str, tuple[int, ...]]) -> str:
-    """The stage Grad-CAM uses by default: the last one, unless its map is a single pixel (8x8 digits
-    shrink to 1x1 in fast-cnn's last blocks), which can only give a uniform map: then the last one
-    larger than that."""
+    """The stage Grad-CAM uses by default: the last one whose map is at least MIN_CAM_SIDE on both sides
+    (a 224 px photo's last stage, 7x7; 8x8 digits' fast-cnn whitening layer, as its blocks shrink them to
+    3x3 and 1x1), else the one with the largest map, the last of equals."""
     names = list(shapes)
-    larger = [name for name in names if shapes[name][-2] * shapes[name][-1] > 1]
-    return larger[-1] if larger else names[-1]
+    wide = [name for name in names if min(shapes[name][-2:]) >= MIN_CAM_SIDE]
+    if wide:
+        return wide[-1]
+    return max(reversed(names), key=lambda name: shapes[name][-2] * shapes[name][-1])
 
 
 def class_score(logits: torch.Tensor, target: int) -> torch.Tensor:
@@ -215,8 +223,25 @@ class Explanation:
         return self.classes[self.target]
 
     @property
+    def cam_size(self) -> tuple[int, int]:
+        """(height, width) of the stage's map: the heat map's true resolution, before upsampling."""
+        return tuple(dict(self.maps)[self.stage].shape[-2:])
+
+    @property
+    def stage_note(self) -> str:
+        """Which stage the heat map comes from, and why that one."""
+        h, w = self.cam_size
+        if min(h, w) >= MIN_CAM_SIDE:
+            return (f"Taken at {self.stage}, whose map is {h}x{w}: the last stage whose map is at least "
+                    f"{MIN_CAM_SIDE}x{MIN_CAM_SIDE} (a smaller one can only say roughly where).")
+        return (f"Taken at {self.stage}, the largest map this model has, yet only {h}x{w}: the heat map can "
+                "only say roughly where.")
+
+    @property
     def title(self) -> str:
-        return f"Grad-CAM for '{self.label}' ({self.probs[self.target]:.1%}) at {self.stage}"
+        h, w = self.cam_size
+        coarse = ", coarse" if min(h, w) < MIN_CAM_SIDE else ""
+        return f"Grad-CAM for '{self.label}' ({self.probs[self.target]:.1%}) at {self.stage}: {h}x{w} map{coarse}"
 
 
 def explain_image(classifier, image, target: int | str | None = None) -> Explanation:

@@ -13,8 +13,9 @@ import torch
 
 from .bundle import load_bundle
 from .data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
+from .data.contained import prepare_files
 from .data.transforms import Preprocessing
-from .errors import ImageDecodeError, OculiError
+from .errors import OculiError
 from .inference import place_model, predict_probs, resolve_device
 
 
@@ -66,15 +67,17 @@ class Classifier:
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
                       failures: list | None = None) -> Iterator[Prediction]:
-        """Predict files in batches as they are read; unreadable files go to ``failures``, not fatal."""
+        """Predict files in batches as they are read; unreadable files go to ``failures``, not fatal. They
+        are read in worker processes: a file that crashes its decoder is a failure too ("decoder crashed")."""
+        paths = [Path(p) for p in paths]
         batch, names = [], []
-        for path in paths:
-            try:
-                batch.append(self.prepare(Path(path)))
-                names.append(str(path))
-            except ImageDecodeError as err:
+        for path, image in zip(paths, prepare_files(paths, self.preprocessing)):
+            if isinstance(image, str):  # the reason it could not be read
                 if failures is not None:
-                    failures.append((str(path), err.reason))
+                    failures.append((str(path), image))
+            else:
+                batch.append(torch.from_numpy(image))
+                names.append(str(path))
             if len(batch) == batch_size:
                 yield from self._predict_batch(batch, names, top_k)
                 batch, names = [], []
@@ -113,18 +116,29 @@ def _describe(image) -> str:
 
 
 def expand_paths(items: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursively, image files only) and glob patterns -> (image paths, not found)."""
-    found, missing = [], []
+    """Files, folders (recursively, image files only) and glob patterns -> (image paths, not found).
+
+    A file named twice (a path and a glob, ./a.png and a.png) is listed once, as first spelled."""
+    found, missing, seen = [], [], set()
     for item in items:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p)
-                            and p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            found.append(path)
-        else:
-            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True)) if any(ch in item for ch in "*?[") else []
-            found += [Path(m) for m in matches if Path(m).is_file()]
-            if not matches:
-                missing.append(item)
+        files = _files_named(item)
+        if files is None:
+            missing.append(item)
+        for path in files or ():
+            key = path.resolve()  # one file, however it is spelled
+            if key not in seen:
+                seen.add(key)
+                found.append(path)
     return found, missing
+
+
+def _files_named(item: str) -> list[Path] | None:
+    """The files ``item`` names (a file, a folder's image files, a glob's files); None if nothing matches."""
+    path = Path(item).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p)
+                      and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if path.is_file():
+        return [path]
+    matches = sorted(glob.glob(os.path.expanduser(item), recursive=True)) if any(ch in item for ch in "*?[") else []
+    return [Path(m) for m in matches if Path(m).is_file()] if matches else None

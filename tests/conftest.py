@@ -50,6 +50,12 @@ def hymenoptera(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def work_in_tmp_path(tmp_path, monkeypatch) -> None:
+    """Every test runs in its own folder: a run without --out lands in tmp_path/runs, never the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch) -> Path:
     """Tests never read or fill the user's ~/.cache/oculi, nor one another's."""
     folder = tmp_path / "oculi-cache"

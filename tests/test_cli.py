@@ -1,19 +1,36 @@
 """The command line as a user meets it: exit codes and one-line errors."""
 
+import csv
 import json
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import oculi
 from oculi.cli import main
-from tests.conftest import make_class_folder
+from tests.conftest import make_class_folder, write_image
 
 
 def run_cli(capsys, *args):
-    code = main(list(args))
+    code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def train_small(data, run_dir):
+    """A run trained in a second or two: the mlp, one epoch, nothing cached or reported."""
+    return oculi.train(str(data), model="mlp", epochs=1, out=str(run_dir), progress=False, report=False,
+                       cache=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-run")
+    data = make_class_folder(root / "colours", per_class=6)
+    return data, train_small(data, root / "run")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -31,13 +48,14 @@ def run_cli(capsys, *args):
     (["train", "{tmp}/colours", "--backbone-lr", "2"], "--backbone-lr"),
     (["train", "{tmp}/colours", "--fill-mode", "mirror"], "--fill-mode"),
     (["augment-preview", "{tmp}/colours", "--rotation", "200"], "--rotation"),
+    (["augment-preview", "{tmp}/colours", "--seed", "-1"], "--seed"),
     (["report", "{tmp}/empty"], "not a finished oculi run"),
     (["predict", "{tmp}/missing", "x.jpg"], "no such run folder"),
     (["evaluate", "{tmp}/empty", "--data", "{tmp}/colours"], "model.json"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()
-    make_class_folder(tmp_path / "colours", per_class=3)
+    make_class_folder(tmp_path / "colours", per_class=6)  # 6: enough to hold some out, so no warning either
     code, out, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2
     assert message in err and err.startswith("error: ")
@@ -84,3 +102,81 @@ def test_cache_info_and_clear(tmp_path, capsys, private_cache):
 def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "oculi.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_evaluate_without_data_scores_the_runs_own_test_split_again(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "colours", per_class=10)
+    run = train_small(data, tmp_path / "run")
+    with open(run / "split.csv", newline="") as f:
+        test_files = [row["path"] for row in csv.DictReader(f) if row["split"] == "test"]
+    (data / test_files[0]).unlink()  # read again for real: a test image gone is skipped, not recalled
+    code, out, _ = run_cli(capsys, "evaluate", run, "--json")
+    metrics = json.loads(out)
+    assert code == 0 and metrics["split"] == "test" and metrics["data"] == str(data)
+    assert metrics["n"] == len(test_files) - 1 and metrics["skipped"][0][0].endswith(test_files[0])
+    assert (run / "evaluate-test" / "metrics.json").is_file()
+    code, out, _ = run_cli(capsys, "evaluate", run)
+    title = f"{len(test_files) - 1} images from {data} (the run's test split)"
+    assert code == 0 and "".join(title.split()) in "".join(out.split())  # the table folds long titles
+    shutil.rmtree(data)
+    code, _, err = run_cli(capsys, "evaluate", run)
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert f"no such folder {data}" in err and "--data" in err
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("config.json", "{", "not the config.json of an oculi run"),
+    ("config.json", "[]", "not the config.json of an oculi run"),
+    ("split.csv", None, "no split.csv"),
+])
+def test_evaluate_without_data_on_a_damaged_run_is_one_line(colour_run, tmp_path, capsys, name, text, message):
+    run = shutil.copytree(colour_run[1], tmp_path / "run")
+    if text is None:
+        (run / name).unlink()
+    else:
+        (run / name).write_text(text)
+    code, _, err = run_cli(capsys, "evaluate", run)
+    assert code == 2 and message in err and "--data" in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_exits_1_when_no_image_can_be_read(colour_run, tmp_path, capsys):
+    _, run = colour_run
+    bad = [tmp_path / "a.jpg", tmp_path / "b.png"]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    code, out, err = run_cli(capsys, "predict", run, *bad)
+    assert code == 1 and out == ""
+    assert err.count("warning: could not read") == 2
+    assert err.strip().splitlines()[-1] == "error: predict: none of the 2 image files could be read"
+
+
+def test_predict_reads_what_it_can_and_exits_0(colour_run, tmp_path, capsys):
+    data, run = colour_run
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    code, out, err = run_cli(capsys, "predict", run, tmp_path / "bad.jpg", data / "red" / "img_00.png", "--csv")
+    assert code == 0 and len(out.splitlines()) == 2 and "could not read" in err
+
+
+def test_predict_predicts_an_image_named_twice_once(colour_run, capsys, monkeypatch):
+    data, run = colour_run
+    monkeypatch.chdir(data)
+    code, out, _ = run_cli(capsys, "predict", run, "./red/img_01.png", "red/img_0[01].png", "red/img_01.png",
+                           data / "red" / "img_00.png", "--json")
+    assert code == 0
+    assert [json.loads(line)["source"] for line in out.splitlines()] == ["red/img_01.png", "red/img_00.png"]
+
+
+@pytest.mark.parametrize("out, written", [
+    ("folder/", "folder/filters.png"),  # a new folder, by its slash
+    ("existing", "existing/filters.png"),
+    ("plain", "plain.png"),
+    ("edges.v2", "edges.v2.png"),
+    ("sheet.PNG", "sheet.PNG"),
+])
+def test_filters_out_is_a_folder_or_gets_png(tmp_path, capsys, monkeypatch, out, written):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "existing").mkdir()
+    image = write_image(tmp_path / "image.png", np.random.default_rng(0), size=(32, 32))
+    code, stdout, _ = run_cli(capsys, "filters", image, "--out", out)
+    assert code == 0 and (tmp_path / written).is_file() and f"wrote {written}" in stdout
+    assert (tmp_path / written).read_bytes().startswith(b"\x89PNG")

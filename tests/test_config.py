@@ -1,7 +1,11 @@
+import dataclasses
+
 import pytest
 
-from oculi.config import TrainConfig, parse_image_size
+from oculi.cli import main
+from oculi.config import MAX_IMAGE_SIDE, NUMBER_RANGES, TrainConfig, parse_image_size
 from oculi.errors import OculiError
+from tests.conftest import make_class_folder
 
 
 @pytest.mark.parametrize("text, size", [("224", (224, 224)), ("224x256", (224, 256)), ("32X48", (32, 48)),
@@ -10,7 +14,7 @@ def test_parse_image_size(text, size):
     assert parse_image_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["0", "axb", "1x2x3", "-4", ""])
+@pytest.mark.parametrize("text", ["0", "axb", "1x2x3", "-4", "", "1", "100000", "32x5000"])
 def test_bad_image_size_names_the_flag(text):
     with pytest.raises(OculiError, match="--image-size"):
         parse_image_size(text)
@@ -33,3 +37,46 @@ def test_config_round_trips_through_a_dict():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(OculiError, match="unknown setting"):
         TrainConfig.from_dict({"data": "x", "nonsense": 1})
+
+
+def test_image_size_is_bounded_on_both_sides():
+    assert parse_image_size(f"2x{MAX_IMAGE_SIDE}") == (2, MAX_IMAGE_SIDE)
+    with pytest.raises(OculiError, match=f"between 2 and {MAX_IMAGE_SIDE}"):
+        TrainConfig(image_size=(1, 1)).validate()  # the Python API skips parse_image_size
+
+
+def test_every_numeric_setting_has_a_range():
+    """A new int or float field without a row in NUMBER_RANGES would take nan, -1 or 1e30 unchecked."""
+    numeric = {f.name for f in dataclasses.fields(TrainConfig)
+               if {"int", "float"} & set(f.type.replace("|", " ").split())}
+    assert numeric - {"channels"} == {r.field for r in NUMBER_RANGES}  # channels: a choice of 1 or 3
+
+
+@pytest.mark.parametrize("field, value", [("seed", 0), ("seed", 2**32 - 1), ("lr", 9.9), ("momentum", 0.0),
+                                          ("warmup_epochs", 0.0), ("epochs", 1), ("weight_decay", 1)])
+def test_range_ends_are_accepted(field, value):
+    TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("change, flag", [({"seed": 2**32}, "--seed"), ({"epochs": 2.5}, "--epochs"),
+                                          ({"lr": "0.1"}, "--lr"), ({"momentum": 1.0}, "momentum"),
+                                          ({"lr": 0.0}, "--lr"), ({"rotation": float("nan")}, "--rotation")])
+def test_wrong_kind_or_excluded_end_is_refused(change, flag):
+    with pytest.raises(OculiError, match=f"^{flag} must be between"):
+        TrainConfig(**change).validate()
+
+
+FLAGGED = [r for r in NUMBER_RANGES if r.flag.startswith("--")]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "huge"])
+@pytest.mark.parametrize("rule", FLAGGED, ids=[r.flag for r in FLAGGED])
+def test_absurd_numbers_on_the_command_line_are_one_line_errors(tmp_path, capsys, rule, value):
+    if value == "huge":
+        value = "99999999999999999999999" if rule.kind == "int" else "1e30"
+    data = make_class_folder(tmp_path / "colours", per_class=2)
+    code = main(["train", str(data), rule.flag, value, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and rule.flag in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before any work

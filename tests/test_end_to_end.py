@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import oculi
+from oculi.bundle import seal
 from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
 from tests.conftest import make_class_folder, without_timing
@@ -125,7 +126,8 @@ def test_a_bundle_whose_weights_do_not_fit_its_architecture_is_refused(tmp_path)
     meta_path = run.run_dir / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["model"]["num_classes"] = 5
-    meta_path.write_text(json.dumps(meta))
+    meta["classes"] += ["x", "y"]
+    meta_path.write_text(json.dumps(seal(meta)))  # its checksums match: the weights' shapes catch it
     with pytest.raises(BundleError, match="does not match the architecture"):
         oculi.load(run.run_dir)
     meta_path.write_text("{not json")

@@ -203,9 +203,12 @@ def test_grad_cam_of_a_dense_net_is_a_clear_error():
         grad_cam(_model("mlp", (8, 8)), torch.randn(1, 3, 8, 8))
 
 
-def test_the_default_stage_skips_one_pixel_maps():
-    assert cam_stage({"a": (8, 7, 7), "b": (32, 3, 3), "c": (64, 1, 1)}) == "b"
-    assert cam_stage({"a": (8, 1, 1), "b": (32, 1, 1)}) == "b"  # nothing better: the last
+def test_the_default_stage_is_the_last_with_a_map_of_7x7_or_more():
+    assert cam_stage({"a": (8, 14, 14), "b": (16, 7, 7), "c": (32, 3, 3), "d": (64, 1, 1)}) == "b"
+    assert cam_stage({"a": (8, 7, 9), "b": (16, 9, 6)}) == "a"  # both sides count
+    # None that large: the largest map, the last of equal ones.
+    assert cam_stage({"a": (8, 4, 4), "b": (32, 4, 4), "c": (64, 1, 1)}) == "b"
+    assert cam_stage({"a": (8, 6, 6), "b": (32, 3, 3)}) == "a"
 
 
 # ---------------------------------------------------------------- a saved classifier
@@ -237,11 +240,35 @@ def test_explain_image_gives_what_predict_gives(run, image):
     assert np.allclose(e.probs, classifier.predict_proba(image)[0], atol=1e-6)
     assert e.target == e.predicted == int(np.argmax(e.probs))
     assert [name for name, _ in e.maps] == ["whiten", "block 1", "block 2", "block 3"]
-    assert e.cam.shape == (16, 16) and e.stage == "block 2" and e.label in e.title
+    assert e.cam.shape == (16, 16) and e.stage == "block 1" and e.label in e.title  # block 1: 8x8
     other = explain_image(classifier, image, "wasp")
     assert other.target == 2 and other.label == "wasp"
     with pytest.raises(OculiError, match="unknown class 'moth'.*ant, bee, wasp"):
         explain_image(classifier, image, "moth")
+
+
+def _digit():
+    from oculi.data.builtin import load_builtin
+    return load_builtin("digits").images[0]
+
+
+def test_grad_cam_of_a_digit_is_taken_where_the_map_is_7x7(tmp_path):
+    # fast-cnn, the digits recipe's model: its blocks shrink an 8x8 digit to 3x3, then 1x1.
+    classifier = Classifier.load(_bundle(tmp_path / "digits", "fast-cnn", (8, 8), channels=1), device="cpu")
+    e = explain_image(classifier, _digit())
+    shapes = {name: tuple(x.shape[-2:]) for name, x in e.maps}
+    assert shapes["block 1"] == (3, 3) and shapes["whiten"] == (7, 7)
+    assert e.stage == "whiten" and e.cam_size == (7, 7)
+    assert "at whiten: 7x7 map" in e.title  # the figure's title, in `oculi explain` and the report
+    assert e.stage_note.startswith("Taken at whiten, whose map is 7x7")
+
+
+def test_grad_cam_where_every_map_is_small_says_it_is_coarse(tmp_path):
+    classifier = Classifier.load(_bundle(tmp_path / "simple", "simple-cnn", (8, 8), channels=1), device="cpu")
+    e = explain_image(classifier, _digit())
+    assert [tuple(x.shape[-2:]) for _, x in e.maps] == [(4, 4), (2, 2), (1, 1)]
+    assert e.stage == "stage 1" and e.title.endswith("at stage 1: 4x4 map, coarse")
+    assert "only 4x4" in e.stage_note
 
 
 def test_explain_image_of_a_dense_net_says_so(tmp_path, image):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -56,3 +58,11 @@ def test_expand_paths_takes_files_folders_and_absolute_globs(colour_folder):
                                    str(colour_folder / "green" / "img_00.png"), "nowhere/*.jpg", "nothing.png"])
     assert len(found) == 12 + 10 + 1
     assert missing == ["nowhere/*.jpg", "nothing.png"]
+
+
+def test_expand_paths_lists_a_file_named_twice_once_as_first_spelled(colour_folder, monkeypatch):
+    monkeypatch.chdir(colour_folder)
+    found, missing = expand_paths(["./red/img_01.png", "red/img_0[01].png", str(colour_folder / "red"),
+                                   "red/img_01.png"])
+    assert found[:2] == [Path("red/img_01.png"), Path("red/img_00.png")]
+    assert len(found) == 12 and len({p.resolve() for p in found}) == 12 and missing == []

@@ -9,25 +9,22 @@ skipped: a long run never dies on one image.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from ..errors import ImageDecodeError
 from .cache import ArrayCache, cache_key, file_identity
+from .contained import DECODE_CHUNK, prepared_chunks
 from .sources import DataSource
 from .split import Record
 from .transforms import Preprocessing
 
 # Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
-DECODING_VERSION = 2
-DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
+DECODING_VERSION = 3  # 3: PNGs decoded by PIL (16-bit colour ones may differ by a level)
 
 
 @dataclass
@@ -160,54 +157,29 @@ def _decode_into(images: np.ndarray, source: DataSource, paths: list[str], prepr
                  advance: Callable[[int], None]) -> tuple[dict[str, int], dict[str, str]]:
     """Decode ``paths`` in chunks, on every core, into ``images[i]`` for ``paths[i]``; returns the rows of
     the readable files and the reasons for the others (their rows stay unused)."""
-    chunks = [paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK)]
     rows, failed = {}, {}
-    with _decoding_pool(len(chunks), source, preprocessing) as pool:
-        for start, results in zip(range(0, len(paths), DECODE_CHUNK), pool.map(_prepare_chunk, chunks)):
-            for row, result in enumerate(results, start):
-                if isinstance(result, str):
-                    failed[paths[row]] = result
-                else:
-                    rows[paths[row]] = row
-                    images[row] = result
-            advance(len(results))
+    for start, results in zip(range(0, len(paths), DECODE_CHUNK), _prepared_chunks(source, paths, preprocessing)):
+        for row, result in enumerate(results, start):
+            if isinstance(result, str):
+                failed[paths[row]] = result
+            else:
+                rows[paths[row]] = row
+                images[row] = result
+        advance(len(results))
     return rows, failed
 
 
-def _decoding_pool(n_chunks: int, source: DataSource, preprocessing: Preprocessing) -> Executor:
-    """Forked worker processes where the platform forks (Linux): image headers are parsed in Python
-    under the GIL, so threads do not scale (60,000 CIFAR JPEGs on 2 cores: 11.3 s in one thread, 14.4 s
-    in two threads, 7.0 s in two processes). Elsewhere, for a single chunk, or for a built-in set's arrays
-    (nothing to decode), this process."""
-    workers = min(os.cpu_count() or 1, n_chunks)
-    if workers > 1 and sys.platform.startswith("linux") and source.arrays is None:
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_start_worker, initargs=(source, preprocessing))
-    _start_worker(source, preprocessing, threads=None)
-    return ThreadPoolExecutor(1)
+def _prepared_chunks(source: DataSource, paths: list[str], preprocessing: Preprocessing) -> Iterator[list]:
+    """A folder's files go through the decoding processes, where a decoder crash costs one file
+    (``oculi.data.contained``); a built-in set's arrays, with nothing to decode, are prepared here."""
+    if source.arrays is None:
+        return prepared_chunks([source.root / path for path in paths], preprocessing)
+    return ([_prepare_array(source, path, preprocessing) for path in paths[i:i + DECODE_CHUNK]]
+            for i in range(0, len(paths), DECODE_CHUNK))
 
 
-_worker_job: tuple[DataSource, Preprocessing] | None = None
-
-
-def _start_worker(source: DataSource, preprocessing: Preprocessing, threads: int | None = 1) -> None:
-    global _worker_job
-    _worker_job = (source, preprocessing)
-    if threads:
-        torch.set_num_threads(threads)  # one thread per process: the processes already fill the cores
-
-
-def _prepare_chunk(chunk: list[str]) -> list[np.ndarray | str]:
-    """uint8 arrays [C, H, W] of the chunk's images, or the reason a file could not be read."""
-    source, preprocessing = _worker_job
-    out = []
-    for path in chunk:
-        try:
-            image = preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels))
-            out.append(image.contiguous().numpy())
-        except ImageDecodeError as err:
-            out.append(err.reason)
-    return out
+def _prepare_array(source: DataSource, path: str, preprocessing: Preprocessing) -> np.ndarray:
+    return preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels)).contiguous().numpy()
 
 
 def load_split(source: DataSource, records: list[Record], preprocessing: Preprocessing,

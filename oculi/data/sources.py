@@ -4,9 +4,11 @@ list of records (path, label, split), with the files that were passed over and w
 
 from __future__ import annotations
 
+import errno
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,6 +18,11 @@ from .builtin import is_builtin, load_builtin
 from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from .split import Record, read_manifest, stratified_split
 
+# Why stat() fails on a symbolic link: the names a user can act on.
+LINK_ERRORS = {errno.ELOOP: "symbolic link loop", errno.ENOENT: "broken symbolic link",
+               errno.ENOTDIR: "broken symbolic link"}
+# Fewer val + test images than this per class measure next to nothing (one image is 100% or 0%).
+MIN_HELD_OUT_PER_CLASS = 2
 SPLIT_FOLDER_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
@@ -34,7 +41,7 @@ class DataSource:
     def read(self, record: Record, channels: int | None = None) -> torch.Tensor:
         """The image of one record as uint8 [C, H, W]; raises ImageDecodeError for a bad file."""
         if self.arrays is not None:
-            image = torch.from_numpy(self.arrays[int(record.path.rsplit("/", 1)[1])])
+            image = torch.from_numpy(self.arrays[builtin_row(record.path)])
             return convert_channels(image, channels)
         return decode_image(self.root / record.path, channels=channels)
 
@@ -68,7 +75,10 @@ def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed
         _apply_manifest(source, split_manifest)
     else:
         _fill_missing_splits(source, val_split, test_split, seed)
+    if source.arrays is not None:
+        _name_by_split(source)
     _check_usable(source)
+    _check_held_out(source, asked=bool(split_manifest) or val_split + test_split > 0)
     return source
 
 
@@ -88,18 +98,53 @@ def _class_dirs(folder: Path) -> list[Path]:
 def _files_of(folder: Path, root: Path, skipped: list) -> list[str]:
     """Image files below ``folder`` (recursively), as paths relative to ``root``.
 
-    Hidden files (.DS_Store, ._*, Thumbs.db) are ignored silently; other non-image files are
-    recorded as skipped so the user learns about them."""
+    Hidden files (.DS_Store, ._*, Thumbs.db) are ignored silently; other non-image files, broken or
+    looping symbolic links and unreadable folders are recorded as skipped so the user learns about them."""
     files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(root)
-        if any(is_hidden(part) for part in rel.parts) or not p.is_file():
-            continue
-        if p.suffix.lower() in IMAGE_EXTENSIONS:
-            files.append(rel.as_posix())
+    # Sorted by path as a whole, the order rglob's sorted list had: the split of a class depends on it.
+    for path, problem in sorted(_walk(folder, set()), key=lambda item: item[0]):
+        rel = path.relative_to(root).as_posix()
+        if problem is None and path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(rel)
         else:
-            skipped.append((rel.as_posix(), f"not an image file ({p.suffix or 'no extension'})"))
+            skipped.append((rel, problem or f"not an image file ({path.suffix or 'no extension'})"))
     return files
+
+
+def _walk(folder: Path, scanned: set) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for every regular file below ``folder``, (path, why it is passed over) for the rest.
+
+    Links to folders are followed (a linked folder of images counts), each folder once (``scanned``), but
+    never a link to a folder that holds the one being scanned: it would recurse for ever, or bring the
+    data root's other classes in again."""
+    scanned.add(_folder_id(folder))
+    try:
+        entries = sorted(p for p in folder.iterdir() if not is_hidden(p))
+    except OSError as err:
+        yield folder, f"unreadable folder ({err.strerror})"
+        return
+    for entry in entries:
+        try:
+            info = entry.stat()  # follows links
+        except OSError as err:
+            if entry.is_symlink():
+                yield entry, LINK_ERRORS.get(err.errno, f"unreadable symbolic link ({err.strerror})")
+            continue  # anything else vanished since the listing
+        if stat.S_ISREG(info.st_mode):
+            yield entry, None
+        elif not stat.S_ISDIR(info.st_mode):
+            yield entry, "not a regular file"  # a FIFO named x.png would block the decoder for ever
+        elif entry.is_symlink() and folder.resolve().is_relative_to(entry.resolve()):
+            yield entry, "symbolic link loop"
+        elif (info.st_dev, info.st_ino) in scanned:
+            yield entry, "symbolic link to a folder already scanned"
+        else:
+            yield from _walk(entry, scanned)
+
+
+def _folder_id(folder: Path) -> tuple[int, int]:
+    info = folder.stat()
+    return info.st_dev, info.st_ino
 
 
 def scan_class_folders(root: Path) -> DataSource:
@@ -135,10 +180,25 @@ def _presplit_source(root: Path) -> DataSource:
 # ---- built-in sets ---------------------------------------------------------------------------------
 
 def _builtin_source(name: str, data_dir: str | None, progress) -> DataSource:
+    """Records named by their official split until their own split is known (``_name_by_split``)."""
     ds = load_builtin(name, data_dir=data_dir, progress=progress)
     records = [Record(f"{split}/{i}", int(label), split if split == "test" else "")
                for i, (label, split) in enumerate(zip(ds.labels, ds.splits))]
     return DataSource(ds.name, list(ds.classes), records, arrays=ds.images)
+
+
+def builtin_row(path: str) -> int:
+    """The row of a built-in set's image named ``path`` ("<split>/<row>"); ValueError when it names none."""
+    return int(path.rsplit("/", 1)[-1])
+
+
+def _name_by_split(source: DataSource) -> None:
+    """A built-in set's images are rows of its arrays, named "<split>/<row>" after the split they are in,
+    so that split.csv and test_predictions.csv call a test image test/... (digits has no official split:
+    its images were all "train/<row>", those held out for testing too). The row alone identifies an
+    image: a manifest naming it otherwise (an older run's) still finds it (``_manifest_key``)."""
+    for record in source.records:
+        record.path = f"{record.split}/{builtin_row(record.path)}"
 
 
 # ---- splits ------------------------------------------------------------------------------------------
@@ -161,16 +221,27 @@ def _fill_missing_splits(source: DataSource, val_split: float, test_split: float
 
 def _apply_manifest(source: DataSource, manifest: str) -> None:
     """Reuse a previous run's split: the manifest decides every image's split (and its label)."""
-    known = {r.path: r for r in source.records}
+    known = {_manifest_key(source, r.path) for r in source.records}
     records = []
     for path, label, split in read_manifest(manifest):
         if label not in source.classes:
             raise OculiError(f"--split-manifest: class '{label}' of {path} is not in {source.name}")
-        if path not in known:
+        if _manifest_key(source, path) not in known:
             source.warnings.append(f"--split-manifest: {path} is no longer in {source.name}")
             continue
         records.append(Record(path, source.classes.index(label), split))
     source.records = records
+
+
+def _manifest_key(source: DataSource, path: str) -> str | int:
+    """What identifies an image across runs: its file path, or a built-in set's row whatever the split
+    in its name."""
+    if source.arrays is None:
+        return path
+    try:
+        return builtin_row(path)
+    except ValueError:
+        return path  # not a built-in set's name: reported as no longer there
 
 
 def _check_usable(source: DataSource) -> None:
@@ -190,3 +261,14 @@ def _check_usable(source: DataSource) -> None:
             f"imbalanced classes: '{source.classes[int(train_counts.argmax())]}' has {largest} training "
             f"images, '{source.classes[int(train_counts.argmin())]}' {smallest}; consider "
             f"--class-weights auto or --sampler balanced")
+
+
+def _check_held_out(source: DataSource, asked: bool) -> None:
+    """Warn when the images held out for validation and testing are too few to measure the model (one
+    image per class leaves none: a class's last training image is never held out). Not when the user
+    asked for no held-out images (--val-split 0 --test-split 0)."""
+    held_out = sum(r.split in ("val", "test") for r in source.records)
+    if asked and held_out < MIN_HELD_OUT_PER_CLASS * len(source.classes):
+        source.warnings.append(
+            f"val/test are empty or too small: {held_out} images for {len(source.classes)} classes; val "
+            f"accuracy and test metrics need more images per class (each class keeps one for training)")

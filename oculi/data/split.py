@@ -54,7 +54,8 @@ def read_manifest(path: str | Path) -> list[tuple[str, str, str]]:
     path = Path(path)
     if not path.is_file():
         raise OculiError(f"--split-manifest: no such file: {path}")
-    with open(path, newline="") as f:
+    # surrogateescape: a file name that is not UTF-8 reads back as the str the OS gives (io.atomic_write_text)
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"path", "label", "split"} <= set(reader.fieldnames):
             raise OculiError(f"--split-manifest: {path} needs the columns path,label,split")

@@ -71,17 +71,38 @@ def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch
     h, w = image.shape[-2:]
     if (h, w) == tuple(size):
         return image
+    if 1 in (h, w):
+        # torch's uint8 antialiased resize reads the stride of a side of 1, which may be anything (5,000 for a
+        # one-pixel-wide gray JPEG turned upright by its EXIF orientation) and then segfaults: plain strides.
+        image = image.clone(memory_format=torch.contiguous_format)
     if mode == "squash":
-        return TF.resize(image, list(size), antialias=True)
+        return _resize(image, size)
     # pad fits the whole image inside; crop fills the whole target and cuts the overflow.
     scale = (min if mode == "pad" else max)(size[0] / h, size[1] / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    image = TF.resize(image, [new_h, new_w], antialias=True)
+    if mode == "crop" and new_h * new_w > 16 * size[0] * size[1]:
+        # Resized whole, it would be huge: 480 million pixels for a 1 x 12,000,000 sliver (a corrupt header)
+        # cropped to 40 x 24. Cut first, then resize what is kept; the centre may move by a fraction of a
+        # pixel, so images of ordinary shape keep the exact path below.
+        kept = [min(h, max(1, round(size[0] / scale))), min(w, max(1, round(size[1] / scale)))]
+        return _resize(TF.center_crop(image, kept), size)
+    image = _resize(image, (new_h, new_w))
     if mode == "crop":
         return TF.center_crop(image, list(size))
     top, left = (size[0] - new_h) // 2, (size[1] - new_w) // 2
     # Zero padding, as tf.image.resize_with_pad does.
     return F.pad(image, (left, size[1] - new_w - left, top, size[0] - new_h - top))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased resize to ``size``. torch resizes the width first: when the width grows and the height
+    shrinks, it holds every input row at the new width, which for a tall sliver (a corrupt header: 16 x
+    10,000,000 to 32 x 32) takes 1 GB; shrinking the height first takes 155 MB. Only past 2^24 such pixels:
+    the two steps may round a level apart, and ordinary images keep the one-step result."""
+    h, w = image.shape[-2:]
+    if size[0] < h and size[1] > w and h * size[1] > 2**24:
+        image = TF.resize(image, [size[0], w], antialias=True)
+    return TF.resize(image, list(size), antialias=True)
 
 
 def channel_stats(images: torch.Tensor, max_images: int = 10_000, chunk: int = 512) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -20,7 +20,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
+# timm is imported in the functions that use it: it takes a second or more to import, and loading or
+# predicting with one of oculi's own architectures never needs it.
 import torch
 import torch.nn as nn
 
@@ -90,6 +91,7 @@ def make_head(kind: str, num_features: int, num_outputs: int) -> nn.Module:
 
 
 def is_timm_model(name: str) -> bool:
+    import timm
     return timm.is_model(name.split(".")[0]) or timm.is_model(name)
 
 
@@ -110,6 +112,7 @@ def create_timm_model(name: str, num_outputs: int, in_chans: int, pretrained: bo
     """A timm backbone with a ``classifier`` head of ``num_outputs``; with ``pretrained``, ImageNet
     weights (``weights_file`` first, then offline, then the hub). Asked for 1000 outputs with a linear
     head, a pretrained model keeps its ImageNet classifier."""
+    import timm
     if not is_timm_model(name):
         raise OculiError(f"--model: unknown model '{name}' (see `oculi models`; any timm model name works)")
     if weights_file is not None:
@@ -164,6 +167,7 @@ def _weights(model: nn.Module, source: str, mean: tuple, std: tuple) -> Weights:
 
 
 def _offline_model(name: str, weights_file: str) -> nn.Module:
+    import timm
     model = timm.create_model(name, pretrained=False, num_classes=1000)
     source = torch.load(weights_file, map_location="cpu", weights_only=True)  # never unpickles code
     target = model.state_dict()
@@ -197,6 +201,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 def _file_model(name: str, weights_file: str) -> nn.Module:
     """timm's ``name`` with every backbone tensor from ``weights_file``; a classifier of another size
     (another task's head) is left out."""
+    import timm
     state = read_state_dict(weights_file)
     model = timm.create_model(name, pretrained=False)
     target = model.state_dict()
@@ -219,6 +224,7 @@ def _classifier_prefix(model: nn.Module) -> str:
 
 
 def _hub_model(name: str) -> nn.Module:
+    import timm
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as err:  # network, missing weights, hub errors: all mean "no weights here"

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import OculiError
 from .registry import register_model
 
 WIDTHS = (32, 64, 128)
@@ -77,10 +78,20 @@ class FastCNN(nn.Module):
 @register_model("fast-cnn", "Time-to-accuracy CNN for small images: patch-whitening 2x2 layer, 3 conv blocks "
                 "(32/64/128), global max pool (the default for images up to 64 px)", (3, 32, 32), 10)
 def fast_cnn(num_outputs: int, in_chans: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    _check_size("fast-cnn", image_size)
     return FastCNN(num_outputs, in_chans)
 
 
 @register_model("fast-cnn-wide", "fast-cnn with airbench94's widths (64/256/256): more accurate, 4x the "
                 "compute per image; for GPUs", (3, 32, 32), 10)
 def fast_cnn_wide(num_outputs: int, in_chans: int = 3, image_size: tuple[int, int] = (32, 32)) -> nn.Module:
+    _check_size("fast-cnn-wide", image_size)
     return FastCNN(num_outputs, in_chans, WIDE_WIDTHS)
+
+
+def _check_size(name: str, image_size: tuple[int, int]) -> None:
+    """The whitening layer needs one whole 2x2 patch (the blocks and the global pool take any size from
+    there); a smaller input would only fail once training had started."""
+    if min(image_size) < PATCH:
+        height, width = image_size
+        raise OculiError(f"{name} needs images of at least {PATCH}x{PATCH} pixels, got {height}x{width}")

@@ -21,12 +21,14 @@ def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str =
     from ..train.defaults import augmentation_settings, probe_source, resolve
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
+    # Validated before the data is opened: the seed also draws the split, and a bad one must be a flag error.
+    asked = TrainConfig(data=data, augment=augment, image_size=image_size, seed=seed, **knobs).validate()
     source = open_source(data, seed=seed)
     probe = probe_source(source)
     size = image_size or (probe.size if probe.small else (160, 160))
     # Resolved as `oculi train` resolves it: the preset "auto" means, and the model's recipe (fast-cnn's
     # smaller shifts).
-    cfg = resolve(TrainConfig(data=data, augment=augment, **knobs).validate(), source, probe)
+    cfg = resolve(asked, source, probe)
     preprocessing = Preprocessing(tuple(size), 1 if probe.grayscale else 3)
     return preview_figure(source, augmentation_settings(cfg, source.name), preprocessing, n, images, seed)
 

@@ -68,7 +68,7 @@ def read_run(run_dir: str | Path) -> RunFiles:
 def _text(path: Path) -> str:
     if not path.is_file():
         raise OculiError(f"{path.parent}: the run has no {path.name}")
-    return path.read_text()
+    return path.read_text(encoding="utf-8", errors="surrogateescape")  # non-UTF-8 file names: as io wrote them
 
 
 def _json(path: Path) -> dict:
@@ -187,7 +187,7 @@ def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
 
 def _class_rows(pixels: torch.Tensor, records: list[Record], classes: list[str]) -> str:
     rows = []
-    for c in dict.fromkeys(r.label for r in records):
+    for c in sorted({r.label for r in records}):  # the classes' order, as in every other section
         tiles = [image_tile(pixels[i]) for i, r in enumerate(records) if r.label == c]
         rows.append(f'<div class="class-row"><h3>{escape(classes[c])}</h3>{tiles_html(tiles)}</div>')
     return "".join(rows)
@@ -240,7 +240,7 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
         view = DataSource(source.name, source.classes, train, source.root, source.arrays)
         fig = preview_figure(view, augmentation, preprocessing, n=13, images=2, seed=run.config.seed)
         body += figure_html(fig, "augmented versions of sample images", "Each sample (outlined) and 13 random "
-                            "augmented versions of it.")
+                            "augmented versions of it.", photos=True)
     return Section("augmentation", "Augmentation", body)
 
 
@@ -393,7 +393,8 @@ def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section
     few = _right_and_wrong(rows, BAR_IMAGES)
     probs = predict_probs(classifier.model, pixels[few], classifier.preprocessing, classifier.head, classifier.device).numpy()
     charts = "".join(figure_html(plot_probability_bars(pixels[i:i + 1], p[None], [records[i].label], images.classes),
-                                 f"class probabilities of a {rows[i]['true']} image") for i, p in zip(few, probs))
+                                 f"class probabilities of a {rows[i]['true']} image", photos=True)
+                     for i, p in zip(few, probs))
     body += ("<h3>Class probabilities</h3>" + paragraph("The most probable classes of a few images: the true class "
              "green, a wrong first guess red.") + f'<div class="charts">{charts}</div>')
     body += "<h3>Most confident mistakes</h3>" + _mistakes_html(run, images)
@@ -460,10 +461,10 @@ def explain_section(run: RunFiles, classifier, images: RunImages) -> Section:
             + "<p><code>oculi explain RUN IMAGE</code> draws the same for any image.</p>")
     body += "<h3>Grad-CAM</h3>" + figure_html(plot_grad_cam(e.image, e.cam, e.title), "Grad-CAM heat map",
                                               "Where the evidence for the class lies: red is where a change "
-                                              "in the last convolutional stage's features moves the class "
-                                              "score most.")
+                                              "in the stage's features moves the class score most. "
+                                              + e.stage_note, photos=True)
     body += "<h3>Feature maps</h3>" + figure_html(plot_feature_maps(e.maps), "feature maps of each stage",
                                                   "The most active channels of each convolutional stage, "
                                                   "each scaled to its own range: early stages respond to "
-                                                  "edges and colours, later ones to larger parts.")
+                                                  "edges and colours, later ones to larger parts.", photos=True)
     return Section("explain", title, body)

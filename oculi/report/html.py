@@ -1,4 +1,4 @@
-"""HTML building blocks for ``report.html``: one self-contained page (figures embedded as PNG data URIs,
+"""HTML building blocks for ``report.html``: one self-contained page (images embedded as data URIs,
 styles inline, no script, no network), readable from a phone's width up to a laptop's."""
 
 from __future__ import annotations
@@ -23,32 +23,75 @@ class Section:
     body: str
 
 
-def figure_html(fig: Figure, alt: str, caption: str = "") -> str:
-    """``fig`` as an embedded PNG shown 100 CSS pixels per inch, scaled down (never up) to the page width;
-    drawn at 150 dpi so that it stays sharp on high-density screens. The figure is closed."""
+def figure_html(fig: Figure, alt: str, caption: str = "", photos: bool = False) -> str:
+    """``fig`` embedded, shown 100 CSS pixels per inch, scaled down (never up) to the page width; drawn at
+    150 dpi so that it stays sharp on high-density screens. The figure is closed.
+
+    A plot (lines, bars, text, flat colours) is a PNG: it compresses well losslessly and its text stays
+    crisp. ``photos``: the figure shows photos or feature maps, which PNG stores poorly (a photo figure
+    weighs 1-2 MB); then the smaller of the PNG and a lossy WebP is used."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150)
+    fig.savefig(buffer, format="png", dpi=_FIGURE_DPI)
     width = round(fig.get_figwidth() * 100)
     close_figure(fig)
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    png = buffer.getvalue()
+    src = _data_uri("png", png)
+    if photos:
+        lossy = _webp(_decode(png).convert("RGB"), _FIGURE_QUALITY)
+        src = min(src, _data_uri("webp", lossy), key=len)
     note = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" '
-            f'style="width:{width}px">{note}</figure>')
+    return f'<figure><img src="{src}" alt="{escape(alt)}" style="width:{width}px">{note}</figure>'
 
 
 def image_tile(image: "torch.Tensor", caption: str = "", verdict: str = "") -> str:
     """One uint8 [C, H, W] image as a tile of a ``tiles_html`` grid; ``caption`` is HTML; ``verdict``
-    ("right" or "wrong") colours its frame. Images under 64 px are enlarged by the browser pixel by pixel
-    rather than blurred."""
+    ("right" or "wrong") colours its frame.
+
+    Images under 64 px stay lossless PNG: the browser enlarges them pixel by pixel, which would magnify
+    any compression artefact. Larger ones (photos) are WebP, shrunk to at most TILE_PIXELS a side."""
     from PIL import Image
     pixels = image.permute(1, 2, 0).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(buffer, format="PNG")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    small = " small" if max(pixels.shape[:2]) < 64 else ""
+    picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    small = max(picture.size) < _SMALL_TILE
+    if small:
+        src = _data_uri("png", _png(picture))
+    else:
+        picture.thumbnail((TILE_PIXELS, TILE_PIXELS), Image.Resampling.LANCZOS)
+        src = _data_uri("webp", _webp(picture, _TILE_QUALITY))
     note = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return (f'<figure class="tile {verdict}{small}"><img src="data:image/png;base64,{data}" alt="{escape(_text_of(caption))}">'
+    return (f'<figure class="tile {verdict}{" small" * small}"><img src="{src}" alt="{escape(_text_of(caption))}">'
             f"{note}</figure>")
+
+
+# A tile is shown 104-150 CSS px wide (the grid's columns); twice that is sharp on a high-density screen.
+TILE_PIXELS = 224
+_SMALL_TILE = 64
+_FIGURE_DPI = 150
+# Lossy qualities that show no difference to the eye at the size the page shows the images (checked
+# side by side on photo runs): the figures' higher one keeps their text and thin lines clean.
+_TILE_QUALITY = 80
+_FIGURE_QUALITY = 90
+
+
+def _png(picture: "PIL.Image.Image") -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _webp(picture: "PIL.Image.Image", quality: int) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="WEBP", quality=quality)
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> "PIL.Image.Image":
+    from PIL import Image
+    return Image.open(io.BytesIO(data))
+
+
+def _data_uri(kind: str, data: bytes) -> str:
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def tiles_html(tiles: list[str]) -> str:

@@ -78,7 +78,7 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     model = cfg.model if cfg.model != "auto" else _auto_model(probe)
     pretrained = cfg.pretrained
     if pretrained is None:
-        pretrained = get_model_info(model) is None and is_timm_model(model)
+        pretrained = cfg.mode != "scratch" and get_model_info(model) is None and is_timm_model(model)
     pretrained = pretrained or cfg.weights is not None
     mode = _mode(cfg.mode, pretrained, probe)
     channels = 3 if pretrained else (cfg.channels or (1 if probe.grayscale else 3))
@@ -129,11 +129,13 @@ def _auto_model(probe: DataProbe) -> str:
 def _mode(mode: str, pretrained: bool, probe: DataProbe) -> str:
     """auto: features then fine-tuning for photos on a pretrained backbone; fine-tuning alone for small
     images (a backbone's features of a 32 px image blown up are poor); whole-network training without
-    pretrained weights."""
+    pretrained weights ("scratch", the name config.json keeps, so that it says what happened)."""
     if not pretrained:
         if mode == "features":
             raise OculiError("--mode features needs a pretrained backbone (a timm model with weights, or --weights)")
-        return "finetune"
+        return "scratch"
+    if mode == "scratch":
+        raise OculiError("--mode scratch trains from random weights; it cannot take --pretrained or --weights")
     if mode == "auto" and probe.small:
         return "finetune"
     return mode

@@ -1,15 +1,19 @@
 """One training run, start to finish: data -> model -> fit -> evaluate -> bundle, plots and reports.
 
 Everything a run writes lives in its run folder; every file there is written atomically, and a
-checkpoint after each epoch lets ``--resume`` finish a killed run with the same result.
+checkpoint after each epoch lets ``--resume`` finish a killed run with the same result. model.json is
+the last file of a run, so a folder that has it is complete. A run holds its folder (``_claimed``) for
+its whole life, so two runs never write into one folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
@@ -19,13 +23,13 @@ from ..bundle import ModelSpec, save_bundle
 from ..config import TrainConfig
 from ..data.cache import ArrayCache
 from ..data.loading import RowView, TensorSet, decode_source
-from ..data.sources import DataSource, open_source
+from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..errors import OculiError
 from ..evaluate import classification_metrics
 from ..inference import place_model, predict_probs, resolve_device
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, exclusive_lock, remove_temp_files
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
 from ..report.build import write_report
 from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
@@ -36,6 +40,8 @@ from .transfer import features_phase, freeze, gradual_unfreezing
 from .optim import build_optimizer
 from .progress import Reporter
 
+LOCK_NAME = ".oculi-run.lock"  # held for a run's life (see ``_claimed``)
+
 
 @dataclass
 class RunResult:
@@ -43,7 +49,7 @@ class RunResult:
     config: TrainConfig
     classes: list[str]
     history: list[dict]
-    test_metrics: dict
+    test_metrics: dict | None  # None: no held-out images to evaluate on
     skipped: list[tuple[str, str]]
 
     def load(self, device: str = "auto"):
@@ -55,42 +61,109 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
     """Train a new run from ``cfg``."""
     cfg.validate()
     reporter = reporter or Reporter(quiet=not cfg.progress)
-    run_dir = Path(cfg.out) if cfg.out else next_run_dir(Path("runs"), _data_name(cfg.data))
-    if (run_dir / "model.json").exists() or (run_dir / CHECKPOINT_NAME).exists():
-        raise OculiError(f"--out {run_dir} already holds a run; choose another folder or --resume it")
-    return _run(cfg, run_dir, reporter, resume=False)
+    given = cfg.data
+    cfg = _with_absolute_paths(cfg)
+    if cfg.out:
+        _check_new_run_dir(Path(cfg.out))  # now, before minutes of data loading; again once claimed
+
+    def claim() -> ContextManager[Path]:
+        run_dir = _make_dir(Path(cfg.out)) if cfg.out else next_run_dir(Path("runs"), _data_name(cfg.data))
+        return _claimed(run_dir, fresh=True)
+
+    return _run(cfg, claim, reporter, resume=False, given=given)
 
 
 def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
     """Continue a run from its last checkpoint (same config, same split)."""
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
+    if not (run_dir / "config.json").is_file():
         raise OculiError(f"--resume: {run_dir} is not a run folder (no config.json)")
-    saved = json.loads(config_file.read_text())
-    cfg = TrainConfig.from_dict(saved["config"])
-    cfg = dataclasses.replace(cfg, split_manifest=str(run_dir / "split.csv"))
-    reporter = reporter or Reporter(quiet=not cfg.progress)
-    return _run(cfg, run_dir, reporter, resume=True)
+    with _claimed(run_dir, fresh=False):
+        cfg = _saved_config(run_dir / "config.json")
+        if (run_dir / "model.json").is_file():
+            raise OculiError(f"--resume: {run_dir} already finished (it has model.json); "
+                             f"start a new run to train again")
+        cfg = dataclasses.replace(cfg, split_manifest=str(run_dir / "split.csv"))
+        reporter = reporter or Reporter(quiet=not cfg.progress)
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            # Killed before its first epoch ended (or a features run, which keeps none): training again
+            # from the start gives what the uninterrupted run would have, so do it, but say so.
+            reporter.warn(f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}): training it again from the start")
+        return _run(cfg, lambda: nullcontext(run_dir), reporter, resume=True)
+
+
+def _saved_config(path: Path) -> TrainConfig:
+    """The resolved config a run saved, or a one-line OculiError naming the file."""
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise OculiError(f"--resume: {path} is not valid JSON ({err})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise OculiError(f"--resume: {path} is not an oculi run config (no \"config\" object)")
+    try:
+        return TrainConfig.from_dict(saved["config"]).validate()
+    except OculiError as err:
+        raise OculiError(f"--resume: {path}: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise OculiError(f"--resume: {path} has a setting of the wrong type ({err})") from None
 
 
 def next_run_dir(parent: Path, name: str) -> Path:
-    """runs/<name>, then runs/<name>-2, -3, ... (never overwrites an earlier run)."""
-    candidate, n = parent / name, 1
-    while candidate.exists():
-        n += 1
-        candidate = parent / f"{name}-{n}"
-    return candidate
+    """runs/<name>, then runs/<name>-2, -3, ...: the first one this call creates. mkdir either creates a
+    folder or fails, in one step, so two runs started together never get the same one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OculiError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
+    if (run_dir / "model.json").exists():
+        raise OculiError(f"--out {run_dir} already holds a finished run; choose another folder")
+    if (run_dir / CHECKPOINT_NAME).exists():
+        raise OculiError(f"--out {run_dir} holds an unfinished run; --resume it or choose another folder")
+
+
+def _make_dir(run_dir: Path) -> Path:
+    _check_new_run_dir(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OculiError(f"--out {run_dir}: cannot create the folder ({err.strerror or err})") from None
+    return run_dir
+
+
+@contextmanager
+def _claimed(run_dir: Path, fresh: bool) -> Iterator[Path]:
+    """``run_dir``, held by this process until the block ends: a second run or resume of the same folder
+    fails at once instead of overwriting this one's files."""
+    def busy(holder: str) -> OculiError:
+        return OculiError(f"{run_dir} is in use by another oculi run ({holder}); wait for it to finish "
+                          f"or use another folder")
+
+    with exclusive_lock(run_dir / LOCK_NAME, busy):
+        if fresh:  # checked again under the lock: a run may have finished here since the first check
+            _check_new_run_dir(run_dir)
+        yield run_dir
 
 
 def _data_name(data: str) -> str:
     return Path(data).expanduser().resolve().name if Path(data).expanduser().exists() else data
 
 
-def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> RunResult:
+def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: Reporter, resume: bool,
+         given: str | None = None) -> RunResult:
+    """Open the data, resolve ``cfg``, then train in the folder ``claim()`` holds for the rest of the run."""
     device = resolve_device(cfg.device)
     with reporter.download(f"downloading {cfg.data}") as progress:
-        source = open_source(_absolute(cfg.data), cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
+        source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
                              cfg.data_dir, progress)
     for warning in source.warnings:
         reporter.warn(warning)
@@ -99,7 +172,13 @@ def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> R
     if asked.mode == "auto" and cfg.mode == "features":
         reporter.info(f"fine-tuning skipped: {len(source.split_records('train'))} training images take long "
                       f"to fine-tune on the {device.type.upper()}; --mode finetune (or a GPU) does it anyway")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with claim() as run_dir:
+        return _train_in(run_dir, cfg, source, device, reporter, resume, given)
+
+
+def _train_in(run_dir: Path, cfg: TrainConfig, source: DataSource, device, reporter: Reporter, resume: bool,
+              given: str | None) -> RunResult:
+    remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
     sets, skipped = _load_sets(source, cfg, reporter)
     _report_skipped(skipped, run_dir, reporter)
     _check_trainable(sets["train"], source)
@@ -108,21 +187,32 @@ def _run(cfg: TrainConfig, run_dir: Path, reporter: Reporter, resume: bool) -> R
     if cfg.mode == "features":
         freeze(model.backbone)
     preprocessing = _preprocessing(cfg, weights, sets["train"])
-    if hasattr(model, "init_from_data") and not resume:
+    # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
+    restoring = resume and (run_dir / CHECKPOINT_NAME).is_file()
+    if hasattr(model, "init_from_data") and not restoring:
         _init_from_data(model, sets["train"], preprocessing, cfg.seed)
     if not resume:
         write_manifest(run_dir / "split.csv", _used_records(sets), source.classes)
         atomic_write_json(run_dir / "config.json", {"oculi_version": __version__, "config": cfg.to_dict(),
-                                                    "preprocessing": preprocessing.to_dict()})
+                                                    "data_as_given": given, "preprocessing": preprocessing.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    state = _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume)
+    state = _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, restoring)
     model.load_state_dict(state.best_state)
     return _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped, reporter)
 
 
-def _absolute(data: str) -> str:
-    path = Path(data).expanduser()
-    return str(path.resolve()) if path.exists() else data
+def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its paths made absolute, so that config.json still finds them when ``--resume`` runs
+    from another working directory."""
+    return dataclasses.replace(cfg, data=_absolute(cfg.data), data_dir=_absolute(cfg.data_dir),
+                               weights=_absolute(cfg.weights), split_manifest=_absolute(cfg.split_manifest))
+
+
+def _absolute(path: str | None) -> str | None:
+    """An existing path, absolute; anything else (a built-in dataset's name, None) as it is."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
 
 
 def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
@@ -167,7 +257,7 @@ def _build_model(cfg: TrainConfig, num_classes: int, reporter: Reporter):
         if not (cfg.pretrained and cfg.mode == "auto" and "could not get ImageNet weights" in str(err)):
             raise
         reporter.warn(f"{err}; training {cfg.model} from scratch")
-        cfg = dataclasses.replace(cfg, pretrained=False, mode="finetune")
+        cfg = dataclasses.replace(cfg, pretrained=False, mode="scratch")
         return (*build(cfg), cfg)
 
 
@@ -200,6 +290,10 @@ def _used_records(sets: dict[str, TensorSet]) -> list[Record]:
 def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     sizes = ", ".join(f"{len(s)} {k}" for k, s in sets.items())
     reporter.info(f"[bold]data[/bold]   {source.name}: {len(source.classes)} classes, {sizes}")
+    train_folder = _train_folder_split_for_test(source)
+    if train_folder:
+        reporter.info(f"       no test/ folder: {cfg.test_split:.0%} of {train_folder}/ held out as test; "
+                      f"--test-split 0 to keep all")
     origin = f"pretrained ({weights.source})" if weights else "from scratch"
     reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
@@ -207,6 +301,15 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
+
+
+def _train_folder_split_for_test(source: DataSource) -> str | None:
+    """The name of the train/ folder the test images were taken out of, when the data has one but no
+    test/ folder (the user may expect every image in train/ to be trained on)."""
+    folders = split_folders(source.root) if source.root is not None else {}
+    if "train" not in folders or "test" in folders or not source.split_records("test"):
+        return None
+    return folders["train"].name
 
 
 def _describe_mode(cfg: TrainConfig) -> str:
@@ -232,24 +335,24 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
 
 
-def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, resume) -> LoopState:
-    """Train ``model`` as ``cfg.mode`` says: a head on frozen features, then (or only) the whole network."""
+def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, restoring: bool) -> LoopState:
+    """Train ``model`` as ``cfg.mode`` says: a head on frozen features, then (or only) the whole network;
+    ``restoring``: from the run's checkpoint."""
     place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
     checkpoint = run_dir / CHECKPOINT_NAME
     state = LoopState()
     # A resumed run past its features phase finds that phase's result in the checkpoint.
-    if cfg.mode in ("features", "auto") and not (resume and checkpoint.is_file()):
+    if cfg.mode in ("features", "auto") and not restoring:
         head_state = features_phase(model, cfg, sets, preprocessing, settings, source.name, device, reporter)
         if cfg.mode == "features":
             atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head_state.history))
             return dataclasses.replace(head_state, best_state=_copy_state(model))
         state = LoopState(best_state=_copy_state(model), baseline=head_state.best_row, prior=head_state.history)
-        reporter.info("fine-tuning the whole network; it must beat the features model's val accuracy "
-                      f"({state.baseline['val_acc']:.2%}) to replace it")
+        reporter.info(_finetune_plan(state.baseline))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 cfg.backbone_lr if cfg.pretrained else 1.0)
-    if resume and checkpoint.is_file():
+    if restoring:
         state = _restore(model, optimizer, run_dir, device, reporter)
 
     def on_epoch_end(s: LoopState) -> None:
@@ -270,8 +373,18 @@ def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, res
     return state
 
 
+def _finetune_plan(baseline: dict) -> str:
+    if baseline["val_acc"] is None:
+        return ("fine-tuning the whole network; with no val images to compare it with the features model, "
+                "its last epoch is kept")
+    return ("fine-tuning the whole network; it must beat the features model's val accuracy "
+            f"({baseline['val_acc']:.2%}) to replace it")
+
+
 def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:
     base = state.baseline["val_acc"]
+    if base is None:
+        return  # nothing to compare: _finetune_plan said the last epoch is kept
     if state.best_epoch == 0:
         reporter.info(f"kept the features model: fine-tuning did not beat its val accuracy {base:.2%}")
     else:
@@ -295,31 +408,62 @@ def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
 
 def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped,
             reporter) -> RunResult:
-    """Evaluate the best weights on the test set (val when there is none), save bundle and plots."""
-    split = "test" if len(sets["test"]) else "val"
+    """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
+    folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
+    metrics = _evaluate(model, cfg, source, sets, preprocessing, device, run_dir)
+    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run_dir / "curves.png")
+    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
+    save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
+                {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
+                 "training": _what_was_trained(cfg, state),
+                 "trainable_parameters": count_parameters(model), "data": source.name})
+    _say_results(metrics, cfg, state, run_dir, reporter)
+    if cfg.report and metrics is not None:
+        _write_report(run_dir, source, reporter)
+    elif cfg.report:
+        reporter.info("report.html skipped: there are no held-out images to report on")
+    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped)
+
+
+def _evaluate(model, cfg, source, sets, preprocessing, device, run_dir: Path) -> dict | None:
+    """Metrics on the test set, or the val set when there is none, written with their predictions and
+    confusion matrix; None when neither has an image (a tiny data set trains, but cannot be measured)."""
+    split = next((s for s in ("test", "val") if len(sets[s])), None)
+    if split is None:
+        return None
     data = sets[split]
     probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
     metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
-    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
-    summary = {"split": split, "accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
-               "log_loss": metrics["log_loss"], "best_epoch": state.best_epoch, "epochs_run": state.epoch}
-    save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
-                {"metrics": summary, "weights_source": weights.source if weights else "scratch",
-                 "training": _what_was_trained(cfg, state),
-                 "trainable_parameters": count_parameters(model), "data": source.name})
     atomic_write_json(run_dir / "test_metrics.json", metrics)
     _save_predictions(run_dir / "test_predictions.csv", data, probs, source.classes)
-    save_figure(plot_curves(state.history, state.best_epoch, state.baseline), run_dir / "curves.png")
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes),
                 run_dir / "confusion_matrix.png")
-    reporter.info(f"[bold]{split}[/bold]   accuracy {metrics['accuracy']:.2%}, top-{metrics['top_k']} "
-                  f"{metrics['top_k_accuracy']:.2%}, log loss {metrics['log_loss']:.4f} "
-                  f"(best epoch {state.best_epoch})")
-    reporter.info(f"[bold]saved[/bold]  {run_dir}/ (model.safetensors, model.json, curves.png, "
-                  f"confusion_matrix.png, test_metrics.json)")
-    if cfg.report:
-        _write_report(run_dir, source, reporter)
-    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped)
+    return metrics
+
+
+def _summary(metrics: dict | None, state: LoopState) -> dict:
+    """model.json's metrics: the headline numbers (null when nothing was held out) and the kept epoch."""
+    headline = {key: (metrics or {}).get(key) for key in ("split", "accuracy", "top_k_accuracy", "log_loss")}
+    return {**headline, "best_epoch": state.best_epoch, "epochs_run": state.epoch}
+
+
+def _drawable_baseline(state: LoopState) -> dict | None:
+    """The features head's val metrics for the curves, when it had a val set to be measured on."""
+    return state.baseline if state.baseline and state.baseline.get("val_acc") is not None else None
+
+
+def _say_results(metrics: dict | None, cfg: TrainConfig, state: LoopState, run_dir: Path,
+                 reporter: Reporter) -> None:
+    kept = _kept(cfg, state)
+    if metrics is None:
+        reporter.warn("no held-out images (no val or test split): the model is saved but not evaluated")
+        written = "model.safetensors, model.json, curves.png"
+    else:
+        reporter.info(f"[bold]{metrics['split']}[/bold]   accuracy {metrics['accuracy']:.2%}, "
+                      f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}, "
+                      f"log loss {metrics['log_loss']:.4f} ({kept})")
+        written = "model.safetensors, model.json, curves.png, confusion_matrix.png, test_metrics.json"
+    reporter.info(f"[bold]saved[/bold]  {run_dir}/ ({written})")
 
 
 def _write_report(run_dir: Path, source: DataSource, reporter: Reporter) -> None:
@@ -331,6 +475,15 @@ def _write_report(run_dir: Path, source: DataSource, reporter: Reporter) -> None
                       f"`oculi report {run_dir}` tries again")
         return
     reporter.info(f"[bold]report[/bold] {path}")
+
+
+def _kept(cfg: TrainConfig, state: LoopState) -> str:
+    """Which weights the run kept, in words (a features run has no "best epoch" of its own)."""
+    if _what_was_trained(cfg, state) == "features":
+        return "features head"
+    if state.history and state.history[-1]["val_acc"] is None:
+        return f"last epoch {state.epoch}: no val images to choose by"
+    return f"best epoch {state.best_epoch}"
 
 
 def _what_was_trained(cfg: TrainConfig, state: LoopState) -> str:

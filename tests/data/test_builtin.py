@@ -121,6 +121,23 @@ def test_digits():
     assert (ds.splits == "train").all() and len(ds.splits) == 1797
 
 
+def test_digits_images_are_named_after_their_split_and_older_manifests_still_resolve(tmp_path):
+    from oculi.data.sources import open_source
+    from oculi.data.split import Record, write_manifest
+    source = open_source("digits", seed=3)
+    assert all(r.path == f"{r.split}/{row}" for row, r in enumerate(source.records))  # test/17, not train/17
+    assert {r.split for r in source.records} == {"train", "val", "test"}
+    # Runs before this named every digit train/<row>, the ones they tested on included.
+    older = tmp_path / "split.csv"
+    write_manifest(older, [Record(f"train/{row}", r.label, r.split) for row, r in enumerate(source.records)],
+                   source.classes)
+    again = open_source("digits", seed=99, split_manifest=str(older))
+    assert not again.warnings
+    assert [(r.path, r.label, r.split) for r in again.records] == [(r.path, r.label, r.split) for r in source.records]
+    test = next(r for r in again.records if r.split == "test")
+    assert (again.read(test).numpy() == source.arrays[int(test.path.split("/")[1])]).all()
+
+
 # ---- IDX sets from data_dir -----------------------------------------------------------------------------
 
 def test_mnist_from_data_dir_round_trips(tmp_path, monkeypatch):

@@ -1,9 +1,13 @@
+import os
 from pathlib import Path
 
 import pytest
 
+from oculi.data.cache import ArrayCache
+from oculi.data.loading import decode_source
 from oculi.data.sources import open_source
-from oculi.data.split import stratified_split, write_manifest
+from oculi.data.split import read_manifest, stratified_split, write_manifest
+from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError
 from tests.conftest import make_class_folder
 
@@ -72,6 +76,20 @@ def test_imbalance_warning(tmp_path):
     assert any("imbalanced" in w and "--class-weights auto" in w for w in source.warnings)
 
 
+@pytest.mark.parametrize("per_class, fractions, held_out", [(1, {}, 0), (4, {}, 0), (5, {"test_split": 0.2}, 3)])
+def test_too_few_held_out_images_warn_in_one_line(tmp_path, per_class, fractions, held_out):
+    source = open_source(str(make_class_folder(tmp_path / "d", per_class=per_class)), **fractions)
+    warning = [w for w in source.warnings if w.startswith("val/test are empty or too small")]
+    assert warning == [f"val/test are empty or too small: {held_out} images for 3 classes; val accuracy and "
+                       f"test metrics need more images per class (each class keeps one for training)"]
+
+
+@pytest.mark.parametrize("per_class, fractions", [(12, {}), (1, {"val_split": 0, "test_split": 0})])
+def test_enough_held_out_images_or_none_asked_for_do_not_warn(tmp_path, per_class, fractions):
+    source = open_source(str(make_class_folder(tmp_path / "d", per_class=per_class)), **fractions)
+    assert not any("val/test" in w for w in source.warnings)
+
+
 def test_manifest_reuses_the_split(colour_folder, tmp_path):
     first = open_source(str(colour_folder), seed=1)
     manifest = tmp_path / "split.csv"
@@ -85,3 +103,61 @@ def test_bad_manifest_names_the_flag(colour_folder, tmp_path):
     bad.write_text("file,class\n")
     with pytest.raises(OculiError, match="--split-manifest"):
         open_source(str(colour_folder), split_manifest=str(bad))
+
+
+def test_broken_and_looping_links_are_skipped_with_reasons_and_good_links_kept(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=2)
+    outside = make_class_folder(tmp_path / "outside", per_class=1, classes=("far",))
+    links = {"red/far.png": outside / "far" / "img_00.png", "red/dangling.png": root / "red" / "gone.png",
+             "red/loop_a.png": root / "red" / "loop_b.png", "red/loop_b.png": root / "red" / "loop_a.png",
+             "green/up": root / "green", "green/root": root, "green/slash": Path("/"),
+             "blue/linked": outside / "far", "blue/twice": outside / "far"}
+    for link, target in links.items():
+        (root / link).symlink_to(target)
+    source = open_source(str(root))
+    assert source.skipped == [("blue/twice", "symbolic link to a folder already scanned"),
+                              ("green/root", "symbolic link loop"), ("green/slash", "symbolic link loop"),
+                              ("green/up", "symbolic link loop"), ("red/dangling.png", "broken symbolic link"),
+                              ("red/loop_a.png", "symbolic link loop"), ("red/loop_b.png", "symbolic link loop")]
+    labels = {r.path: source.classes[r.label] for r in source.records}
+    assert len(labels) == 6 + 2 and labels["red/far.png"] == "red" and labels["blue/linked/img_00.png"] == "blue"
+
+
+def _latin1_named_copy(image: Path) -> str:
+    """A copy of ``image`` named with a byte that is not UTF-8 (as a Latin-1 system writes "latin\xe9"),
+    made through a bytes path; returned as the str the OS gives back for it (with a surrogate escape)."""
+    name = os.fsencode(image.parent) + b"/latin\xe9.png"
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT)
+    except OSError:
+        pytest.skip("this filesystem refuses file names that are not UTF-8")
+    with os.fdopen(fd, "wb") as f:
+        f.write(image.read_bytes())
+    return os.fsdecode(name)
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_decoded_and_kept_in_the_manifest(tmp_path):
+    root = make_class_folder(tmp_path / "d", per_class=3)
+    odd = Path(_latin1_named_copy(root / "red" / "img_00.png")).relative_to(root).as_posix()
+    source = open_source(str(root), val_split=0, test_split=0)
+    assert odd in [r.path for r in source.records] and not source.skipped
+    decoded = decode_source(source, Preprocessing((8, 8), 3), cache=ArrayCache("images"))  # the cache key hashes it
+    assert decoded.mapped and odd in decoded.rows and not decoded.failed
+    manifest = tmp_path / "split.csv"
+    write_manifest(manifest, source.records, source.classes)
+    assert (odd, "red", "train") in read_manifest(manifest)
+    again = open_source(str(root), split_manifest=str(manifest))
+    assert not any("no longer" in w for w in again.warnings) and odd in [r.path for r in again.records]
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_a_non_utf8_name_and_lists_a_broken_link(tmp_path):
+    import oculi
+    root = make_class_folder(tmp_path / "d", per_class=6)
+    odd = Path(_latin1_named_copy(root / "red" / "img_00.png")).relative_to(root).as_posix()
+    (root / "green" / "gone.png").symlink_to(root / "green" / "nothing.png")
+    run = oculi.train(str(root), out=str(tmp_path / "run"), epochs=1, report=False, progress=False)
+    assert [label for path, label, _ in read_manifest(run.run_dir / "split.csv") if path == odd] == ["red"]
+    assert run.skipped == [("green/gone.png", "broken symbolic link")]
+    skipped_csv = (run.run_dir / "skipped_files.csv").read_text()
+    assert "green/gone.png,broken symbolic link" in skipped_csv

@@ -38,6 +38,16 @@ def test_any_small_input_gives_one_logit_per_class(name, channels, side):
     assert model.whiten.kernel_size == (PATCH, PATCH)
 
 
+@pytest.mark.parametrize("name", ["fast-cnn", "fast-cnn-wide"])
+def test_an_input_smaller_than_the_whitening_patch_is_refused_when_built(name):
+    from oculi.errors import OculiError
+    with pytest.raises(OculiError, match=f"{name} needs images of at least 2x2 pixels, got 1x9"):
+        create_model(name, 3, 3, (1, 9))
+    model, _ = create_model(name, 3, 3, (2, 2))
+    model.init_from_data(torch.randn(4, 3, 2, 2))
+    assert model(torch.randn(4, 3, 2, 2)).shape == (4, 3)
+
+
 def test_it_learns_a_separable_task():
     torch.manual_seed(0)
     images = torch.randn(256, 3, 16, 16)

@@ -42,6 +42,14 @@ def test_the_command_writes_a_png(colour_folder, tmp_path, capsys):
     assert Image.open(out).size[0] > 500 and str(out) in capsys.readouterr().out
 
 
+def test_out_as_a_folder_or_without_extension_gives_a_png(colour_folder, tmp_path):
+    (tmp_path / "pictures").mkdir()
+    assert main(["augment-preview", str(colour_folder), "--n", "2", "--out", str(tmp_path / "pictures")]) == 0
+    assert Image.open(tmp_path / "pictures" / "augment_preview.png").format == "PNG"
+    assert main(["augment-preview", str(colour_folder), "--n", "2", "--out", str(tmp_path / "grid")]) == 0
+    assert Image.open(tmp_path / "grid.png").format == "PNG"
+
+
 def test_knobs_change_the_preview(colour_folder):
     def tiles(**knobs):
         shown = _shown(augmentation_preview(str(colour_folder), n=4, images=1, augment="none", **knobs))

@@ -4,8 +4,11 @@ import base64
 import io
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import oculi
@@ -13,6 +16,7 @@ from oculi.cli import main
 from oculi.errors import OculiError
 from oculi.models import count_parameters, create_model
 from oculi.report.build import REPORT_NAME, layer_rows, read_run, split_phases, write_report
+from oculi.report.html import TILE_PIXELS, image_tile
 from tests.conftest import make_class_folder
 
 SECTIONS = ("data", "augmentation", "model", "training", "metrics", "predictions", "explain")
@@ -28,8 +32,12 @@ def colour_run(tmp_path_factory):
 
 def embedded_images(page: str) -> list[Image.Image]:
     sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    assert all(s.startswith("data:image/png;base64,") for s in sources), "every image is embedded"
-    return [Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))) for s in sources]
+    assert all(re.match(r"data:image/(png|webp);base64,", s) for s in sources), "every image is embedded"
+    return [_decode(s) for s in sources]
+
+
+def _decode(source: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
 
 
 def test_every_run_writes_a_self_contained_report(colour_run):
@@ -53,14 +61,15 @@ def test_report_names_skipped_files_and_the_classes(colour_run):
 
 
 def test_report_rebuilds_the_same_page_later(colour_run, capsys, tmp_path):
-    run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "copy")
+    # A name with a "-", which base64 never holds: replacing it cannot touch an embedded image.
+    run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "colours-copy")
     first = (run_dir / REPORT_NAME).read_text()
     (run_dir / REPORT_NAME).unlink()
     assert main(["report", str(run_dir)]) == 0
     assert str(run_dir / REPORT_NAME) in capsys.readouterr().out
     rebuilt = (run_dir / REPORT_NAME).read_text()
     # The same run gives the same page, but for its title (the folder's name).
-    assert rebuilt.replace("copy", "colours") == first
+    assert rebuilt.replace("colours-copy", "colours") == first
 
 
 def test_report_without_the_data_keeps_what_needs_no_images(colour_run, tmp_path):
@@ -74,6 +83,99 @@ def test_report_without_the_data_keeps_what_needs_no_images(colour_run, tmp_path
     assert '<section id="metrics">' in page and '<section id="training">' in page
     for image in embedded_images(page):
         image.verify()
+
+
+def _section(page: str, name: str) -> str:
+    return re.search(rf'<section id="{name}">(.*?)</section>', page, re.S).group(1)
+
+
+def test_a_failed_write_keeps_the_previous_report(colour_run, tmp_path, monkeypatch):
+    run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "copy")
+    before, files = (run_dir / REPORT_NAME).read_bytes(), sorted(p.name for p in run_dir.iterdir())
+    written = []
+
+    def disk_full(self, text, *args, **kwargs):  # half the page reaches the disk, then the disk is full
+        written.append(self)
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_report(run_dir)
+    assert len(written) == 1 and written[0] != run_dir / REPORT_NAME
+    assert (run_dir / REPORT_NAME).read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == files  # nothing half-written left behind
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    return oculi.train("digits", out=str(tmp_path_factory.mktemp("runs") / "digits"), epochs=1, progress=False)
+
+
+def test_sample_rows_follow_the_class_order(digits_run):
+    # The digits split lists images in the data's own order, classes mixed; the rows must not follow it.
+    classes = read_run(digits_run.run_dir).meta["classes"]
+    seen = list(dict.fromkeys(c for _, c, s in read_run(digits_run.run_dir).split if s == "train"))
+    assert seen != classes
+    page = (digits_run.run_dir / REPORT_NAME).read_text()
+    assert re.findall(r'<div class="class-row"><h3>([^<]*)</h3>', page) == classes
+
+
+def test_grad_cam_of_digits_is_taken_at_a_7x7_map_and_says_so(digits_run):
+    # fast-cnn's last blocks shrink an 8x8 digit to 3x3 and 1x1: a heat map from those shows nothing.
+    explain = _section((digits_run.run_dir / REPORT_NAME).read_text(), "explain")
+    assert "Taken at whiten, whose map is 7x7" in explain
+
+
+def _write_photo(path: Path, rng: np.random.Generator, side: int, colour: int) -> None:
+    """A photo-like image: smooth patches of colour (a random 6x6 grid enlarged smoothly) with a little
+    grain, one colour channel lifted so that the classes are learnable. Noise alone would be no photo:
+    it compresses like nothing real does."""
+    coarse = rng.integers(0, 200, (6, 6, 3))
+    coarse[..., colour] += 55
+    smooth = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC))
+    grain = rng.integers(-12, 13, smooth.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def photo_page(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("data") / "photos"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        for i in range(8):
+            _write_photo(root / name / f"img_{i}.png", rng, 160, c)
+    run = oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "photos"), model="simple-cnn",
+                      image_size=160, epochs=1, progress=False)
+    return (run.run_dir / REPORT_NAME).read_text()
+
+
+def test_a_photo_report_embeds_photos_as_webp_and_stays_light(photo_page):
+    tiles = re.findall(r'<figure class="tile[^"]*"><img src="([^"]+)"', photo_page)
+    assert len(tiles) >= 20 and all(t.startswith("data:image/webp;") for t in tiles)
+
+    def kinds(section):
+        return re.findall(r'<figure><img src="data:image/(\w+);', _section(photo_page, section))
+
+    # Plots stay lossless PNG, crisp; figures of photos and feature maps are WebP.
+    assert kinds("data") == ["png"] and kinds("training") == ["png", "png"] and kinds("metrics") == ["png"]
+    assert kinds("augmentation") == ["webp"] and kinds("explain") == ["webp", "webp"]
+    assert set(kinds("predictions")) == {"webp"}
+    for image in embedded_images(photo_page):
+        image.load()  # decodes whole
+    assert len(photo_page.encode()) < 2_000_000  # 7.4 MB when every image was a PNG
+
+
+def test_photo_tiles_are_at_most_twice_their_shown_size_and_small_images_stay_png():
+    tile = image_tile(torch.randint(0, 256, (3, 300, 400), dtype=torch.uint8))
+    src = re.search(r'src="([^"]+)"', tile).group(1)
+    assert src.startswith("data:image/webp;") and _decode(src).size == (TILE_PIXELS, 168)
+    # A digit is enlarged pixel by pixel on the page: lossless, at its own size.
+    tile = image_tile(torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8))
+    src = re.search(r'src="([^"]+)"', tile).group(1)
+    assert src.startswith("data:image/png;") and _decode(src).size == (8, 8) and " small" in tile
 
 
 def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):

@@ -120,6 +120,11 @@ def test_save_figure_creates_folder_and_cleans_up_on_failure(tmp_path):
     with pytest.raises(OSError):
         save_figure(broken, tmp_path / "broken.png")
     assert sorted(os.listdir(tmp_path)) == ["deep"]
+    # A failed save over an earlier figure leaves that figure whole.
+    before = (tmp_path / "deep" / "curves.png").read_bytes()
+    with pytest.raises(OSError):
+        save_figure(broken, tmp_path / "deep" / "curves.png")
+    assert (tmp_path / "deep" / "curves.png").read_bytes() == before and os.listdir(tmp_path / "deep") == ["curves.png"]
 
 
 def test_curves_mark_the_epoch_the_run_kept():

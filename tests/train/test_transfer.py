@@ -149,6 +149,22 @@ def test_gradual_unfreezing_thaws_from_the_top():
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_a_features_run_names_the_head_it_kept_not_an_epoch(tmp_path, colours, weights_file, capsys):
+    run = _train(colours, tmp_path / "run", weights_file, mode="features", head_epochs=5, progress=True,
+                 report=False)
+    result = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("test "))
+    assert result.endswith("(features head)") and run.test_metrics["split"] == "test"
+
+
+def test_auto_without_val_images_fine_tunes_and_keeps_the_last_epoch(tmp_path, weights_file, capsys):
+    photos = make_class_folder(tmp_path / "photos", per_class=2, classes=("ants", "bees"), size=(80, 72))
+    run = _train(photos, tmp_path / "run", weights_file, head_epochs=3, epochs=2, progress=True, report=False)
+    err = capsys.readouterr().err
+    assert "with no val images to compare it with the features model, its last epoch is kept" in err
+    assert [r["phase"] for r in run.history] == ["features"] * 3 + ["finetune"] * 2
+    assert json.loads((run.run_dir / "model.json").read_text())["training"] == "finetune"
+
+
 def test_features_mode_needs_pretrained_weights(tmp_path, colours):
     with pytest.raises(OculiError, match="--mode features needs a pretrained backbone"):
         oculi.train(str(colours), model="vgg-mini", mode="features", out=str(tmp_path / "x"), progress=False)

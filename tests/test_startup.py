@@ -1,0 +1,50 @@
+"""A new user's first commands start at once: the deep-learning stack is imported only when needed.
+
+Each check runs a fresh interpreter with ``-X importtime``, which names every module the process
+imported; the test session itself has long imported everything.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+import oculi
+from tests.conftest import make_class_folder
+
+HEAVY = {"torch", "timm", "sklearn", "matplotlib"}
+
+
+def imported(*args: str) -> set[str]:
+    """Top-level names of the modules that ``python -X importtime ARGS`` imported (it must succeed)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines}
+
+
+def test_import_oculi_imports_no_heavy_library():
+    assert imported("-c", "import oculi; oculi.__version__") & HEAVY == set()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"]])
+def test_help_imports_no_heavy_library(args):
+    assert imported("-m", "oculi", *args) & HEAVY == set()
+
+
+def test_api_is_loaded_on_first_use():
+    """oculi.train is the API function, even when the subpackage oculi.train was imported first."""
+    code = ("import oculi, oculi.train.run, oculi.train.loop\n"
+            "assert oculi.train.__module__ == 'oculi.api' and oculi.load.__module__ == 'oculi.api'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"train", "load", "__version__"} <= set(dir(oculi))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        oculi.nothing
+
+
+def test_predict_with_an_oculi_model_imports_torch_but_not_timm_sklearn_or_matplotlib(tmp_path):
+    data = make_class_folder(tmp_path / "colours", per_class=4)
+    run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), progress=False, report=False)
+    modules = imported("-m", "oculi", "predict", str(run.run_dir), str(data / "red" / "img_00.png"))
+    assert "torch" in modules and modules & HEAVY == {"torch"}
