@@ -30,6 +30,10 @@ AUTO_FINETUNE_EPOCHS = 5
 # takes ~0.07 s forward and backward at 288 px on 2 cores): beyond it, the features model is the result
 # and the run says how to fine-tune anyway. Deterministic, unlike a time budget.
 CPU_FINETUNE_IMAGES = 1500
+# On a CPU, auto's fine-tuning stops after this many epochs that do not beat the features head. On
+# hymenoptera-256 none of 5 epochs ever did (150 s of a 164 s run, thrown away: BENCHMARKS.md); two keep
+# the chance for data where fine-tuning does pay and halve what it costs where it does not.
+CPU_FINETUNE_PATIENCE = 2
 
 
 # Training recipes by model, for the knobs left on auto. fast-cnn's is built for time-to-accuracy (after
@@ -86,9 +90,11 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     n_train = sum(r.split == "train" for r in source.records)
     recipe = {**DEFAULT_RECIPE, **RECIPES.get(model, {})}
     epochs = cfg.epochs or _auto_epochs(pretrained, mode, n_train, recipe["images_seen"])
+    patience = cfg.patience
     if mode == "auto" and not cfg.epochs and device_type == "cpu":
         epochs = min(epochs, CPU_FINETUNE_IMAGES // max(1, n_train))
         mode = "auto" if epochs else "features"
+        patience = min(patience or CPU_FINETUNE_PATIENCE, CPU_FINETUNE_PATIENCE)
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else recipe["optimizer"]
     batch_size = cfg.batch_size or _recipe_batch(recipe, n_train) or _auto_batch(pretrained, device_type)
     # The recipe's learning rate goes with the recipe's optimizer only, scaled with the batch size.
@@ -97,7 +103,7 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     return dataclasses.replace(
         cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),
         head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
-        epochs=max(1, epochs), optimizer=optimizer, lr=lr,
+        epochs=max(1, epochs), optimizer=optimizer, lr=lr, patience=patience,
         batch_size=batch_size,
         schedule=cfg.schedule if cfg.schedule != "auto" else recipe["schedule"],
         label_smoothing=cfg.label_smoothing if cfg.label_smoothing is not None else recipe["label_smoothing"],

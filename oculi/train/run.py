@@ -320,7 +320,11 @@ def _describe_mode(cfg: TrainConfig) -> str:
     if not cfg.pretrained:
         return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
     return {"features": head, "finetune": finetune,
-            "auto": f"{head}; then {finetune}, kept if it beats the head"}[cfg.mode]
+            "auto": f"{head}; then {finetune}, kept if it beats the head{_early_stop(cfg.patience)}"}[cfg.mode]
+
+
+def _early_stop(patience: int | None) -> str:
+    return "" if patience is None else f", stopped after {patience} epoch{'s' * (patience != 1)} that do not"
 
 
 def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:

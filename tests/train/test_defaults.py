@@ -80,3 +80,14 @@ def test_augmentation_knobs_out_of_range_name_the_flag(knob, value, flag):
     from oculi.errors import OculiError
     with pytest.raises(OculiError, match=flag):
         TrainConfig(**{knob: value}).validate()
+
+
+def test_auto_fine_tuning_on_a_cpu_stops_after_two_epochs_that_do_not_beat_the_head():
+    photos = DataProbe((256, 256), False)
+
+    def patience(device, **flags):
+        return resolve(TrainConfig(data="x", model="efficientnet_lite0", **flags), _source(200, 2), photos,
+                       device).patience
+    assert patience("cpu") == 2  # fine-tuning on 2 cores costs ~30 s an epoch: give up early
+    assert patience("cuda") == 10 and patience("cpu", mode="finetune") == 10
+    assert patience("cpu", epochs=4) == 10  # epochs asked for are trained as asked
