@@ -9,7 +9,7 @@
 import sys as _sys
 from types import ModuleType as _ModuleType
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["train", "load", "__version__"]
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .config import TrainConfig, parse_image_size
-from .predict import Classifier
+from .console import Reporter
+from .deploy.predict import Classifier
+from .report.build import write_report
 from .train.run import RunResult, resume as _resume, train as _train
 
 
@@ -16,12 +19,46 @@ def train(data: str = "digits", resume: str | Path | None = None, **options) -> 
     >>> run.test_metrics["accuracy"], run.run_dir
     """
     if resume is not None:
-        return _resume(resume)
+        return resume_and_report(resume)
     if isinstance(options.get("image_size"), (str, int)):
         options["image_size"] = parse_image_size(options["image_size"])
-    return _train(TrainConfig(data=str(data), **options))
+    return train_and_report(TrainConfig(data=str(data), **options))
 
 
 def load(path: str | Path, device: str = "auto") -> Classifier:
     """Load a trained classifier from a run folder (or its model.json)."""
     return Classifier.load(path, device=device)
+
+
+def train_and_report(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
+    """A new run from ``cfg``, then its report.html (unless ``cfg.report`` is off)."""
+    reporter = reporter or Reporter(quiet=not cfg.progress)
+    return _reported(_train(cfg, reporter), reporter)
+
+
+def resume_and_report(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
+    """An interrupted run finished from its checkpoint, then its report.html (as its config says)."""
+    run = _resume(run_dir, reporter)
+    return _reported(run, reporter or Reporter(quiet=not run.config.progress))
+
+
+def _reported(run: RunResult, reporter: Reporter) -> RunResult:
+    """``run``, its report.html written when its config asks for one."""
+    if run.config.report:
+        _write_report(run, reporter)
+    # The report was the last reader of the run's data: its images need not live as long as the result.
+    return dataclasses.replace(run, source=None)
+
+
+def _write_report(run: RunResult, reporter: Reporter) -> None:
+    """report.html; the model is saved by now, so a report that fails is a warning, never a lost run."""
+    if run.test_metrics is None:
+        reporter.info("report.html skipped: there are no held-out images to report on")
+        return
+    try:
+        path = write_report(run.run_dir, run.source, reporter)
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, the trained model must not be lost
+        reporter.warn(f"report.html could not be written ({type(err).__name__}: {err}); "
+                      f"`oculi report {run.run_dir}` tries again")
+        return
+    reporter.info(f"[bold]report[/bold] {path}")

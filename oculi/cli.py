@@ -113,10 +113,10 @@ def train(
     knobs: dict | None = None,
 ) -> None:
     """Train a classifier and evaluate it on the held-out test images."""
-    from .train.run import resume as resume_run, train as train_run
-    from .train.progress import Reporter
+    from .api import resume_and_report, train_and_report
+    from .console import Reporter
     if resume is not None:
-        resume_run(resume, Reporter(quiet=quiet))
+        resume_and_report(resume, Reporter(quiet=quiet))
         return
     if data is None:
         raise OculiError("train: give a DATA folder or a built-in dataset name (e.g. `oculi train digits`)")
@@ -130,7 +130,7 @@ def train(
         test_split=test_split, split_manifest=split_manifest, class_weights=class_weights, sampler=sampler,
         seed=seed, device=device, out=out_dir, data_dir=data_dir, top_k=top_k, progress=not quiet, report=report,
         **knobs)
-    train_run(cfg, Reporter(quiet=quiet))
+    train_and_report(cfg, Reporter(quiet=quiet))
 
 
 @app.command()
@@ -144,8 +144,9 @@ def evaluate(
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images
     (--data, or the run's own test split)."""
-    from .evaluate import evaluate_folder, evaluate_run, metrics_table_rows
-    from .predict import Classifier
+    from .deploy.predict import Classifier
+    from .evaluate import evaluate_folder, evaluate_run
+    from .metrics import metrics_table_rows
     classifier = Classifier.load(run, device=device)
     run_dir = run if run.is_dir() else run.parent
     if data is None:
@@ -176,7 +177,7 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> int:
     """Classify new images with a trained run (exit code 1 when none of them can be read)."""
-    from .predict import Classifier, expand_paths
+    from .deploy.predict import Classifier, expand_paths
     if top_k < 1 or batch_size < 1:
         raise OculiError("--top-k and --batch-size must be at least 1")
     classifier = Classifier.load(run, device=device)
@@ -230,8 +231,8 @@ def augment_preview(
     knobs: dict | None = None,
 ) -> None:
     """A grid of augmented versions of a few images, as training would see them."""
+    from .plots import save_figure
     from .report.augment import augmentation_preview
-    from .report.plots import save_figure
     figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **knobs)
     out.print(f"wrote {save_figure(figure, _png_path(out_file, 'augment_preview.png'))}")
 
@@ -239,8 +240,8 @@ def augment_preview(
 @app.command()
 def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
     """Rebuild report.html of a run: data, augmentation, model, curves, metrics, predictions, Grad-CAM."""
+    from .console import Reporter
     from .report.build import write_report
-    from .train.progress import Reporter
     out.print(f"wrote {write_report(run, reporter=Reporter())}")
 
 
@@ -255,7 +256,7 @@ def filters(
     """The image filters side by side: sharpen, blur, Canny edges, blur then sharpen."""
     from .data.decode import decode_image
     from .data.filters import blur, blur_sharpen, edges, sharpen
-    from .report.plots import plot_filters, save_figure
+    from .plots import plot_filters, save_figure
     if not 0 <= low <= high:
         raise OculiError(f"--low and --high must satisfy 0 <= low <= high, got {low} and {high}")
     if sigma <= 0:
@@ -277,10 +278,10 @@ def explain(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
 ) -> None:
     """What the model looks at: feature maps of each convolutional stage and a Grad-CAM heat map."""
-    from .explain import explain_image
-    from .predict import Classifier
+    from .deploy.explain import explain_image
+    from .deploy.predict import Classifier
+    from .plots import save_figure
     from .report.explain_plots import plot_feature_maps, plot_grad_cam
-    from .report.plots import save_figure
     if channels < 1:
         raise OculiError(f"--channels must be at least 1, got {channels}")
     if not image.is_file():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import oculi
-from oculi.bundle import seal
+from oculi.deploy.bundle import seal
 from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
 from tests.conftest import make_class_folder, without_timing
@@ -156,6 +156,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_model(tmp_path):
     assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (tmp_path / "killed" / "model.json").exists()
     subprocess.run(command + ["--resume", str(tmp_path / "killed"), "-q"], check=True)
+    assert (tmp_path / "killed" / "report.html").is_file()  # a resumed run is reported as a whole one
     for name in ("test_predictions.csv", "metrics.jsonl"):
         full = (tmp_path / "full" / name).read_text()
         resumed = (tmp_path / "killed" / name).read_text()

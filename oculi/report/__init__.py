@@ -1,5 +1,1 @@
-"""Report figures for a training run."""
-
-from .plots import plot_class_counts, plot_confusion_matrix, plot_curves, save_figure
-
-__all__ = ["plot_curves", "plot_confusion_matrix", "plot_class_counts", "save_figure"]
+"""report.html of a run, the augmentation preview and the explanation figures."""

@@ -9,8 +9,9 @@ from matplotlib.figure import Figure
 from ..config import TrainConfig
 from ..data.sources import DataSource, open_source
 from ..data.transforms import Augmentation, Preprocessing
+from ..defaults import augmentation_settings, probe_source, resolve
 from ..errors import ImageDecodeError, OculiError
-from .plots import plot_augmentation_preview
+from ..plots import plot_augmentation_preview
 
 
 def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str = "auto",
@@ -18,7 +19,6 @@ def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str =
     """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
     the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px).
     ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
-    from ..train.defaults import augmentation_settings, probe_source, resolve
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
     # Validated before the data is opened: the seed also draws the split, and a bad one must be a flag error.

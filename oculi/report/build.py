@@ -19,11 +19,14 @@ import torch
 import torch.nn as nn
 
 from ..config import TrainConfig
+from ..console import Reporter
 from ..data.sources import DataSource, open_source
 from ..data.split import Record, read_manifest
 from ..data.transforms import Preprocessing
+from ..defaults import augmentation_settings
 from ..errors import OculiError
 from ..io import atomic_write_text
+from ..models.summary import layer_rows
 from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
 
 REPORT_NAME = "report.html"
@@ -33,7 +36,6 @@ GRID_IMAGES = 24  # test images in the right/wrong grid
 BAR_IMAGES = 4  # images with a probability chart
 MISTAKES = 12  # most confident mistakes shown
 MAX_SKIPPED_ROWS = 50
-MAX_LAYER_ROWS = 40
 
 
 @dataclass
@@ -117,7 +119,7 @@ class RunImages:
 
 def write_report(run_dir: str | Path, source: DataSource | None = None, reporter=None) -> Path:
     """Build ``report.html`` in ``run_dir`` (``source``: the run's data, when the caller has it open)."""
-    from ..predict import Classifier
+    from ..deploy.predict import Classifier
     run = read_run(run_dir)
     classifier = Classifier.load(run.run_dir, device="cpu")
     images = RunImages(run, classifier.preprocessing, source)
@@ -137,7 +139,6 @@ def write_report(run_dir: str | Path, source: DataSource | None = None, reporter
 
 
 def _bar(reporter, total: int):
-    from ..train.progress import Reporter
     return (reporter or Reporter(quiet=True)).bar("writing report.html", total)
 
 
@@ -160,7 +161,7 @@ def _facts(run: RunFiles) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- data
 
 def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from .plots import plot_class_counts
+    from ..plots import plot_class_counts
     classes = list(run.meta["classes"])
     # What the run used (split.csv), counted as the data source counts: readable even if the data moved.
     label = {c: i for i, c in enumerate(classes)}
@@ -221,7 +222,6 @@ def _skipped_html(skipped: list[list[str]]) -> str:
 # ---------------------------------------------------------------- augmentation
 
 def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from ..train.defaults import augmentation_settings
     from .augment import preview_figure
     augmentation = augmentation_settings(run.config, run.meta.get("data", ""))
     if augmentation is None:
@@ -273,66 +273,10 @@ def _frozen_parameters(model: nn.Module, training: str) -> dict[str, int]:
             if not p.requires_grad or (training == "features" and name.startswith("backbone."))}
 
 
-def layer_rows(model: nn.Module, input_shape: tuple[int, ...], frozen: dict[str, int]) -> list[list]:
-    """Keras-summary-like rows (name, type, output shape, parameters, frozen parameters) for the modules at
-    the deepest nesting level that still gives at most MAX_LAYER_ROWS rows."""
-    chosen = _summary_modules(model, MAX_LAYER_ROWS)
-    shapes = _output_shapes(model, chosen, input_shape)
-    rows = []
-    for name, module in chosen:
-        params = sum(p.numel() for p in module.parameters())
-        fixed = sum(n for k, n in frozen.items() if k.startswith(name + "."))
-        rows.append([name, type(module).__name__, shapes.get(name, "-"), f"{params:,}", f"{fixed:,}" if fixed else ""])
-    return rows
-
-
-def _summary_modules(model: nn.Module, limit: int) -> list[tuple[str, nn.Module]]:
-    best: list[tuple[str, nn.Module]] = []
-    for depth in range(1, 8):
-        frontier = list(_frontier(model, "", depth))
-        if len(frontier) > limit or (best and len(frontier) == len(best)):
-            break
-        best = frontier
-    return best
-
-
-def _frontier(module: nn.Module, prefix: str, depth: int):
-    """Submodules ``depth`` levels down, stopping early at layers: modules without children, or with
-    parameters of their own (timm's BatchNormAct2d holds its weights and an activation child)."""
-    for name, child in module.named_children():
-        own = next(child.parameters(recurse=False), None) is not None
-        if depth == 1 or own or not any(child.children()):
-            yield prefix + name, child
-        else:
-            yield from _frontier(child, f"{prefix}{name}.", depth - 1)
-
-
-@torch.no_grad()
-def _output_shapes(model: nn.Module, modules: list[tuple[str, nn.Module]], input_shape) -> dict[str, str]:
-    """Each module's output shape (batch dimension left out) for one zero input."""
-    shapes: dict[str, str] = {}
-
-    def hook(name):
-        def record(module, inputs, output):
-            if torch.is_tensor(output):
-                shapes.setdefault(name, " x ".join(str(s) for s in output.shape[1:]))
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in modules]
-    was_training = model.training
-    try:
-        model.eval()(torch.zeros(input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return shapes
-
-
 # ---------------------------------------------------------------- training
 
 def training_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from .plots import plot_curves
+    from ..plots import plot_curves
     history, baseline = split_phases(run.history)
     best = run.meta.get("metrics", {}).get("best_epoch")
     body = '<div class="charts">' + "".join(
@@ -366,8 +310,8 @@ def _cell(value) -> str:
 # ---------------------------------------------------------------- test metrics
 
 def metrics_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from ..evaluate import metrics_table_rows
-    from .plots import plot_confusion_matrix
+    from ..metrics import metrics_table_rows
+    from ..plots import plot_confusion_matrix
     m = run.metrics
     body = paragraph(f"On the {m['n']:,} {m['split']} images, never used for training"
                      + (" or for choosing the epoch." if m["split"] == "test" else " (there is no test split)."))
@@ -379,8 +323,8 @@ def metrics_section(run: RunFiles, classifier, images: RunImages) -> Section:
 # ---------------------------------------------------------------- predictions
 
 def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from ..inference import predict_probs
-    from .plots import plot_probability_bars
+    from ..deploy.engines import predict_probs
+    from ..plots import plot_probability_bars
     title = f"Predictions on the {run.metrics['split']} set"
     if images.unavailable:
         return Section("predictions", title, paragraph(images.unavailable))
@@ -445,7 +389,7 @@ def _mistakes_html(run: RunFiles, images: RunImages) -> str:
 
 def explain_section(run: RunFiles, classifier, images: RunImages) -> Section:
     """Feature maps and Grad-CAM of the first test image of the prediction grid."""
-    from ..explain import explain_image
+    from ..deploy.explain import explain_image
     from .explain_plots import plot_feature_maps, plot_grad_cam
     title = "What the model looks at"
     if images.unavailable:

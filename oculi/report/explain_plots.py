@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .plots import show_image
+from ..plots import show_image
 
 _WIDTH = 8.0  # inches: 960 px at save_figure's dpi, readable scaled down to a phone's width
 _COLUMNS = 8  # tiles per row: about an inch each

@@ -11,7 +11,7 @@ from html import escape
 
 from matplotlib.figure import Figure
 
-from .plots import close_figure
+from ..plots import close_figure
 
 
 @dataclass

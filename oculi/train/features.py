@@ -15,13 +15,13 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation, Preprocessing
-from ..inference import model_input
+from ..deploy.engines import model_input
 from .loop import LoopSettings, LoopState, epoch_generator, epoch_order, is_better, loss_fn, validation_metrics
 from .optim import build_optimizer, lr_factor, set_lr
-from .progress import Reporter
 
 
 @dataclass

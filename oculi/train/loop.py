@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
-from ..inference import autocast, logits_to_probs, model_input, predict_logits
+from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
 from .optim import Lookahead, lr_factor, set_lr
-from .progress import Reporter, Throughput
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""One training run, start to finish: data -> model -> fit -> evaluate -> bundle, plots and reports.
+"""One training run, start to finish: data -> model -> fit -> evaluate -> bundle and plots. report.html is
+written after it by the caller (the CLI and the API), so that training never depends on reporting.
 
 Everything a run writes lives in its run folder; every file there is written atomically, and a
 checkpoint after each epoch lets ``--resume`` finish a killed run with the same result. model.json is
@@ -11,34 +12,33 @@ from __future__ import annotations
 import dataclasses
 import json
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
 
-from .. import __version__
-from ..bundle import ModelSpec, save_bundle
 from ..config import TrainConfig
+from ..console import Reporter
 from ..data.cache import ArrayCache
 from ..data.loading import RowView, TensorSet, decode_source
 from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
+from ..defaults import augmentation_settings, probe_source, resolve
+from ..deploy.bundle import ModelSpec, save_bundle
+from ..deploy.engines import place_model, predict_probs, resolve_device
 from ..errors import OculiError
-from ..evaluate import classification_metrics
-from ..inference import place_model, predict_probs, resolve_device
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, exclusive_lock, remove_temp_files
+from ..metrics import classification_metrics
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
-from ..report.build import write_report
-from ..report.plots import plot_confusion_matrix, plot_curves, save_figure
+from ..plots import plot_confusion_matrix, plot_curves, save_figure
+from ..version import __version__
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .defaults import augmentation_settings, probe_source, resolve
 from .loop import LoopSettings, LoopState, fit
-from .transfer import features_phase, freeze, gradual_unfreezing
 from .optim import build_optimizer
-from .progress import Reporter
+from .transfer import features_phase, freeze, gradual_unfreezing
 
 LOCK_NAME = ".oculi-run.lock"  # held for a run's life (see ``_claimed``)
 
@@ -51,9 +51,11 @@ class RunResult:
     history: list[dict]
     test_metrics: dict | None  # None: no held-out images to evaluate on
     skipped: list[tuple[str, str]]
+    # The data the run read, still open: what comes next (the report) reads its images without a new scan.
+    source: DataSource | None = field(default=None, repr=False, compare=False)
 
     def load(self, device: str = "auto"):
-        from ..predict import Classifier
+        from ..deploy.predict import Classifier
         return Classifier.load(self.run_dir, device=device)
 
 
@@ -422,11 +424,7 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
                  "training": _what_was_trained(cfg, state),
                  "trainable_parameters": count_parameters(model), "data": source.name})
     _say_results(metrics, cfg, state, run_dir, reporter)
-    if cfg.report and metrics is not None:
-        _write_report(run_dir, source, reporter)
-    elif cfg.report:
-        reporter.info("report.html skipped: there are no held-out images to report on")
-    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped)
+    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
 
 
 def _evaluate(model, cfg, source, sets, preprocessing, device, run_dir: Path) -> dict | None:
@@ -468,17 +466,6 @@ def _say_results(metrics: dict | None, cfg: TrainConfig, state: LoopState, run_d
                       f"log loss {metrics['log_loss']:.4f} ({kept})")
         written = "model.safetensors, model.json, curves.png, confusion_matrix.png, test_metrics.json"
     reporter.info(f"[bold]saved[/bold]  {run_dir}/ ({written})")
-
-
-def _write_report(run_dir: Path, source: DataSource, reporter: Reporter) -> None:
-    """report.html; the model is saved by now, so a report that fails is a warning, not a lost run."""
-    try:
-        path = write_report(run_dir, source, reporter)
-    except Exception as err:  # noqa: BLE001 - whatever went wrong, the trained model must not be lost
-        reporter.warn(f"report.html could not be written ({type(err).__name__}: {err}); "
-                      f"`oculi report {run_dir}` tries again")
-        return
-    reporter.info(f"[bold]report[/bold] {path}")
 
 
 def _kept(cfg: TrainConfig, state: LoopState) -> str:

@@ -17,15 +17,15 @@ import torch.nn as nn
 from timm.models import group_parameters
 
 from ..config import TrainConfig
+from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Preprocessing
-from ..export import FrozenForward
+from ..defaults import augmentation_settings
 from ..models import BackboneClassifier
-from .defaults import augmentation_settings
 from .features import fit_head, split_features
+from .frozen import FrozenForward
 from .loop import LoopSettings, LoopState
-from .progress import Reporter
 
 
 def features_phase(model: BackboneClassifier, cfg: TrainConfig, sets: dict[str, TensorSet],

@@ -6,7 +6,7 @@ import torch
 from oculi.data.decode import decode_image
 from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError
-from oculi.inference import predict_logits
+from oculi.deploy.engines import predict_logits
 from oculi.models import create_model, offline_weights_file
 from oculi.models.pretrained import feed_size, make_head
 

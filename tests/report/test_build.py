@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 import oculi
+from oculi import api
 from oculi.cli import main
 from oculi.errors import OculiError
-from oculi.models import count_parameters, create_model
-from oculi.report.build import REPORT_NAME, layer_rows, read_run, split_phases, write_report
+from oculi.report.build import REPORT_NAME, read_run, split_phases, write_report
 from oculi.report.html import TILE_PIXELS, image_tile
 from tests.conftest import make_class_folder
 
@@ -186,31 +186,23 @@ def test_report_of_a_folder_that_is_no_run(tmp_path, capsys):
         read_run(tmp_path)
 
 
-def test_layer_rows_add_up_to_the_model():
-    model, _ = create_model("vgg-mini", 10, 3, (32, 32), "softmax", False)
-    rows = layer_rows(model, (1, 3, 32, 32), {})
-    assert sum(int(r[3].replace(",", "")) for r in rows) == count_parameters(model)
-    assert rows[-1][2] == "10"  # the last layer's output: one score per class
-    assert ["features.0.1", "Conv2d", "32 x 32 x 32", "896", ""] in rows  # Keras: Conv2D(32, 3) on RGB, 896
-
-
-def test_layer_rows_of_a_timm_backbone_count_its_own_norm_weights():
-    model, _ = create_model("resnet18", 2, 3, (64, 64), "softmax", False)
-    frozen = {n: p.numel() for n, p in model.named_parameters() if n.startswith("backbone.")}
-    rows = layer_rows(model, (1, 3, 64, 64), frozen)
-    params = sum(int(r[3].replace(",", "")) for r in rows)
-    fixed = sum(int(r[4].replace(",", "")) for r in rows if r[4])
-    assert params == sum(p.numel() for p in model.parameters())
-    assert fixed == sum(frozen.values()) and fixed < params  # the head is trained
-    assert len(rows) <= 40
-
-
 def test_split_phases_separates_the_features_head():
     rows = [{"epoch": 1, "phase": "features", "val_acc": 0.8}, {"epoch": 2, "phase": "features", "val_acc": 0.9},
             {"epoch": 1, "phase": "finetune", "val_acc": 0.85}]
     history, baseline = split_phases(rows)
     assert history == rows[2:] and baseline == rows[1]
     assert split_phases(rows[:2]) == (rows[:2], None)
+
+
+def test_a_report_that_fails_is_a_warning_not_a_lost_run(tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(api, "write_report", broken)
+    data = make_class_folder(tmp_path / "colours", per_class=6)
+    run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), cache=False)
+    assert "report.html could not be written (RuntimeError: no room)" in capsys.readouterr().err
+    assert oculi.load(run.run_dir).classes == run.classes and not (run.run_dir / REPORT_NAME).exists()
 
 
 def test_no_report_when_asked(tmp_path):

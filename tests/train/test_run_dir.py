@@ -254,6 +254,7 @@ def test_too_few_images_to_hold_any_out_still_trains_and_says_so(tmp_path, capsy
     run = oculi.train(str(data), epochs=2, out=str(tmp_path / "run"))
     err = capsys.readouterr().err
     assert "no held-out images (no val or test split): the model is saved but not evaluated" in err
+    assert "report.html skipped: there are no held-out images to report on" in err
     assert run.test_metrics is None and not (tmp_path / "run" / "test_metrics.json").exists()
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
     assert meta["metrics"]["accuracy"] is None and meta["metrics"]["best_epoch"] == 2

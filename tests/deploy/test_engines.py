@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from oculi.data.transforms import Preprocessing
-from oculi.inference import shift_image, tta_logits
+from oculi.deploy.engines import shift_image, tta_logits
 
 
 def test_shift_image_moves_the_content_and_reflects_the_border():

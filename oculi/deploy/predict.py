@@ -11,12 +11,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
+from ..data.contained import prepare_files
+from ..data.transforms import Preprocessing
+from ..errors import OculiError
 from .bundle import load_bundle
-from .data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
-from .data.contained import prepare_files
-from .data.transforms import Preprocessing
-from .errors import OculiError
-from .inference import place_model, predict_probs, resolve_device
+from .engines import place_model, predict_probs, resolve_device
 
 
 @dataclass

@@ -8,8 +8,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn as nn
 
-from .data.transforms import Preprocessing
-from .errors import OculiError
+from ..data.transforms import Preprocessing
+from ..errors import OculiError
 
 
 def resolve_device(name: str = "auto") -> torch.device:

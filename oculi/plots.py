@@ -1,4 +1,4 @@
-"""Report figures as plain ``matplotlib.figure.Figure``: no pyplot state, so headless-safe."""
+"""Figures as plain ``matplotlib.figure.Figure``: no pyplot state, so headless-safe (runs, reports and the CLI draw them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..io import atomic_path
+from .io import atomic_path
 
 _TRAIN, _VAL = "tab:blue", "tab:orange"
 _MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable clutter

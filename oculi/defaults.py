@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import AUGMENT_RANGES, TrainConfig
-from ..data.decode import read_image_size
-from ..data.sources import DataSource
-from ..errors import ImageDecodeError, OculiError
-from ..models import default_head, get_model_info, is_timm_model, offline_weights_file
-from ..models.pretrained import pretrained_feed_size
+from .config import AUGMENT_RANGES, TrainConfig
+from .data.decode import read_image_size
+from .data.sources import DataSource
+from .errors import ImageDecodeError, OculiError
+from .models import default_head, get_model_info, is_timm_model, offline_weights_file
+from .models.pretrained import pretrained_feed_size
 
 SMALL_IMAGE_MAX_SIDE = 64
 SMALL_DEFAULT_MODEL = "fast-cnn"
@@ -192,7 +192,7 @@ def _auto_lr(optimizer: str, pretrained: bool) -> float:
 def augmentation_settings(cfg: TrainConfig, dataset_name: str):
     """The augmentation a resolved config asks for: its preset with each knob the user set (--rotation,
     --fill-mode, ...) in place of the preset's; None when it changes nothing."""
-    from ..data.transforms import AUGMENT_PRESETS, Augmentation
+    from .data.transforms import AUGMENT_PRESETS, Augmentation
     base = Augmentation(flip=False, translate=0.0) if cfg.augment == "none" else AUGMENT_PRESETS[cfg.augment]
     base = dataclasses.replace(base, flip=cfg.augment != "none" and dataset_name not in NO_FLIP_DATASETS)
     knobs = {name: getattr(cfg, name) for name in (*AUGMENT_RANGES, "flip", "vflip")}

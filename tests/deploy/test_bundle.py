@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import oculi
-from oculi.bundle import KEY_ENV, ModelSpec, save_bundle, seal, sha256_of
+from oculi.deploy.bundle import KEY_ENV, ModelSpec, save_bundle, seal, sha256_of
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.errors import BundleError, BundleWarning, OculiError

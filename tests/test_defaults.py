@@ -6,7 +6,7 @@ import pytest
 from oculi.config import TrainConfig
 from oculi.data.sources import DataSource
 from oculi.data.split import Record
-from oculi.train.defaults import DataProbe, resolve
+from oculi.defaults import DataProbe, resolve
 
 
 def _source(n_train: int, classes: int = 10) -> DataSource:
@@ -61,7 +61,7 @@ def test_other_models_keep_the_general_defaults():
 
 
 def test_augmentation_knobs_override_the_preset():
-    from oculi.train.defaults import augmentation_settings
+    from oculi.defaults import augmentation_settings
     light = augmentation_settings(TrainConfig(augment="light"), "set")
     changed = augmentation_settings(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True), "set")
     assert (changed.rotation, changed.fill, changed.vflip) == (30, "wrap", True)

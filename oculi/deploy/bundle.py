@@ -30,11 +30,11 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
-from .data.transforms import Preprocessing
-from .errors import BundleError, BundleWarning, OculiError
-from .io import atomic_path, atomic_write_json
+from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
+from ..data.transforms import Preprocessing
+from ..errors import BundleError, BundleWarning, OculiError
+from ..io import atomic_path, atomic_write_json
+from ..version import __version__
 
 FORMAT = "oculi.bundle"
 FORMAT_VERSION = 2  # 2: bundle_sha256 covers model.json as well; 1: only the weights' checksum
@@ -63,7 +63,7 @@ class ModelSpec:
                 "image_size": list(self.image_size), "head": self.head, "classifier": self.classifier}
 
     def build(self) -> nn.Module:
-        from .models import create_model
+        from ..models import create_model
         return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head,
                             classifier=self.classifier)[0]
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import OculiError
-from .inference import model_input, predict_probs
-from .models.pretrained import BackboneClassifier
-from .models.seed import SeedNet
-from .models.speed import FastCNN
+from ..errors import OculiError
+from ..models.pretrained import BackboneClassifier
+from ..models.seed import SeedNet
+from ..models.speed import FastCNN
+from .engines import model_input, predict_probs
 
 NO_STAGES = ("has no convolutional stages (a dense-only network such as mlp, or a vision transformer): "
              "no feature maps or Grad-CAM to show")

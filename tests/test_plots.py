@@ -5,7 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from oculi.report import plot_class_counts, plot_confusion_matrix, plot_curves, save_figure
+from oculi.plots import plot_class_counts, plot_confusion_matrix, plot_curves, save_figure
 
 
 def _history(epochs):
@@ -148,7 +148,7 @@ def test_curves_one_panel_at_a_time():
 
 
 def test_class_samples_one_row_per_class():
-    from oculi.report.plots import plot_class_samples
+    from oculi.plots import plot_class_samples
     fig = plot_class_samples(_images(7), [0, 0, 0, 2, 2, 2, 2], ["a", "b", "c"], per_class=3)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 6  # 3 of a, 3 of the 4 c images; b has none and gets no row
@@ -156,7 +156,7 @@ def test_class_samples_one_row_per_class():
 
 
 def test_prediction_grid_colours_right_and_wrong():
-    from oculi.report.plots import plot_prediction_grid
+    from oculi.plots import plot_prediction_grid
     fig = plot_prediction_grid(_images(3), [0, 1, 1], [0, 0, 1], [0.9, 0.6, 0.8], ["cat", "dog"])
     colours = [ax.title.get_color() for ax in fig.axes if ax.images]
     assert colours == ["tab:green", "tab:red", "tab:green"]
@@ -164,7 +164,7 @@ def test_prediction_grid_colours_right_and_wrong():
 
 
 def test_probability_bars_show_the_top_classes_in_order():
-    from oculi.report.plots import plot_probability_bars
+    from oculi.plots import plot_probability_bars
     probs = np.array([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])
     fig = plot_probability_bars(_images(2), probs, [2, 0], ["a", "b", "c"], top=2)
     bars = [ax for ax in fig.axes if ax.patches]

@@ -8,13 +8,13 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 from PIL import Image
 
-from oculi.bundle import ModelSpec, save_bundle
+from oculi.deploy.bundle import ModelSpec, save_bundle
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError
-from oculi.explain import cam_stage, conv_stages, explain_image, feature_maps, grad_cam
+from oculi.deploy.explain import cam_stage, conv_stages, explain_image, feature_maps, grad_cam
 from oculi.models import BackboneClassifier, create_model
-from oculi.predict import Classifier
+from oculi.deploy.predict import Classifier
 from oculi.report.explain_plots import most_active, plot_feature_maps, plot_grad_cam
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 import oculi
 from oculi.errors import OculiError
-from oculi.predict import expand_paths
+from oculi.deploy.predict import expand_paths
 from tests.conftest import make_class_folder
 
 
