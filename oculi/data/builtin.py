@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import OculiError
+from .cache import cache_root
 
 BUILTIN_DATASETS = ("digits", "cifar10", "mnist", "fashion-mnist")
 
@@ -87,8 +88,9 @@ def is_builtin(name: str) -> bool:
 
 
 def default_cache_dir() -> Path:
-    """$OCULI_CACHE, else ~/.cache/oculi."""
-    return Path(os.environ.get("OCULI_CACHE") or Path.home() / ".cache" / "oculi").expanduser()
+    """The one oculi cache folder (``oculi.data.cache.cache_root``: $OCULI_CACHE_DIR, else
+    $XDG_CACHE_HOME/oculi, else ~/.cache/oculi); downloads go to its ``datasets/``."""
+    return cache_root()
 
 
 def load_builtin(name: str, data_dir: str | Path | None = None, download: bool = True,
@@ -173,7 +175,7 @@ def _download(urls: list[str], dest: Path, md5: str, progress: Progress | None) 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OculiError(f"cannot create {dest.parent} ({e.strerror}); set OCULI_CACHE or pass --data-dir") from e
+        raise OculiError(f"cannot create {dest.parent} ({e.strerror}); set OCULI_CACHE_DIR or pass --data-dir") from e
     failures = []
     for url in urls:
         try:

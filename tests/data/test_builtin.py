@@ -92,7 +92,7 @@ def serve(monkeypatch, files: dict[str, bytes]) -> list[str]:
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("OCULI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OCULI_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -105,10 +105,11 @@ def test_names():
         load_builtin("imagenet")
 
 
-def test_default_cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("OCULI_CACHE", str(tmp_path / "c"))
+def test_downloads_share_the_one_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("OCULI_CACHE_DIR", str(tmp_path / "c"))
     assert default_cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("OCULI_CACHE")
+    monkeypatch.delenv("OCULI_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir() == Path.home() / ".cache" / "oculi"
 
 
