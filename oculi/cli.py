@@ -300,6 +300,7 @@ def explain(
     out.print(f"prediction: {e.classes[best]} ({e.probs[best]:.1%})")
     if e.target != best:
         out.print(f"explained: {e.label} ({e.probs[e.target]:.1%})")
+    out.print(f"Grad-CAM: {e.stage_note}")
     for path in written:
         out.print(f"wrote {path}")
 

@@ -321,6 +321,7 @@ def test_cli_writes_both_figures(run, image, capsys):
     folder = run / "explain-photo"
     assert code == 0, err
     assert "prediction: " in out and str(folder / "grad_cam.png") in out
+    assert "Grad-CAM: Taken at " in out  # the terminal says which stage the heat map comes from
     for name in ("feature_maps.png", "grad_cam.png"):
         with Image.open(folder / name) as im:
             assert im.format == "PNG"
