@@ -3,13 +3,13 @@ to a folder."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import OculiError
 from .metrics import classification_metrics
+from .rundir import RunDir
 
 
 def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Path | None = None,
@@ -54,31 +54,32 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "confusion_matrix.json", {"classes": classifier.classes,
                                                          "matrix": metrics["confusion_matrix"]})
+    # named as a run names its own, so that the two read alike
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes),
-                folder / "confusion_matrix.png")
+                RunDir(folder).confusion)
     return metrics, folder
 
 
 def _run_held_out(run_dir: Path, classes: list[str]):
     """(source of the run's test images as its split.csv lists them, the data they come from, "test"),
     or of its val images, "val", when it has no test images."""
-    config, manifest = run_dir / "config.json", run_dir / "split.csv"
-    for file in (config, manifest):
+    run = RunDir(run_dir)
+    for file in (run.config, run.split):
         if not file.is_file():
             raise OculiError(f"{run_dir}: no {file.name}, so no test split to evaluate on; give --data FOLDER")
-    records = _held_out_records(manifest, classes)
+    records = _held_out_records(run.split, classes)
     if not records:
         raise OculiError(f"{run_dir}: the run held no images out for testing; give --data FOLDER")
-    settings = _run_settings(config)
+    settings = _run_settings(run)
     source = _images_of(settings["data"], settings.get("data_dir"), records, classes, run_dir)
     return source, settings["data"], records[0].split
 
 
-def _run_settings(config: Path) -> dict:
+def _run_settings(run: RunDir) -> dict:
     try:
-        return json.loads(config.read_text())["config"]
-    except (ValueError, KeyError, TypeError):  # not JSON, or not a run's settings
-        raise OculiError(f"{config}: not the config.json of an oculi run; give --data FOLDER") from None
+        return run.read_config()["config"]
+    except OculiError:  # not JSON, or not a run's settings
+        raise OculiError(f"{run.config}: not the {run.config.name} of an oculi run; give --data FOLDER") from None
 
 
 def _held_out_records(manifest: Path, classes: list[str]) -> list:

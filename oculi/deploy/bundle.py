@@ -34,11 +34,11 @@ from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, 
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, BundleWarning, OculiError
 from ..io import atomic_path, atomic_write_json
+from ..rundir import RunDir
 from ..version import __version__
 
 FORMAT = "oculi.bundle"
 FORMAT_VERSION = 2  # 2: bundle_sha256 covers model.json as well; 1: only the weights' checksum
-WEIGHTS_NAME, META_NAME = "model.safetensors", "model.json"
 DIGEST_FIELD, SIGNATURE_FIELD = "bundle_sha256", "bundle_hmac_sha256"
 KEY_ENV = "OCULI_BUNDLE_KEY"
 MODEL_FIELDS = ("name", "num_classes", "in_chans", "image_size", "head", "classifier")
@@ -79,15 +79,15 @@ def sha256_of(path: Path) -> str:
 def save_bundle(folder: Path, model: nn.Module, spec: ModelSpec, classes: list[str],
                 preprocessing: Preprocessing, extra: dict | None = None) -> Path:
     """Write the weights, then the JSON that vouches for them (each atomically); returns model.json."""
-    folder = Path(folder)
+    files = RunDir(Path(folder))
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+    with atomic_path(files.weights) as tmp:
         save_file(state, str(tmp))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "oculi_version": __version__,
             "model": spec.to_dict(), "classes": list(classes), "preprocessing": preprocessing.to_dict(),
-            "weights_sha256": sha256_of(folder / WEIGHTS_NAME), **(extra or {})}
-    atomic_write_json(folder / META_NAME, seal(meta))
-    return folder / META_NAME
+            "weights_sha256": sha256_of(files.weights), **(extra or {})}
+    atomic_write_json(files.model_json, seal(meta))
+    return files.model_json
 
 
 def canonical_json(meta: dict) -> bytes:
@@ -129,7 +129,7 @@ def bundle_paths(path: str | Path) -> tuple[Path, Path]:
     folder = path if path.is_dir() else path.parent
     if not path.exists():
         raise OculiError(f"no such run folder or model: {path}")
-    meta, weights = folder / META_NAME, folder / WEIGHTS_NAME
+    meta, weights = RunDir(folder).model_json, RunDir(folder).weights
     for p in (meta, weights):
         if not p.is_file():
             raise BundleError(f"{folder}: no {p.name} (is this an oculi run folder?)")

@@ -8,7 +8,6 @@ data has moved away, the sections that need images say so and the rest is still 
 
 from __future__ import annotations
 
-import csv
 import json
 from html import escape
 from dataclasses import dataclass
@@ -27,9 +26,9 @@ from ..defaults import augmentation_settings
 from ..errors import OculiError
 from ..io import atomic_write_text
 from ..models.summary import layer_rows
+from ..rundir import RunDir
 from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
 
-REPORT_NAME = "report.html"
 SAMPLES_PER_CLASS = 8
 MAX_SAMPLE_CLASSES = 20  # rows of the per-class sample grid
 GRID_IMAGES = 24  # test images in the right/wrong grid
@@ -54,31 +53,16 @@ class RunFiles:
 
 def read_run(run_dir: str | Path) -> RunFiles:
     """Parse a finished run folder; a missing or unreadable file is named in a one-line error."""
-    run_dir = Path(run_dir).expanduser()
-    if not (run_dir / "model.json").is_file():
-        raise OculiError(f"{run_dir}: not a finished oculi run (no model.json)")
+    run = RunDir(Path(run_dir).expanduser())
+    if not run.model_json.is_file():
+        raise OculiError(f"{run.path}: not a finished oculi run (no {run.model_json.name})")
     try:
-        config = TrainConfig.from_dict(_json(run_dir / "config.json")["config"])
-        history = [json.loads(line) for line in _text(run_dir / "metrics.jsonl").splitlines() if line.strip()]
-        return RunFiles(run_dir, config, _json(run_dir / "model.json"), history, _json(run_dir / "test_metrics.json"),
-                        _csv(run_dir / "test_predictions.csv"), [list(r.values()) for r in _csv(run_dir / "skipped_files.csv")],
-                        read_manifest(run_dir / "split.csv"))
+        config = TrainConfig.from_dict(run.read_config()["config"])
+        return RunFiles(run.path, config, run.read_json(run.model_json), run.read_metrics_log(),
+                        run.read_json(run.test_metrics), run.read_csv(run.test_predictions),
+                        [list(r.values()) for r in run.read_csv(run.skipped)], read_manifest(run.split))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise OculiError(f"{run_dir}: a run file is damaged ({type(err).__name__}: {err})") from None
-
-
-def _text(path: Path) -> str:
-    if not path.is_file():
-        raise OculiError(f"{path.parent}: the run has no {path.name}")
-    return path.read_text(encoding="utf-8", errors="surrogateescape")  # non-UTF-8 file names: as io wrote them
-
-
-def _json(path: Path) -> dict:
-    return json.loads(_text(path))
-
-
-def _csv(path: Path) -> list[dict]:
-    return list(csv.DictReader(_text(path).splitlines()))
+        raise OculiError(f"{run.path}: a run file is damaged ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------- images of the run
@@ -93,7 +77,7 @@ class RunImages:
             try:
                 cfg = run.config
                 source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed,
-                                     str(run.run_dir / "split.csv"), cfg.data_dir)
+                                     str(RunDir(run.run_dir).split), cfg.data_dir)
             except OculiError as err:
                 self.unavailable = f"The images could not be read again ({err}); this section needs them."
         self.source = source
@@ -133,7 +117,7 @@ def write_report(run_dir: str | Path, source: DataSource | None = None, reporter
                 sections.append(section)
             advance(1)
     page = render_page(f"oculi run: {run.run_dir.name}", _subtitle(run), _facts(run), sections)
-    path = run.run_dir / REPORT_NAME
+    path = RunDir(run.run_dir).report
     atomic_write_text(path, page)
     return path
 

@@ -17,8 +17,6 @@ from safetensors.torch import save_file
 from ..errors import OculiError
 from ..io import atomic_path
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-
 
 def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: torch.optim.Optimizer,
                     meta: dict) -> None:

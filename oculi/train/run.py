@@ -10,7 +10,6 @@ its whole life, so two runs never write into one folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +29,16 @@ from ..defaults import augmentation_settings, probe_source, resolve
 from ..deploy.bundle import ModelSpec, save_bundle
 from ..deploy.engines import place_model, predict_probs, resolve_device
 from ..errors import OculiError
-from ..io import atomic_write_csv, atomic_write_json, atomic_write_text, exclusive_lock, remove_temp_files
+from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
 from ..metrics import classification_metrics
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
+from ..rundir import RunDir
 from ..version import __version__
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import LoopSettings, LoopState, fit
 from .optim import build_optimizer
 from .transfer import features_phase, freeze, gradual_unfreezing
-
-LOCK_NAME = ".oculi-run.lock"  # held for a run's life (see ``_claimed``)
-
 
 @dataclass
 class RunResult:
@@ -78,30 +75,30 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
 def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
     """Continue a run from its last checkpoint (same config, same split)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise OculiError(f"--resume: {run_dir} is not a run folder (no config.json)")
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise OculiError(f"--resume: {run_dir} is not a run folder (no {run.config.name})")
     with _claimed(run_dir, fresh=False):
-        cfg = _saved_config(run_dir / "config.json")
-        if (run_dir / "model.json").is_file():
-            raise OculiError(f"--resume: {run_dir} already finished (it has model.json); "
+        cfg = _saved_config(run)
+        if run.model_json.is_file():
+            raise OculiError(f"--resume: {run_dir} already finished (it has {run.model_json.name}); "
                              f"start a new run to train again")
-        cfg = dataclasses.replace(cfg, split_manifest=str(run_dir / "split.csv"))
+        cfg = dataclasses.replace(cfg, split_manifest=str(run.split))
         reporter = reporter or Reporter(quiet=not cfg.progress)
-        if not (run_dir / CHECKPOINT_NAME).is_file():
+        if not run.checkpoint.is_file():
             # Killed before its first epoch ended (or a features run, which keeps none): training again
             # from the start gives what the uninterrupted run would have, so do it, but say so.
-            reporter.warn(f"{run_dir} has no checkpoint ({CHECKPOINT_NAME}): training it again from the start")
+            reporter.warn(f"{run_dir} has no checkpoint ({run.checkpoint.name}): training it again from the start")
         return _run(cfg, lambda: nullcontext(run_dir), reporter, resume=True)
 
 
-def _saved_config(path: Path) -> TrainConfig:
+def _saved_config(run: RunDir) -> TrainConfig:
     """The resolved config a run saved, or a one-line OculiError naming the file."""
+    path = run.config
     try:
-        saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise OculiError(f"--resume: {path} is not valid JSON ({err})") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise OculiError(f"--resume: {path} is not an oculi run config (no \"config\" object)")
+        saved = run.read_config()
+    except OculiError as err:
+        raise OculiError(f"--resume: {err}") from None
     try:
         return TrainConfig.from_dict(saved["config"]).validate()
     except OculiError as err:
@@ -127,9 +124,9 @@ def next_run_dir(parent: Path, name: str) -> Path:
 def _check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise OculiError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
-    if (run_dir / "model.json").exists():
+    if RunDir(run_dir).model_json.exists():
         raise OculiError(f"--out {run_dir} already holds a finished run; choose another folder")
-    if (run_dir / CHECKPOINT_NAME).exists():
+    if RunDir(run_dir).checkpoint.exists():
         raise OculiError(f"--out {run_dir} holds an unfinished run; --resume it or choose another folder")
 
 
@@ -150,7 +147,7 @@ def _claimed(run_dir: Path, fresh: bool) -> Iterator[Path]:
         return OculiError(f"{run_dir} is in use by another oculi run ({holder}); wait for it to finish "
                           f"or use another folder")
 
-    with exclusive_lock(run_dir / LOCK_NAME, busy):
+    with exclusive_lock(RunDir(run_dir).lock, busy):
         if fresh:  # checked again under the lock: a run may have finished here since the first check
             _check_new_run_dir(run_dir)
         yield run_dir
@@ -190,12 +187,12 @@ def _train_in(run_dir: Path, cfg: TrainConfig, source: DataSource, device, repor
         freeze(model.backbone)
     preprocessing = _preprocessing(cfg, weights, sets["train"])
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
-    restoring = resume and (run_dir / CHECKPOINT_NAME).is_file()
+    restoring = resume and RunDir(run_dir).checkpoint.is_file()
     if hasattr(model, "init_from_data") and not restoring:
         _init_from_data(model, sets["train"], preprocessing, cfg.seed)
     if not resume:
-        write_manifest(run_dir / "split.csv", _used_records(sets), source.classes)
-        atomic_write_json(run_dir / "config.json", {"oculi_version": __version__, "config": cfg.to_dict(),
+        write_manifest(RunDir(run_dir).split, _used_records(sets), source.classes)
+        atomic_write_json(RunDir(run_dir).config, {"oculi_version": __version__, "config": cfg.to_dict(),
                                                     "data_as_given": given, "preprocessing": preprocessing.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
     state = _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, restoring)
@@ -232,12 +229,13 @@ def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tupl
 
 
 def _report_skipped(skipped: list[tuple[str, str]], run_dir: Path, reporter: Reporter) -> None:
-    atomic_write_csv(run_dir / "skipped_files.csv", ["path", "reason"], skipped)
+    skipped_csv = RunDir(run_dir).skipped
+    atomic_write_csv(skipped_csv, ["path", "reason"], skipped)
     if skipped:
         first = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         reporter.warn(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {first}{more} "
-                      f"(full list: {run_dir / 'skipped_files.csv'})")
+                      f"(full list: {skipped_csv})")
 
 
 def _check_trainable(train: TensorSet, source: DataSource) -> None:
@@ -346,13 +344,13 @@ def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, res
     ``restoring``: from the run's checkpoint."""
     place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
-    checkpoint = run_dir / CHECKPOINT_NAME
+    run = RunDir(run_dir)
     state = LoopState()
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
         head_state = features_phase(model, cfg, sets, preprocessing, settings, source.name, device, reporter)
         if cfg.mode == "features":
-            atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in head_state.history))
+            run.write_metrics_log(head_state.history)
             return dataclasses.replace(head_state, best_state=_copy_state(model))
         state = LoopState(best_state=_copy_state(model), baseline=head_state.best_row, prior=head_state.history)
         reporter.info(_finetune_plan(state.baseline))
@@ -362,8 +360,8 @@ def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, res
         state = _restore(model, optimizer, run_dir, device, reporter)
 
     def on_epoch_end(s: LoopState) -> None:
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in s.prior + s.history))
-        save_checkpoint(checkpoint, model.state_dict(), s.best_state, optimizer,
+        run.write_metrics_log(s.prior + s.history)
+        save_checkpoint(run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
                          "baseline": s.baseline, "prior": s.prior})
 
@@ -403,7 +401,7 @@ def _copy_state(model) -> dict:
 
 
 def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
-    model_state, best_state, optim_state, meta = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    model_state, best_state, optim_state, meta = load_checkpoint(RunDir(run_dir).checkpoint)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     reporter.info(f"resuming {run_dir} after epoch {meta['epoch']}")
@@ -417,7 +415,7 @@ def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run
     """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
     folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
     metrics = _evaluate(model, cfg, source, sets, preprocessing, device, run_dir)
-    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run_dir / "curves.png")
+    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), RunDir(run_dir).curves)
     spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
     save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
                 {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
@@ -436,10 +434,10 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run_dir: Path) ->
     data = sets[split]
     probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
     metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
-    atomic_write_json(run_dir / "test_metrics.json", metrics)
-    _save_predictions(run_dir / "test_predictions.csv", data, probs, source.classes)
-    save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes),
-                run_dir / "confusion_matrix.png")
+    run = RunDir(run_dir)
+    atomic_write_json(run.test_metrics, metrics)
+    _save_predictions(run.test_predictions, data, probs, source.classes)
+    save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
     return metrics
 
 

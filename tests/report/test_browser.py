@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import oculi
-from oculi.report.build import REPORT_NAME
+from oculi.rundir import RunDir
 from tests.conftest import make_class_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,7 +39,7 @@ def report(tmp_path_factory) -> Path:
     classes = ("red", "green", "a_class_name_long_enough_to_overflow_a_phone_screen_if_nothing_wraps_it")
     root = make_class_folder(tmp_path_factory.mktemp("data") / "colours", per_class=12, classes=classes)
     run = oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "run"), epochs=2, progress=False)
-    return run.run_dir / REPORT_NAME
+    return RunDir(run.run_dir).report
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ import oculi
 from oculi import api
 from oculi.cli import main
 from oculi.errors import OculiError
-from oculi.report.build import REPORT_NAME, read_run, split_phases, write_report
+from oculi.report.build import read_run, split_phases, write_report
 from oculi.report.html import TILE_PIXELS, image_tile
+from oculi.rundir import RunDir
 from tests.conftest import make_class_folder
 
 SECTIONS = ("data", "augmentation", "model", "training", "metrics", "predictions", "explain")
@@ -41,7 +42,7 @@ def _decode(source: str) -> Image.Image:
 
 
 def test_every_run_writes_a_self_contained_report(colour_run):
-    page = (colour_run.run_dir / REPORT_NAME).read_text()
+    page = RunDir(colour_run.run_dir).report.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page, section
     images = embedded_images(page)
@@ -54,7 +55,7 @@ def test_every_run_writes_a_self_contained_report(colour_run):
 
 
 def test_report_names_skipped_files_and_the_classes(colour_run):
-    page = (colour_run.run_dir / REPORT_NAME).read_text()
+    page = RunDir(colour_run.run_dir).report.read_text()
     assert "broken.png" in page and "1 file could not be used" in page
     for name in ("red", "green", "blue"):
         assert name in page
@@ -63,11 +64,11 @@ def test_report_names_skipped_files_and_the_classes(colour_run):
 def test_report_rebuilds_the_same_page_later(colour_run, capsys, tmp_path):
     # A name with a "-", which base64 never holds: replacing it cannot touch an embedded image.
     run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "colours-copy")
-    first = (run_dir / REPORT_NAME).read_text()
-    (run_dir / REPORT_NAME).unlink()
+    first = RunDir(run_dir).report.read_text()
+    RunDir(run_dir).report.unlink()
     assert main(["report", str(run_dir)]) == 0
-    assert str(run_dir / REPORT_NAME) in capsys.readouterr().out
-    rebuilt = (run_dir / REPORT_NAME).read_text()
+    assert str(RunDir(run_dir).report) in capsys.readouterr().out
+    rebuilt = RunDir(run_dir).report.read_text()
     # The same run gives the same page, but for its title (the folder's name).
     assert rebuilt.replace("colours-copy", "colours") == first
 
@@ -91,7 +92,7 @@ def _section(page: str, name: str) -> str:
 
 def test_a_failed_write_keeps_the_previous_report(colour_run, tmp_path, monkeypatch):
     run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "copy")
-    before, files = (run_dir / REPORT_NAME).read_bytes(), sorted(p.name for p in run_dir.iterdir())
+    before, files = RunDir(run_dir).report.read_bytes(), sorted(p.name for p in run_dir.iterdir())
     written = []
 
     def disk_full(self, text, *args, **kwargs):  # half the page reaches the disk, then the disk is full
@@ -103,8 +104,8 @@ def test_a_failed_write_keeps_the_previous_report(colour_run, tmp_path, monkeypa
     monkeypatch.setattr(Path, "write_text", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_report(run_dir)
-    assert len(written) == 1 and written[0] != run_dir / REPORT_NAME
-    assert (run_dir / REPORT_NAME).read_bytes() == before
+    assert len(written) == 1 and written[0] != RunDir(run_dir).report
+    assert RunDir(run_dir).report.read_bytes() == before
     assert sorted(p.name for p in run_dir.iterdir()) == files  # nothing half-written left behind
 
 
@@ -118,13 +119,13 @@ def test_sample_rows_follow_the_class_order(digits_run):
     classes = read_run(digits_run.run_dir).meta["classes"]
     seen = list(dict.fromkeys(c for _, c, s in read_run(digits_run.run_dir).split if s == "train"))
     assert seen != classes
-    page = (digits_run.run_dir / REPORT_NAME).read_text()
+    page = RunDir(digits_run.run_dir).report.read_text()
     assert re.findall(r'<div class="class-row"><h3>([^<]*)</h3>', page) == classes
 
 
 def test_grad_cam_of_digits_is_taken_at_a_7x7_map_and_says_so(digits_run):
     # fast-cnn's last blocks shrink an 8x8 digit to 3x3 and 1x1: a heat map from those shows nothing.
-    explain = _section((digits_run.run_dir / REPORT_NAME).read_text(), "explain")
+    explain = _section(RunDir(digits_run.run_dir).report.read_text(), "explain")
     assert "Taken at whiten, whose map is 7x7" in explain
 
 
@@ -149,7 +150,7 @@ def photo_page(tmp_path_factory) -> str:
             _write_photo(root / name / f"img_{i}.png", rng, 160, c)
     run = oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "photos"), model="simple-cnn",
                       image_size=160, epochs=1, progress=False)
-    return (run.run_dir / REPORT_NAME).read_text()
+    return RunDir(run.run_dir).report.read_text()
 
 
 def test_a_photo_report_embeds_photos_as_webp_and_stays_light(photo_page):
@@ -202,11 +203,11 @@ def test_a_report_that_fails_is_a_warning_not_a_lost_run(tmp_path, monkeypatch, 
     data = make_class_folder(tmp_path / "colours", per_class=6)
     run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), cache=False)
     assert "report.html could not be written (RuntimeError: no room)" in capsys.readouterr().err
-    assert oculi.load(run.run_dir).classes == run.classes and not (run.run_dir / REPORT_NAME).exists()
+    assert oculi.load(run.run_dir).classes == run.classes and not RunDir(run.run_dir).report.exists()
 
 
 def test_no_report_when_asked(tmp_path):
     root = make_class_folder(tmp_path / "c", per_class=6)
     run = oculi.train(str(root), out=str(tmp_path / "run"), epochs=1, progress=False, report=False)
-    assert not (run.run_dir / REPORT_NAME).exists()
+    assert not RunDir(run.run_dir).report.exists()
     assert (run.run_dir / "model.json").is_file()

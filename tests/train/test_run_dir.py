@@ -18,7 +18,8 @@ from oculi.config import TrainConfig
 from oculi.errors import OculiError
 from oculi.io import atomic_path, exclusive_lock
 from oculi.train import run as run_module
-from oculi.train.run import LOCK_NAME, next_run_dir
+from oculi.rundir import RunDir
+from oculi.train.run import next_run_dir
 from tests.conftest import make_class_folder
 
 OCULI = [sys.executable, "-m", "oculi"]
@@ -108,7 +109,7 @@ def test_next_run_dir_never_gives_two_callers_the_same_folder(tmp_path):
 def test_resume_of_a_folder_another_process_is_training_in_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    child, _ = _hold_in_child(tmp_path / "run" / LOCK_NAME)
+    child, _ = _hold_in_child(RunDir(tmp_path / "run").lock)
     try:
         with pytest.raises(OculiError, match=f"in use by another oculi run \\(pid {child.pid} on "):
             oculi.train(resume=tmp_path / "run")
