@@ -124,9 +124,10 @@ def next_run_dir(parent: Path, name: str) -> Path:
 def _check_new_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise OculiError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
-    if RunDir(run_dir).model_json.exists():
+    run = RunDir(run_dir)
+    if run.model_json.exists():
         raise OculiError(f"--out {run_dir} already holds a finished run; choose another folder")
-    if RunDir(run_dir).checkpoint.exists():
+    if run.checkpoint.exists():
         raise OculiError(f"--out {run_dir} holds an unfinished run; --resume it or choose another folder")
 
 
@@ -177,9 +178,10 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
 
 def _train_in(run_dir: Path, cfg: TrainConfig, source: DataSource, device, reporter: Reporter, resume: bool,
               given: str | None) -> RunResult:
+    run = RunDir(run_dir)
     remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
     sets, skipped = _load_sets(source, cfg, reporter)
-    _report_skipped(skipped, run_dir, reporter)
+    _report_skipped(skipped, run, reporter)
     _check_trainable(sets["train"], source)
     torch.manual_seed(cfg.seed)
     model, weights, cfg = _build_model(cfg, len(source.classes), reporter)
@@ -187,17 +189,17 @@ def _train_in(run_dir: Path, cfg: TrainConfig, source: DataSource, device, repor
         freeze(model.backbone)
     preprocessing = _preprocessing(cfg, weights, sets["train"])
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
-    restoring = resume and RunDir(run_dir).checkpoint.is_file()
+    restoring = resume and run.checkpoint.is_file()
     if hasattr(model, "init_from_data") and not restoring:
         _init_from_data(model, sets["train"], preprocessing, cfg.seed)
     if not resume:
-        write_manifest(RunDir(run_dir).split, _used_records(sets), source.classes)
-        atomic_write_json(RunDir(run_dir).config, {"oculi_version": __version__, "config": cfg.to_dict(),
+        write_manifest(run.split, _used_records(sets), source.classes)
+        atomic_write_json(run.config, {"oculi_version": __version__, "config": cfg.to_dict(),
                                                     "data_as_given": given, "preprocessing": preprocessing.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    state = _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, restoring)
+    state = _fit(model, cfg, sets, preprocessing, source, device, run, reporter, restoring)
     model.load_state_dict(state.best_state)
-    return _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped, reporter)
+    return _finish(model, cfg, source, sets, preprocessing, weights, state, device, run, skipped, reporter)
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -228,14 +230,13 @@ def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tupl
     return sets, skipped
 
 
-def _report_skipped(skipped: list[tuple[str, str]], run_dir: Path, reporter: Reporter) -> None:
-    skipped_csv = RunDir(run_dir).skipped
-    atomic_write_csv(skipped_csv, ["path", "reason"], skipped)
+def _report_skipped(skipped: list[tuple[str, str]], run: RunDir, reporter: Reporter) -> None:
+    atomic_write_csv(run.skipped, ["path", "reason"], skipped)
     if skipped:
         first = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         reporter.warn(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {first}{more} "
-                      f"(full list: {skipped_csv})")
+                      f"(full list: {run.skipped})")
 
 
 def _check_trainable(train: TensorSet, source: DataSource) -> None:
@@ -339,12 +340,11 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
 
 
-def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, restoring: bool) -> LoopState:
+def _fit(model, cfg, sets, preprocessing, source, device, run: RunDir, reporter, restoring: bool) -> LoopState:
     """Train ``model`` as ``cfg.mode`` says: a head on frozen features, then (or only) the whole network;
     ``restoring``: from the run's checkpoint."""
     place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
-    run = RunDir(run_dir)
     state = LoopState()
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
@@ -357,7 +357,7 @@ def _fit(model, cfg, sets, preprocessing, source, device, run_dir, reporter, res
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 cfg.backbone_lr if cfg.pretrained else 1.0)
     if restoring:
-        state = _restore(model, optimizer, run_dir, device, reporter)
+        state = _restore(model, optimizer, run, device, reporter)
 
     def on_epoch_end(s: LoopState) -> None:
         run.write_metrics_log(s.prior + s.history)
@@ -400,32 +400,32 @@ def _copy_state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _restore(model, optimizer, run_dir: Path, device, reporter) -> LoopState:
-    model_state, best_state, optim_state, meta = load_checkpoint(RunDir(run_dir).checkpoint)
+def _restore(model, optimizer, run: RunDir, device, reporter) -> LoopState:
+    model_state, best_state, optim_state, meta = load_checkpoint(run.checkpoint)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
-    reporter.info(f"resuming {run_dir} after epoch {meta['epoch']}")
+    reporter.info(f"resuming {run.path} after epoch {meta['epoch']}")
     return LoopState(epoch=meta["epoch"], history=meta["history"],
                      best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"],
                      baseline=meta.get("baseline"), prior=meta.get("prior", []))
 
 
-def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run_dir, skipped,
+def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run: RunDir, skipped,
             reporter) -> RunResult:
     """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
     folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
-    metrics = _evaluate(model, cfg, source, sets, preprocessing, device, run_dir)
-    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), RunDir(run_dir).curves)
+    metrics = _evaluate(model, cfg, source, sets, preprocessing, device, run)
+    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
     spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
-    save_bundle(run_dir, model.cpu(), spec, source.classes, preprocessing,
+    save_bundle(run.path, model.cpu(), spec, source.classes, preprocessing,
                 {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
                  "training": _what_was_trained(cfg, state),
                  "trainable_parameters": count_parameters(model), "data": source.name})
-    _say_results(metrics, cfg, state, run_dir, reporter)
-    return RunResult(run_dir, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
+    _say_results(metrics, cfg, state, run.path, reporter)
+    return RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
 
 
-def _evaluate(model, cfg, source, sets, preprocessing, device, run_dir: Path) -> dict | None:
+def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir) -> dict | None:
     """Metrics on the test set, or the val set when there is none, written with their predictions and
     confusion matrix; None when neither has an image (a tiny data set trains, but cannot be measured)."""
     split = next((s for s in ("test", "val") if len(sets[s])), None)
@@ -434,7 +434,6 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run_dir: Path) ->
     data = sets[split]
     probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
     metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
-    run = RunDir(run_dir)
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
