@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AUGMENT_RANGES, TrainConfig
+from .config import AUGMENTATION_KNOBS, TrainConfig
 from .data.decode import read_image_size
 from .data.sources import DataSource
 from .errors import ImageDecodeError, OculiError
@@ -195,8 +195,6 @@ def augmentation_settings(cfg: TrainConfig, dataset_name: str):
     from .data.transforms import AUGMENT_PRESETS, Augmentation
     base = Augmentation(flip=False, translate=0.0) if cfg.augment == "none" else AUGMENT_PRESETS[cfg.augment]
     base = dataclasses.replace(base, flip=cfg.augment != "none" and dataset_name not in NO_FLIP_DATASETS)
-    knobs = {name: getattr(cfg, name) for name in (*AUGMENT_RANGES, "flip", "vflip")}
-    if cfg.fill_mode is not None:
-        knobs["fill"] = cfg.fill_mode
+    knobs = {name: getattr(cfg, name) for name in AUGMENTATION_KNOBS}
     augmentation = dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
     return augmentation if augmentation.changes_anything else None

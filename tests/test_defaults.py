@@ -64,7 +64,7 @@ def test_augmentation_knobs_override_the_preset():
     from oculi.defaults import augmentation_settings
     light = augmentation_settings(TrainConfig(augment="light"), "set")
     changed = augmentation_settings(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True), "set")
-    assert (changed.rotation, changed.fill, changed.vflip) == (30, "wrap", True)
+    assert (changed.rotation, changed.fill_mode, changed.vflip) == (30, "wrap", True)
     assert (changed.flip, changed.translate) == (light.flip, light.translate)  # the rest stays the preset's
     assert augmentation_settings(TrainConfig(augment="none"), "set") is None
     only_vflip = augmentation_settings(TrainConfig(augment="none", vflip=True), "set")

@@ -25,9 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..config import CLASSIFIERS
 from ..errors import OculiError
-
-CLASSIFIERS = ("linear", "mlp")
 
 
 @dataclass(frozen=True)
