@@ -31,6 +31,7 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 _click = sys.modules[typer.BadParameter.__module__]
 
 
+# What typer parses each kind of setting as; a setting of another type (image_size) is text with a parse function.
 CLI_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
