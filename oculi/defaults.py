@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import AUGMENTATION_KNOBS, TrainConfig
+from .config import TrainConfig
 from .data.decode import read_image_size
 from .data.sources import DataSource
 from .errors import ImageDecodeError, OculiError
@@ -22,7 +22,6 @@ SMALL_IMAGE_MAX_SIDE = 64
 SMALL_DEFAULT_MODEL = "fast-cnn"
 PHOTO_PRETRAINED_MODEL = "efficientnet_lite0"
 PHOTO_SCRATCH_MODEL, PHOTO_SCRATCH_SIZE = "simple-cnn", (128, 128)
-NO_FLIP_DATASETS = {"digits", "mnist"}  # a mirrored digit is another glyph
 # After a head on features, a few epochs of fine-tuning: most of its gain comes early, and on a CPU
 # each epoch of a photo set costs as much as the whole features phase.
 AUTO_FINETUNE_EPOCHS = 5
@@ -110,16 +109,16 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         lookahead=cfg.lookahead if cfg.lookahead is not None else recipe["lookahead"],
         augment=cfg.augment if cfg.augment != "auto" else "light",
         translate=cfg.translate if cfg.translate is not None or cfg.augment != "auto" else recipe.get("translate"),
-        tta=cfg.tta if cfg.tta != "auto" else _auto_tta(recipe, source.name, device_type),
+        tta=cfg.tta if cfg.tta != "auto" else _auto_tta(recipe, source.flips_keep_class, device_type),
     )
 
 
-def _auto_tta(recipe: dict, dataset_name: str, device_type: str) -> str:
+def _auto_tta(recipe: dict, flips_keep_class: bool, device_type: str) -> str:
     """The recipe's test-time views, without mirrors where a mirrored image is another class (digits).
     On a GPU, flip becomes flip-shift: +0.15 to +0.38 points of CIFAR-10 test accuracy over flip for 3x
     the test-time work (`benchmarks/tta_views.py`), which would cost a 2-core CPU run about 70 s of its
     ~410 (12 s on the test set, 6 s on the val set each epoch) and a GPU a small share of its run."""
-    if dataset_name in NO_FLIP_DATASETS:
+    if not flips_keep_class:
         return "none"
     if recipe["tta"] == "flip" and device_type == "cuda":
         return "flip-shift"
@@ -187,14 +186,3 @@ def _auto_lr(optimizer: str, pretrained: bool) -> float:
     if optimizer == "sgd":
         return 0.01 if pretrained else 0.05
     return 3e-4 if pretrained else 1e-3
-
-
-def augmentation_settings(cfg: TrainConfig, dataset_name: str):
-    """The augmentation a resolved config asks for: its preset with each knob the user set (--rotation,
-    --fill-mode, ...) in place of the preset's; None when it changes nothing."""
-    from .data.transforms import AUGMENT_PRESETS, Augmentation
-    base = Augmentation(flip=False, translate=0.0) if cfg.augment == "none" else AUGMENT_PRESETS[cfg.augment]
-    base = dataclasses.replace(base, flip=cfg.augment != "none" and dataset_name not in NO_FLIP_DATASETS)
-    knobs = {name: getattr(cfg, name) for name in AUGMENTATION_KNOBS}
-    augmentation = dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
-    return augmentation if augmentation.changes_anything else None

@@ -20,3 +20,7 @@ class BundleError(OculiError):
 
 class BundleWarning(UserWarning):
     """A bundle that loads but is less protected than a current one (the CLI prints it as one line)."""
+
+
+class WeightsUnavailable(OculiError):
+    """Pretrained weights that could not be had (offline, or not published for the model)."""

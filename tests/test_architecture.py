@@ -23,6 +23,7 @@ LAYERS = (
     ("oculi.data",),
     ("oculi.models",),
     ("oculi.defaults", "oculi.deploy"),  # what auto means; using a trained model
+    ("oculi.plan",),  # everything a run will do, decided once
     ("oculi.train", "oculi.evaluate", "oculi.report"),
     ("oculi.api",),
     ("oculi.cli",),

@@ -25,12 +25,12 @@ def test_small_images_get_fast_cnn_with_its_recipe():
 
 
 def test_test_time_views_follow_the_recipe_the_device_and_the_data():
-    def tta(device="cpu", name="set", **flags):
+    def tta(device="cpu", flips_keep_class=True, **flags):
         source = _source(45_000)
-        source.name = name
+        source.flips_keep_class = flips_keep_class
         return resolve(TrainConfig(data="x", **flags), source, SMALL, device).tta
     assert (tta(), tta("cuda")) == ("flip", "flip-shift")  # 3x the views are cheap on a GPU only
-    assert tta("cuda", name="digits") == "none"  # a mirrored digit is another glyph
+    assert tta("cuda", flips_keep_class=False) == "none"  # a mirrored digit is another glyph
     assert tta("cuda", tta="flip") == "flip" and tta(model="vgg-mini") == "none"
 
 
@@ -61,17 +61,17 @@ def test_other_models_keep_the_general_defaults():
 
 
 def test_augmentation_knobs_override_the_preset():
-    from oculi.defaults import augmentation_settings
-    light = augmentation_settings(TrainConfig(augment="light"), "set")
-    changed = augmentation_settings(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True), "set")
+    from oculi.plan import training_augmentation
+    light = training_augmentation(TrainConfig(augment="light"))
+    changed = training_augmentation(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True))
     assert (changed.rotation, changed.fill_mode, changed.vflip) == (30, "wrap", True)
     assert (changed.flip, changed.translate) == (light.flip, light.translate)  # the rest stays the preset's
-    assert augmentation_settings(TrainConfig(augment="none"), "set") is None
-    only_vflip = augmentation_settings(TrainConfig(augment="none", vflip=True), "set")
+    assert training_augmentation(TrainConfig(augment="none")) is None
+    only_vflip = training_augmentation(TrainConfig(augment="none", vflip=True))
     assert only_vflip.vflip and not only_vflip.flip and only_vflip.translate == 0
     # Mirrored digits are other digits: no flips unless asked for.
-    assert not augmentation_settings(TrainConfig(augment="light"), "digits").flip
-    assert augmentation_settings(TrainConfig(augment="light", flip=True), "digits").flip
+    assert not training_augmentation(TrainConfig(augment="light"), flips_keep_class=False).flip
+    assert training_augmentation(TrainConfig(augment="light", flip=True), flips_keep_class=False).flip
 
 
 @pytest.mark.parametrize("knob, value, flag", [("rotation", 181, "--rotation"), ("zoom", -0.1, "--zoom"),

@@ -37,6 +37,8 @@ CLASSES = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
 }
 
+MIRRORED_IS_ANOTHER_CLASS = {"digits", "mnist"}
+
 MIRRORS = {
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -81,6 +83,11 @@ class ArrayDataset:
     images: np.ndarray  # uint8 [N, C, H, W]
     labels: np.ndarray  # int64 [N]
     splits: np.ndarray  # str [N]
+
+    @property
+    def flips_keep_class(self) -> bool:
+        """Digits mirrored are other glyphs (or none); clothes and CIFAR's objects stay what they are."""
+        return self.name not in MIRRORED_IS_ANOTHER_CLASS
 
 
 def is_builtin(name: str) -> bool:

@@ -37,6 +37,9 @@ class DataSource:
     arrays: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     warnings: list[str] = field(default_factory=list)
+    # False where a mirrored image may be another class (a mirrored 3 is not a 3): training then does not
+    # flip unless asked to. A property of the data, so a user's folder called "mnist" still gets flips.
+    flips_keep_class: bool = True
 
     def read(self, record: Record, channels: int | None = None) -> torch.Tensor:
         """The image of one record as uint8 [C, H, W]; raises ImageDecodeError for a bad file."""
@@ -184,7 +187,7 @@ def _builtin_source(name: str, data_dir: str | None, progress) -> DataSource:
     ds = load_builtin(name, data_dir=data_dir, progress=progress)
     records = [Record(f"{split}/{i}", int(label), split if split == "test" else "")
                for i, (label, split) in enumerate(zip(ds.labels, ds.splits))]
-    return DataSource(ds.name, list(ds.classes), records, arrays=ds.images)
+    return DataSource(ds.name, list(ds.classes), records, arrays=ds.images, flips_keep_class=ds.flips_keep_class)
 
 
 def builtin_row(path: str) -> int:

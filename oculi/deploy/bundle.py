@@ -23,7 +23,6 @@ import math
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
@@ -34,6 +33,7 @@ from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, 
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, BundleWarning, OculiError
 from ..io import atomic_path, atomic_write_json
+from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from ..version import __version__
 
@@ -45,27 +45,6 @@ MODEL_FIELDS = ("name", "num_classes", "in_chans", "image_size", "head", "classi
 # flip_tta: how bundles from before --tta flip-shift stored test-time flips (Preprocessing.from_dict reads it).
 PREPROCESSING_FIELDS = ("image_size", "channels", "resize", "mean", "std", "tta", "filter", "flip_tta")
 MAX_CLASSES = 1_000_000  # far above any real task; only bounds what a damaged file can ask to allocate
-
-
-@dataclass
-class ModelSpec:
-    """How to rebuild the network: registry or timm name and the shape of its input and output."""
-
-    name: str
-    num_classes: int
-    in_chans: int
-    image_size: tuple[int, int]
-    head: str
-    classifier: str = "linear"  # the layers on a timm backbone's features: linear | mlp
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "num_classes": self.num_classes, "in_chans": self.in_chans,
-                "image_size": list(self.image_size), "head": self.head, "classifier": self.classifier}
-
-    def build(self) -> nn.Module:
-        from ..models import create_model
-        return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head,
-                            classifier=self.classifier)[0]
 
 
 def sha256_of(path: Path) -> str:

@@ -9,28 +9,24 @@ from matplotlib.figure import Figure
 from ..config import TrainConfig
 from ..data.sources import DataSource, open_source
 from ..data.transforms import Augmentation, Preprocessing
-from ..defaults import augmentation_settings, probe_source, resolve
 from ..errors import ImageDecodeError, OculiError
+from ..plan import resolve_plan
 from ..plots import plot_augmentation_preview
 
 
 def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str = "auto",
                          image_size: tuple[int, int] | None = None, seed: int = 0, **knobs) -> Figure:
     """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
-    the augmentation ``oculi train --augment`` would use, at the size it would train at (photos: 160 px).
+    the augmentation ``oculi train --augment`` would use, at the size and colour it would train at.
     ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
     # Validated before the data is opened: the seed also draws the split, and a bad one must be a flag error.
     asked = TrainConfig(data=data, augment=augment, image_size=image_size, seed=seed, **knobs).validate()
     source = open_source(data, seed=seed)
-    probe = probe_source(source)
-    size = image_size or (probe.size if probe.small else (160, 160))
-    # Resolved as `oculi train` resolves it: the preset "auto" means, and the model's recipe (fast-cnn's
-    # smaller shifts).
-    cfg = resolve(asked, source, probe)
-    preprocessing = Preprocessing(tuple(size), 1 if probe.grayscale else 3)
-    return preview_figure(source, augmentation_settings(cfg, source.name), preprocessing, n, images, seed)
+    # Planned as `oculi train` plans it: the size and colour it trains at, the augmentation it trains with.
+    plan = resolve_plan(asked, source)
+    return preview_figure(source, plan.augmentation, plan.preprocessing, n, images, seed)
 
 
 def preview_figure(source: DataSource, augmentation: Augmentation | None, preprocessing: Preprocessing,

@@ -21,11 +21,11 @@ from ..config import TrainConfig
 from ..console import Reporter
 from ..data.sources import DataSource, open_source
 from ..data.split import Record, read_manifest
-from ..data.transforms import Preprocessing
-from ..defaults import augmentation_settings
+from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
 from ..io import atomic_write_text
 from ..models.summary import layer_rows
+from ..plan import Plan
 from ..rundir import RunDir
 from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
 
@@ -43,6 +43,7 @@ class RunFiles:
 
     run_dir: Path
     config: TrainConfig
+    augmentation: Augmentation | None | str  # the plan's; a str says why it is not known
     meta: dict  # model.json
     history: list[dict]  # metrics.jsonl, one row per epoch of every phase
     metrics: dict  # test_metrics.json
@@ -57,12 +58,21 @@ def read_run(run_dir: str | Path) -> RunFiles:
     if not run.model_json.is_file():
         raise OculiError(f"{run.path}: not a finished oculi run (no {run.model_json.name})")
     try:
-        config = TrainConfig.from_dict(run.read_config()["config"])
-        return RunFiles(run.path, config, run.read_json(run.model_json), run.read_metrics_log(),
-                        run.read_json(run.test_metrics), run.read_csv(run.test_predictions),
+        saved = run.read_config()
+        config = TrainConfig.from_dict(saved["config"])
+        return RunFiles(run.path, config, _saved_augmentation(saved), run.read_json(run.model_json),
+                        run.read_metrics_log(), run.read_json(run.test_metrics), run.read_csv(run.test_predictions),
                         [list(r.values()) for r in run.read_csv(run.skipped)], read_manifest(run.split))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise OculiError(f"{run.path}: a run file is damaged ({type(err).__name__}: {err})") from None
+
+
+def _saved_augmentation(saved: dict) -> Augmentation | None | str:
+    """The augmentation the run's plan recorded (None: none), or why it is not known."""
+    if "augmentation" not in saved:
+        return (f"Not recorded: this run was made by oculi {saved.get('oculi_version', '?')}, before runs "
+                f"saved their augmentation.")
+    return Plan.from_dict(saved).augmentation
 
 
 # ---------------------------------------------------------------- images of the run
@@ -207,7 +217,9 @@ def _skipped_html(skipped: list[list[str]]) -> str:
 
 def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Section:
     from .augment import preview_figure
-    augmentation = augmentation_settings(run.config, run.meta.get("data", ""))
+    augmentation = run.augmentation
+    if isinstance(augmentation, str):
+        return Section("augmentation", "Augmentation", paragraph(augmentation))
     if augmentation is None:
         return Section("augmentation", "Augmentation", paragraph("No augmentation (--augment none)."))
     knobs = [[k, v] for k, v in augmentation.to_dict().items() if v not in (0, 0.0, False)]

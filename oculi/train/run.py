@@ -25,13 +25,13 @@ from ..data.loading import RowView, TensorSet, decode_source
 from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
-from ..defaults import augmentation_settings, probe_source, resolve
-from ..deploy.bundle import ModelSpec, save_bundle
+from ..deploy.bundle import save_bundle
 from ..deploy.engines import place_model, predict_probs, resolve_device
-from ..errors import OculiError
+from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
 from ..metrics import classification_metrics
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
+from ..plan import Plan, resolve_plan
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..rundir import RunDir
 from ..version import __version__
@@ -79,32 +79,34 @@ def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
     if not run.config.is_file():
         raise OculiError(f"--resume: {run_dir} is not a run folder (no {run.config.name})")
     with _claimed(run_dir, fresh=False):
-        cfg = _saved_config(run)
         if run.model_json.is_file():
             raise OculiError(f"--resume: {run_dir} already finished (it has {run.model_json.name}); "
                              f"start a new run to train again")
-        cfg = dataclasses.replace(cfg, split_manifest=str(run.split))
+        plan = _saved_plan(run)
+        cfg = dataclasses.replace(plan.config, split_manifest=str(run.split))
+        plan = dataclasses.replace(plan, config=cfg)
         reporter = reporter or Reporter(quiet=not cfg.progress)
         if not run.checkpoint.is_file():
             # Killed before its first epoch ended (or a features run, which keeps none): training again
             # from the start gives what the uninterrupted run would have, so do it, but say so.
             reporter.warn(f"{run_dir} has no checkpoint ({run.checkpoint.name}): training it again from the start")
-        return _run(cfg, lambda: nullcontext(run_dir), reporter, resume=True)
+        return _run(cfg, lambda: nullcontext(run_dir), reporter, resume=True, saved=plan)
 
 
-def _saved_config(run: RunDir) -> TrainConfig:
-    """The resolved config a run saved, or a one-line OculiError naming the file."""
+def _saved_plan(run: RunDir) -> Plan:
+    """The plan a run saved, or a one-line OculiError naming the file."""
     path = run.config
     try:
         saved = run.read_config()
     except OculiError as err:
         raise OculiError(f"--resume: {err}") from None
     try:
-        return TrainConfig.from_dict(saved["config"]).validate()
+        TrainConfig.from_dict(saved["config"]).validate()  # a bad setting named before a missing part
+        return Plan.from_dict(saved)
     except OculiError as err:
         raise OculiError(f"--resume: {path}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise OculiError(f"--resume: {path} has a setting of the wrong type ({err})") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise OculiError(f"--resume: {path} is not a whole run plan ({type(err).__name__}: {err})") from None
 
 
 def next_run_dir(parent: Path, name: str) -> Path:
@@ -159,47 +161,45 @@ def _data_name(data: str) -> str:
 
 
 def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: Reporter, resume: bool,
-         given: str | None = None) -> RunResult:
-    """Open the data, resolve ``cfg``, then train in the folder ``claim()`` holds for the rest of the run."""
+         given: str | None = None, saved: Plan | None = None) -> RunResult:
+    """Open the data, plan the run (or take the ``saved`` plan of a resumed one), build the model, then
+    train in the folder ``claim()`` holds for the rest of the run."""
     device = resolve_device(cfg.device)
     with reporter.download(f"downloading {cfg.data}") as progress:
         source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
                              cfg.data_dir, progress)
     for warning in source.warnings:
         reporter.warn(warning)
-    asked = cfg
-    cfg = resolve(cfg, source, probe_source(source), device.type)
-    if asked.mode == "auto" and cfg.mode == "features":
+    plan = saved or resolve_plan(cfg, source, device.type)
+    if cfg.mode == "auto" and plan.config.mode == "features" and saved is None:
         reporter.info(f"fine-tuning skipped: {len(source.split_records('train'))} training images take long "
                       f"to fine-tune on the {device.type.upper()}; --mode finetune (or a GPU) does it anyway")
+    # Built before any image is decoded: weights that cannot be had change the plan (and so the pixels).
+    model, weights, plan = _build_model(plan, cfg, source, device.type, reporter)
     with claim() as run_dir:
-        return _train_in(run_dir, cfg, source, device, reporter, resume, given)
+        return _train_in(run_dir, plan, model, weights, source, device, reporter, resume, given)
 
 
-def _train_in(run_dir: Path, cfg: TrainConfig, source: DataSource, device, reporter: Reporter, resume: bool,
-              given: str | None) -> RunResult:
+def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source: DataSource, device,
+              reporter: Reporter, resume: bool, given: str | None) -> RunResult:
     run = RunDir(run_dir)
+    cfg = plan.config
     remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
-    sets, skipped = _load_sets(source, cfg, reporter)
+    sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
     _report_skipped(skipped, run, reporter)
     _check_trainable(sets["train"], source)
-    torch.manual_seed(cfg.seed)
-    model, weights, cfg = _build_model(cfg, len(source.classes), reporter)
-    if cfg.mode == "features":
-        freeze(model.backbone)
-    preprocessing = _preprocessing(cfg, weights, sets["train"])
+    plan = plan.with_statistics(*_statistics(weights, sets["train"]))
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
     restoring = resume and run.checkpoint.is_file()
     if hasattr(model, "init_from_data") and not restoring:
-        _init_from_data(model, sets["train"], preprocessing, cfg.seed)
+        _init_from_data(model, sets["train"], plan.preprocessing, cfg.seed)
     if not resume:
         write_manifest(run.split, _used_records(sets), source.classes)
-        atomic_write_json(run.config, {"oculi_version": __version__, "config": cfg.to_dict(),
-                                                    "data_as_given": given, "preprocessing": preprocessing.to_dict()})
+        atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **plan.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    state = _fit(model, cfg, sets, preprocessing, source, device, run, reporter, restoring)
+    state = _fit(model, plan, sets, source, device, run, reporter, restoring)
     model.load_state_dict(state.best_state)
-    return _finish(model, cfg, source, sets, preprocessing, weights, state, device, run, skipped, reporter)
+    return _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter)
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -216,10 +216,11 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-def _load_sets(source: DataSource, cfg: TrainConfig, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
+def _load_sets(source: DataSource, preprocessing: Preprocessing, cache: bool,
+               reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
     """Decode and prepare every image once; bad files are collected, not fatal."""
     with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        decoded = decode_source(source, _pixel_preprocessing(cfg), advance, ArrayCache("images") if cfg.cache else None)
+        decoded = decode_source(source, preprocessing, advance, ArrayCache("images") if cache else None)
     skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
                                       if r.path in decoded.failed]
     sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
@@ -246,34 +247,30 @@ def _check_trainable(train: TensorSet, source: DataSource) -> None:
         raise OculiError(f"class '{empty[0]}' has no readable training images")
 
 
-def _build_model(cfg: TrainConfig, num_classes: int, reporter: Reporter):
-    """The model, its weights' origin, and ``cfg`` (changed to from-scratch training when no weights
-    could be had and the user had not asked for them explicitly)."""
-    def build(c: TrainConfig):
-        return create_model(c.model, num_classes, c.channels, c.image_size, c.head, c.pretrained, c.classifier,
-                            c.weights)
+def _build_model(plan: Plan, asked: TrainConfig, source: DataSource, device_type: str, reporter: Reporter):
+    """The model, its weights' origin, and the plan: planned again for from-scratch training when no
+    weights could be had and the user had not asked for them."""
+    def build(p: Plan):
+        torch.manual_seed(p.config.seed)  # the same initial weights on every run of this seed
+        spec, cfg = p.model, p.config
+        model, weights = create_model(spec.name, spec.num_classes, spec.in_chans, spec.image_size, spec.head,
+                                      cfg.pretrained, spec.classifier, cfg.weights)
+        if cfg.mode == "features":
+            freeze(model.backbone)
+        return model, weights, p
     try:
-        return (*build(cfg), cfg)
-    except OculiError as err:
-        if not (cfg.pretrained and cfg.mode == "auto" and "could not get ImageNet weights" in str(err)):
+        return build(plan)
+    except WeightsUnavailable as err:
+        if (asked.pretrained, asked.weights, asked.mode) != (None, None, "auto"):
             raise
-        reporter.warn(f"{err}; training {cfg.model} from scratch")
-        cfg = dataclasses.replace(cfg, pretrained=False, mode="scratch")
-        return (*build(cfg), cfg)
+        reporter.warn(f"{err}; training {plan.model.name} from scratch")
+        return build(resolve_plan(dataclasses.replace(asked, model=plan.model.name, pretrained=False), source,
+                                  device_type))
 
 
-def _preprocessing(cfg: TrainConfig, weights: Weights | None, train: TensorSet) -> Preprocessing:
-    """Pretrained weights bring their own input statistics; from scratch, the training set's."""
-    if weights is not None:
-        mean, std = weights.mean, weights.std
-    else:
-        mean, std = channel_stats(train.images)
-    return dataclasses.replace(_pixel_preprocessing(cfg), mean=mean, std=std, tta=cfg.tta)
-
-
-def _pixel_preprocessing(cfg: TrainConfig) -> Preprocessing:
-    """What turns a file into the cached uint8 pixels (normalisation and TTA are added later)."""
-    return Preprocessing(cfg.image_size, cfg.channels, cfg.resize, filter=cfg.filter)
+def _statistics(weights: Weights | None, train: TensorSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The normalising mean and std: pretrained weights bring their own, from scratch the training set's."""
+    return (weights.mean, weights.std) if weights is not None else channel_stats(train.images)
 
 
 def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed: int, sample: int = 5000) -> None:
@@ -340,15 +337,16 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
 
 
-def _fit(model, cfg, sets, preprocessing, source, device, run: RunDir, reporter, restoring: bool) -> LoopState:
-    """Train ``model`` as ``cfg.mode`` says: a head on frozen features, then (or only) the whole network;
+def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool) -> LoopState:
+    """Train ``model`` as the plan's mode says: a head on frozen features, then (or only) the whole network;
     ``restoring``: from the run's checkpoint."""
+    cfg, preprocessing = plan.config, plan.preprocessing
     place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
     state = LoopState()
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
-        head_state = features_phase(model, cfg, sets, preprocessing, settings, source.name, device, reporter)
+        head_state = features_phase(model, plan, sets, settings, device, reporter)
         if cfg.mode == "features":
             run.write_metrics_log(head_state.history)
             return dataclasses.replace(head_state, best_state=_copy_state(model))
@@ -370,8 +368,7 @@ def _fit(model, cfg, sets, preprocessing, source, device, run: RunDir, reporter,
     on_epoch_start = (gradual_unfreezing(model, cfg.unfreeze_epochs)
                       if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier) else lambda epoch: None)
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
-    state = fit(model, optimizer, sets["train"], sets["val"], preprocessing, augmentation_settings(cfg, source.name),
-                settings, device, reporter, state, on_epoch_end, on_epoch_start)
+    state = fit(model, optimizer, sets["train"], sets["val"], preprocessing, plan.augmentation, settings, device, reporter, state, on_epoch_end, on_epoch_start)
     if state.baseline is not None:
         _say_what_was_kept(state, reporter)
     return state
@@ -410,14 +407,14 @@ def _restore(model, optimizer, run: RunDir, device, reporter) -> LoopState:
                      baseline=meta.get("baseline"), prior=meta.get("prior", []))
 
 
-def _finish(model, cfg, source, sets, preprocessing, weights, state, device, run: RunDir, skipped,
+def _finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, skipped,
             reporter) -> RunResult:
     """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
     folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
-    metrics = _evaluate(model, cfg, source, sets, preprocessing, device, run)
+    cfg = plan.config
+    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run)
     save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
-    spec = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
-    save_bundle(run.path, model.cpu(), spec, source.classes, preprocessing,
+    save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
                 {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
                  "training": _what_was_trained(cfg, state),
                  "trainable_parameters": count_parameters(model), "data": source.name})

@@ -16,26 +16,23 @@ import torch
 import torch.nn as nn
 from timm.models import group_parameters
 
-from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
-from ..data.transforms import Preprocessing
-from ..defaults import augmentation_settings
 from ..models import BackboneClassifier
+from ..plan import Plan
 from .features import fit_head, split_features
 from .frozen import FrozenForward
 from .loop import LoopSettings, LoopState
 
 
-def features_phase(model: BackboneClassifier, cfg: TrainConfig, sets: dict[str, TensorSet],
-                   preprocessing: Preprocessing, settings: LoopSettings, dataset_name: str,
+def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet], settings: LoopSettings,
                    device: torch.device, reporter: Reporter) -> LoopState:
     """Compute (or read from the cache) the frozen backbone's features, train ``model.head`` on them.
     Returns the head's training state; ``model.head`` holds its best epoch."""
+    cfg, preprocessing, augmentation = plan.config, plan.preprocessing, plan.augmentation
     identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
     cache = TensorCache("features") if cfg.cache else None
-    augmentation = augmentation_settings(cfg, dataset_name)
     backbone = FrozenForward(model.backbone, device)
     feats = {split: split_features(backbone, data, preprocessing, device, identity,
                                    cfg.feature_views if split == "train" else 1, augmentation, cfg.seed, cache,
