@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from ..config import CLASSIFIERS
-from ..errors import OculiError
+from ..errors import OculiError, WeightsUnavailable
+from .registry import stage_info
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,22 @@ class BackboneClassifier(nn.Module):
     @property
     def num_features(self) -> int:
         return pooled_width(self.backbone)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's own stages (what ``features_only`` would return: the stem, then one per resolution),
+        renamed as submodules of this model and titled "stage 1 (act1)", ... (see ``registry``).
+        They survive ``reset_classifier(0)``; the rare backbone without them has no stages to show."""
+        info = getattr(self.backbone, "feature_info", None)
+        if not isinstance(info, list):
+            return []
+        return [stage_info(f"stage {i} ({d['module']})", f"backbone.{d['module']}", d["num_chs"], d["reduction"])
+                for i, d in enumerate(info, 1)]
+
+    @property
+    def output_fmt(self) -> str:
+        """The layout of the stages' outputs: "NHWC" where the backbone gives channels last (Swin, ...)."""
+        return getattr(self.backbone, "output_fmt", "NCHW")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -227,5 +244,5 @@ def _hub_model(name: str) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as err:  # network, missing weights, hub errors: all mean "no weights here"
-        raise OculiError(f"--pretrained: could not get ImageNet weights for '{name}' "
-                         f"({type(err).__name__}); use --no-pretrained or an offline model") from None
+        raise WeightsUnavailable(f"--pretrained: could not get ImageNet weights for '{name}' "
+                                 f"({type(err).__name__}); use --no-pretrained or an offline model") from None

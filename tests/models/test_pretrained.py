@@ -5,7 +5,7 @@ import torch
 
 from oculi.data.decode import decode_image
 from oculi.data.transforms import Preprocessing
-from oculi.errors import OculiError
+from oculi.errors import OculiError, WeightsUnavailable
 from oculi.deploy.engines import predict_logits
 from oculi.models import create_model, offline_weights_file
 from oculi.models.pretrained import feed_size, make_head
@@ -123,6 +123,18 @@ def test_hub_download_failure_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(OculiError, match="could not get ImageNet weights for 'resnet18'"):
         create_model("resnet18", 2, 3, (64, 64), pretrained=True)
+
+
+def test_missing_hub_weights_are_a_typed_error_training_can_catch(monkeypatch):
+    import timm
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(timm, "create_model", unreachable)
+    with pytest.raises(WeightsUnavailable, match="could not get ImageNet weights for 'resnet18'") as caught:
+        create_model("resnet18", 2, 3, (64, 64), pretrained=True)
+    assert isinstance(caught.value, OculiError)  # the CLI still prints it as one line
 
 
 def test_seed_models_refuse_pretrained():
