@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import TrainConfig, parse_image_size
+from .config import AUGMENTATION_KNOBS, SETTINGS, Setting, TrainConfig, parse_image_size
 from .errors import BundleWarning, OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,86 +31,49 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 _click = sys.modules[typer.BadParameter.__module__]
 
 
-# Keras ImageDataGenerator's knobs, each overriding the --augment preset: (type, flag declarations, help).
-AUGMENTATION_FLAGS = {
-    "rotation": (float, ("--rotation",), "Augmentation: rotate up to +-N degrees."),
-    "shift": (float, ("--shift",), "Augmentation: shift up to +-this fraction of width and height."),
-    "shear": (float, ("--shear",), "Augmentation: shear up to +-N degrees."),
-    "zoom": (float, ("--zoom",), "Augmentation: zoom in or out by up to this fraction."),
-    "translate": (float, ("--translate",), "Augmentation: shift by whole pixels, reflect-padded, up to this fraction."),
-    "brightness": (float, ("--brightness",), "Augmentation: scale brightness by 1 +- this."),
-    "contrast": (float, ("--contrast",), "Augmentation: scale contrast by 1 +- this."),
-    "saturation": (float, ("--saturation",), "Augmentation: scale saturation by 1 +- this."),
-    "flip": (bool, ("--flip/--no-flip",), "Augmentation: random horizontal flips (default: on, off for digits and MNIST)."),
-    "vflip": (bool, ("--vflip/--no-vflip",), "Augmentation: random vertical flips."),
-    "fill_mode": (str, ("--fill-mode",), "Augmentation: what fills the borders: constant, nearest, reflect or wrap."),
-}
+# What typer parses each kind of setting as; a setting of another type (image_size) is text with a parse function.
+CLI_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def augmentation_flags(command):
-    """Give a command the flags of AUGMENTATION_FLAGS; it receives the values as one dict, ``knobs``.
-    (``train`` and ``augment-preview`` share them, so the preview shows what training will do.)"""
-    signature = inspect.signature(command)
-    flags = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-                               default=typer.Option(None, *decls, help=text))
-             for name, (kind, decls, text) in AUGMENTATION_FLAGS.items()]
+def setting_options(names):
+    """Give a command an option for each named TrainConfig setting, with the flag, default and help that
+    oculi.config declares for it; the command receives their values, parsed where the setting says how,
+    as one dict, ``settings``."""
+    options = [_option(SETTINGS[name]) for name in names]
 
-    @functools.wraps(command)
-    def with_knobs(**kwargs):
-        knobs = {name: kwargs.pop(name) for name in AUGMENTATION_FLAGS}
-        return command(**kwargs, knobs=knobs)
+    def decorate(command):
+        signature = inspect.signature(command)
 
-    own = [p for p in signature.parameters.values() if p.name != "knobs"]
-    with_knobs.__signature__ = signature.replace(parameters=own + flags)
-    return with_knobs
+        @functools.wraps(command)
+        def with_settings(**kwargs):
+            settings = {o.name: _parsed(SETTINGS[o.name], kwargs.pop(o.name)) for o in options}
+            return command(**kwargs, settings=settings)
+
+        own = [p for p in signature.parameters.values() if p.name != "settings"]
+        with_settings.__signature__ = signature.replace(parameters=own + options)
+        return with_settings
+    return decorate
+
+
+def _option(s: Setting) -> inspect.Parameter:
+    """The typer option of setting ``s``: ``--flag`` (``--flag/--no-flag`` for a yes-or-no setting)."""
+    kind = str if s.parse else CLI_TYPES[s.kind]
+    decl = f"{s.flag}/--no-{s.flag[2:]}" if kind is bool else s.flag
+    return inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
+                             default=typer.Option(s.default, decl, help=s.help))
+
+
+def _parsed(s: Setting, value):
+    return s.parse(value) if s.parse and value is not None else value
 
 
 @app.command()
-@augmentation_flags
+@setting_options([name for name, s in SETTINGS.items() if s.cli])
 def train(
-    data: Optional[str] = typer.Argument(None, help="Folder of class folders (or train/ val/ test/), or digits, cifar10, mnist, fashion-mnist."),
+    data: Optional[str] = typer.Argument(None, help=SETTINGS["data"].help),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
-    model: str = typer.Option("auto", help="Model name (see `oculi models`; any timm name)."),
-    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights (default: when available)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: chosen from the data)."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per step."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    optimizer: str = typer.Option("auto", help="adam, adamw, sgd or rmsprop; auto: the model's recipe (sgd for fast-cnn, else adamw)."),
-    weight_decay: float = typer.Option(5e-4, help="Weight decay (not applied to biases and norms)."),
-    schedule: str = typer.Option("auto", help="cosine, onecycle or constant (all with warmup); auto: the model's recipe."),
-    warmup_epochs: float = typer.Option(1.0, help="Linear warmup length in epochs."),
-    label_smoothing: Optional[float] = typer.Option(None, help="Label smoothing in [0, 1); default: the model's recipe (0.2 for fast-cnn, else 0)."),
-    lookahead: Optional[bool] = typer.Option(None, "--lookahead/--no-lookahead", help="Pull the weights back to a slow average every 5 steps (airbench's Lookahead); default: the model's recipe."),
-    patience: Optional[int] = typer.Option(10, help="Early stopping after this many epochs without a better val accuracy."),
-    image_size: Optional[str] = typer.Option(None, help="N or HxW (default: from the data and model)."),
-    resize: str = typer.Option("squash", help="squash, pad (letterbox) or crop."),
-    channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default from the data."),
-    image_filter: Optional[str] = typer.Option(None, "--filter", help="Apply an image filter to every image, in training and prediction: sharpen, blur, edges or blur+sharpen."),
-    tta: str = typer.Option("auto", help="Test-time augmentation: none, flip (average each image with its mirror) or flip-shift (also both shifted a pixel either way); auto: the model's recipe (flip for fast-cnn)."),
-    augment: str = typer.Option("auto", help="none, light (flip + translate: small images), standard or strong (Keras-style rotation, shift, shear, zoom, colour); auto: light."),
-    head: str = typer.Option("auto", help="auto, softmax or sigmoid (binary, one output)."),
-    mode: str = typer.Option("auto", help="Pretrained backbones: features (frozen, cached features + head), finetune (whole net) or auto (features, then fine-tuning if it helps); scratch: no pretrained weights."),
-    weights: Optional[str] = typer.Option(None, help="Local weights file for a timm backbone (safetensors or a state dict)."),
-    classifier: str = typer.Option("linear", help="Layers on a backbone's features: linear or mlp (Dense 100/50, LeakyReLU, dropout)."),
-    feature_views: int = typer.Option(1, help="Feature vectors per training image: 1 plain, more adds augmented views."),
-    head_epochs: int = typer.Option(60, help="Epochs of the head on cached features."),
-    head_lr: float = typer.Option(1e-3, help="Learning rate of the head on cached features."),
-    backbone_lr: float = typer.Option(0.1, help="Fine-tuning: the backbone's learning rate as a fraction of --lr."),
-    unfreeze_epochs: int = typer.Option(0, help="Fine-tuning: unfreeze the backbone gradually, top first, over N epochs."),
-    cache: bool = typer.Option(True, "--cache/--no-cache", help="Keep decoded images and backbone features on disk, for later runs."),
-    val_split: float = typer.Option(0.1, help="Fraction of images held out for validation."),
-    test_split: float = typer.Option(0.1, help="Fraction held out for the final test."),
-    split_manifest: Optional[str] = typer.Option(None, help="Reuse a run's split.csv."),
-    class_weights: str = typer.Option("none", help="none or auto (inverse class frequency)."),
-    sampler: str = typer.Option("shuffle", help="shuffle or balanced."),
-    seed: int = typer.Option(0, help="Random seed: same seed, data and machine give the same model."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<data>[-N])."),
-    data_dir: Optional[str] = typer.Option(None, help="Folder holding a built-in dataset's archives."),
-    top_k: int = typer.Option(5, help="k of the top-k accuracy."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Write report.html in the run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
-    knobs: dict | None = None,
+    settings: dict | None = None,
 ) -> None:
     """Train a classifier and evaluate it on the held-out test images."""
     from .api import resume_and_report, train_and_report
@@ -120,17 +83,7 @@ def train(
         return
     if data is None:
         raise OculiError("train: give a DATA folder or a built-in dataset name (e.g. `oculi train digits`)")
-    cfg = TrainConfig(
-        data=data, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-        optimizer=optimizer, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing, lookahead=lookahead, patience=patience, image_size=parse_image_size(image_size),
-        resize=resize, channels=channels, augment=augment, tta=tta, filter=image_filter, head=head, mode=mode, weights=weights,
-        classifier=classifier, feature_views=feature_views, head_epochs=head_epochs, head_lr=head_lr,
-        backbone_lr=backbone_lr, unfreeze_epochs=unfreeze_epochs, cache=cache, val_split=val_split,
-        test_split=test_split, split_manifest=split_manifest, class_weights=class_weights, sampler=sampler,
-        seed=seed, device=device, out=out_dir, data_dir=data_dir, top_k=top_k, progress=not quiet, report=report,
-        **knobs)
-    train_and_report(cfg, Reporter(quiet=quiet))
+    train_and_report(TrainConfig(data=data, progress=not quiet, **settings), Reporter(quiet=quiet))
 
 
 @app.command()
@@ -219,7 +172,7 @@ def _print_predictions(predictions, fmt: str) -> None:
 
 
 @app.command("augment-preview")
-@augmentation_flags
+@setting_options(AUGMENTATION_KNOBS)
 def augment_preview(
     data: str = typer.Argument(..., help="Folder of class folders, or a built-in dataset name."),
     n: int = typer.Option(20, "--n", help="Augmented versions of each image."),
@@ -228,12 +181,12 @@ def augment_preview(
     image_size: Optional[str] = typer.Option(None, help="N or HxW; default: small images at their size, photos at 160."),
     seed: int = typer.Option(0, help="Seed of the random augmentations."),
     out_file: str = typer.Option("augment_preview.png", "--out", help="The PNG to write (a folder: augment_preview.png in it)."),
-    knobs: dict | None = None,
+    settings: dict | None = None,
 ) -> None:
     """A grid of augmented versions of a few images, as training would see them."""
     from .plots import save_figure
     from .report.augment import augmentation_preview
-    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **knobs)
+    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **settings)
     out.print(f"wrote {save_figure(figure, _png_path(out_file, 'augment_preview.png'))}")
 
 

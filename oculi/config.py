@@ -1,13 +1,17 @@
 """The one place every knob lives. The CLI and the Python API only fill in a ``TrainConfig``.
 
+Each field is declared once, with ``setting``: its default, its help text and the values it accepts. The
+``oculi train`` options and ``TrainConfig.validate`` are both generated from these declarations, so adding
+a knob is one line here.
+
 "auto" (or None) means: chosen from the data and the model when the run starts; the run prints what
 it chose and saves the resolved values in ``config.json``, so a run can be repeated exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import Callable, NamedTuple
 
 from .errors import OculiError
 
@@ -23,18 +27,164 @@ CLASSIFIERS = ("linear", "mlp")
 TTAS = ("auto", "none", "flip", "flip-shift")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
+CHANNELS = (1, 3)
 MAX_IMAGE_SIDE = 4096  # largest model input side (pixels): one bound for --image-size and bundles
 # Smallest: --augment's and --tta's whole-pixel shifts pad by reflection (which needs a side of 2) and
 # fast-cnn's first layer is a 2x2 patch. Models that need more (the tutorials' conv nets) say so when built.
 MIN_IMAGE_SIDE = 2
-# Augmentation knobs that override the --augment preset: (flag, lowest, highest) of each number.
-AUGMENT_RANGES = {"rotation": ("--rotation", 0, 180), "shift": ("--shift", 0, 0.5), "shear": ("--shear", 0, 45),
-                  "zoom": ("--zoom", 0, 0.9), "translate": ("--translate", 0, 0.5),
-                  "brightness": ("--brightness", 0, 0.9), "contrast": ("--contrast", 0, 0.9),
-                  "saturation": ("--saturation", 0, 1)}
 # Seeds go to numpy's and torch's generators, which take 0 .. 2**32 - 1 everywhere (numpy's legacy
 # seeding and other tools' too), so a seed from another tool means the same thing here.
 MAX_SEED = 2**32 - 1
+AUGMENTATION = "augmentation"  # the group of the knobs that override the --augment preset
+
+
+def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224x256' -> (224, 256) (height x width)."""
+    if text is None or isinstance(text, int):
+        return None if text is None else (text, text)
+    try:
+        parts = [int(p) for p in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+        raise OculiError(f"--image-size must be N or HxW (e.g. 224 or 224x256), got '{text}'")
+    return check_image_size((parts[0], parts[-1]))
+
+
+def check_image_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` when each side is from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE: 100000 px a side would ask for
+    tens of GB per image before anything could fail more helpfully."""
+    if len(size) != 2 or not all(isinstance(v, int) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size):
+        raise OculiError(f"--image-size sides must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels, "
+                         f"got {'x'.join(map(str, size))}")
+    return size
+
+
+def setting(default, help: str, *, choices: tuple | None = None, low: float | None = None,
+            high: float | None = None, excluded: str = "", group: str | None = None, cli: bool = True,
+            parse: Callable | None = None):
+    """A TrainConfig field with everything the CLI and ``validate`` need to know about it.
+
+    ``help``: the option's help text. The values it accepts: one of ``choices``, or a number from ``low``
+    to ``high`` (``excluded`` names an end left out: "low" or "high"); None is accepted where the field's
+    type allows it. ``group``: AUGMENTATION for the knobs over the --augment preset. ``cli=False``: no
+    generated option (API only, or written by hand). ``parse``: for a setting the CLI takes as text, the
+    function from that text to the value. The flag is always ``--field-name``."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "excluded": excluded, "group": group, "cli": cli, "parse": parse})
+
+
+def knob(help: str, **limits):
+    """An augmentation knob: None (the --augment preset's value) unless set."""
+    return setting(None, f"Augmentation: {help}", group=AUGMENTATION, **limits)
+
+
+# The upper bounds of the numbers are far beyond any sensible run; they turn a typo into an error
+# instead of hours of work or an allocation that cannot succeed.
+@dataclass
+class TrainConfig:
+    # data
+    data: str = setting("digits", "Folder of class folders (or train/ val/ test/), or digits, cifar10, mnist, "
+                        "fashion-mnist.", cli=False)  # the CLI's DATA argument
+    data_dir: str | None = setting(None, "Folder holding a built-in dataset's archives.")
+    val_split: float = setting(0.1, "Fraction of images held out for validation.", low=0, high=1, excluded="high")
+    test_split: float = setting(0.1, "Fraction held out for the final test.", low=0, high=1, excluded="high")
+    split_manifest: str | None = setting(None, "Reuse a run's split.csv.")
+    image_size: tuple[int, int] | None = setting(None, "N or HxW (default: from the data and model).",
+                                                 parse=parse_image_size)  # (height, width)
+    resize: str = setting("squash", "squash, pad (letterbox) or crop.", choices=RESIZE_MODES)
+    channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default from the data.", choices=CHANNELS)
+    augment: str = setting("auto", "none, light (flip + translate: small images), standard or strong (Keras-style "
+                           "rotation, shift, shear, zoom, colour); auto: light.", choices=AUGMENTS)
+    rotation: float | None = knob("rotate up to +-N degrees.", low=0, high=180)
+    shift: float | None = knob("shift up to +-this fraction of width and height.", low=0, high=0.5)
+    shear: float | None = knob("shear up to +-N degrees.", low=0, high=45)
+    zoom: float | None = knob("zoom in or out by up to this fraction.", low=0, high=0.9)
+    translate: float | None = knob("shift by whole pixels, reflect-padded, up to this fraction.", low=0, high=0.5)
+    brightness: float | None = knob("scale brightness by 1 +- this.", low=0, high=0.9)
+    contrast: float | None = knob("scale contrast by 1 +- this.", low=0, high=0.9)
+    saturation: float | None = knob("scale saturation by 1 +- this.", low=0, high=1)
+    flip: bool | None = knob("random horizontal flips (default: on, off for digits and MNIST).")
+    vflip: bool | None = knob("random vertical flips.")
+    fill_mode: str | None = knob("what fills the borders: constant, nearest, reflect or wrap.", choices=FILL_MODES)
+    filter: str | None = setting(None, "Apply an image filter to every image, in training and prediction: sharpen, "
+                                 "blur, edges or blur+sharpen.", choices=FILTER_NAMES)  # kept in the bundle
+    tta: str = setting("auto", "Test-time augmentation: none, flip (average each image with its mirror) or "
+                       "flip-shift (also both shifted a pixel either way); auto: the model's recipe (flip for "
+                       "fast-cnn).", choices=TTAS)
+    # model
+    model: str = setting("auto", "Model name (see `oculi models`; any timm name).")
+    pretrained: bool | None = setting(None, "ImageNet weights (default: when available).")
+    head: str = setting("auto", "auto, softmax or sigmoid (binary, one output).", choices=HEADS)
+    weights: str | None = setting(None, "Local weights file for a timm backbone (safetensors or a state dict).")
+    classifier: str = setting("linear", "Layers on a backbone's features: linear or mlp (Dense 100/50, LeakyReLU, "
+                              "dropout).", choices=CLASSIFIERS)
+    # transfer learning (pretrained backbones)
+    mode: str = setting("auto", "Pretrained backbones: features (frozen, cached features + head), finetune (whole "
+                        "net) or auto (features, then fine-tuning if it helps); scratch: no pretrained weights.",
+                        choices=MODES)
+    feature_views: int = setting(1, "Feature vectors per training image: 1 plain, more adds augmented views.",
+                                 low=1, high=100)
+    head_epochs: int = setting(60, "Epochs of the head on cached features.", low=1, high=100_000)
+    head_lr: float = setting(1e-3, "Learning rate of the head on cached features.", low=0, high=10, excluded="low")
+    backbone_lr: float = setting(0.1, "Fine-tuning: the backbone's learning rate as a fraction of --lr.",
+                                 low=0, high=1, excluded="low")
+    unfreeze_epochs: int = setting(0, "Fine-tuning: unfreeze the backbone gradually, top first, over N epochs.",
+                                   low=0, high=10_000)
+    # optimisation
+    epochs: int | None = setting(None, "Training epochs (default: chosen from the data).", low=1, high=10_000)
+    batch_size: int | None = setting(None, "Images per step.", low=1, high=65_536)
+    lr: float | None = setting(None, "Peak learning rate.", low=0, high=10, excluded="low")
+    optimizer: str = setting("auto", "adam, adamw, sgd or rmsprop; auto: the model's recipe (sgd for fast-cnn, else "
+                             "adamw).", choices=OPTIMIZERS)
+    weight_decay: float = setting(5e-4, "Weight decay (not applied to biases and norms).", low=0, high=1)
+    momentum: float = setting(0.9, "Momentum of sgd (Nesterov) and rmsprop.", low=0, high=1, excluded="high", cli=False)
+    schedule: str = setting("auto", "cosine, onecycle or constant (all with warmup); auto: the model's recipe.",
+                            choices=SCHEDULES)
+    warmup_epochs: float = setting(1.0, "Linear warmup length in epochs.", low=0, high=10_000)
+    label_smoothing: float | None = setting(None, "Label smoothing in [0, 1); default: the model's recipe (0.2 for "
+                                            "fast-cnn, else 0).", low=0, high=1, excluded="high")
+    lookahead: bool | None = setting(None, "Pull the weights back to a slow average every 5 steps (airbench's "
+                                     "Lookahead); default: the model's recipe.")
+    patience: int | None = setting(10, "Early stopping after this many epochs without a better val accuracy.",
+                                   low=1, high=10_000)  # None: never
+    class_weights: str = setting("none", "none or auto (inverse class frequency).", choices=CLASS_WEIGHTS)
+    sampler: str = setting("shuffle", "shuffle or balanced.", choices=SAMPLERS)
+    # run
+    cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
+    seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
+    out: str | None = setting(None, "Run folder (default runs/<data>[-N]).")
+    top_k: int = setting(5, "k of the top-k accuracy.", low=1, high=1000)
+    progress: bool = setting(True, "Show progress as the run goes.", cli=False)  # the CLI's --quiet turns it off
+    report: bool = setting(True, "Write report.html in the run folder.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["image_size"] is not None:
+            d["image_size"] = list(d["image_size"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise OculiError(f"config: unknown setting '{unknown[0]}'")
+        d = dict(d)
+        if d.get("image_size") is not None:
+            d["image_size"] = tuple(d["image_size"])
+        return cls(**d)
+
+    def validate(self) -> "TrainConfig":
+        """Raise OculiError naming the flag of the first out-of-range value."""
+        for s in SETTINGS.values():
+            s.check(getattr(self, s.name))
+        if self.val_split + self.test_split >= 1:
+            raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
+        if self.image_size is not None:
+            check_image_size(self.image_size)
+        return self
 
 
 class NumberRange(NamedTuple):
@@ -64,162 +214,41 @@ class NumberRange(NamedTuple):
         return f"{self.flag} must be between {ends[0]} and {ends[1]}{whole}"
 
 
-# Every numeric setting's range, checked by TrainConfig.validate (None, where a field allows it, means
-# "auto" and is not checked). The upper bounds are far beyond any sensible run; they turn a typo into an
-# error instead of hours of work or an allocation that cannot succeed. channels and image_size are
-# checked on their own (a choice of 1 or 3; a pair of sides).
-NUMBER_RANGES = (
-    NumberRange("val_split", "--val-split", 0, 1, "float", "high"),
-    NumberRange("test_split", "--test-split", 0, 1, "float", "high"),
-    *(NumberRange(name, flag, low, high, "float") for name, (flag, low, high) in AUGMENT_RANGES.items()),
-    NumberRange("feature_views", "--feature-views", 1, 100, "int"),
-    NumberRange("head_epochs", "--head-epochs", 1, 100_000, "int"),
-    NumberRange("head_lr", "--head-lr", 0, 10, "float", "low"),
-    NumberRange("backbone_lr", "--backbone-lr", 0, 1, "float", "low"),
-    NumberRange("unfreeze_epochs", "--unfreeze-epochs", 0, 10_000, "int"),
-    NumberRange("epochs", "--epochs", 1, 10_000, "int"),
-    NumberRange("batch_size", "--batch-size", 1, 65_536, "int"),
-    NumberRange("lr", "--lr", 0, 10, "float", "low"),
-    NumberRange("weight_decay", "--weight-decay", 0, 1, "float"),
-    NumberRange("momentum", "momentum", 0, 1, "float", "high"),  # API only: no flag
-    NumberRange("warmup_epochs", "--warmup-epochs", 0, 10_000, "float"),
-    NumberRange("label_smoothing", "--label-smoothing", 0, 1, "float", "high"),
-    NumberRange("patience", "--patience", 1, 10_000, "int"),
-    NumberRange("seed", "--seed", 0, MAX_SEED, "int"),
-    NumberRange("top_k", "--top-k", 1, 1000, "int"),
-)
+class Setting(NamedTuple):
+    """A TrainConfig field as the CLI and ``validate`` see it, read from its ``setting`` declaration."""
 
-
-@dataclass
-class TrainConfig:
-    # data
-    data: str = "digits"
-    data_dir: str | None = None  # where a built-in set's archives already are (skips the download)
-    val_split: float = 0.1
-    test_split: float = 0.1
-    split_manifest: str | None = None
-    image_size: tuple[int, int] | None = None  # (height, width); None: from the data and the model
-    resize: str = "squash"
-    channels: int | None = None  # None: 1 for grayscale data, 3 otherwise (3 when the model needs it)
-    augment: str = "auto"
-    # Each augmentation knob overrides the --augment preset's value when set (None: the preset's).
-    rotation: float | None = None  # degrees, up to +-rotation
-    shift: float | None = None  # fraction of the side, up to +-shift (Keras' width/height_shift_range)
-    shear: float | None = None  # degrees
-    zoom: float | None = None  # scale in [1 - zoom, 1 + zoom]
-    translate: float | None = None  # whole-pixel shift with reflect padding, fraction of the side
-    brightness: float | None = None  # pixel values times 1 +- brightness
-    contrast: float | None = None
-    saturation: float | None = None
-    flip: bool | None = None  # horizontal flips (None: on, except for digits and MNIST)
-    vflip: bool | None = None  # vertical flips
-    fill_mode: str | None = None  # constant | nearest | reflect | wrap: what comes in at the borders
-    filter: str | None = None  # sharpen | blur | edges | blur+sharpen, applied to every image (kept in the bundle)
-    tta: str = "auto"  # test-time augmentation: flip averages each image with its mirror; auto: the recipe's
-    # model
-    model: str = "auto"
-    pretrained: bool | None = None  # None: pretrained weights when the model has them available
-    head: str = "auto"  # binary tasks: one sigmoid output or two softmax outputs
-    weights: str | None = None  # a local weights file for a timm backbone (safetensors or state dict)
-    classifier: str = "linear"  # the layers on a backbone's pooled features: linear | mlp (tutorial's)
-    # transfer learning (pretrained backbones)
-    mode: str = "auto"  # features: frozen backbone, cached features | finetune: the whole net | auto: both
-    feature_views: int = 1  # features per training image: 1 plain, more adds augmented views
-    head_epochs: int = 60  # epochs of the head on cached features (each takes milliseconds)
-    head_lr: float = 1e-3  # learning rate of the head on cached features
-    backbone_lr: float = 0.1  # fine-tuning: the backbone's learning rate, as a fraction of --lr
-    unfreeze_epochs: int = 0  # fine-tuning: unfreeze the backbone gradually, top first, over N epochs
-    # optimisation
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str = "auto"  # the model's recipe: sgd for fast-cnn, else adamw
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = "auto"  # the model's recipe: onecycle for fast-cnn, else cosine
-    warmup_epochs: float = 1.0
-    label_smoothing: float | None = None  # None: the model's recipe (0.2 for fast-cnn, else 0)
-    lookahead: bool | None = None  # average the weights every 5 steps (airbench's Lookahead); None: the recipe's
-    patience: int | None = 10  # early stopping: epochs without a better val accuracy; None: never
-    class_weights: str = "none"
-    sampler: str = "shuffle"
-    # run
-    cache: bool = True  # keep decoded images and backbone features on disk for later runs (oculi.data.cache)
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None  # run folder; None: runs/<data name>, runs/<data name>-2, ...
-    top_k: int = 5
-    progress: bool = True
-    report: bool = True  # write report.html (data, model, curves, metrics, predictions, Grad-CAM) at the end
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if d["image_size"] is not None:
-            d["image_size"] = list(d["image_size"])
-        return d
+    name: str
+    kind: str  # its type without None: "int", "float", "str", "bool", "tuple[int, int]"
+    optional: bool  # None is a valid value ("auto", or "off")
+    default: object
+    help: str
+    flag: str  # "--field-name"; an API-only setting is named by its field in errors
+    cli: bool
+    choices: tuple | None
+    range: NumberRange | None
+    group: str | None
+    parse: Callable | None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise OculiError(f"config: unknown setting '{unknown[0]}'")
-        d = dict(d)
-        if d.get("image_size") is not None:
-            d["image_size"] = tuple(d["image_size"])
-        return cls(**d)
+    def of(cls, f: Field) -> "Setting":
+        m = f.metadata
+        kind, *rest = [part.strip() for part in f.type.split("|")]  # the annotation, as text ("float | None")
+        flag = "--" + f.name.replace("_", "-") if m["cli"] else f.name
+        limits = None if m["low"] is None else NumberRange(f.name, flag, m["low"], m["high"], kind, m["excluded"])
+        return cls(f.name, kind, "None" in rest, f.default, m["help"], flag, m["cli"], m["choices"], limits,
+                   m["group"], m["parse"])
 
-    def validate(self) -> "TrainConfig":
-        """Raise OculiError naming the flag of the first out-of-range value."""
-        _choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _choice("--schedule", self.schedule, SCHEDULES)
-        _choice("--head", self.head, HEADS)
-        _choice("--resize", self.resize, RESIZE_MODES)
-        _choice("--augment", self.augment, AUGMENTS)
-        _choice("--class-weights", self.class_weights, CLASS_WEIGHTS)
-        _choice("--sampler", self.sampler, SAMPLERS)
-        _choice("--mode", self.mode, MODES)
-        _choice("--classifier", self.classifier, CLASSIFIERS)
-        _choice("--tta", self.tta, TTAS)
-        if self.filter is not None:
-            _choice("--filter", self.filter, FILTER_NAMES)
-        if self.fill_mode is not None:
-            _choice("--fill-mode", self.fill_mode, FILL_MODES)
-        for rule in NUMBER_RANGES:
-            value = getattr(self, rule.field)
-            if value is not None and not rule.accepts(value):
-                raise OculiError(f"{rule.describe()}, got {value!r}")
-        if self.val_split + self.test_split >= 1:
-            raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
-        if self.channels not in (None, 1, 3):
-            raise OculiError(f"--channels must be 1 or 3, got {self.channels}")
-        if self.image_size is not None:
-            check_image_size(self.image_size)
-        return self
+    def check(self, value) -> None:
+        """Raise OculiError, naming the flag, unless ``value`` is one this setting accepts."""
+        if value is None and self.optional:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise OculiError(f"{self.flag} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.range is not None and not self.range.accepts(value):
+            raise OculiError(f"{self.range.describe()}, got {value!r}")
 
 
-def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
-    """'224' -> (224, 224); '224x256' -> (224, 256) (height x width)."""
-    if text is None or isinstance(text, int):
-        return None if text is None else (text, text)
-    try:
-        parts = [int(p) for p in str(text).lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) not in (1, 2) or min(parts, default=0) < 1:
-        raise OculiError(f"--image-size must be N or HxW (e.g. 224 or 224x256), got '{text}'")
-    return check_image_size((parts[0], parts[-1]))
-
-
-def check_image_size(size: tuple[int, int]) -> tuple[int, int]:
-    """``size`` when each side is from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE: 100000 px a side would ask for
-    tens of GB per image before anything could fail more helpfully."""
-    if len(size) != 2 or not all(isinstance(v, int) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size):
-        raise OculiError(f"--image-size sides must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels, "
-                         f"got {'x'.join(map(str, size))}")
-    return size
-
-
-def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise OculiError(f"{flag} must be one of {', '.join(allowed)}; got '{value}'")
+SETTINGS: dict[str, Setting] = {f.name: Setting.of(f) for f in fields(TrainConfig)}
+NUMBER_RANGES = tuple(s.range for s in SETTINGS.values() if s.range is not None)
+# The knobs over the --augment preset: the fields of oculi.data.transforms.Augmentation, by the same names.
+AUGMENTATION_KNOBS: tuple[str, ...] = tuple(name for name, s in SETTINGS.items() if s.group == AUGMENTATION)

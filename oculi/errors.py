@@ -18,9 +18,10 @@ class BundleError(OculiError):
     """A model bundle that is missing, tampered with or does not match its architecture."""
 
 
+class WeightsUnavailable(OculiError):
+    """Pretrained weights that could not be had (offline, or none published): training may go on from
+    scratch instead."""
+
+
 class BundleWarning(UserWarning):
     """A bundle that loads but is less protected than a current one (the CLI prints it as one line)."""
-
-
-class WeightsUnavailable(OculiError):
-    """Pretrained weights that could not be had (offline, or not published for the model)."""

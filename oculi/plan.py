@@ -15,16 +15,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import TrainConfig
+from .config import AUGMENTATION_KNOBS, TrainConfig
 from .data.sources import DataSource
 from .data.transforms import AUGMENT_PRESETS, Augmentation, Preprocessing
 from .defaults import DataProbe, probe_source, resolve
 from .models.spec import ModelSpec
-
-# TrainConfig's fields that override the --augment preset's value of the same Augmentation field.
-AUGMENTATION_KNOBS = ("rotation", "shift", "shear", "zoom", "translate", "brightness", "contrast",
-                      "saturation", "flip", "vflip")
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -65,7 +60,5 @@ def training_augmentation(cfg: TrainConfig, flips_keep_class: bool = True) -> Au
     base = Augmentation(flip=False, translate=0.0) if cfg.augment == "none" else AUGMENT_PRESETS[cfg.augment]
     base = dataclasses.replace(base, flip=cfg.augment != "none" and flips_keep_class)
     knobs = {name: getattr(cfg, name) for name in AUGMENTATION_KNOBS}
-    if cfg.fill_mode is not None:
-        knobs["fill"] = cfg.fill_mode
     augmentation = dataclasses.replace(base, **{k: v for k, v in knobs.items() if v is not None})
     return augmentation if augmentation.changes_anything else None

@@ -1,6 +1,7 @@
 """The command line as a user meets it: exit codes and one-line errors."""
 
 import csv
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 
 import oculi
 from oculi.cli import main
+from oculi.config import AUGMENTATION_KNOBS, TrainConfig
 from tests.conftest import make_class_folder, write_image
 
 
@@ -60,6 +62,48 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert code == 2
     assert message in err and err.startswith("error: ")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def _flags(command_name: str) -> set[str]:
+    import typer
+    from oculi.cli import app
+    command = typer.main.get_command(app).commands[command_name]
+    return {decl for param in command.params for decl in (*param.opts, *param.secondary_opts) if decl.startswith("-")}
+
+
+def _setting_flags(names) -> set[str]:
+    """The flags TrainConfig declares for ``names``: --field-name, and --no-field-name for a yes-or-no one."""
+    flags = set()
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in names:
+            flag = "--" + f.name.replace("_", "-")
+            flags |= {flag, "--no-" + flag[2:]} if f.type.startswith("bool") else {flag}
+    return flags
+
+
+def test_train_flags_are_the_settings_flags_and_the_cli_only_ones():
+    not_offered = {f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["cli"]}
+    assert not_offered == {"data", "momentum", "progress"}  # the DATA argument, API only, set by --quiet
+    offered = {f.name for f in dataclasses.fields(TrainConfig)} - not_offered
+    assert _flags("train") == _setting_flags(offered) | {"--resume", "--quiet", "-q"}
+    assert {"--out", "--filter", "--image-size", "--fill-mode", "--no-cache", "--no-report"} <= _flags("train")
+
+
+def test_augment_preview_shares_the_augmentation_flags():
+    assert _setting_flags(AUGMENTATION_KNOBS) <= _flags("augment-preview")
+    assert _setting_flags(AUGMENTATION_KNOBS) & _flags("train") == _setting_flags(AUGMENTATION_KNOBS)
+
+
+def test_train_options_reach_the_config(tmp_path, monkeypatch):
+    given = []
+    monkeypatch.setattr("oculi.api.train_and_report", lambda cfg, reporter: given.append(cfg))
+    args = ["--image-size", "24x32", "--no-cache", "--fill-mode", "wrap", "--rotation", "10", "--epochs", "3",
+            "--filter", "blur", "--out", str(tmp_path / "run"), "--val-split", "0.2", "-q"]
+    assert main(["train", "digits", *args]) == 0
+    cfg = given[0]
+    assert (cfg.image_size, cfg.cache, cfg.fill_mode, cfg.rotation, cfg.epochs) == ((24, 32), False, "wrap", 10, 3)
+    assert (cfg.filter, cfg.out, cfg.val_split, cfg.progress) == ("blur", str(tmp_path / "run"), 0.2, False)
+    assert (cfg.lr, cfg.seed, cfg.report, cfg.momentum) == (None, 0, True, 0.9)  # the rest: the defaults
 
 
 def test_models_lists_the_tutorial_parameter_counts(capsys):

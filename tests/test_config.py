@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from oculi.cli import main
-from oculi.config import MAX_IMAGE_SIDE, NUMBER_RANGES, TrainConfig, parse_image_size
+from oculi.config import AUGMENTATION_KNOBS, MAX_IMAGE_SIDE, NUMBER_RANGES, SETTINGS, TrainConfig, parse_image_size
 from oculi.errors import OculiError
 from tests.conftest import make_class_folder
 
@@ -45,11 +45,51 @@ def test_image_size_is_bounded_on_both_sides():
         TrainConfig(image_size=(1, 1)).validate()  # the Python API skips parse_image_size
 
 
-def test_every_numeric_setting_has_a_range():
-    """A new int or float field without a row in NUMBER_RANGES would take nan, -1 or 1e30 unchecked."""
-    numeric = {f.name for f in dataclasses.fields(TrainConfig)
-               if {"int", "float"} & set(f.type.replace("|", " ").split())}
-    assert numeric - {"channels"} == {r.field for r in NUMBER_RANGES}  # channels: a choice of 1 or 3
+# Settings whose value is a free name (a path, a model, a device), not one of a fixed list.
+FREE_TEXT = {"data", "data_dir", "split_manifest", "model", "weights", "device", "out"}
+
+
+@pytest.mark.parametrize("f", dataclasses.fields(TrainConfig), ids=lambda f: f.name)
+def test_every_setting_declares_its_help_and_values(f):
+    """A new field without help would be a bare flag; a number without a range or a name without its
+    choices would take nan, -1, 1e30 or a typo unchecked."""
+    setting = SETTINGS[f.name]
+    assert setting.help.strip()
+    if setting.kind in ("int", "float"):
+        assert setting.range is not None or setting.choices is not None
+    if setting.kind == "str":
+        assert (setting.choices is not None) != (f.name in FREE_TEXT)
+    setting.check(f.default)  # its default is valid
+
+
+CHOICES = [s for s in SETTINGS.values() if s.choices is not None]
+
+
+@pytest.mark.parametrize("setting", CHOICES, ids=[s.name for s in CHOICES])
+def test_choices_are_checked_by_validate(setting):
+    for value in setting.choices:
+        TrainConfig(**{setting.name: value}).validate()
+    with pytest.raises(OculiError, match=f"^{setting.flag} must be one of .*; got 'nonsense'$"):
+        TrainConfig(**{setting.name: "nonsense"}).validate()
+
+
+def test_none_is_accepted_only_where_the_type_allows_it():
+    TrainConfig(epochs=None, fill_mode=None, channels=None, patience=None).validate()
+    for name in ("seed", "optimizer", "val_split"):
+        with pytest.raises(OculiError, match=f"^{SETTINGS[name].flag} must be"):
+            TrainConfig(**{name: None}).validate()
+
+
+def test_augmentation_knobs_are_the_augmentation_group():
+    assert AUGMENTATION_KNOBS == tuple(s.name for s in SETTINGS.values() if s.group == "augmentation")
+    assert {"rotation", "flip", "fill_mode"} <= set(AUGMENTATION_KNOBS)
+    assert all(SETTINGS[name].help.startswith("Augmentation: ") for name in AUGMENTATION_KNOBS)
+
+
+def test_number_ranges_are_the_declared_ranges():
+    assert NUMBER_RANGES == tuple(s.range for s in SETTINGS.values() if s.range is not None)
+    assert SETTINGS["momentum"].range.flag == "momentum"  # API only: named by its field
+    assert SETTINGS["val_split"].range == ("val_split", "--val-split", 0, 1, "float", "high")
 
 
 @pytest.mark.parametrize("field, value", [("seed", 0), ("seed", 2**32 - 1), ("lr", 9.9), ("momentum", 0.0),

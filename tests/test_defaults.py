@@ -64,7 +64,7 @@ def test_augmentation_knobs_override_the_preset():
     from oculi.plan import training_augmentation
     light = training_augmentation(TrainConfig(augment="light"))
     changed = training_augmentation(TrainConfig(augment="light", rotation=30, fill_mode="wrap", vflip=True))
-    assert (changed.rotation, changed.fill, changed.vflip) == (30, "wrap", True)
+    assert (changed.rotation, changed.fill_mode, changed.vflip) == (30, "wrap", True)
     assert (changed.flip, changed.translate) == (light.flip, light.translate)  # the rest stays the preset's
     assert training_augmentation(TrainConfig(augment="none")) is None
     only_vflip = training_augmentation(TrainConfig(augment="none", vflip=True))

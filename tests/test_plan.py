@@ -38,7 +38,7 @@ def test_flips_follow_the_data_not_its_name(tmp_path):
 def test_the_plan_round_trips_through_its_dict():
     plan = resolve_plan(TrainConfig(data="digits", rotation=12, fill_mode="wrap"), open_source("digits"))
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
-    assert again == plan and again.augmentation.rotation == 12 and again.augmentation.fill == "wrap"
+    assert again == plan and again.augmentation.rotation == 12 and again.augmentation.fill_mode == "wrap"
 
 
 def test_a_run_saves_its_whole_plan_and_its_report_reads_it(tmp_path, monkeypatch):

@@ -16,10 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from ..config import FILL_MODES
 from .filters import FILTERS
-
-RESIZE_MODES = ("squash", "pad", "crop")
 
 
 @dataclass(frozen=True)
@@ -138,7 +135,7 @@ class Augmentation:
     shift: float = 0.0  # sub-pixel shift, up to +-shift of the width and height (Keras' *_shift_range)
     shear: float = 0.0  # degrees, up to +-shear
     zoom: float = 0.0  # scale between 1 - zoom and 1 + zoom
-    fill: str = "reflect"  # what the affine changes bring in at the borders: constant|nearest|reflect|wrap
+    fill_mode: str = "reflect"  # what the affine changes bring in at the borders: constant|nearest|reflect|wrap
     brightness: float = 0.0  # pixel values times 1 +- brightness
     contrast: float = 0.0  # distance from each image's mean times 1 +- contrast
     saturation: float = 0.0  # distance from gray times 1 +- saturation (colour images)
@@ -174,7 +171,7 @@ class Augmentation:
 AUGMENT_PRESETS = {
     "light": Augmentation(),
     "standard": Augmentation(translate=0, rotation=15, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1),
-    "strong": Augmentation(translate=0, rotation=40, shift=0.2, shear=11.3, zoom=0.2, fill="nearest",
+    "strong": Augmentation(translate=0, rotation=40, shift=0.2, shear=11.3, zoom=0.2, fill_mode="nearest",
                            brightness=0.2, contrast=0.2, saturation=0.2),
 }
 
@@ -218,7 +215,7 @@ def random_affine(batch: torch.Tensor, aug: Augmentation, generator: torch.Gener
     shear = torch.deg2rad(_symmetric(n, aug.shear, generator, device))
     scale = 1 + _symmetric(n, aug.zoom, generator, device)
     shift = _symmetric(2 * n, aug.shift, generator, device).view(n, 2)
-    return affine_batch(batch, angle, shear, scale, shift, aug.fill)
+    return affine_batch(batch, angle, shear, scale, shift, aug.fill_mode)
 
 
 def affine_batch(batch: torch.Tensor, angle: torch.Tensor, shear: torch.Tensor, scale: torch.Tensor,

@@ -5,8 +5,9 @@ Localization"): take the activations A [C, H, W] of a late convolutional stage a
 class's score with respect to them; each channel's weight is the spatial mean of its gradient, and the
 map is ReLU(sum_c w_c A_c), upsampled to the input. It shows where the evidence *for* that class lies.
 
-Works on oculi's seed networks (SeedNet), fast-cnn (FastCNN), timm backbones (BackboneClassifier, stages
-from timm's ``feature_info``) and, as a fallback, any module whose direct children hold convolutions.
+Works on any model that lists its stages in a timm-like ``feature_info``, as every model oculi builds does
+(its own architectures and timm backbones), and, as a fallback, on any module whose direct children hold
+convolutions.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import OculiError
-from ..models.pretrained import BackboneClassifier
-from ..models.seed import SeedNet
-from ..models.speed import FastCNN
 from .engines import model_input, predict_probs
 
 NO_STAGES = ("has no convolutional stages (a dense-only network such as mlp, or a vision transformer): "
@@ -34,35 +32,26 @@ Stage = tuple[str, nn.Module]
 # ---------------------------------------------------------------- where the stages are
 
 def conv_stages(model: nn.Module) -> list[Stage]:
-    """(name, module) of each stage whose output is worth showing, in forward order; [] for a dense net."""
-    if isinstance(model, SeedNet):
-        stages = [m for m in model.features if len(m)]
-        return [(f"stage {i}", m) for i, m in enumerate(stages, 1)]
-    if isinstance(model, FastCNN):
-        return [("whiten", model.whiten)] + [(f"block {i}", m) for i, m in enumerate(model.features, 1)]
-    if isinstance(model, BackboneClassifier):
-        return _timm_stages(model.backbone)
-    return _conv_children(model)
+    """(name, module) of each stage whose output is worth showing, in forward order; [] for a dense net.
 
-
-def _timm_stages(backbone: nn.Module) -> list[Stage]:
-    """timm's own list of feature stages (what ``features_only`` would return): stem, then one per
-    resolution. It survives ``reset_classifier(0)``, so a backbone without a head still has it."""
-    info = getattr(backbone, "feature_info", None)
-    if not isinstance(info, list) or not info:
-        return _conv_children(backbone)
-    return [(f"stage {i} ({d['module']})", backbone.get_submodule(d["module"])) for i, d in enumerate(info, 1)]
+    Every model oculi builds lists its stages in a timm-like ``feature_info`` (see ``oculi.models.registry``),
+    so a timm model works as it is. A module without one (a user's own nn.Sequential) falls back to its
+    direct children that hold a convolution."""
+    info = getattr(model, "feature_info", None)
+    if not isinstance(info, list):
+        return _conv_children(model)
+    return [(d.get("name", d["module"]), model.get_submodule(d["module"])) for d in info]
 
 
 def _conv_children(model: nn.Module) -> list[Stage]:
-    """Direct children that contain a Conv2d: a reasonable guess for a module oculi does not know."""
+    """Direct children that contain a Conv2d: a reasonable guess for a module that lists no stages."""
     return [(name, child) for name, child in model.named_children()
             if any(isinstance(m, nn.Conv2d) for m in child.modules())]
 
 
 def _channels_last_output(model: nn.Module) -> bool:
-    """Some timm backbones (Swin, ...) give their stages' outputs as [N, H, W, C]."""
-    return isinstance(model, BackboneClassifier) and getattr(model.backbone, "output_fmt", "NCHW") == "NHWC"
+    """Some timm backbones (Swin, ...) give their stages' outputs as [N, H, W, C], and say so."""
+    return getattr(model, "output_fmt", "NCHW") == "NHWC"
 
 
 def _nchw(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..config import CLASSIFIERS
 from ..errors import OculiError
-from .pretrained import (CLASSIFIERS, BackboneClassifier, Weights, create_timm_model, is_timm_model,
-                         offline_weights_file)
+from .pretrained import BackboneClassifier, Weights, create_timm_model, is_timm_model, offline_weights_file
 from .registry import count_parameters, get_model_info, num_outputs_for, registered_models
 
 __all__ = ["create_model", "count_parameters", "get_model_info", "registered_models", "num_outputs_for",

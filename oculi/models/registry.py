@@ -4,6 +4,12 @@ Every factory has the same signature, so training, loading and the CLI never spe
 ``factory(num_outputs, in_chans, image_size) -> nn.Module``. Dense layers after a ``Flatten`` need the
 input size, which is why the size is an argument and not inferred lazily (lazy layers cannot be
 loaded from a bundle before a forward pass).
+
+Every model also lists its convolutional stages, the layers whose outputs ``oculi explain`` shows and takes
+Grad-CAM from, as timm models do: a ``feature_info`` list with one dict per stage, in forward order (see
+``stage_info``; ``FastCNN.feature_info`` is an example); [] for a model without convolutional stages. A model
+whose stages give [N, H, W, C] rather than [N, C, H, W] says so with ``output_fmt = "NHWC"``, as timm's Swin
+does.
 """
 
 from __future__ import annotations
@@ -68,6 +74,13 @@ def num_outputs_for(num_classes: int, head: str) -> int:
             raise OculiError(f"--head sigmoid needs exactly 2 classes, the data has {num_classes}")
         return 1
     return num_classes
+
+
+def stage_info(name: str, module: str, num_chs: int, reduction: int) -> dict:
+    """One entry of a model's ``feature_info``: timm's keys (``module``, the stage's dotted name in the model;
+    ``num_chs``, its output channels; ``reduction``, its nominal stride, the product of the strides up to
+    it) and ``name``, what figures call the stage."""
+    return {"module": module, "num_chs": num_chs, "reduction": reduction, "name": name}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -9,13 +9,14 @@ BatchNorm uses Keras' eps and momentum. A Keras ``Rescaling`` layer has no modul
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import OculiError
-from .registry import register_model
+from .registry import register_model, stage_info
 
 # Keras' BatchNormalization eps. Not its momentum (0.99, i.e. PyTorch's 0.01): running statistics that
 # slow lag far behind the weights in short runs (digits, 3 epochs: 16% val accuracy against 48% train);
@@ -34,6 +35,17 @@ class SeedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """One stage per nn.Sequential of ``features``, named "stage 1", "stage 2", ... (see ``registry``)."""
+        info, reduction = [], 1
+        for i, stage in enumerate(self.features):
+            layers = [m for m in stage.modules() if isinstance(m, (nn.Conv2d, nn.MaxPool2d))]
+            reduction *= math.prod(_kernel_stride(m)[1] for m in layers)
+            channels = [m.out_channels for m in layers if isinstance(m, nn.Conv2d)][-1]  # every stage has one
+            info.append(stage_info(f"stage {i + 1}", f"features.{i}", channels, reduction))
+        return info
 
 
 class _SamePad(nn.Module):
@@ -88,6 +100,11 @@ def _conv_pool_stages(in_chans: int, widths: tuple[int, ...], same: bool) -> lis
     return [_conv(a, b, same=same) + _pool() for a, b in zip(chans, chans[1:])]
 
 
+def _kernel_stride(layer: nn.Conv2d | nn.MaxPool2d) -> tuple[int, int]:
+    """(kernel, stride) of a square conv or pool, which PyTorch gives as an int or a pair."""
+    return tuple(v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride))
+
+
 def _side_after(features: nn.Sequential, n: int) -> int:
     """Height or width after ``features``; 0 once a layer would have nothing left.
 
@@ -98,7 +115,7 @@ def _side_after(features: nn.Sequential, n: int) -> int:
         if isinstance(m, _SamePad):
             n += m.amount(n)
         elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-            k, s = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride))
+            k, s = _kernel_stride(m)
             n = (n - k) // s + 1
         if n < 1:
             return 0

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import OculiError
-from .registry import register_model
+from .registry import register_model, stage_info
 
 WIDTHS = (32, 64, 128)
 WIDE_WIDTHS = (64, 256, 256)  # airbench94's widths: 4x the FLOPs per image, for GPUs
@@ -60,6 +60,14 @@ class FastCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(F.gelu(self.whiten(x)))
         return self.head(torch.amax(x, dim=(2, 3))) * OUTPUT_SCALE
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """The stages "whiten", then "block 1" to "block 3", each pooling to half the side (see ``registry``).
+        The whitening layer counts: its map is the only one of 7x7 or more that an 8x8 digit leaves."""
+        blocks = [stage_info(f"block {i}", f"features.{i - 1}", block.conv2.out_channels, 2 ** i)
+                  for i, block in enumerate(self.features, 1)]
+        return [stage_info("whiten", "whiten", self.whiten.out_channels, 1)] + blocks
 
     @torch.no_grad()
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -45,7 +45,8 @@ def test_translate_shifts_content(shift):
 
 # ---- affine and colour augmentation ------------------------------------------------------------------
 
-from oculi.data.transforms import AUGMENT_PRESETS, FILL_MODES, affine_batch, random_colour  # noqa: E402
+from oculi.config import FILL_MODES  # noqa: E402
+from oculi.data.transforms import AUGMENT_PRESETS, affine_batch, random_colour  # noqa: E402
 
 
 def _affine(batch, angle=0.0, shear=0.0, scale=1.0, shift=(0.0, 0.0), fill="reflect"):
@@ -122,3 +123,11 @@ def test_channel_stats_in_chunks_match_the_whole_sample(n, channels):
     assert mean == pytest.approx(sample.mean(dim=(0, 2, 3)).tolist(), abs=1e-4)
     assert std == pytest.approx(sample.std(dim=(0, 2, 3)).tolist(), abs=1e-4)
     assert channel_stats(RowView(images, torch.arange(n)), max_images=1000, chunk=64) == (mean, std)
+
+
+def test_the_augmentation_knobs_are_the_augmentation_fields():
+    """Each --rotation, --fill-mode, ... sets the Augmentation field of its name (oculi.defaults)."""
+    import dataclasses
+    from oculi.config import AUGMENTATION_KNOBS
+    from oculi.data.transforms import Augmentation
+    assert sorted(AUGMENTATION_KNOBS) == sorted(f.name for f in dataclasses.fields(Augmentation))

@@ -14,6 +14,7 @@ from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError
 from oculi.deploy.explain import cam_stage, conv_stages, explain_image, feature_maps, grad_cam
 from oculi.models import BackboneClassifier, create_model
+from oculi.models.registry import stage_info
 from oculi.deploy.predict import Classifier
 from oculi.report.explain_plots import most_active, plot_feature_maps, plot_grad_cam
 
@@ -55,6 +56,14 @@ def test_stages_of_a_timm_backbone_come_from_its_feature_info():
 def test_an_unknown_module_falls_back_to_children_holding_convolutions():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3)), nn.Flatten())
     assert [name for name, _ in conv_stages(model)] == ["0", "2"]
+
+
+def test_a_model_that_lists_its_stages_is_shown_those():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3)), nn.Flatten())
+    model.feature_info = [stage_info("first", "0", 4, 1), {"module": "2.0", "num_chs": 4, "reduction": 1}]
+    assert conv_stages(model) == [("first", model[0]), ("2.0", model[2][0])]  # unnamed: its module's name
+    model.feature_info = []  # declares none: no guessing
+    assert conv_stages(model) == []
 
 
 # ---------------------------------------------------------------- feature maps

@@ -5,10 +5,10 @@ import torch
 
 from oculi.data.decode import decode_image
 from oculi.data.transforms import Preprocessing
-from oculi.errors import OculiError
+from oculi.errors import OculiError, WeightsUnavailable
 from oculi.deploy.engines import predict_logits
 from oculi.models import create_model, offline_weights_file
-from oculi.models.pretrained import feed_size, make_head
+from oculi.models.pretrained import feed_size, make_head, pretrained_feed_size
 
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
 
@@ -33,8 +33,10 @@ def test_offline_weights_label_ants_and_bees_as_imagenet_does(hymenoptera):
 def test_pretrained_model_gets_a_new_head_for_the_task():
     model, weights = create_model("efficientnet_lite0", 2, 3, (224, 224), pretrained=True)
     assert model.head.out_features == 2 and weights.source.startswith("offline:")
-    # timm trained this net at 224 px; it is fed ~1.25x that (FixRes), rounded to a multiple of 32
-    assert weights.input_size == (224, 224) and weights.best_input_size == (288, 288)
+    # timm trained this net at 224 px; the plan feeds it ~1.25x that (FixRes), rounded to a multiple of 32,
+    # looked up by name before the weights are loaded: the same size as the loaded weights' own config says
+    assert model.backbone.pretrained_cfg["input_size"][1:] == (224, 224)
+    assert pretrained_feed_size("efficientnet_lite0") == feed_size(model.backbone.pretrained_cfg) == (288, 288)
 
 
 def test_feed_size_follows_timm_config():
@@ -123,6 +125,18 @@ def test_hub_download_failure_is_one_clear_line(monkeypatch):
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(OculiError, match="could not get ImageNet weights for 'resnet18'"):
         create_model("resnet18", 2, 3, (64, 64), pretrained=True)
+
+
+def test_missing_hub_weights_are_a_typed_error_training_can_catch(monkeypatch):
+    import timm
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(timm, "create_model", unreachable)
+    with pytest.raises(WeightsUnavailable, match="could not get ImageNet weights for 'resnet18'") as caught:
+        create_model("resnet18", 2, 3, (64, 64), pretrained=True)
+    assert isinstance(caught.value, OculiError)  # the CLI still prints it as one line
 
 
 def test_seed_models_refuse_pretrained():
