@@ -8,6 +8,7 @@ from ..config import CLASSIFIERS
 from ..errors import OculiError
 from .pretrained import BackboneClassifier, Weights, create_timm_model, is_timm_model, offline_weights_file
 from .registry import count_parameters, get_model_info, num_outputs_for, registered_models
+from . import seed, speed  # noqa: F401,E402  (importing them runs their @register_model decorators)
 
 __all__ = ["create_model", "count_parameters", "get_model_info", "registered_models", "num_outputs_for",
            "default_head", "Weights", "is_timm_model", "offline_weights_file", "BackboneClassifier", "CLASSIFIERS"]

@@ -1,5 +1,8 @@
 """A registry of oculi's own architectures by name; any other name is looked up in timm.
 
+The architectures register themselves (``@register_model``) when ``oculi.models`` imports their modules,
+so the registry imports none of them: it is filled before anyone can ask it.
+
 Every factory has the same signature, so training, loading and the CLI never special-case a model:
 ``factory(num_outputs, in_chans, image_size) -> nn.Module``. Dense layers after a ``Flatten`` need the
 input size, which is why the size is an argument and not inferred lazily (lazy layers cannot be
@@ -57,13 +60,11 @@ def register_model(name: str, description: str, reference_input: tuple[int, int,
 
 def registered_models() -> list[ModelInfo]:
     """oculi's own architectures, in registration order."""
-    _import_architectures()
     return list(_REGISTRY.values())
 
 
 def get_model_info(name: str) -> ModelInfo | None:
     """The registry entry for ``name``, or None when the name is not one of oculi's own."""
-    _import_architectures()
     return _REGISTRY.get(name)
 
 
@@ -86,8 +87,3 @@ def stage_info(name: str, module: str, num_chs: int, reduction: int) -> dict:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable) parameters, as Keras' summary counts them."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
-def _import_architectures() -> None:
-    # Importing the module runs its @register_model decorators.
-    from . import seed, speed  # noqa: F401
