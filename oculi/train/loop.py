@@ -1,4 +1,6 @@
-"""The training loop: epochs over in-memory uint8 tensors, augmented and normalised on the device.
+"""The training loop: one Learner for every way oculi trains (from scratch, a head on cached features,
+fine-tuning), over either kind of data: uint8 images, augmented and normalised on the device, or the
+feature vectors of a frozen backbone.
 
 Every random draw of epoch ``e`` comes from generators seeded with (seed, e), so a run resumed from
 the checkpoint of epoch ``e - 1`` repeats exactly what the uninterrupted run would have done.
@@ -7,7 +9,8 @@ the checkpoint of epoch ``e - 1`` repeats exactly what the uninterrupted run wou
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import torch
@@ -29,13 +32,14 @@ class LoopSettings:
     schedule: str
     warmup_epochs: float
     label_smoothing: float
-    patience: int | None
+    patience: int | None  # early stop after this many epochs without a better val accuracy; None: never
     head: str
     seed: int
     sampler: str = "shuffle"
     class_weights: torch.Tensor | None = None
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
+    mixed_precision: bool = True  # bfloat16 autocast on CUDA (deploy.engines.autocast)
 
 
 @dataclass
@@ -72,6 +76,12 @@ def epoch_order(labels: torch.Tensor, settings: LoopSettings, generator: torch.G
     return torch.randperm(len(labels), generator=generator)
 
 
+def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``order`` cut into full batches. The last partial batch is dropped: a batch of 1 breaks BatchNorm
+    and skews the step size."""
+    return [order[step * batch_size:(step + 1) * batch_size] for step in range(max(1, len(order) // batch_size))]
+
+
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
     if settings.head == "sigmoid":
         target = labels.float() * (1 - settings.label_smoothing) + 0.5 * settings.label_smoothing
@@ -81,14 +91,49 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) 
                            label_smoothing=settings.label_smoothing)
 
 
+def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
+    probs = logits_to_probs(logits, head)
+    nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
+    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == labels).float().mean())}
+
+
+NO_VAL = {"val_loss": None, "val_acc": None}
+
+# ---------------------------------------------------------------- the two kinds of data
+# What the Learner asks of its data: ``train`` (its length and labels), ``to(device)``, the batches of
+# one epoch's order, and the val metrics of a model.
+
+
+@dataclass
+class ImageData:
+    """uint8 images [N, C, H, W]: each batch augmented (training only) and normalised on the device."""
+
+    train: TensorSet
+    val: TensorSet
+    preprocessing: Preprocessing
+    augmentation: Augmentation | None
+
+    def to(self, device: torch.device) -> ImageData:
+        return replace(self, train=device_resident(self.train, device))
+
+    def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return training_batches(self.train, order, batch_size, self.augmentation, self.preprocessing, generator,
+                                device)
+
+    def validate(self, model: nn.Module, head: str, device: torch.device) -> dict:
+        """Loss and accuracy on the val images (no augmentation)."""
+        if len(self.val) == 0:
+            return NO_VAL
+        return validation_metrics(predict_logits(model, self.val.images, self.preprocessing, device),
+                                  self.val.labels, head)
+
+
 def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augmentation: Augmentation | None,
                      preprocessing: Preprocessing, generator: torch.Generator,
                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time.
-    The last partial batch is dropped: a batch of 1 breaks BatchNorm and skews the step size."""
-    order = order.to(data.images.device)  # gather where the images are (the GPU when resident there)
-    steps = max(1, len(order) // batch_size)
-    indices = [order[step * batch_size:(step + 1) * batch_size] for step in range(steps)]
+    """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time."""
+    indices = batch_indices(order.to(data.images.device), batch_size)  # gather where the images are
     for index, images in zip(indices, uint8_batches(data, indices)):
         labels = data.labels[index].to(device, non_blocking=True)
         images = images.to(device, non_blocking=True)
@@ -120,54 +165,137 @@ def device_resident(data: TensorSet, device: torch.device, share: float = 0.25) 
     return TensorSet(resident, data.labels.to(device), data.paths)
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: TensorSet, preprocessing: Preprocessing,
-                augmentation: Augmentation | None, settings: LoopSettings, epoch: int, device: torch.device,
-                advance: Callable) -> dict:
-    """One pass over the training set; returns mean loss and accuracy (on augmented images)."""
-    generator = epoch_generator(settings.seed, epoch)
-    torch.manual_seed(settings.seed * 100_003 + epoch)  # dropout draws
-    model.train()
-    order = epoch_order(data.labels, settings, generator)
-    steps_per_epoch = len(order) // settings.batch_size or 1
-    total_steps = steps_per_epoch * settings.epochs
-    warmup_steps = int(settings.warmup_epochs * steps_per_epoch)
-    loss_sum = correct = seen = 0
-    speed = Throughput()
-    batches = training_batches(data, order, settings.batch_size, augmentation, preprocessing, generator, device)
-    lookahead = Lookahead(model) if settings.lookahead else None
-    for step, (inputs, labels) in enumerate(batches):
-        set_lr(optimizer, settings.lr * lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps,
-                                                  settings.schedule))
-        with autocast(device):
-            logits = model(inputs)
-        loss = loss_fn(logits, labels, settings)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if lookahead is not None:
-            lookahead.step(model, epoch * steps_per_epoch + step, total_steps, force=step == steps_per_epoch - 1)
-        predicted = logits_to_probs(logits.detach(), settings.head).argmax(1)
-        loss_sum += float(loss.detach()) * len(labels)
-        correct += int((predicted == labels).sum())
-        seen += len(labels)
-        advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
-                **{"img/s": f"{speed.add(len(labels)):.0f}"})
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
-            "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
+@dataclass
+class FeatureSet:
+    """Backbone features [N * views, D] (float32, CPU) and their labels."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
-def validate(model: nn.Module, data: TensorSet, preprocessing: Preprocessing, head: str,
-             device: torch.device) -> dict:
-    """Loss and accuracy on the validation set (no augmentation)."""
-    if len(data) == 0:
-        return {"val_loss": None, "val_acc": None}
-    return validation_metrics(predict_logits(model, data.images, preprocessing, device), data.labels, head)
+@dataclass
+class FeatureData:
+    """Feature vectors of a frozen backbone, for its head: a batch is rows of the float matrix."""
+
+    train: FeatureSet
+    val: FeatureSet
+
+    def to(self, device: torch.device) -> FeatureData:
+        return self  # a few MB on the CPU; each batch is copied over when it is drawn
+
+    def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator,
+                device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in batch_indices(order, batch_size):
+            yield self.train.features[index].to(device), self.train.labels[index].to(device)
+
+    def validate(self, model: nn.Module, head: str, device: torch.device) -> dict:
+        """Loss and accuracy of ``model`` (the head) on the val feature vectors."""
+        if len(self.val) == 0:
+            return NO_VAL
+        model.eval()
+        with torch.no_grad():
+            logits = model(self.val.features.to(device)).float().cpu()
+        return validation_metrics(logits, self.val.labels, head)
 
 
-def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
-    probs = logits_to_probs(logits, head)
-    nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
-    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == labels).float().mean())}
+# ---------------------------------------------------------------- the Learner
+
+
+@dataclass
+class Learner:
+    """Trains ``model`` on ``data`` (ImageData or FeatureData) as ``settings`` say.
+
+    ``progress`` shows it (EpochBars or HeadBar); ``on_epoch_start(epoch)`` may change what is trainable
+    (gradual unfreezing); ``on_epoch_end(state)`` saves what must survive a restart (metrics.jsonl, the
+    checkpoint); ``settings.patience`` stops it early."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    settings: LoopSettings
+    data: ImageData | FeatureData
+    device: torch.device
+    reporter: Reporter
+    progress: EpochBars | HeadBar = field(default_factory=lambda: EpochBars())  # defined below
+    on_epoch_start: Callable[[int], None] = lambda epoch: None
+    on_epoch_end: Callable[[LoopState], None] = lambda state: None
+
+    def __post_init__(self):
+        self.data = self.data.to(self.device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train) // self.settings.batch_size or 1
+
+    def fit(self, state: LoopState | None = None) -> LoopState:
+        """Train from ``state.epoch`` (no state: from the start) to ``settings.epochs``, or to an early stop."""
+        state = LoopState() if state is None else state
+        with self.progress.fit(self, state):
+            while state.epoch < self.settings.epochs and not self.early_stop(state):
+                self.on_epoch_start(state.epoch)
+                record(state, self.epoch(state.epoch), self.model)
+                self.progress.epoch_end(self, state)
+                self.on_epoch_end(state)
+        return state
+
+    def early_stop(self, state: LoopState) -> bool:
+        """True, and said, after ``settings.patience`` epochs without a better val accuracy (None: never)."""
+        patience = self.settings.patience
+        if patience is None or state.epochs_since_best() < patience:
+            return False
+        self.reporter.info(f"early stop: no better val accuracy for {patience} epochs")
+        return True
+
+    def epoch(self, epoch: int) -> dict:
+        """Train one epoch, then measure the model on the val data: the epoch's row of metrics.jsonl."""
+        started = time.perf_counter()
+        with self.progress.epoch(self, epoch) as advance:
+            row = self.train_epoch(epoch, advance)
+        return {"epoch": epoch + 1, "phase": self.settings.phase, **row,
+                **self.data.validate(self.model, self.settings.head, self.device),
+                "seconds": round(time.perf_counter() - started, 2), "time": round(time.time(), 2),
+                **gpu_memory(self.device)}
+
+    def train_epoch(self, epoch: int, advance: Callable = lambda n, **fields: None) -> dict:
+        """One pass over the training data; returns mean loss and accuracy (on augmented images)."""
+        model, optimizer, s = self.model, self.optimizer, self.settings
+        generator = epoch_generator(s.seed, epoch)
+        torch.manual_seed(s.seed * 100_003 + epoch)  # dropout draws
+        model.train()
+        order = epoch_order(self.data.train.labels, s, generator)
+        steps = self.steps_per_epoch
+        total_steps, warmup_steps = steps * s.epochs, int(s.warmup_epochs * steps)
+        lookahead = Lookahead(model) if s.lookahead else None
+        loss_sum = correct = seen = 0
+        speed = Throughput()
+        for step, (inputs, labels) in enumerate(self.data.batches(order, s.batch_size, generator, self.device)):
+            set_lr(optimizer, s.lr * lr_factor(epoch * steps + step, total_steps, warmup_steps, s.schedule))
+            with autocast(self.device) if s.mixed_precision else nullcontext():
+                logits = model(inputs)
+            loss = loss_fn(logits, labels, s)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if lookahead is not None:
+                lookahead.step(model, epoch * steps + step, total_steps, force=step == steps - 1)
+            predicted = logits_to_probs(logits.detach(), s.head).argmax(1)
+            loss_sum += float(loss.detach()) * len(labels)
+            correct += int((predicted == labels).sum())
+            seen += len(labels)
+            advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
+                    **{"img/s": f"{speed.add(len(labels)):.0f}"})
+        return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+                "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
+
+
+def record(state: LoopState, row: dict, model: nn.Module) -> None:
+    """Add the epoch's ``row`` to ``state``, and the model's weights when they are the best so far."""
+    state.history.append(row)
+    state.epoch = row["epoch"]
+    if is_better(row, state):
+        state.best_epoch, state.best_state = state.epoch, copy_state(model)
 
 
 def is_better(row: dict, state: LoopState) -> bool:
@@ -178,35 +306,9 @@ def is_better(row: dict, state: LoopState) -> bool:
     return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorSet, val: TensorSet,
-        preprocessing: Preprocessing, augmentation: Augmentation | None, settings: LoopSettings,
-        device: torch.device, reporter: Reporter, state: LoopState,
-        on_epoch_end: Callable[[LoopState], None],
-        on_epoch_start: Callable[[int], None] = lambda epoch: None) -> LoopState:
-    """Train from ``state.epoch`` to ``settings.epochs`` (or early stop); ``on_epoch_end`` checkpoints,
-    ``on_epoch_start(epoch)`` may change what is trainable (gradual unfreezing)."""
-    steps = len(train) // settings.batch_size or 1
-    train = device_resident(train, device)
-    while state.epoch < settings.epochs:
-        if settings.patience is not None and state.epochs_since_best() >= settings.patience:
-            reporter.info(f"early stop: no better val accuracy for {settings.patience} epochs")
-            break
-        epoch = state.epoch
-        on_epoch_start(epoch)
-        started = time.perf_counter()
-        with reporter.bar(f"epoch {epoch + 1}/{settings.epochs}", steps) as advance:
-            row = train_epoch(model, optimizer, train, preprocessing, augmentation, settings, epoch, device,
-                              advance)
-        row = {"epoch": epoch + 1, "phase": settings.phase, **row, **validate(model, val, preprocessing, settings.head, device),
-               "seconds": round(time.perf_counter() - started, 2), "time": round(time.time(), 2), **gpu_memory(device)}
-        state.history.append(row)
-        state.epoch = epoch + 1
-        if is_better(row, state):
-            state.best_epoch = state.epoch
-            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        reporter.info(summary_line(row, settings.epochs, state.best_epoch == state.epoch))
-        on_epoch_end(state)
-    return state
+def copy_state(model: nn.Module) -> dict:
+    """A copy of ``model``'s weights that later training steps leave alone."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def gpu_memory(device: torch.device) -> dict:
@@ -214,6 +316,48 @@ def gpu_memory(device: torch.device) -> dict:
     if device.type != "cuda":
         return {}
     return {"gpu_peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+
+
+# ---------------------------------------------------------------- progress
+
+
+class EpochBars:
+    """Progress of training on images, where an epoch takes seconds to minutes: a bar over each epoch's
+    steps (loss, accuracy, images/s), then the epoch's summary line."""
+
+    @contextmanager
+    def fit(self, learner: Learner, state: LoopState):
+        yield
+
+    def epoch(self, learner: Learner, epoch: int):
+        return learner.reporter.bar(f"epoch {epoch + 1}/{learner.settings.epochs}", learner.steps_per_epoch)
+
+    def epoch_end(self, learner: Learner, state: LoopState) -> None:
+        learner.reporter.info(summary_line(state.history[-1], learner.settings.epochs,
+                                           state.best_epoch == state.epoch))
+
+
+class HeadBar:
+    """Progress of a head on feature vectors, where an epoch takes milliseconds: one bar over all epochs,
+    then one line for the epoch kept."""
+
+    @contextmanager
+    def fit(self, learner: Learner, state: LoopState):
+        started = time.perf_counter()
+        with learner.reporter.bar("training the head", learner.settings.epochs) as self.advance:
+            yield
+        best = state.best_row
+        val = "" if best["val_acc"] is None else f"  val loss {best['val_loss']:.4f} acc {best['val_acc']:.2%}"
+        learner.reporter.info(f"head   {state.epoch} epochs on {len(learner.data.train)} feature vectors in "
+                              f"{time.perf_counter() - started:.1f}s; best epoch {state.best_epoch}: train loss "
+                              f"{best['train_loss']:.4f} acc {best['train_acc']:.2%}{val}")
+
+    @contextmanager
+    def epoch(self, learner: Learner, epoch: int):
+        yield lambda n=1, **fields: None
+
+    def epoch_end(self, learner: Learner, state: LoopState) -> None:
+        self.advance(1, val_acc=f"{state.history[-1]['val_acc'] or 0:.1%}")
 
 
 def summary_line(row: dict, epochs: int, best: bool) -> str:

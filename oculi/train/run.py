@@ -36,7 +36,7 @@ from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..rundir import RunDir
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import LoopSettings, LoopState, fit
+from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
 from .transfer import features_phase, freeze, gradual_unfreezing
 
@@ -349,8 +349,8 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
         head_state = features_phase(model, plan, sets, settings, device, reporter)
         if cfg.mode == "features":
             run.write_metrics_log(head_state.history)
-            return dataclasses.replace(head_state, best_state=_copy_state(model))
-        state = LoopState(best_state=_copy_state(model), baseline=head_state.best_row, prior=head_state.history)
+            return dataclasses.replace(head_state, best_state=copy_state(model))
+        state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history)
         reporter.info(_finetune_plan(state.baseline))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 cfg.backbone_lr if cfg.pretrained else 1.0)
@@ -368,7 +368,10 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     on_epoch_start = (gradual_unfreezing(model, cfg.unfreeze_epochs)
                       if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier) else lambda epoch: None)
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
-    state = fit(model, optimizer, sets["train"], sets["val"], preprocessing, plan.augmentation, settings, device, reporter, state, on_epoch_end, on_epoch_start)
+    data = ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
+    learner = Learner(model, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,
+                      on_epoch_end=on_epoch_end)
+    state = learner.fit(state)
     if state.baseline is not None:
         _say_what_was_kept(state, reporter)
     return state
@@ -391,10 +394,6 @@ def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:
     else:
         reporter.info(f"kept fine-tuned epoch {state.best_epoch}: val accuracy {state.best_row['val_acc']:.2%} "
                       f"(features model: {base:.2%})")
-
-
-def _copy_state(model) -> dict:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _restore(model, optimizer, run: RunDir, device, reporter) -> LoopState:

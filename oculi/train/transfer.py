@@ -9,6 +9,7 @@ one to beat: a fine-tuned epoch is kept only if its validation accuracy is highe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -21,9 +22,10 @@ from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..models import BackboneClassifier
 from ..plan import Plan
-from .features import fit_head, split_features
+from .features import split_features
 from .frozen import FrozenForward
-from .loop import LoopSettings, LoopState
+from .loop import FeatureData, HeadBar, Learner, LoopSettings, LoopState
+from .optim import build_optimizer
 
 
 def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet], settings: LoopSettings,
@@ -42,11 +44,17 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
         reporter.info("features computed with ONNX Runtime (the frozen backbone exported to ONNX)")
     elif backbone.fallback_reason and device.type == "cpu":
         reporter.info(f"features computed with PyTorch: {backbone.fallback_reason}")
-    head_settings = LoopSettings(**{**vars(settings), "epochs": cfg.head_epochs, "lr": cfg.head_lr,
-                                    "batch_size": min(settings.batch_size, len(feats["train"])),
-                                    "phase": "features"})
-    return fit_head(model.head, feats["train"], feats["val"], head_settings, cfg.optimizer, cfg.weight_decay,
-                    device, reporter)
+    # The head's epochs take milliseconds: all of them run (the best is kept, no early stop), in float32
+    # (bfloat16 saves nothing on so small a matrix), without Lookahead.
+    head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
+                                        batch_size=min(settings.batch_size, len(feats["train"])),
+                                        phase="features", patience=None, lookahead=False, mixed_precision=False)
+    optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, momentum=0.9)
+    learner = Learner(model.head, optimizer, head_settings, FeatureData(feats["train"], feats["val"]), device,
+                      reporter, progress=HeadBar())
+    state = learner.fit()
+    model.head.load_state_dict(state.best_state)
+    return state
 
 
 def backbone_digest(backbone: nn.Module) -> str:

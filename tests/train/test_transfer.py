@@ -116,7 +116,9 @@ def test_auto_resume_after_a_crash_in_finetuning_matches(tmp_path, colours, weig
 
     def crash_in_epoch_two(optimizer, lr):
         calls["n"] += 1
-        if calls["n"] == 4 + 2:  # 38 train images, batch 8: 4 steps an epoch; die in epoch 2
+        # 38 train images, batch 8: 4 steps an epoch, in the head's 5 epochs as in fine-tuning (one Learner
+        # steps both); die 2 steps into fine-tuning's epoch 2
+        if calls["n"] == 5 * 4 + 4 + 2:
             raise KeyboardInterrupt
         real_set_lr(optimizer, lr)
 
@@ -124,6 +126,7 @@ def test_auto_resume_after_a_crash_in_finetuning_matches(tmp_path, colours, weig
     with pytest.raises(KeyboardInterrupt):
         _train(colours, tmp_path / "crashed", weights_file, **options)
     monkeypatch.setattr(loop, "set_lr", real_set_lr)
+    assert len((tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()) == 5 + 1
     resumed = oculi.train(resume=tmp_path / "crashed")
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
     assert (tmp_path / "full" / "test_predictions.csv").read_text() == \

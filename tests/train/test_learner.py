@@ -1,0 +1,112 @@
+"""The Learner: one training loop for images and for feature vectors, its hooks, its early stop."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from oculi.console import Reporter
+from oculi.data.loading import TensorSet
+from oculi.data.transforms import Preprocessing
+from oculi.train.loop import (FeatureData, FeatureSet, HeadBar, ImageData, Learner, LoopSettings, LoopState,
+                              copy_state)
+from oculi.train.optim import build_optimizer
+from tests.conftest import without_timing
+
+PREPROCESSING = Preprocessing((4, 4), 3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+
+
+def _images(n: int, classes: int, seed: int) -> TensorSet:
+    """Random 4x4 colour images whose class's channel is brighter: learnable, but not at once."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 160, (n, 3, 4, 4), generator=g)
+    images[torch.arange(n), labels] += 60
+    return TensorSet(images.to(torch.uint8), labels, [f"{i}.png" for i in range(n)])
+
+
+def _features(data: TensorSet) -> FeatureSet:
+    """What an identity backbone would give for ``data``: its normalised pixels, flattened."""
+    return FeatureSet(PREPROCESSING.normalize(data.images).flatten(1), data.labels)
+
+
+def _head(outputs: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Dropout(0.3), nn.Linear(3 * 4 * 4, outputs))  # dropout: its draws must agree too
+
+
+def _learner(model: nn.Module, data, reporter=None, **settings) -> Learner:
+    defaults = dict(epochs=3, batch_size=8, lr=0.05, schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1,
+                    patience=None, head="softmax", seed=3)
+    optimizer = build_optimizer(model, "adamw", 0.05, 5e-4, 0.9)
+    return Learner(model, optimizer, LoopSettings(**{**defaults, **settings}), data, torch.device("cpu"),
+                   reporter or Reporter(quiet=True))
+
+
+@pytest.mark.parametrize("head, classes", [("softmax", 3), ("sigmoid", 2)])
+def test_a_head_learns_the_same_from_images_through_an_identity_backbone_as_from_their_features(head, classes):
+    train, val = _images(42, classes, seed=0), _images(15, classes, seed=1)
+    outputs = 1 if head == "sigmoid" else classes
+    on_images = nn.Sequential(nn.Flatten(), _head(outputs))
+    on_features = _head(outputs)
+    images = _learner(on_images, ImageData(train, val, PREPROCESSING, None), head=head).fit()
+    features = _learner(on_features, FeatureData(_features(train), _features(val)), head=head).fit()
+    assert without_timing(images.history) == without_timing(features.history)
+    assert images.history[-1]["train_acc"] > images.history[0]["train_acc"]  # it learned something
+    for name, weight in on_features.state_dict().items():
+        assert torch.equal(on_images[1].state_dict()[name], weight), name
+
+
+def _feature_data(classes: int = 3) -> FeatureData:
+    return FeatureData(_features(_images(42, classes, seed=0)), _features(_images(15, classes, seed=1)))
+
+
+def test_resuming_from_an_epoch_end_repeats_the_uninterrupted_fit():
+    saved = {}
+
+    def save_after_epoch_one(state: LoopState) -> None:
+        if state.epoch == 1:
+            saved.update(model=copy_state(learner.model), optimizer=copy.deepcopy(learner.optimizer.state_dict()),
+                         state=copy.deepcopy(state))
+
+    learner = _learner(_head(3), _feature_data())
+    learner.on_epoch_end = save_after_epoch_one
+    full = learner.fit()
+    resumed = _learner(_head(3), _feature_data())
+    resumed.model.load_state_dict(saved["model"])
+    resumed.optimizer.load_state_dict(saved["optimizer"])
+    state = resumed.fit(saved["state"])
+    assert without_timing(state.history) == without_timing(full.history) and state.best_epoch == full.best_epoch
+    assert all(torch.equal(state.best_state[k], v) for k, v in full.best_state.items())
+
+
+def test_on_epoch_start_is_told_each_epoch_before_it_trains():
+    learner, state, started = _learner(_head(3), _feature_data(), epochs=4), LoopState(), []
+    learner.on_epoch_start = lambda epoch: started.append((epoch, len(state.history)))
+    learner.fit(state)
+    assert started == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
+def test_early_stop_after_patience_epochs_without_a_better_val_accuracy(capsys):
+    # lr 0: every epoch measures as the first, which is never beaten
+    learner = _learner(_head(3), _feature_data(), Reporter(), epochs=10, lr=0.0, patience=2)
+    state = learner.fit()
+    assert state.epoch == 3 and state.best_epoch == 1
+    assert "early stop: no better val accuracy for 2 epochs" in capsys.readouterr().err
+    assert _learner(_head(3), _feature_data(), epochs=10, lr=0.0, patience=None).fit().epoch == 10
+
+
+def test_progress_is_a_line_an_epoch_on_images_and_one_line_for_a_head(capsys):
+    train, val = _images(42, 3, seed=0), _images(15, 3, seed=1)
+    _learner(nn.Sequential(nn.Flatten(), _head(3)), ImageData(train, val, PREPROCESSING, None), Reporter()).fit()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith(f"epoch   {e}/3  train loss ") for e, line in zip((1, 2, 3), lines))
+    assert "  val loss " in lines[0] and " img/s  " in lines[0]
+    learner = _learner(_head(3), FeatureData(_features(train), _features(val)), Reporter())
+    learner.progress = HeadBar()
+    state = learner.fit()
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("head   3 epochs on 42 feature vectors in ")
+    assert f"; best epoch {state.best_epoch}: train loss " in line and "  val loss " in line
