@@ -12,6 +12,7 @@ the work itself (decoding, batching, the model) is ``oculi.deploy.service``.
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from contextlib import asynccontextmanager
@@ -264,8 +265,9 @@ class Timing:
 
 def _route(scope) -> str:
     """The route's template, not the raw path: a client cannot grow the metrics with made-up paths."""
-    route = scope.get("route")
-    return getattr(route, "path", None) or "other"
+    if scope.get("route") is not None:
+        return scope["route"].path
+    return "/static" if isinstance(scope.get("endpoint"), StaticFiles) else "other"
 
 
 # ---------------------------------------------------------------- the app and the server
@@ -313,4 +315,12 @@ def serve(run: str | Path, settings: ServeSettings, host: str = "127.0.0.1", por
     service = Service(Classifier.load(run, device=device), settings)
     sock = bind(host, port)
     config = uvicorn.Config(create_app(service), log_level="info", timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again for the code around it:
+    # here that is the end of a normal stop, not an interruption (exit code 0, no message).
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
