@@ -5,7 +5,7 @@
 Starts ``oculi serve`` itself on a free port of 127.0.0.1 (never any other address), waits for /readyz, then
 for each number of concurrent clients sends --requests requests, POST /v1/predict with one image each, as
 fast as the clients get answers. Every 20th upload (5%) is corrupt: a JPEG cut in half or bytes that are no
-image; each must get 400. The images are 32 distinct 256x256 JPEGs (13-15 KB), so every request is
+image; each must get 400. The images are 32 distinct 256x256 JPEGs (18-26 KB), so every request is
 decoded and resized for real. Without --run, a model is trained first (``oculi train digits``: fast-cnn,
 8x8 gray, about 15 s), into a temporary folder.
 
