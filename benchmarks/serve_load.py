@@ -79,7 +79,7 @@ def payloads() -> tuple[list[bytes], list[bytes]]:
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 1, 256)
     good = []
-    for i in range(32):
+    for _ in range(32):
         base = np.stack([np.add.outer(ramp * rng.uniform(0, 200), ramp * rng.uniform(0, 55))] * 3, -1)
         pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
         buffer = io.BytesIO()

@@ -299,6 +299,8 @@ def create_app(service: Service) -> FastAPI:
 
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on (host, port); an address in use or not this machine's is a one-line error."""
+    if not 0 <= port <= 65535:  # getaddrinfo would take 70000 as 70000 - 65536
+        raise OculiError(f"--port must be from 0 to 65535, got {port}")
     try:
         # proto IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets that
         # say they are TCP; without it every answer on a kept-alive connection waited 40 ms for an ACK.

@@ -159,6 +159,13 @@ class Service:
                 "grad_cam": self.explainable,
                 "limits": {"max_files": s.max_files, "max_upload_mb": s.max_upload_mb, "max_batch": s.max_batch}}
 
+    def check_ready(self) -> None:
+        """Nothing when requests can be taken; else the ServeError that says why not."""
+        if self.failure is not None:
+            raise ServeError(503, "not_ready", self.failure)
+        if not self.ready.is_set():
+            raise ServeError(503, "not_ready", "the model is warming up", retry_after=RETRY_AFTER_S)
+
     async def predict(self, uploads: list[Upload], top_k: int) -> list[dict]:
         """The top-k classes of each upload, in order."""
         self.check_ready()
@@ -179,13 +186,6 @@ class Service:
             return await asyncio.to_thread(self._explained, pixels, class_name)
 
     # ------------------------------------------------------------ how
-
-    def check_ready(self) -> None:
-        """Nothing when requests can be taken; else the ServeError that says why not."""
-        if self.failure is not None:
-            raise ServeError(503, "not_ready", self.failure)
-        if not self.ready.is_set():
-            raise ServeError(503, "not_ready", "the model is warming up", retry_after=RETRY_AFTER_S)
 
     @contextmanager
     def _admitted(self, n: int) -> Iterator[None]:
@@ -222,5 +222,4 @@ class Service:
 
     def _answer(self, name: str, row: np.ndarray, top_k: int) -> dict:
         p = self.classifier.prediction(name, row, top_k)
-        return {"file": name, "label": p.label, "probability": p.confidence,
-                "top_k": [{"label": c, "probability": q} for c, q in p.top_k]}
+        return {"file": name, "label": p.label, "probability": p.confidence, "top_k": p.to_dict()["top_k"]}

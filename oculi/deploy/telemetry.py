@@ -40,7 +40,8 @@ class Counter(_Metric):
 
     def lines(self) -> list[str]:
         with self._lock:
-            return self.header() + [f"{self.name}{self._labelled(k)} {_number(v)}" for k, v in sorted(self.values.items())]
+            rows = sorted(self.values.items())
+        return self.header() + [f"{self.name}{self._labelled(key)} {_number(value)}" for key, value in rows]
 
 
 class Histogram(_Metric):

@@ -37,7 +37,8 @@ def png_header(width: int, height: int) -> bytes:
     first bytes)."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def files(*named: tuple[str, bytes]) -> list:
@@ -322,16 +323,22 @@ def test_metrics_count_requests_errors_and_batches(client):
     (["--max-batch", "0"], "--max-batch must be from 1 to 4096, got 0"),
     (["--max-wait-ms", "nan"], "--max-wait-ms must be from 0 to 10000, got nan"),
     (["--queue", "8"], "--queue (8) must be at least --max-files (32)"),
-    (["--port", "70000"], "cannot listen on 127.0.0.1:70000"),
+    (["--port", "70000"], "--port must be from 0 to 65535, got 70000"),
 ])
-def test_serve_refuses_bad_flags_in_one_line(served_run, capsys, flags, message):
+def test_serve_refuses_bad_flags_in_one_line(served_run, capsys, monkeypatch, flags, message):
+    monkeypatch.setattr("uvicorn.Server.run", _must_not_serve)
     assert main(["serve", str(served_run[0]), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_serve_refuses_a_port_in_use(served_run, capsys):
+def _must_not_serve(*args, **kwargs):
+    raise AssertionError("oculi serve started serving despite a bad flag")
+
+
+def test_serve_refuses_a_port_in_use(served_run, capsys, monkeypatch):
     import socket
+    monkeypatch.setattr("uvicorn.Server.run", _must_not_serve)
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         assert main(["serve", str(served_run[0]), "--port", str(port)]) == 2
