@@ -259,6 +259,28 @@ def explain(
 
 
 @app.command()
+def serve(
+    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: Optional[int] = typer.Option(None, help="Processes decoding uploads (default: one per core, at most 8)."),
+    max_batch: int = typer.Option(32, help="Most images per model call."),
+    max_wait_ms: float = typer.Option(5.0, help="How long the first image of a batch waits for others, in ms."),
+    queue: int = typer.Option(256, help="Most images in flight (decoding, waiting, in the model); beyond: 503."),
+    max_upload_mb: float = typer.Option(20.0, help="Largest request body, in MB (all its files together)."),
+    max_files: int = typer.Option(32, help="Most images per request."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Serve a trained model over HTTP: a JSON API (/v1/predict, /v1/explain, /v1/model; /docs), a web page
+    at /, /healthz, /readyz and /metrics."""
+    from .deploy.serve import serve as serve_run
+    from .deploy.service import ServeSettings
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue,
+                             max_upload_mb=max_upload_mb, max_files=max_files, workers=workers)
+    serve_run(run, settings, host=host, port=port, device=device)
+
+
+@app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The built-in architectures (with parameter counts at their tutorial's input) and suggested timm backbones."""
     from .models.catalog import model_catalog

@@ -12,7 +12,7 @@ import pytest
 import oculi
 from tests.conftest import make_class_folder
 
-HEAVY = {"torch", "timm", "sklearn", "matplotlib"}
+HEAVY = {"torch", "timm", "sklearn", "matplotlib", "fastapi", "uvicorn"}
 
 
 def imported(*args: str) -> set[str]:
@@ -27,7 +27,7 @@ def test_import_oculi_imports_no_heavy_library():
     assert imported("-c", "import oculi; oculi.__version__") & HEAVY == set()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"], ["serve", "--help"]])
 def test_help_imports_no_heavy_library(args):
     assert imported("-m", "oculi", *args) & HEAVY == set()
 

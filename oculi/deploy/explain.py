@@ -236,7 +236,12 @@ class Explanation:
 def explain_image(classifier, image, target: int | str | None = None) -> Explanation:
     """Feature maps and Grad-CAM of ``image`` (anything ``Classifier.prepare`` takes) for ``target`` (a
     class index or name; default: the predicted class)."""
-    pixels = classifier.prepare(image)
+    return explain_prepared(classifier, classifier.prepare(image), target)
+
+
+def explain_prepared(classifier, pixels: torch.Tensor, target: int | str | None = None) -> Explanation:
+    """``explain_image`` of an image already prepared for the model (uint8 [C, H, W], as
+    ``Classifier.prepare`` or ``oculi.data.contained.prepare_file`` give it)."""
     # Probabilities as `oculi predict` reports them (flip TTA included), so the two never disagree.
     probs = predict_probs(classifier.model, pixels[None], classifier.preprocessing, classifier.head,
                           classifier.device)[0].numpy()
@@ -258,3 +263,19 @@ def _class_index(target: int | str, classes: list[str]) -> int:
             raise OculiError(f"unknown class '{target}'; this model's classes are: {shown}")
         return classes.index(target)
     return _check_target(target, len(classes))
+
+
+def cam_overlay(image: torch.Tensor, cam: torch.Tensor) -> np.ndarray:
+    """The uint8 image [C, H, W] with its Grad-CAM map [H, W] (in [0, 1]) laid over it in jet colours, as
+    the report draws it: the more evidence, the more opaque; where there is none the image shows unchanged.
+    Returns uint8 [H, W, 3]."""
+    rgb = image.expand(3, -1, -1).permute(1, 2, 0).float().numpy()
+    heat = cam.float().clamp(0, 1).numpy()[..., None]
+    alpha = 0.6 * heat
+    return (rgb * (1 - alpha) + 255 * _jet(heat) * alpha).round().astype(np.uint8)
+
+
+def _jet(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (shape [..., 1]) -> the jet colour map's RGB in [0, 1]: blue, cyan, yellow, red.
+    Its piecewise-linear form, so that drawing one overlay needs no matplotlib."""
+    return np.clip(1.5 - np.abs(4 * x - np.array([3.0, 2.0, 1.0])), 0, 1)

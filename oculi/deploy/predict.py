@@ -56,14 +56,18 @@ class Classifier:
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        batch = torch.stack([self.prepare(im) for im in images])
+        return self.prepared_probs(torch.stack([self.prepare(im) for im in images]), batch_size)
+
+    def prepared_probs(self, batch: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities [N, classes] of images already prepared (uint8 [N, C, H, W], as ``prepare``
+        gives them): the step that needs the model, apart from reading the images."""
         return predict_probs(self.model, batch, self.preprocessing, self.head, self.device, batch_size).numpy()
 
     def predict(self, images, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
         """Top-k predictions for each image (k is capped at the number of classes)."""
         images = images if isinstance(images, (list, tuple)) else [images]
         probs = self.predict_proba(images, batch_size)
-        return [self._prediction(_describe(im), row, top_k) for im, row in zip(images, probs)]
+        return [self.prediction(_describe(im), row, top_k) for im, row in zip(images, probs)]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
                       failures: list | None = None) -> Iterator[Prediction]:
@@ -85,11 +89,11 @@ class Classifier:
             yield from self._predict_batch(batch, names, top_k)
 
     def _predict_batch(self, batch, names, top_k) -> Iterator[Prediction]:
-        probs = predict_probs(self.model, torch.stack(batch), self.preprocessing, self.head, self.device).numpy()
-        for name, row in zip(names, probs):
-            yield self._prediction(name, row, top_k)
+        for name, row in zip(names, self.prepared_probs(torch.stack(batch))):
+            yield self.prediction(name, row, top_k)
 
-    def _prediction(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
+    def prediction(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
+        """The top-k classes of one row of probabilities (k capped at the number of classes)."""
         order = np.argsort(-row, kind="stable")[: max(1, min(top_k, len(self.classes)))]
         return Prediction(source, self.classes[order[0]], float(row[order[0]]),
                           [(self.classes[i], float(row[i])) for i in order])

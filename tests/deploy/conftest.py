@@ -1,0 +1,68 @@
+"""A small trained run to serve, and ways to serve it: in-process (TestClient) or on a real socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+import oculi
+from tests.conftest import make_class_folder
+
+from fastapi.testclient import TestClient
+
+from oculi.deploy.predict import Classifier
+from oculi.deploy.serve import bind, create_app
+from oculi.deploy.service import ServeSettings, Service
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory):
+    """A CNN (so Grad-CAM works) trained for an epoch on red, green and blue images: (run folder, data)."""
+    root = tmp_path_factory.mktemp("served")
+    data = make_class_folder(root / "colours", per_class=12)
+    # cache=False: a session fixture runs before the per-test private cache exists.
+    run = oculi.train(str(data), model="simple-cnn", epochs=1, out=str(root / "run"), progress=False,
+                      report=False, cache=False)
+    return run.run_dir, data
+
+
+def make_service(run_dir, prepare=None, **settings) -> Service:
+    """A service over the run, CPU, two decoding workers unless told otherwise."""
+    settings = ServeSettings(**{"workers": 2, **settings}).checked()
+    extra = {} if prepare is None else {"prepare": prepare}
+    return Service(Classifier.load(run_dir, device="cpu"), settings, **extra)
+
+
+def wait_ready(service: Service, timeout: float = 30) -> None:
+    assert service.ready.wait(timeout), service.failure or "not ready in time"
+
+
+@contextmanager
+def serving(service: Service, raise_server_exceptions: bool = True):
+    """A TestClient over the service's app, once the model is warmed up; the service stopped after."""
+    with TestClient(create_app(service), raise_server_exceptions=raise_server_exceptions) as client:
+        wait_ready(service)
+        yield client
+
+
+@contextmanager
+def live_server(service: Service):
+    """The app on a real socket (127.0.0.1, a free port) in a thread of this process: yields its URL."""
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_ready(service)
+        while not server.started:
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
