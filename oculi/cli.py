@@ -152,6 +152,38 @@ def predict(
     return 0
 
 
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the files (default: the run folder)."),
+    data: Optional[List[str]] = typer.Option(None, help="Images to check the export on (files, folders, globs; default: the run's own test split)."),
+    max_images: int = typer.Option(1000, help="Most images the check uses."),
+) -> int:
+    """Export a trained model as one file that takes uint8 images [N, C, H, W] at the bundle's size and
+    returns class probabilities (normalisation and test-time views inside); written only when it agrees
+    with the bundle on real images (exit code 1 otherwise)."""
+    from .deploy.export import FORMATS, ParityError, describe_parity, export_classifier
+    from .deploy.predict import Classifier
+    from .evaluate import check_images
+    if fmt not in FORMATS:
+        raise OculiError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
+    if max_images < 1:
+        raise OculiError("--max-images must be at least 1")
+    classifier = Classifier.load(run, device="cpu")  # the reference in float32, as the export computes
+    run_dir = run if run.is_dir() else run.parent
+    images, source = check_images(classifier, run_dir, data, max_images)
+    folder = out_dir or run_dir
+    try:
+        meta = export_classifier(classifier, images, fmt, folder, source)
+    except ParityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out.print(f"parity on {source}: {describe_parity(meta)}")
+    out.print(f"wrote {folder / meta['file']} and {meta['file']}.json")
+    return 0
+
+
 def _print_predictions(predictions, fmt: str) -> None:
     if fmt == "json":
         for p in predictions:

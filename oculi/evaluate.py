@@ -35,6 +35,36 @@ def evaluate_run(classifier, run_dir: str | Path, top_k: int = 5, out: str | Pat
     return _evaluate(classifier, source, top_k, folder, {"data": data, "split": split}, f"the {split} split of {data}")
 
 
+def check_images(classifier, run_dir: str | Path, data: list[str] | None = None, limit: int = 1000):
+    """Up to ``limit`` images for checking an export against its bundle, uint8 [N, C, H, W] prepared by
+    the bundle's preprocessing, and what they are: the files ``data`` names (labels are not needed), else
+    the run's own test split (val when it has none), read again as ``evaluate`` reads it."""
+    import torch
+
+    if data:
+        return _files_as_images(classifier, data, limit), "--data " + " ".join(data)
+    from .data.loading import load_split
+
+    source, where, split = _run_held_out(Path(run_dir), classifier.classes)
+    images = load_split(source, source.records[:limit], classifier.preprocessing, []).images
+    return torch.as_tensor(images), f"the {split} split of {where}"
+
+
+def _files_as_images(classifier, data: list[str], limit: int):
+    import torch
+    from .deploy.predict import expand_paths
+    from .data.contained import prepare_files
+
+    files, missing = expand_paths(data)
+    if missing:
+        raise OculiError(f"--data: no such file or folder: {missing[0]}")
+    prepared = [torch.from_numpy(a) for a in prepare_files(files[:limit], classifier.preprocessing)
+                if not isinstance(a, str)]  # a string: why the file could not be read
+    if not prepared:
+        raise OculiError(f"--data: no readable images in {', '.join(data)}")
+    return torch.stack(prepared)
+
+
 def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: str) -> tuple[dict, Path]:
     """Predict every record of ``source`` (labels in the model's class order), score and write to ``folder``.
     ``about`` goes into the metrics as it is; ``what`` names the images in errors."""
