@@ -128,12 +128,13 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    engine: str = typer.Option("auto", help="torch; onnx: the run's model.onnx (from `oculi export`, of this very bundle); auto: that model.onnx when there is one and the device is the CPU, else torch."),
 ) -> int:
     """Classify new images with a trained run (exit code 1 when none of them can be read)."""
     from .deploy.predict import Classifier, expand_paths
     if top_k < 1 or batch_size < 1:
         raise OculiError("--top-k and --batch-size must be at least 1")
-    classifier = Classifier.load(run, device=device)
+    classifier = Classifier.load(run, device=device, engine=engine)
     files, missing = expand_paths(paths)
     for item in missing:
         _warn(f"no such file or folder: {item}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import sys
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -196,6 +197,24 @@ def _export_meta(classifier, form: Format, file_sha256: str, figures: dict) -> d
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(classifier.classes)]},
             **({"opset": OPSET} if form.name == "onnx" else {}),
             "parity": figures}
+
+
+def find_export(folder: Path, bundle_meta: dict, fmt: str = "onnx") -> tuple[Path | None, str]:
+    """(the ``fmt`` file in ``folder``, "") when it was exported from this very bundle and is unchanged,
+    else (None, why not)."""
+    file = Path(folder) / FORMATS[fmt].file
+    meta_file = file.with_name(file.name + ".json")
+    if not (file.is_file() and meta_file.is_file()):
+        return None, f"no {file.name} in {folder} (`oculi export` makes one)"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (ValueError, OSError):
+        return None, f"{meta_file}: not valid JSON"
+    if not isinstance(meta, dict) or any(meta.get(k) != bundle_meta.get(k) for k in ("bundle_sha256", "weights_sha256")):
+        return None, f"{file} was exported from another bundle (export again)"
+    if sha256_of(file) != meta.get("file_sha256"):
+        return None, f"{file}: checksum does not match {meta_file.name} (export again)"
+    return file, ""
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_h
 from ..data.contained import prepare_files
 from ..data.transforms import Preprocessing
 from ..errors import OculiError
-from .bundle import load_bundle
+from .bundle import bundle_paths, load_bundle
 from .engines import place_model, predict_probs, resolve_device
 
 
@@ -41,11 +41,31 @@ class Classifier:
         self.classes: list[str] = list(meta["classes"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.head: str = meta["model"]["head"]
+        self.runner = None  # an exported graph that ``prepared_probs`` runs instead of the model
+        self.engine = "torch"
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> "Classifier":
+    def load(cls, path: str | Path, device: str = "auto", engine: str = "torch") -> "Classifier":
+        """The bundle at ``path``; ``engine``: torch, onnx (the run's model.onnx, which must come from
+        this bundle) or auto (that model.onnx when there is one and the device is the CPU, else torch)."""
         model, meta = load_bundle(path)
-        return cls(model, meta, device)
+        classifier = cls(model, meta, device)
+        classifier.use_engine(engine, bundle_paths(path)[0].parent)
+        return classifier
+
+    def use_engine(self, engine: str, folder: Path) -> None:
+        from .export import OnnxRunner, find_export
+        if engine not in ("auto", "torch", "onnx"):
+            raise OculiError(f"--engine: unknown engine '{engine}' (use auto, torch or onnx)")
+        if engine == "torch" or (engine == "auto" and self.device.type != "cpu"):
+            return
+        file, why_not = find_export(folder, self.meta, "onnx")
+        if file is None:
+            if engine == "onnx":
+                raise OculiError(f"--engine onnx: {why_not}")
+            return
+        # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
+        self.runner, self.engine = OnnxRunner(file.read_bytes()), "onnx"
 
     def prepare(self, image) -> torch.Tensor:
         """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing."""
@@ -61,6 +81,9 @@ class Classifier:
     def prepared_probs(self, batch: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """Class probabilities [N, classes] of images already prepared (uint8 [N, C, H, W], as ``prepare``
         gives them): the step that needs the model, apart from reading the images."""
+        if self.runner is not None:
+            from .export import run_batches
+            return run_batches(self.runner, batch, batch_size)
         return predict_probs(self.model, batch, self.preprocessing, self.head, self.device, batch_size).numpy()
 
     def predict(self, images, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:

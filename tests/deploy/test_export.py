@@ -21,9 +21,10 @@ RUNNERS = {"onnx": lambda path: OnnxRunner(path.read_bytes()), "torchscript": To
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """fast-cnn trained for an epoch on the built-in digits (its test split is read back for the gate)."""
+    """fast-cnn trained on the built-in digits (its test split is read back for the gate). Three epochs: after
+    one its probabilities are still nearly uniform, too easy to match."""
     # cache=False: a module fixture runs before the per-test private cache exists.
-    run = oculi.train("digits", model="fast-cnn", epochs=1, out=str(tmp_path_factory.mktemp("export") / "run"),
+    run = oculi.train("digits", model="fast-cnn", epochs=3, out=str(tmp_path_factory.mktemp("export") / "run"),
                       progress=False, report=False, cache=False)
     return run.run_dir
 
@@ -100,3 +101,23 @@ def test_user_mistakes_are_one_error_line(tmp_path, args, message, capsys):
     err = capsys.readouterr().err
     assert err == message.replace("RUN", str(run)).replace("NOPE", str(tmp_path / "NOPE")) + "\n"
     assert not (run / "model.onnx").exists()
+
+
+def test_predict_engines_use_the_export_only_when_it_comes_from_the_bundle(tmp_path, capsys):
+    run = _bundle(tmp_path / "run", "fast-cnn", (16, 16), tta="flip")
+    data = make_class_folder(tmp_path / "colours", per_class=2)
+    image = str(data / "red" / "img_00.png")
+    assert main(["predict", str(run), image, "--engine", "onnx"]) == 2
+    assert capsys.readouterr().err == f"error: --engine onnx: no model.onnx in {run} (`oculi export` makes one)\n"
+    assert main(["export", str(run), "--data", str(data)]) == 0
+    torch_, auto = (Classifier.load(run, device="cpu", engine=e) for e in ("torch", "auto"))
+    assert (torch_.engine, auto.engine) == ("torch", "onnx")
+    assert np.abs(auto.predict_proba([image]) - torch_.predict_proba([image])).max() < 1e-4
+    capsys.readouterr()
+    assert main(["predict", str(run), image, "--engine", "onnx", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == image
+    # Another bundle in the same folder: its export no longer applies.
+    _bundle(run, "fast-cnn", (16, 16), tta="none")
+    assert Classifier.load(run, device="cpu", engine="auto").engine == "torch"
+    assert main(["predict", str(run), image, "--engine", "onnx"]) == 2
+    assert "model.onnx was exported from another bundle (export again)" in capsys.readouterr().err
