@@ -54,6 +54,7 @@ class Classifier:
         return classifier
 
     def use_engine(self, engine: str, folder: Path) -> None:
+        """Run predictions through ``folder``'s model.onnx as ``engine`` asks (see ``load``)."""
         from .export import OnnxRunner, find_export
         if engine not in ("auto", "torch", "onnx"):
             raise OculiError(f"--engine: unknown engine '{engine}' (use auto, torch or onnx)")
