@@ -162,7 +162,7 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     example = torch.zeros(2, pre.channels, *pre.image_size, dtype=torch.uint8)
     target = Path(folder).expanduser() / form.file
     reference = classifier.prepared_probs(images)
-    with atomic_path(target) as tmp:
+    with _made_for(target.parent), atomic_path(target) as tmp:
         tmp.write_bytes(form.serialise(graph, example))
         figures = {**parity(reference, run_batches(form.runner(tmp), images)), "source": source}
         if figures["top1_agreement"] < MIN_AGREEMENT:
@@ -171,6 +171,18 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
         meta = _export_meta(classifier, form, sha256_of(tmp), figures)
     atomic_write_json(target.with_name(target.name + ".json"), meta)  # last: it vouches for the file
     return meta
+
+
+@contextmanager
+def _made_for(folder: Path):
+    """Remove ``folder`` again if the block fails and it did not exist before (``--out`` of a refused export)."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
 
 
 def _describe(figures: dict) -> str:

@@ -67,7 +67,12 @@ def test_a_broken_export_fails_the_gate_and_writes_nothing(digits_run, tmp_path,
     assert main(["export", str(digits_run), "--out", str(folder)]) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: export: onnx disagrees with the bundle") and "\n" not in error
-    assert not folder.exists() or list(folder.iterdir()) == []
+    assert not folder.exists()  # made for the export, and removed again
+    run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
+    before = sorted(p.name for p in run.iterdir())
+    data = make_class_folder(tmp_path / "colours", per_class=2)
+    assert main(["export", str(run), "--format", "torchscript", "--data", str(data)]) == 1
+    assert sorted(p.name for p in run.iterdir()) == before  # no model file, no .json, no temporary file
 
 
 def test_test_time_views_and_normalisation_are_in_the_graph(tmp_path):
