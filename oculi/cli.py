@@ -180,7 +180,7 @@ def export(
     except ParityError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out.print(f"parity on {source}: {describe_parity(meta)}")
+    out.print(f"parity on {source}: {describe_parity(meta['parity'])}")
     out.print(f"wrote {folder / meta['file']} and {meta['file']}.json")
     return 0
 

@@ -163,14 +163,22 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     target = Path(folder).expanduser() / form.file
     reference = classifier.prepared_probs(images)
     with _made_for(target.parent), atomic_path(target) as tmp:
-        tmp.write_bytes(form.serialise(graph, example))
+        tmp.write_bytes(_serialised(form, graph, example))
         figures = {**parity(reference, run_batches(form.runner(tmp), images)), "source": source}
         if figures["top1_agreement"] < MIN_AGREEMENT:
-            raise ParityError(f"export: {fmt} disagrees with the bundle on {_describe(figures)} "
+            raise ParityError(f"export: {fmt} disagrees with the bundle on {describe_parity(figures)} "
                               f"(needs {MIN_AGREEMENT:.1%}); nothing written")
         meta = _export_meta(classifier, form, sha256_of(tmp), figures)
     atomic_write_json(target.with_name(target.name + ".json"), meta)  # last: it vouches for the file
     return meta
+
+
+def _serialised(form: Format, graph: nn.Module, example: torch.Tensor) -> bytes:
+    try:
+        return form.serialise(graph, example)
+    except Exception as err:  # an operator the format lacks, say: the user's answer is another format
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise OculiError(f"export: this model cannot be exported as {form.name} ({first})") from None
 
 
 @contextmanager
@@ -185,14 +193,10 @@ def _made_for(folder: Path):
         raise
 
 
-def _describe(figures: dict) -> str:
+def describe_parity(figures: dict) -> str:
+    """``parity``'s figures in one line."""
     return (f"{figures['images']} images: top-1 agreement {figures['top1_agreement']:.2%}, "
             f"max |probability difference| {figures['max_abs_diff']:.2e}")
-
-
-def describe_parity(meta: dict) -> str:
-    """One line of an export's parity figures."""
-    return _describe(meta["parity"])
 
 
 def _export_meta(classifier, form: Format, file_sha256: str, figures: dict) -> dict:

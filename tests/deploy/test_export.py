@@ -126,3 +126,18 @@ def test_predict_engines_use_the_export_only_when_it_comes_from_the_bundle(tmp_p
     assert Classifier.load(run, device="cpu", engine="auto").engine == "torch"
     assert main(["predict", str(run), image, "--engine", "onnx"]) == 2
     assert "model.onnx was exported from another bundle (export again)" in capsys.readouterr().err
+
+
+def test_a_model_the_format_cannot_hold_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import oculi.deploy.export as export
+
+    def unsupported(model, example):
+        raise RuntimeError("Exporting the operator 'frobnicate' is not supported\nlong graph dump")
+
+    monkeypatch.setitem(export.FORMATS, "onnx", export.Format("onnx", "model.onnx", unsupported, None))
+    run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
+    data = make_class_folder(tmp_path / "colours", per_class=1)
+    assert main(["export", str(run), "--data", str(data)]) == 2
+    assert capsys.readouterr().err == ("error: export: this model cannot be exported as onnx (Exporting the "
+                                       "operator 'frobnicate' is not supported)\n")
+    assert not (run / "model.onnx").exists()
