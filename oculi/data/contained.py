@@ -112,7 +112,7 @@ def _recovered(flights: list[tuple[list, Future]], preprocessing: Preprocessing,
     decoded again, file by file as far as crashes go, in child processes."""
     lost_files = [path for chunk, future in flights if _broke(future) for path in chunk]
     again = map_in_children(partial(prepare_file, preprocessing=preprocessing), lost_files, workers,
-                            run_length=DECODE_CHUNK, setup=_one_thread)
+                            run_length=DECODE_CHUNK, setup=one_thread)
     for chunk, future in flights:
         if not _broke(future):
             yield future.result()
@@ -128,10 +128,10 @@ def _start_worker(preprocessing: Preprocessing) -> None:
     global _worker_preprocessing
     _worker_preprocessing = preprocessing
     quiet_crashes()
-    _one_thread()
+    one_thread()
 
 
-def _one_thread() -> None:
+def one_thread() -> None:
     torch.set_num_threads(1)  # one thread per process: the processes already fill the cores
 
 

@@ -21,10 +21,9 @@ from functools import partial
 from typing import Callable
 
 import numpy as np
-import torch
 
 from ..data.children import ChildDied, can_fork, fork_context, map_in_children, quiet_crashes
-from ..data.contained import DECODER_CRASHED, prepare_file
+from ..data.contained import DECODER_CRASHED, one_thread, prepare_file
 from ..data.transforms import Preprocessing
 
 # prepare(data, preprocessing=...) -> uint8 [C, H, W] array, or the reason the upload cannot be read
@@ -74,7 +73,7 @@ class UploadDecoder:
 
     def _alone(self, data: bytes) -> np.ndarray | str:
         """Decode in a child process of its own: a crash there is surely this upload's."""
-        outcome = next(map_in_children(self._prepare, [data], setup=_one_thread))
+        outcome = next(map_in_children(self._prepare, [data], setup=one_thread))
         return DECODER_CRASHED if isinstance(outcome, ChildDied) else outcome
 
 
@@ -85,11 +84,7 @@ def _start_worker(prepare) -> None:
     global _worker_prepare
     _worker_prepare = prepare
     quiet_crashes()
-    _one_thread()
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # the workers and the model already share the cores
+    one_thread()
 
 
 def _prepare_in_worker(data: bytes) -> np.ndarray | str:
