@@ -28,6 +28,7 @@ TTAS = ("auto", "none", "flip", "flip-shift")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 CHANNELS = (1, 3)
+TRACKERS = ("none", "tensorboard", "mlflow", "tensorboard+mlflow")  # oculi.train.trackers
 MAX_IMAGE_SIDE = 4096  # largest model input side (pixels): one bound for --image-size and bundles
 # Smallest: --augment's and --tta's whole-pixel shifts pad by reflection (which needs a side of 2) and
 # fast-cnn's first layer is a 2x2 patch. Models that need more (the tutorials' conv nets) say so when built.
@@ -158,6 +159,10 @@ class TrainConfig:
     top_k: int = setting(5, "k of the top-k accuracy.", low=1, high=1000)
     progress: bool = setting(True, "Show progress as the run goes.", cli=False)  # the CLI's --quiet turns it off
     report: bool = setting(True, "Write report.html in the run folder.")
+    log: str = setting("none", "Also log the settings and every epoch to a tracker: tensorboard (event files in the "
+                       "run folder), mlflow or tensorboard+mlflow.", choices=TRACKERS)
+    mlflow_uri: str | None = setting(None, "MLflow tracking URI for --log mlflow, e.g. a server's http://host:5000 "
+                                     "(default: $MLFLOW_TRACKING_URI, else the folder ./mlruns).")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -76,3 +76,12 @@ def metrics_table_rows(metrics: dict) -> list[tuple[str, str, str, str, str]]:
     rows.append(("macro avg", *fmt(metrics["macro_avg"]), n))
     rows.append(("weighted avg", *fmt(metrics["weighted_avg"]), n))
     return rows
+
+
+def headline_figures(metrics: dict) -> dict:
+    """The scores runs are compared by, from a test_metrics.json: accuracy, macro-F1, log loss and the
+    expected calibration error of the probabilities the model gives (``calibration.after.ece``); None for
+    one the metrics lack (ECE in runs made before calibration was measured)."""
+    calibration = metrics.get("calibration") or {}
+    return {"accuracy": metrics.get("accuracy"), "macro_f1": (metrics.get("macro_avg") or {}).get("f1"),
+            "log_loss": metrics.get("log_loss"), "ece": (calibration.get("after") or {}).get("ece")}

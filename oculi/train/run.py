@@ -38,6 +38,7 @@ from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
+from .trackers import RunLog, check_trackers, run_log
 from .transfer import features_phase, freeze, gradual_unfreezing
 
 @dataclass
@@ -164,6 +165,7 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
          given: str | None = None, saved: Plan | None = None) -> RunResult:
     """Open the data, plan the run (or take the ``saved`` plan of a resumed one), build the model, then
     train in the folder ``claim()`` holds for the rest of the run."""
+    check_trackers(cfg.log)  # a missing tracker package, named before minutes of work
     device = resolve_device(cfg.device)
     with reporter.download(f"downloading {cfg.data}") as progress:
         source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
@@ -197,9 +199,12 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
         write_manifest(run.split, _used_records(sets), source.classes)
         atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **plan.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    state = _fit(model, plan, sets, source, device, run, reporter, restoring)
-    model.load_state_dict(state.best_state)
-    return _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter)
+    with run_log(cfg, run.path, source.name) as log:  # --log: TensorBoard, MLflow
+        state = _fit(model, plan, sets, source, device, run, reporter, restoring, log)
+        model.load_state_dict(state.best_state)
+        result = _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter)
+        log.log_results(result.test_metrics)
+    return result
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -337,9 +342,9 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
 
 
-def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool) -> LoopState:
+def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool, log: RunLog) -> LoopState:
     """Train ``model`` as the plan's mode says: a head on frozen features, then (or only) the whole network;
-    ``restoring``: from the run's checkpoint."""
+    ``restoring``: from the run's checkpoint. ``log`` gets every epoch's row as metrics.jsonl does."""
     cfg, preprocessing = plan.config, plan.preprocessing
     place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
@@ -349,6 +354,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
         head_state = features_phase(model, plan, sets, settings, device, reporter)
         if cfg.mode == "features":
             run.write_metrics_log(head_state.history)
+            log.log_epochs(head_state.history)
             return dataclasses.replace(head_state, best_state=copy_state(model))
         state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history)
         reporter.info(_finetune_plan(state.baseline))
@@ -359,6 +365,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
 
     def on_epoch_end(s: LoopState) -> None:
         run.write_metrics_log(s.prior + s.history)
+        log.log_epochs(s.prior + s.history)
         save_checkpoint(run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
                          "baseline": s.baseline, "prior": s.prior})
