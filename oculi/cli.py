@@ -232,6 +232,22 @@ def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
 
 
 @app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders."),
+    out_file: Path = typer.Option(Path("compare.html"), "--out", help="The page to write (a folder: compare.html in it)."),
+) -> None:
+    """Compare finished runs: one table (data, model, parameters, accuracy, macro-F1, log loss, ECE, training
+    time, images/s) and compare.html, with every run's val curves overlaid and the settings that differ."""
+    from .report.compare import HEADERS, write_comparison
+    path, rows = write_comparison(runs, out_file)
+    table = Table(*HEADERS)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"wrote {path}")
+
+
+@app.command()
 def filters(
     image: Path = typer.Argument(..., help="An image file."),
     low: float = typer.Option(50.0, help="Canny: lower hysteresis threshold (gradient magnitude, 0-255 scale)."),

@@ -146,10 +146,17 @@ def _facts(run: RunFiles) -> list[tuple[str, str]]:
     m = run.metrics
     facts = [(f"{m['split']} accuracy", f"{m['accuracy']:.2%}"), (f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.2%}"),
              ("log loss", f"{m['log_loss']:.4f}"), (f"{m['split']} images", f"{m['n']:,}")]
-    if run.history and run.history[-1].get("time") and run.history[0].get("time"):
-        seconds = run.history[-1]["time"] - run.history[0]["time"] + run.history[0].get("seconds", 0)
+    seconds = training_seconds(run.history)
+    if seconds is not None:
         facts.append(("training time", f"{seconds:.0f} s"))
     return facts
+
+
+def training_seconds(history: list[dict]) -> float | None:
+    """From the first epoch's start to the last one's end (None: the rows hold no times)."""
+    if not (history and history[-1].get("time") and history[0].get("time")):
+        return None
+    return history[-1]["time"] - history[0]["time"] + history[0].get("seconds", 0)
 
 
 # ---------------------------------------------------------------- data

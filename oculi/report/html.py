@@ -129,8 +129,10 @@ def paragraph(text: str) -> str:
     return f"<p>{escape(text)}</p>"
 
 
-def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], sections: list[Section]) -> str:
-    """The whole page: header with headline figures, a table of contents, then each section."""
+def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], sections: list[Section],
+                footer: str = "Made by oculi. Rebuild with <code>oculi report RUN</code>.") -> str:
+    """The whole page: header with headline figures, a table of contents, then each section; ``footer``
+    is HTML."""
     toc = "".join(f'<li><a href="#{s.id}">{n}. {escape(s.title)}</a></li>' for n, s in enumerate(sections, 1))
     body = "".join(f'<section id="{s.id}"><h2>{escape(s.title)}</h2>{s.body}</section>' for s in sections)
     return f"""<!DOCTYPE html>
@@ -145,7 +147,7 @@ def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], section
 <header id="summary"><h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>{facts_html(facts)}
 <nav><ol>{toc}</ol></nav></header>
 <main>{body}</main>
-<footer>Made by oculi. Rebuild with <code>oculi report RUN</code>.</footer>
+<footer>{footer}</footer>
 </body>
 </html>
 """
