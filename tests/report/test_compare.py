@@ -136,7 +136,11 @@ def test_compare_html_renders_within_a_laptop_and_a_phone_screen(runs, tmp_path)
             assert page.evaluate(report_browser.OVERFLOW_JS) == []
             assert page.evaluate("[...document.querySelectorAll('section')].map(s => s.id)") == [
                 "runs", "curves", "settings"]
-            assert page.evaluate("document.querySelectorAll('#runs tbody tr').length") == len(runs)
+            # A column per run, a row per figure of the terminal's table.
+            assert page.evaluate("[...document.querySelectorAll('#runs thead th')].map(t => t.textContent)") == [
+                "", *(r.name for r in runs)]
+            assert page.evaluate("[...document.querySelectorAll('#runs tbody th, #runs tbody tr td:first-child')]"
+                                 ".map(t => t.textContent)") == HEADERS[1:]
             shot = page.screenshot(path=str(tmp_path / f"compare-{screen}.png"), full_page=True)
             assert len(shot) > 1000
             if keep:
