@@ -165,7 +165,7 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
          given: str | None = None, saved: Plan | None = None) -> RunResult:
     """Open the data, plan the run (or take the ``saved`` plan of a resumed one), build the model, then
     train in the folder ``claim()`` holds for the rest of the run."""
-    check_trackers(cfg.log)  # a missing tracker package, named before minutes of work
+    check_trackers(cfg.log, cfg.mlflow_uri)  # a missing tracker package, named before minutes of work
     device = resolve_device(cfg.device)
     with reporter.download(f"downloading {cfg.data}") as progress:
         source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
@@ -199,7 +199,7 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
         write_manifest(run.split, _used_records(sets), source.classes)
         atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **plan.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    with run_log(cfg, run.path, source.name) as log:  # --log: TensorBoard, MLflow
+    with run_log(cfg, run.path, source.name, reporter) as log:  # --log: TensorBoard, MLflow
         state = _fit(model, plan, sets, source, device, run, reporter, restoring, log)
         model.load_state_dict(state.best_state)
         result = _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter)

@@ -16,9 +16,10 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..config import TrainConfig
+from ..console import Reporter
 from ..errors import OculiError
 from ..metrics import headline_figures
 
@@ -33,13 +34,31 @@ def tracker_names(log: str) -> list[str]:
     return [] if log == "none" else log.split("+")
 
 
-def check_trackers(log: str) -> None:
-    """A one-line OculiError naming the pip install to run, when a tracker's package is missing."""
+def check_trackers(log: str, mlflow_setting: str | None = None) -> None:
+    """A one-line OculiError naming the pip install to run, when a tracker's package is missing, or the
+    MLflow server that does not answer: said now, not after minutes of work (or of MLflow's retries)."""
     for name in tracker_names(log):
         module, package = PACKAGES[name]
         if importlib.util.find_spec(module) is None:
             raise OculiError(f"--log {name} needs the {package} package: pip install {package} "
                              f"(or pip install 'oculi[trackers]')")
+    if "mlflow" in tracker_names(log):
+        _check_reachable(mlflow_uri(mlflow_setting))
+
+
+def _check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking URI must answer (any HTTP status will do: a server behind a login answers 401)."""
+    import urllib.error
+    import urllib.request
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise OculiError(f"--mlflow-uri {uri}: the tracking server does not answer ({reason})") from None
 
 
 def epoch_metrics(row: dict) -> dict[str, float]:
@@ -133,40 +152,59 @@ def open_tracker(name: str, cfg: TrainConfig, run_dir: Path, data_name: str) -> 
 
 class RunLog:
     """The run's trackers (none: every call does nothing). ``log_epochs`` takes the whole history so far,
-    as metrics.jsonl is written, and sends the rows it has not sent yet."""
+    as metrics.jsonl is written, and sends the rows it has not sent yet.
 
-    def __init__(self, trackers: list[Tracker]):
-        self.trackers = trackers
+    Logging is a copy of what the run folder holds, so a tracker that fails (a server gone away, a full
+    disk) is dropped with a warning and the run goes on."""
+
+    def __init__(self, reporter: Reporter):
+        self.trackers: dict[str, Tracker] = {}
+        self.reporter = reporter
         self.sent = 0
 
+    def open(self, name: str, make: Callable[[], Tracker]) -> None:
+        def add() -> None:
+            self.trackers[name] = make()
+        self._guarded(name, add)
+
     def log_params(self, params: dict) -> None:
-        for tracker in self.trackers:
-            tracker.log_params(params)
+        self._each(lambda tracker: tracker.log_params(params))
 
     def log_epochs(self, rows: list[dict]) -> None:
         for step, row in enumerate(rows[self.sent:], self.sent + 1):
-            for tracker in self.trackers:
-                tracker.log_metrics(epoch_metrics(row), step, row.get("time") or time.time())
+            self._each(lambda tracker: tracker.log_metrics(epoch_metrics(row), step, row.get("time") or time.time()))
         self.sent = max(self.sent, len(rows))
 
     def log_results(self, metrics: dict | None) -> None:
         """The final scores, at the step of the last epoch."""
-        for tracker in self.trackers:
-            tracker.log_metrics(result_metrics(metrics), max(self.sent, 1), time.time())
+        self._each(lambda tracker: tracker.log_metrics(result_metrics(metrics), max(self.sent, 1), time.time()))
+
+    def close(self, failed: bool) -> None:
+        self._each(lambda tracker: tracker.close(failed))
+
+    def _each(self, call: Callable[[Tracker], None]) -> None:
+        for name, tracker in list(self.trackers.items()):
+            self._guarded(name, lambda: call(tracker))
+
+    def _guarded(self, name: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as err:  # whatever the tracker's library raises: the run matters more
+            self.trackers.pop(name, None)
+            self.reporter.warn(f"--log {name} failed, the run goes on without it: {type(err).__name__}: {err}")
 
 
 @contextmanager
-def run_log(cfg: TrainConfig, run_dir: Path, data_name: str) -> Iterator[RunLog]:
+def run_log(cfg: TrainConfig, run_dir: Path, data_name: str, reporter: Reporter) -> Iterator[RunLog]:
     """The trackers ``cfg.log`` names, with the settings logged; closed at the end (MLflow marks a run
     that raised as FAILED)."""
-    log = RunLog([])
+    log = RunLog(reporter)
     failed = True
     try:
         for name in tracker_names(cfg.log):
-            log.trackers.append(open_tracker(name, cfg, run_dir, data_name))
+            log.open(name, lambda: open_tracker(name, cfg, run_dir, data_name))
         log.log_params(cfg.to_dict())
         yield log
         failed = False
     finally:
-        for tracker in log.trackers:
-            tracker.close(failed)
+        log.close(failed)

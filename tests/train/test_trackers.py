@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 import oculi
 from oculi.cli import main
+from oculi.console import Reporter
 from oculi.errors import OculiError
 from oculi.rundir import RunDir
 from oculi.train.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics
@@ -18,13 +21,23 @@ class Recorder(Tracker):
     def __init__(self):
         self.calls = []
 
+    def close(self, failed):
+        pass
+
     def log_metrics(self, metrics, step, wall_time):
         self.calls.append((step, metrics, wall_time))
 
 
+def recording_log(*trackers: Tracker, reporter=None) -> RunLog:
+    log = RunLog(reporter or Reporter(quiet=True))
+    for i, tracker in enumerate(trackers):
+        log.open(f"tracker{i}", lambda: tracker)
+    return log
+
+
 def test_each_epoch_is_sent_once_at_its_place_in_the_run():
     recorder = Recorder()
-    log = RunLog([recorder])
+    log = recording_log(recorder)
     rows = [{"epoch": 1, "phase": "features", "val_acc": 0.5, "time": 10.0},
             {"epoch": 2, "phase": "features", "val_acc": 0.7, "time": 11.0},
             {"epoch": 1, "phase": "finetune", "val_acc": 0.9, "val_loss": None, "time": 20.0}]
@@ -34,6 +47,33 @@ def test_each_epoch_is_sent_once_at_its_place_in_the_run():
     assert [(step, m["val_acc"], t) for step, m, t in recorder.calls] == [(1, 0.5, 10.0), (2, 0.7, 11.0),
                                                                          (3, 0.9, 20.0)]
     assert "val_loss" not in recorder.calls[2][1]  # no val images: no value, rather than a made-up one
+
+
+class Broken(Tracker):
+    def log_metrics(self, metrics, step, wall_time):
+        raise ConnectionError("tracking server unreachable")
+
+    def close(self, failed):
+        raise AssertionError("a dropped tracker is not called again")
+
+
+def test_a_tracker_that_fails_is_dropped_with_a_warning_and_the_others_go_on(capsys):
+    recorder = Recorder()
+    log = recording_log(Broken(), recorder, reporter=Reporter())
+    log.log_epochs([{"val_acc": 0.5}, {"val_acc": 0.6}])
+    log.close(failed=False)
+    assert [step for step, _, _ in recorder.calls] == [1, 2]
+    err = capsys.readouterr().err
+    assert err.count("--log tracker0 failed, the run goes on without it: ConnectionError: tracking server "
+                     "unreachable") == 1
+
+
+def test_a_tracker_that_cannot_open_is_left_out():
+    def unreachable():
+        raise ConnectionError("no server")
+    log = RunLog(Reporter(quiet=True))
+    log.open("mlflow", unreachable)
+    assert log.trackers == {}
 
 
 def test_a_row_sends_its_measurements_not_its_labels():
@@ -59,6 +99,26 @@ def test_a_missing_tracker_package_is_one_line_naming_the_pip_install(monkeypatc
     err = capsys.readouterr().err
     assert err.startswith("error: --log mlflow needs") and err.count("\n") == 1
     assert not RunDir(__import__("pathlib").Path("run")).config.exists()  # refused before any work
+
+
+def test_an_mlflow_server_that_does_not_answer_is_named_before_the_run(monkeypatch):
+    pytest.importorskip("mlflow", reason="needs mlflow-skinny (pip install -e .[dev])")
+    with pytest.raises(OculiError, match=r"^--mlflow-uri http://127.0.0.1:9: the tracking server does not answer"):
+        check_trackers("mlflow", "http://127.0.0.1:9")  # the discard port: nothing listens there
+    check_trackers("none", "http://127.0.0.1:9")  # not asked to log to MLflow: not checked
+
+
+def test_a_server_that_answers_passes_whatever_its_status():
+    pytest.importorskip("mlflow", reason="needs mlflow-skinny (pip install -e .[dev])")
+    server = HTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)  # answers every request 501
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    try:
+        check_trackers("mlflow", f"http://127.0.0.1:{server.server_port}")
+        thread.join(10)
+        assert not thread.is_alive()  # the server was asked
+    finally:
+        server.server_close()
 
 
 def test_mlflow_defaults_to_the_environment_then_a_local_mlruns_folder(tmp_path, monkeypatch):
