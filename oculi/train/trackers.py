@@ -83,7 +83,8 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int, wall_time: float) -> None:
         raise NotImplementedError
 
-    def close(self, failed: bool) -> None:
+    def close(self, status: str) -> None:
+        """``status``: FINISHED, FAILED (the run raised) or KILLED (interrupted)."""
         raise NotImplementedError
 
 
@@ -102,7 +103,7 @@ class TensorBoardTracker(Tracker):
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step, walltime=wall_time)
 
-    def close(self, failed: bool) -> None:
+    def close(self, status: str) -> None:
         self.writer.close()
 
 
@@ -128,8 +129,8 @@ class MlflowTracker(Tracker):
         stamp = int(wall_time * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, stamp, step) for k, v in metrics.items()])
 
-    def close(self, failed: bool) -> None:
-        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
 
 
 def mlflow_uri(setting: str | None) -> str:
@@ -179,8 +180,8 @@ class RunLog:
         """The final scores, at the step of the last epoch."""
         self._each(lambda tracker: tracker.log_metrics(result_metrics(metrics), max(self.sent, 1), time.time()))
 
-    def close(self, failed: bool) -> None:
-        self._each(lambda tracker: tracker.close(failed))
+    def close(self, status: str) -> None:
+        self._each(lambda tracker: tracker.close(status))
 
     def _each(self, call: Callable[[Tracker], None]) -> None:
         for name, tracker in list(self.trackers.items()):
@@ -196,15 +197,18 @@ class RunLog:
 
 @contextmanager
 def run_log(cfg: TrainConfig, run_dir: Path, data_name: str, reporter: Reporter) -> Iterator[RunLog]:
-    """The trackers ``cfg.log`` names, with the settings logged; closed at the end (MLflow marks a run
-    that raised as FAILED)."""
+    """The trackers ``cfg.log`` names, with the settings logged; closed at the end, as MLflow says: FINISHED,
+    KILLED (interrupted: ``--resume`` continues it, in a new MLflow run with every epoch) or FAILED."""
     log = RunLog(reporter)
-    failed = True
+    status = "FAILED"
     try:
         for name in tracker_names(cfg.log):
             log.open(name, lambda: open_tracker(name, cfg, run_dir, data_name))
         log.log_params(cfg.to_dict())
         yield log
-        failed = False
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
-        log.close(failed)
+        log.close(status)

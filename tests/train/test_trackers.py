@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
 
 import oculi
 from oculi.cli import main
+from oculi.config import TrainConfig
 from oculi.console import Reporter
 from oculi.errors import OculiError
 from oculi.rundir import RunDir
-from oculi.train.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics
+from oculi.train import trackers
+from oculi.train.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics, run_log
 from tests.conftest import make_class_folder
 
 
@@ -21,8 +25,11 @@ class Recorder(Tracker):
     def __init__(self):
         self.calls = []
 
-    def close(self, failed):
-        pass
+    def log_params(self, params):
+        self.params = params
+
+    def close(self, status):
+        self.status = status
 
     def log_metrics(self, metrics, step, wall_time):
         self.calls.append((step, metrics, wall_time))
@@ -53,7 +60,7 @@ class Broken(Tracker):
     def log_metrics(self, metrics, step, wall_time):
         raise ConnectionError("tracking server unreachable")
 
-    def close(self, failed):
+    def close(self, status):
         raise AssertionError("a dropped tracker is not called again")
 
 
@@ -61,8 +68,8 @@ def test_a_tracker_that_fails_is_dropped_with_a_warning_and_the_others_go_on(cap
     recorder = Recorder()
     log = recording_log(Broken(), recorder, reporter=Reporter())
     log.log_epochs([{"val_acc": 0.5}, {"val_acc": 0.6}])
-    log.close(failed=False)
-    assert [step for step, _, _ in recorder.calls] == [1, 2]
+    log.close("FINISHED")
+    assert [step for step, _, _ in recorder.calls] == [1, 2] and recorder.status == "FINISHED"
     err = capsys.readouterr().err
     assert err.count("--log tracker0 failed, the run goes on without it: ConnectionError: tracking server "
                      "unreachable") == 1
@@ -74,6 +81,18 @@ def test_a_tracker_that_cannot_open_is_left_out():
     log = RunLog(Reporter(quiet=True))
     log.open("mlflow", unreachable)
     assert log.trackers == {}
+
+
+@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_the_trackers_get_the_settings_and_how_the_run_ended(raised, status, monkeypatch, tmp_path):
+    recorder = Recorder()
+    monkeypatch.setattr(trackers, "open_tracker", lambda *args: recorder)
+    cfg = TrainConfig(log="tensorboard", epochs=7)
+    with pytest.raises(raised) if raised else nullcontext():
+        with run_log(cfg, tmp_path, "digits", Reporter(quiet=True)):
+            if raised:
+                raise raised
+    assert recorder.params == cfg.to_dict() and recorder.status == status
 
 
 def test_a_row_sends_its_measurements_not_its_labels():
@@ -98,7 +117,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_pip_install(monkeypatc
     assert main(["train", "digits", "--log", "mlflow", "--epochs", "1", "--out", "run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --log mlflow needs") and err.count("\n") == 1
-    assert not RunDir(__import__("pathlib").Path("run")).config.exists()  # refused before any work
+    assert not RunDir(Path("run")).config.exists()  # refused before any work
 
 
 def test_an_mlflow_server_that_does_not_answer_is_named_before_the_run(monkeypatch):
