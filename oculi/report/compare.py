@@ -103,12 +103,16 @@ def images_per_second(history: list[dict]) -> float | None:
 
 
 def differing_settings(runs: list[ComparedRun]) -> list[list[str]]:
-    """[setting, value in each run] for every setting of config.json in which the runs differ (the data's
-    path and the run folder left out: they differ always, and the table names both)."""
+    """[setting, value in each run] for every setting of config.json in which the runs differ, of those
+    that change what a run learns."""
     configs = [run.files.config.to_dict() for run in runs]
-    keys = [k for k in configs[0] if k not in ("out", "progress", "split_manifest")]
+    keys = [k for k in configs[0] if k not in _NOT_COMPARED]
     return [[k, *(_setting(c.get(k)) for c in configs)] for k in keys
             if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+# Where a run writes, what it shows and where it logs: not what it learns.
+_NOT_COMPARED = ("out", "progress", "report", "cache", "split_manifest", "log", "mlflow_uri")
 
 
 def _setting(value) -> str:
