@@ -185,7 +185,10 @@ def write_comparison(paths: list[str | Path], out: str | Path = "compare.html") 
     out = Path(out).expanduser()
     if out.is_dir():
         out = out / "compare.html"
-    atomic_write_text(out, comparison_page(runs, rows))
+    try:
+        atomic_write_text(out, comparison_page(runs, rows))
+    except OSError as err:
+        raise OculiError(f"--out {out}: cannot write it ({err.strerror or err})") from None
     return out, rows
 
 

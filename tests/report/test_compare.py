@@ -115,6 +115,10 @@ def test_a_folder_that_is_not_a_run_is_one_line_naming_it(runs, tmp_path, capsys
     assert not (tmp_path / "compare.html").exists()
     with pytest.raises(OculiError, match="give the run folders"):
         write_comparison([])
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    assert main(["compare", str(runs[0]), "--out", str(a_file / "compare.html")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --out {a_file / 'compare.html'}: cannot write it")
 
 
 # ---------------------------------------------------------------- in a browser
