@@ -75,7 +75,9 @@ def result_metrics(metrics: dict | None) -> dict[str, float]:
 
 
 class Tracker:
-    """Where a run's settings and metrics also go."""
+    """Where a run's settings and metrics also go; ``where`` says it to the user."""
+
+    where = ""
 
     def log_params(self, params: dict) -> None:
         raise NotImplementedError
@@ -94,6 +96,7 @@ class TensorBoardTracker(Tracker):
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.where = f"TensorBoard: event files in {run_dir} (tensorboard --logdir {run_dir.parent})"
 
     def log_params(self, params: dict) -> None:
         rows = "".join(f"| {k} | {v} |\n" for k, v in params.items())
@@ -117,6 +120,7 @@ class MlflowTracker(Tracker):
         found = self.client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        self.where = f"MLflow: {uri}, experiment '{experiment}', run '{run_name}'"
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -166,6 +170,7 @@ class RunLog:
     def open(self, name: str, make: Callable[[], Tracker]) -> None:
         def add() -> None:
             self.trackers[name] = make()
+            self.reporter.info(f"[bold]log[/bold]    {self.trackers[name].where}")
         self._guarded(name, add)
 
     def log_params(self, params: dict) -> None:
