@@ -70,7 +70,8 @@ def _row(run: ComparedRun) -> list[str]:
     scores = headline_figures(metrics)
     seconds = training_seconds(run.history)
     speed = images_per_second(run.history)
-    return [run.name, _data(run.files), f"{meta['model']['name']} ({meta.get('training', '?')})", _count(run.parameters),
+    model = f"{meta['model']['name']} ({meta.get('training', '?')})"
+    return [run.name, _data(run.files), model, _count(run.parameters),
             metrics.get("split", MISSING), _fmt(scores["accuracy"], "{:.2%}"), _fmt(scores["macro_f1"], "{:.4f}"),
             _fmt(scores["log_loss"], "{:.4f}"), _fmt(scores["ece"], "{:.4f}"), _fmt(seconds, "{:.1f} s"),
             _fmt(speed, "{:,.0f}")]

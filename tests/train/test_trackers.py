@@ -83,7 +83,8 @@ def test_a_tracker_that_cannot_open_is_left_out():
     assert log.trackers == {}
 
 
-@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+@pytest.mark.parametrize("raised, status", [(None, "FINISHED"), (KeyboardInterrupt, "KILLED"),
+                                            (RuntimeError, "FAILED")])
 def test_the_trackers_get_the_settings_and_how_the_run_ended(raised, status, monkeypatch, tmp_path):
     recorder = Recorder()
     monkeypatch.setattr(trackers, "open_tracker", lambda *args: recorder)
