@@ -19,12 +19,27 @@ A sigmoid head's single logit z is read as the two class logits [-z/2, z/2], who
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 ECE_BINS = 15  # Guo et al.'s choice
+UNKNOWN = "unknown"  # the answer below the abstain threshold
 # The range the temperature is searched in: far beyond what a trained model needs either way.
 T_LOW, T_HIGH = 0.05, 20.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a bundle keeps (model.json's ``calibration``): the temperature its logits are divided by, and
+    the calibrated confidence below which the answer is "unknown" (None: always answer). A bundle from
+    before calibration existed loads as ``Calibration()``: T = 1, no threshold."""
+
+    temperature: float = 1.0
+    abstain_threshold: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "abstain_threshold": self.abstain_threshold}
 
 
 def class_logits(logits: np.ndarray, head: str) -> np.ndarray:
