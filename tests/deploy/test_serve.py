@@ -221,7 +221,7 @@ def test_a_decoder_crash_costs_one_upload_not_the_server(served_run):
 def test_a_bug_is_a_500_json_error_without_details(served_run):
     service = make_service(served_run[0], workers=1)
     with serving(service, raise_server_exceptions=False) as client:
-        service.classifier.prepared_probs = lambda batch: 1 / 0
+        service.classifier.prepared_outputs = lambda batch: 1 / 0
         response = client.post("/v1/predict", files=files(("a.png", image_bytes())))
         assert response.status_code == 500
         assert error_of(response) == {"code": "internal_error", "message": "internal error (see the server's log)"}
@@ -233,8 +233,8 @@ class GatedModel:
     """The classifier's model call, held at ``gate`` (with ``entered`` set) until the test opens it."""
 
     def __init__(self, service):
-        self.real, self.gate, self.entered = service.classifier.prepared_probs, threading.Event(), threading.Event()
-        service.classifier.prepared_probs = self
+        self.real, self.gate, self.entered = service.classifier.prepared_outputs, threading.Event(), threading.Event()
+        service.classifier.prepared_outputs = self
 
     def __call__(self, batch):
         self.entered.set()
