@@ -166,3 +166,10 @@ def test_the_exported_graph_divides_by_the_temperature(digits_run, tmp_path):
     np.testing.assert_allclose(onnx.prepared_probs(images), clf.prepared_probs(images), atol=1e-4)
     clf.calibration = Calibration(1.0)
     assert np.abs(onnx.prepared_probs(images) - clf.prepared_probs(images)).max() > 0.01
+
+
+def test_a_threshold_and_a_target_precision_together_are_refused():
+    from oculi.config import TrainConfig
+    from oculi.errors import OculiError
+    with pytest.raises(OculiError, match="--abstain-threshold and --target-precision"):
+        TrainConfig(abstain_threshold=0.5, target_precision=0.9).validate()
