@@ -94,6 +94,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, steps: int = 60) -> 
     return float(math.exp((lo + hi) / 2))
 
 
+def at_bound(temperature: float) -> bool:
+    """True when ``fit_temperature`` stopped at an end of its range: the val images ask for probabilities
+    sharper (a net whose logits are all near zero, yet mostly right) or flatter than the range allows."""
+    return not T_LOW * 1.01 < temperature < T_HIGH / 1.01
+
+
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
     """The reliability diagram's bins: for each equal-width range of top-1 confidence, its image count,
     mean confidence and accuracy (None where empty)."""

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from oculi.calibration import (auroc, calibration_figures, choose_threshold_for_precision, class_logits,
+from oculi.calibration import (at_bound, auroc, calibration_figures, choose_threshold_for_precision, class_logits,
                                energy_score, expected_calibration_error, fit_temperature, nll,
                                reliability, selective_figures, softmax)
 
@@ -103,3 +103,10 @@ def test_calibration_figures_hold_before_and_after():
     figures = calibration_figures(logits * 3, labels, 3.0)
     assert figures["after"]["ece"] < figures["before"]["ece"]
     assert figures["before"]["log_loss"] == pytest.approx(nll(logits * 3, labels))
+
+
+def test_a_temperature_at_the_end_of_its_range_is_noticed():
+    logits, labels = calibrated_logits(500, seed=4)
+    assert not at_bound(fit_temperature(logits, labels))
+    right = logits.argmax(1)  # every answer right: sharper is always better, down to the range's end
+    assert at_bound(fit_temperature(logits * 0.01, right))

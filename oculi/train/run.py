@@ -18,7 +18,7 @@ from typing import Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
-from ..calibration import (Calibration, calibration_figures, choose_threshold_for_precision, class_logits,
+from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
                            fit_temperature, selective_figures, softmax)
 from ..config import TrainConfig
 from ..console import Reporter
@@ -299,11 +299,11 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
     reporter.info(f"[bold]train[/bold]  {_describe_mode(cfg)}")
-    if cfg.select_by == "macro-f1" or cfg.class_weights != "none" or cfg.sampler != "shuffle":
-        reporter.info(f"       {_describe_balance(cfg, source)}")
     reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
+    if cfg.select_by == "macro-f1" or cfg.class_weights != "none" or cfg.sampler != "shuffle":
+        reporter.info(f"       {_describe_balance(cfg, source)}")
 
 
 def _describe_balance(cfg: TrainConfig, source: DataSource) -> str:
@@ -479,6 +479,10 @@ def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, r
         return Calibration(1.0, cfg.abstain_threshold)
     logits, labels = _class_logits(model, val, preprocessing, cfg.head, device), val.labels.numpy()
     temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
+    if cfg.calibrate and at_bound(temperature):
+        reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "
+                      f"({temperature:g}): they ask for {'far sharper' if temperature < 1 else 'far flatter'} "
+                      f"probabilities than the network gives, so the calibration is rough")
     if cfg.target_precision is None:
         return Calibration(temperature, cfg.abstain_threshold)
     probs = softmax(logits, temperature)
