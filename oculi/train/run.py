@@ -437,6 +437,7 @@ def _finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir
                  "calibration": calibration.to_dict()})
     _say_results(metrics, cfg, state, run.path, reporter)
     _say_calibration(metrics, reporter)
+    _say_recall(metrics, cfg, reporter)
     return RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
 
 
@@ -507,6 +508,16 @@ def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
         right = "none answered" if a["selective_accuracy"] is None else f"{a['selective_accuracy']:.2%} of them right"
         reporter.info(f"       unknown below confidence {a['threshold']:.4f}: answers {a['coverage']:.1%} of the "
                       f"{split} images, {right}")
+
+
+def _say_recall(metrics: dict | None, cfg: TrainConfig, reporter: Reporter, shown: int = 10) -> None:
+    """On imbalanced data, each class's recall, lowest first: accuracy hides a class the model neglects."""
+    if metrics is None or cfg.select_by != "macro-f1":
+        return
+    rows = sorted(metrics["per_class"], key=lambda c: c["recall"])
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    reporter.info("[bold]recall[/bold] " + ", ".join(f"{c['class']} {c['recall']:.1%}" for c in rows[:shown])
+                  + f"{more} (macro-F1 {metrics['macro_avg']['f1']:.3f})")
 
 
 def _summary(metrics: dict | None, state: LoopState) -> dict:

@@ -84,3 +84,23 @@ def test_the_plan_line_says_how_imbalance_is_handled():
     cfg = TrainConfig(select_by="macro-f1", class_weights="auto")
     line = _describe_balance(cfg, source_with([200, 10]))
     assert "20.0:1" in line and "macro-F1" in line and "class-weighted loss" in line
+
+
+def test_an_imbalanced_run_says_so_keeps_by_macro_f1_and_its_report_leads_with_recall(tmp_path, capsys):
+    import json
+    import numpy as np
+    import oculi
+    from oculi.report.build import metrics_section, read_run
+    from tests.conftest import write_image
+    rng = np.random.default_rng(0)
+    for name, colour, n in (("common", 0, 60), ("rare", 1, 3)):
+        for i in range(n):
+            write_image(tmp_path / "data" / name / f"{i:02d}.png", rng, size=(8, 8), colour=colour)
+    run = oculi.train(str(tmp_path / "data"), model="mlp", epochs=1, out=str(tmp_path / "run"), report=False,
+                      val_split=0.2, test_split=0.2)
+    said = capsys.readouterr()
+    assert "keeps the epoch with the best val macro-F1" in said.out + said.err
+    assert "recall" in said.out + said.err
+    assert json.loads((run.run_dir / "config.json").read_text())["config"]["select_by"] == "macro-f1"
+    section = metrics_section(read_run(run.run_dir), None, None)
+    assert section.body.index("each class&#x27;s recall") < section.body.index("precision")
