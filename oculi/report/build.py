@@ -337,7 +337,8 @@ def trust_section(run: RunFiles, classifier, images: RunImages) -> Section | Non
     c, split = run.metrics.get("calibration"), run.metrics.get("split")
     if c is None:
         return None  # a run from before calibration
-    fitted = ("fitted on the val images" if c["fitted_on"] else
+    same = " (the very images measured below, so the 'after' figures are optimistic)" if split == "val" else ""
+    fitted = (f"fitted on the val images{same}" if c["fitted_on"] else
               "not fitted (no val images, or --calibrate off), so the probabilities are the network's own")
     body = paragraph(f"Temperature scaling (Guo et al. 2017) divides the logits by T = {c['temperature']:.3f}, "
                      f"{fitted}. It never changes the predicted class; it makes the confidence mean what it says. "

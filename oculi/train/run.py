@@ -499,7 +499,7 @@ def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
     if metrics is None:
         return
     c, split = metrics["calibration"], metrics["split"]
-    how = "fitted on val" if c["fitted_on"] else "none fitted"
+    how = "none fitted" if not c["fitted_on"] else "fitted on val" + (": the same images, so optimistic" * (split == "val"))
     reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
                   f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "
                   f"{c['after']['log_loss']:.4f}")
