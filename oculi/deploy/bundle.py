@@ -187,7 +187,7 @@ def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
     return spec
 
 
-def bundle_calibration(meta: dict, meta_path: Path | str = "model.json") -> Calibration:
+def bundle_calibration(meta: dict, meta_path: Path | str = "the bundle") -> Calibration:
     """model.json's ``calibration``, checked; a bundle without one (made before it existed): T = 1, no
     threshold."""
     if "calibration" not in meta:
