@@ -86,6 +86,10 @@ def train(
     train_and_report(TrainConfig(data=data, progress=not quiet, **settings), Reporter(quiet=quiet))
 
 
+MIN_CONFIDENCE_HELP = ("Answer 'unknown' below this calibrated confidence, 0 to 1 (default: the threshold the run "
+                       "chose with --abstain-threshold or --target-precision, if any).")
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
@@ -94,13 +98,15 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
 ) -> None:
-    """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images
-    (--data, or the run's own test split)."""
+    """Accuracy, top-k, per-class precision/recall/F1, log loss, calibration error and a confusion matrix on
+    labelled images (--data, or the run's own test split); with a confidence threshold, the share answered
+    and the accuracy of those answers."""
     from .deploy.predict import Classifier
     from .evaluate import evaluate_folder, evaluate_run
     from .metrics import metrics_table_rows
-    classifier = Classifier.load(run, device=device)
+    classifier = _with_min_confidence(Classifier.load(run, device=device), min_confidence)
     run_dir = run if run.is_dir() else run.parent
     if data is None:
         metrics, written = evaluate_run(classifier, run_dir, top_k=top_k, out=out_dir)
@@ -115,8 +121,22 @@ def evaluate(
         table.add_row(*row)
     out.print(table)
     out.print(f"accuracy {metrics['accuracy']:.2%}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}   "
-              f"log loss {metrics['log_loss']:.4f}")
+              f"log loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f} (temperature {metrics['temperature']:.3f})")
+    a = metrics["abstain"]
+    if a["threshold"] is not None:
+        right = "" if a["selective_accuracy"] is None else f", accuracy on those {a['selective_accuracy']:.2%}"
+        out.print(f"unknown below confidence {a['threshold']:.4f}: answered {a['answered']} of {a['total']} "
+                  f"(coverage {a['coverage']:.2%}){right}")
     out.print(f"written to {written}/")
+
+
+def _with_min_confidence(classifier, value: float | None):
+    """``classifier`` answering "unknown" below ``value`` (None: the bundle's own threshold)."""
+    if value is not None:
+        if not 0 <= value <= 1:
+            raise OculiError(f"--min-confidence must be between 0 and 1, got {value:g}")
+        classifier.min_confidence = value
+    return classifier
 
 
 @app.command()
@@ -129,12 +149,15 @@ def predict(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     engine: str = typer.Option("auto", help="torch; onnx: the run's model.onnx (from `oculi export`, of this very bundle); auto: that model.onnx when there is one and the device is the CPU, else torch."),
+    min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
 ) -> int:
-    """Classify new images with a trained run (exit code 1 when none of them can be read)."""
+    """Classify new images with a trained run (exit code 1 when none of them can be read). Each answer has
+    a calibrated confidence and an out-of-distribution score (energy: higher = less like the training
+    images; torch engine only); below --min-confidence the answer is 'unknown'."""
     from .deploy.predict import Classifier, expand_paths
     if top_k < 1 or batch_size < 1:
         raise OculiError("--top-k and --batch-size must be at least 1")
-    classifier = Classifier.load(run, device=device, engine=engine)
+    classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
     files, missing = expand_paths(paths)
     for item in missing:
         _warn(f"no such file or folder: {item}")
@@ -192,15 +215,18 @@ def _print_predictions(predictions, fmt: str) -> None:
     elif fmt == "csv":
         import csv
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", "confidence", "top_k"])
+        writer.writerow(["path", "label", "confidence", "top_k", "top_label", "ood_score"])
         for p in predictions:
             writer.writerow([p.source, p.label, f"{p.confidence:.6f}",
-                             ";".join(f"{c}:{q:.6f}" for c, q in p.top_k)])
+                             ";".join(f"{c}:{q:.6f}" for c, q in p.top_k), p.top_label,
+                             "" if p.ood_score is None else f"{p.ood_score:.4f}"])
     else:
-        table = Table("image", "prediction", "confidence", "top-k")
+        table = Table("image", "prediction", "confidence", "top-k", "ood score")
         for p in predictions:
-            table.add_row(p.source, p.label, f"{p.confidence:.1%}",
-                          ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]))
+            shown = p.label if p.label == p.top_label else f"{p.label} (top: {p.top_label})"
+            table.add_row(p.source, shown, f"{p.confidence:.1%}",
+                          ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]),
+                          "" if p.ood_score is None else f"{p.ood_score:.2f}")
         out.print(table)
 
 

@@ -21,6 +21,11 @@ HEADS = ("auto", "softmax", "sigmoid")
 RESIZE_MODES = ("squash", "pad", "crop")
 AUGMENTS = ("auto", "none", "light", "standard", "strong")
 CLASS_WEIGHTS = ("none", "auto")
+SELECT_BY = ("auto", "accuracy", "macro-f1")
+# Training data whose largest class has at least this many times the images of its smallest is imbalanced:
+# the run warns, and --select-by auto keeps the epoch with the best val macro-F1, which counts every class
+# equally, instead of accuracy (which a model that ignores a 1-in-20 class still scores 95% on).
+IMBALANCE_RATIO = 3
 SAMPLERS = ("shuffle", "balanced")
 MODES = ("auto", "features", "finetune", "scratch")
 CLASSIFIERS = ("linear", "mlp")
@@ -149,8 +154,21 @@ class TrainConfig:
                                      "Lookahead); default: the model's recipe.")
     patience: int | None = setting(10, "Early stopping after this many epochs without a better val accuracy.",
                                    low=1, high=10_000)  # None: never
-    class_weights: str = setting("none", "none or auto (inverse class frequency).", choices=CLASS_WEIGHTS)
-    sampler: str = setting("shuffle", "shuffle or balanced.", choices=SAMPLERS)
+    class_weights: str = setting("none", "none or auto: weight each class's loss by its inverse training frequency "
+                                 "(for imbalanced data).", choices=CLASS_WEIGHTS)
+    sampler: str = setting("shuffle", "shuffle (each image once per epoch) or balanced (draw every class equally "
+                           "often, with replacement).", choices=SAMPLERS)
+    select_by: str = setting("auto", "Which epoch is kept, by its val score: accuracy or macro-f1; auto: macro-f1 "
+                             f"when the largest class has {IMBALANCE_RATIO}x the training images of the smallest.",
+                             choices=SELECT_BY)
+    # trust: calibration and abstaining (oculi.calibration)
+    calibrate: bool = setting(True, "Fit a temperature on the val images after training, so that confidence "
+                              "matches accuracy (kept in the bundle).")
+    abstain_threshold: float | None = setting(None, "Answer 'unknown' below this calibrated confidence (predict, "
+                                              "evaluate, serve); kept in the bundle.", low=0, high=1)
+    target_precision: float | None = setting(None, "Choose --abstain-threshold on the val images: the lowest "
+                                             "confidence whose answers are right this often (e.g. 0.99).",
+                                             low=0, high=1, excluded="low")
     # run
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)
@@ -189,6 +207,8 @@ class TrainConfig:
             raise OculiError("--val-split plus --test-split must leave images for training (sum < 1)")
         if self.image_size is not None:
             check_image_size(self.image_size)
+        if self.abstain_threshold is not None and self.target_precision is not None:
+            raise OculiError("--abstain-threshold and --target-precision both set the threshold; give one")
         return self
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import IMBALANCE_RATIO, TrainConfig
 from .data.decode import read_image_size
 from .data.sources import DataSource
 from .errors import ImageDecodeError, OculiError
@@ -110,7 +110,18 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         augment=cfg.augment if cfg.augment != "auto" else "light",
         translate=cfg.translate if cfg.translate is not None or cfg.augment != "auto" else recipe.get("translate"),
         tta=cfg.tta if cfg.tta != "auto" else _auto_tta(recipe, source.flips_keep_class, device_type),
+        select_by=cfg.select_by if cfg.select_by != "auto" else _auto_select_by(source),
     )
+
+
+def imbalance(source: DataSource) -> float:
+    """Training images of the largest class over those of the smallest (inf when a class has none)."""
+    counts = np.bincount([r.label for r in source.records if r.split == "train"], minlength=len(source.classes))
+    return float(counts.max() / counts.min()) if counts.min() else float("inf")
+
+
+def _auto_select_by(source: DataSource) -> str:
+    return "macro-f1" if imbalance(source) >= IMBALANCE_RATIO else "accuracy"
 
 
 def _auto_tta(recipe: dict, flips_keep_class: bool, device_type: str) -> str:

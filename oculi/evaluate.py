@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OculiError
+from .calibration import expected_calibration_error, selective_figures
 from .metrics import classification_metrics
 from .rundir import RunDir
 
@@ -69,7 +70,6 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     """Predict every record of ``source`` (labels in the model's class order), score and write to ``folder``.
     ``about`` goes into the metrics as it is; ``what`` names the images in errors."""
     from .data.loading import load_split
-    from .deploy.engines import predict_probs
     from .io import atomic_write_json
     from .plots import plot_confusion_matrix, save_figure
 
@@ -77,9 +77,9 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     images = load_split(source, source.records, classifier.preprocessing, skipped)
     if len(images) == 0:
         raise OculiError(f"{what}: no readable images")
-    probs = predict_probs(classifier.model, images.images, classifier.preprocessing, classifier.head,
-                          classifier.device).numpy()
-    metrics = {**classification_metrics(images.labels.numpy(), probs, classifier.classes, top_k),
+    probs = classifier.prepared_probs(images.images).astype(np.float64)  # calibrated, as predict gives them
+    labels = images.labels.numpy()
+    metrics = {**classification_metrics(labels, probs, classifier.classes, top_k), **_trust(classifier, probs, labels),
                **about, "skipped": [list(s) for s in skipped]}
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_json(folder / "confusion_matrix.json", {"classes": classifier.classes,
@@ -88,6 +88,14 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes),
                 RunDir(folder).confusion)
     return metrics, folder
+
+
+def _trust(classifier, probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The calibration error, and with a threshold in force, the share of images answered (coverage) and
+    the accuracy of those answers."""
+    correct = probs.argmax(1) == labels
+    return {"temperature": classifier.calibration.temperature, "ece": expected_calibration_error(probs, labels),
+            "abstain": selective_figures(probs.max(1), correct, classifier.min_confidence)}
 
 
 def _run_held_out(run_dir: Path, classes: list[str]):

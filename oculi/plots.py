@@ -151,6 +151,34 @@ def _cell_text(ax, im, values: np.ndarray, normalize: bool, font: float) -> None
                 color="white" if dark else "black")
 
 
+# ---------------------------------------------------------------- calibration
+
+def plot_reliability(panels: dict[str, dict]) -> Figure:
+    """Reliability diagrams side by side, one per entry of ``panels`` (title -> {"reliability": bins, "ece":
+    float}, as ``calibration.calibration_figures`` gives them): each confidence bin's accuracy (a bar) and mean
+    confidence (a red line: above the bar, over-confident); on the diagonal a perfectly calibrated model; below,
+    how many images each bin holds."""
+    fig = Figure(figsize=(4.6 * len(panels), 5.0), layout="constrained")
+    axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=[3, 1], sharex=True)
+    for column, (title, panel) in enumerate(panels.items()):
+        bins = panel["reliability"]
+        low = np.array([b["low"] for b in bins])
+        width = np.array([b["high"] - b["low"] for b in bins])
+        full = [i for i, b in enumerate(bins) if b["count"]]
+        accuracy = np.array([bins[i]["accuracy"] for i in full])
+        confidence = np.array([bins[i]["confidence"] for i in full])
+        ax, counts = axes[0][column], axes[1][column]
+        ax.bar(low[full], accuracy, width[full], align="edge", color="tab:blue", alpha=0.8, edgecolor="white",
+               label="accuracy")
+        ax.hlines(confidence, low[full], low[full] + width[full], color="tab:red", lw=2.5, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {panel['ece']:.4f}")
+        ax.legend(loc="lower right", fontsize=8)
+        counts.bar(low, [b["count"] for b in bins], width, align="edge", color="tab:gray", edgecolor="white")
+        counts.set(xlabel="confidence (top class probability)", ylabel="images", yscale="symlog")
+    return fig
+
+
 # ---------------------------------------------------------------- class counts
 
 def plot_class_counts(counts: dict[str, dict[str, int]]) -> Figure:

@@ -19,7 +19,7 @@ ROOT = Path(oculi.__file__).resolve().parent
 # (train, evaluate and report are run one after the other by the CLI and the API, never by one another).
 LAYERS = (
     ("oculi.version", "oculi.errors", "oculi.io"),
-    ("oculi.config", "oculi.console", "oculi.metrics", "oculi.plots", "oculi.rundir"),
+    ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.rundir"),
     ("oculi.data",),
     ("oculi.models",),
     ("oculi.defaults", "oculi.deploy"),  # what auto means; using a trained model

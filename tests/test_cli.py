@@ -129,7 +129,7 @@ def test_train_predict_evaluate_from_the_command_line(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "evaluate", str(run), "--data", str(data), "--json")
     assert code == 0 and json.loads(out)["n"] == 24
     code, out, _ = run_cli(capsys, "predict", str(run), str(data / "blue" / "img_00.png"), "--csv")
-    assert code == 0 and out.splitlines()[0] == "path,label,confidence,top_k"
+    assert code == 0 and out.splitlines()[0] == "path,label,confidence,top_k,top_label,ood_score"
 
 
 def test_cache_info_and_clear(tmp_path, capsys, private_cache):

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..config import IMBALANCE_RATIO
 from ..errors import OculiError
 from .builtin import is_builtin, load_builtin
 from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
@@ -259,7 +260,7 @@ def _check_usable(source: DataSource) -> None:
     if empty:
         raise OculiError(f"{source.root or source.name}: class folder '{empty[0]}' has no training images")
     largest, smallest = train_counts.max(), train_counts.min()
-    if largest >= 3 * smallest:
+    if largest >= IMBALANCE_RATIO * smallest:
         source.warnings.append(
             f"imbalanced classes: '{source.classes[int(train_counts.argmax())]}' has {largest} training "
             f"images, '{source.classes[int(train_counts.argmin())]}' {smallest}; consider "

@@ -29,6 +29,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..calibration import Calibration
 from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
 from ..data.transforms import Preprocessing
 from ..errors import BundleError, BundleWarning, OculiError
@@ -44,6 +45,7 @@ KEY_ENV = "OCULI_BUNDLE_KEY"
 MODEL_FIELDS = ("name", "num_classes", "in_chans", "image_size", "head", "classifier")
 # flip_tta: how bundles from before --tta flip-shift stored test-time flips (Preprocessing.from_dict reads it).
 PREPROCESSING_FIELDS = ("image_size", "channels", "resize", "mean", "std", "tta", "filter", "flip_tta")
+CALIBRATION_FIELDS = ("temperature", "abstain_threshold")
 MAX_CLASSES = 1_000_000  # far above any real task; only bounds what a damaged file can ask to allocate
 
 
@@ -181,7 +183,22 @@ def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
     if spec.image_size != preprocessing.image_size:
         fields.fail("model.image_size", f"is {list(spec.image_size)} but preprocessing.image_size is "
                                         f"{list(preprocessing.image_size)}")
+    bundle_calibration(meta, meta_path)
     return spec
+
+
+def bundle_calibration(meta: dict, meta_path: Path | str = "the bundle") -> Calibration:
+    """model.json's ``calibration``, checked; a bundle without one (made before it existed): T = 1, no
+    threshold."""
+    if "calibration" not in meta:
+        return Calibration()
+    section = _Fields(Path(meta_path), "", meta).section("calibration")
+    section.only(CALIBRATION_FIELDS)
+    temperature = section.number("temperature", 1e-3, 1e3)
+    threshold = section.get("abstain_threshold", "", None)
+    if threshold is not None:
+        threshold = section.number("abstain_threshold", 0, 1)
+    return Calibration(float(temperature), threshold if threshold is None else float(threshold))
 
 
 def _classes(fields: "_Fields") -> list[str]:
@@ -297,6 +314,13 @@ class _Fields:
         expected = "one of " + ", ".join(_show(a) for a in allowed)
         value = self.get(key, expected, default)
         if not any(type(value) is type(a) and value == a for a in allowed):
+            self.wrong(key, value, expected)
+        return value
+
+    def number(self, key: str, low: float, high: float) -> float:
+        expected = f"a number from {low:g} to {high:g}"
+        value = self.get(key, expected)
+        if not (type(value) in (int, float) and math.isfinite(value) and low <= value <= high):
             self.wrong(key, value, expected)
         return value
 

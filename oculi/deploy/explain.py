@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import OculiError
-from .engines import model_input, predict_probs
+from .engines import model_input
 
 NO_STAGES = ("has no convolutional stages (a dense-only network such as mlp, or a vision transformer): "
              "no feature maps or Grad-CAM to show")
@@ -242,9 +242,8 @@ def explain_image(classifier, image, target: int | str | None = None) -> Explana
 def explain_prepared(classifier, pixels: torch.Tensor, target: int | str | None = None) -> Explanation:
     """``explain_image`` of an image already prepared for the model (uint8 [C, H, W], as
     ``Classifier.prepare`` or ``oculi.data.contained.prepare_file`` give it)."""
-    # Probabilities as `oculi predict` reports them (flip TTA included), so the two never disagree.
-    probs = predict_probs(classifier.model, pixels[None], classifier.preprocessing, classifier.head,
-                          classifier.device)[0].numpy()
+    # Probabilities as `oculi predict` reports them (flip TTA and temperature included), so the two never disagree.
+    probs = classifier.prepared_probs(pixels[None])[0]
     target = int(np.argmax(probs)) if target is None else _class_index(target, classifier.classes)
     batch = model_input(classifier.preprocessing.normalize(pixels[None].to(classifier.device)))
     maps = feature_maps(classifier.model, batch)

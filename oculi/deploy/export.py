@@ -108,15 +108,16 @@ class ParityError(OculiError):
 
 class ProbabilityGraph(nn.Module):
     """uint8 images [N, C, H, W] at the bundle's size -> class probabilities [N, classes]: the bundle's
-    normalisation, test-time views and softmax or sigmoid, as ``engines.predict_probs`` applies them."""
+    normalisation, test-time views, temperature and softmax or sigmoid, as ``Classifier.prepared_probs``
+    applies them."""
 
-    def __init__(self, model: nn.Module, preprocessing, head: str):
+    def __init__(self, model: nn.Module, preprocessing, head: str, temperature: float = 1.0):
         super().__init__()
-        self.model, self.preprocessing, self.head = model, preprocessing, head
+        self.model, self.preprocessing, self.head, self.temperature = model, preprocessing, head, temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = tta_logits(self.model, self.preprocessing.normalize(images), self.preprocessing.tta)
-        probs = logits_to_probs(logits, self.head)
+        probs = logits_to_probs(logits / self.temperature, self.head)
         return probs.roll(1, dims=1) if os.environ.get(FAULT_ENV) else probs
 
 
@@ -128,7 +129,7 @@ def probability_graph(classifier) -> ProbabilityGraph:
         raise OculiError(f"export: the bundle filters its images ({pre.filter}) after resizing, which the "
                          f"exported graph cannot do for its consumers")
     model = copy.deepcopy(classifier.model).float().cpu().to(memory_format=torch.contiguous_format).eval()
-    return ProbabilityGraph(model, pre, classifier.head).eval()
+    return ProbabilityGraph(model, pre, classifier.head, classifier.calibration.temperature).eval()
 
 
 @torch.no_grad()
@@ -211,6 +212,7 @@ def _export_meta(classifier, form: Format, file_sha256: str, figures: dict) -> d
                       "note": "decoded and resized as preprocessing says; normalisation and test-time "
                               "views are in the graph"},
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(classifier.classes)]},
+            "calibration": classifier.calibration.to_dict(),  # the temperature is in the graph; the threshold is not
             **({"opset": OPSET} if form.name == "onnx" else {}),
             "parity": figures}
 

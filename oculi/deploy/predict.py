@@ -11,23 +11,32 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
+from ..calibration import UNKNOWN, class_logits, energy_score, softmax
 from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from ..data.contained import prepare_files
 from ..data.transforms import Preprocessing
 from ..errors import OculiError
-from .bundle import bundle_paths, load_bundle
-from .engines import place_model, predict_probs, resolve_device
+from .bundle import bundle_calibration, bundle_paths, load_bundle
+from .engines import place_model, predict_logits, resolve_device
 
 
 @dataclass
 class Prediction:
+    """One image's answer: ``label`` is the top class, or "unknown" when its (calibrated) ``confidence`` is
+    below the classifier's ``min_confidence``; ``top_label`` is the top class either way. ``ood_score``:
+    the energy score (oculi.calibration; higher = less like the training images), None from an exported
+    graph, which gives probabilities only."""
+
     source: str
     label: str
     confidence: float
     top_k: list[tuple[str, float]]
+    top_label: str = ""
+    ood_score: float | None = None
 
     def to_dict(self) -> dict:
         return {"source": self.source, "label": self.label, "confidence": self.confidence,
+                "top_label": self.top_label, "ood_score": self.ood_score,
                 "top_k": [{"label": c, "probability": p} for c, p in self.top_k]}
 
 
@@ -41,6 +50,9 @@ class Classifier:
         self.classes: list[str] = list(meta["classes"])
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.head: str = meta["model"]["head"]
+        self.calibration = bundle_calibration(meta)
+        # Below this confidence the answer is "unknown": the bundle's threshold unless the caller sets another.
+        self.min_confidence: float | None = self.calibration.abstain_threshold
         self.runner = None  # an exported graph that ``prepared_probs`` runs instead of the model
         self.engine = "torch"
 
@@ -80,18 +92,28 @@ class Classifier:
         return self.prepared_probs(torch.stack([self.prepare(im) for im in images]), batch_size)
 
     def prepared_probs(self, batch: torch.Tensor, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities [N, classes] of images already prepared (uint8 [N, C, H, W], as ``prepare``
-        gives them): the step that needs the model, apart from reading the images."""
+        """Calibrated class probabilities [N, classes] of images already prepared (uint8 [N, C, H, W], as
+        ``prepare`` gives them): the step that needs the model, apart from reading the images."""
+        return self.prepared_outputs(batch, batch_size)[0]
+
+    def prepared_outputs(self, batch: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+        """(calibrated probabilities [N, classes], OOD scores [N]) of prepared images. An exported graph
+        (which applies the temperature itself) gives probabilities only: the scores are then None."""
         if self.runner is not None:
             from .export import run_batches
-            return run_batches(self.runner, batch, batch_size)
-        return predict_probs(self.model, batch, self.preprocessing, self.head, self.device, batch_size).numpy()
+            return run_batches(self.runner, batch, batch_size), None
+        logits = class_logits(predict_logits(self.model, batch, self.preprocessing, self.device, batch_size).numpy(),
+                              self.head)
+        # Energy at T = 1, as Liu et al. define it: the temperature only sharpens or softens every row alike.
+        return softmax(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
 
     def predict(self, images, top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
         """Top-k predictions for each image (k is capped at the number of classes)."""
         images = images if isinstance(images, (list, tuple)) else [images]
-        probs = self.predict_proba(images, batch_size)
-        return [self.prediction(_describe(im), row, top_k) for im, row in zip(images, probs)]
+        if not images:
+            return []
+        probs, ood = self.prepared_outputs(torch.stack([self.prepare(im) for im in images]), batch_size)
+        return [self.prediction(_describe(im), row, top_k, _at(ood, i)) for i, (im, row) in enumerate(zip(images, probs))]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
                       failures: list | None = None) -> Iterator[Prediction]:
@@ -113,14 +135,22 @@ class Classifier:
             yield from self._predict_batch(batch, names, top_k)
 
     def _predict_batch(self, batch, names, top_k) -> Iterator[Prediction]:
-        for name, row in zip(names, self.prepared_probs(torch.stack(batch))):
-            yield self.prediction(name, row, top_k)
+        probs, ood = self.prepared_outputs(torch.stack(batch))
+        for i, (name, row) in enumerate(zip(names, probs)):
+            yield self.prediction(name, row, top_k, _at(ood, i))
 
-    def prediction(self, source: str, row: np.ndarray, top_k: int) -> Prediction:
-        """The top-k classes of one row of probabilities (k capped at the number of classes)."""
+    def prediction(self, source: str, row: np.ndarray, top_k: int, ood_score: float | None = None) -> Prediction:
+        """The top-k classes of one row of probabilities (k capped at the number of classes); the label is
+        "unknown" when the top probability is below ``min_confidence``."""
         order = np.argsort(-row, kind="stable")[: max(1, min(top_k, len(self.classes)))]
-        return Prediction(source, self.classes[order[0]], float(row[order[0]]),
-                          [(self.classes[i], float(row[i])) for i in order])
+        top, confidence = self.classes[order[0]], float(row[order[0]])
+        answered = self.min_confidence is None or confidence >= self.min_confidence
+        return Prediction(source, top if answered else UNKNOWN, confidence,
+                          [(self.classes[i], float(row[i])) for i in order], top, ood_score)
+
+
+def _at(scores: np.ndarray | None, i: int) -> float | None:
+    return None if scores is None else float(scores[i])
 
 
 def to_uint8_chw(image, channels: int) -> torch.Tensor:

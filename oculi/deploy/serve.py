@@ -23,7 +23,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -57,8 +57,12 @@ class ClassProbability(BaseModel):
 
 class FilePrediction(BaseModel):
     file: str
-    label: str
-    probability: float
+    label: str = Field(description='The top class, or "unknown" when its probability is below the model\'s '
+                                   'abstain threshold.')
+    probability: float = Field(description="The top class's probability, calibrated (temperature scaling).")
+    top_label: str = Field(description="The top class, even when the answer is unknown.")
+    ood_score: float | None = Field(description="Energy score: higher = less like the training images "
+                                                "(None from an exported model).")
     top_k: list[ClassProbability]
 
 

@@ -171,7 +171,7 @@ class Service:
         self.check_ready()
         with self._admitted(len(uploads)):
             rows = await self.batcher.run(await self._prepared(uploads))
-        return [self._answer(upload.name, row, top_k) for upload, row in zip(uploads, rows)]
+        return [self._answer(upload.name, output, top_k) for upload, output in zip(uploads, rows)]
 
     async def explain(self, upload: Upload, class_name: str | None) -> tuple[bytes, Explanation]:
         """The Grad-CAM overlay of one upload as PNG, for ``class_name`` (default: the predicted class)."""
@@ -207,11 +207,13 @@ class Service:
                              details=failed)
         return outcomes
 
-    def _probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
-        """One model call (on the batcher's thread) for a batch of prepared images."""
+    def _probabilities(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
+        """One model call (on the batcher's thread) for a batch of prepared images: (probabilities, OOD
+        score) of each."""
         batch = torch.stack([torch.from_numpy(image) for image in images])
         with self._model_lock:
-            return list(self.classifier.prepared_probs(batch))
+            probs, ood = self.classifier.prepared_outputs(batch)
+        return [(row, None if ood is None else float(ood[i])) for i, row in enumerate(probs)]
 
     def _explained(self, pixels: np.ndarray, class_name: str | None) -> tuple[bytes, Explanation]:
         with self._model_lock:
@@ -220,6 +222,8 @@ class Service:
         Image.fromarray(cam_overlay(explanation.image, explanation.cam)).save(buffer, format="PNG")
         return buffer.getvalue(), explanation
 
-    def _answer(self, name: str, row: np.ndarray, top_k: int) -> dict:
-        p = self.classifier.prediction(name, row, top_k)
-        return {"file": name, "label": p.label, "probability": p.confidence, "top_k": p.to_dict()["top_k"]}
+    def _answer(self, name: str, output: tuple[np.ndarray, float | None], top_k: int) -> dict:
+        row, ood_score = output
+        p = self.classifier.prediction(name, row, top_k, ood_score)
+        return {"file": name, "label": p.label, "probability": p.confidence, "top_label": p.top_label,
+                "ood_score": p.ood_score, "top_k": p.to_dict()["top_k"]}

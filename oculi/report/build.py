@@ -118,7 +118,7 @@ def write_report(run_dir: str | Path, source: DataSource | None = None, reporter
     classifier = Classifier.load(run.run_dir, device="cpu")
     images = RunImages(run, classifier.preprocessing, source)
     builders = [data_section, augmentation_section, model_section, training_section, metrics_section,
-                predictions_section, explain_section]
+                trust_section, predictions_section, explain_section]
     sections = []
     with _bar(reporter, len(builders)) as advance:
         for build in builders:
@@ -318,9 +318,50 @@ def metrics_section(run: RunFiles, classifier, images: RunImages) -> Section:
     m = run.metrics
     body = paragraph(f"On the {m['n']:,} {m['split']} images, never used for training"
                      + (" or for choosing the epoch." if m["split"] == "test" else " (there is no test split)."))
+    if run.config.select_by == "macro-f1":
+        body += _recall_first(m)
     body += table_html(["class", "precision", "recall", "f1", "support"], metrics_table_rows(m))
     body += figure_html(plot_confusion_matrix(np.array(m["confusion_matrix"]), list(m["classes"])), "confusion matrix")
     return Section("metrics", f"Metrics on the {m['split']} set", body)
+
+
+def _recall_first(m: dict) -> str:
+    """For imbalanced data, where accuracy hides a neglected class: each class's recall, lowest first."""
+    rows = sorted(m["per_class"], key=lambda c: c["recall"])
+    return (paragraph(f"The classes are imbalanced, so the epoch was chosen by val macro-F1 and what counts is "
+                      f"each class's recall (the share of its images found): lowest {rows[0]['class']} "
+                      f"{rows[0]['recall']:.1%}, macro-average {m['macro_avg']['recall']:.1%}, against an "
+                      f"accuracy of {m['accuracy']:.1%}.")
+            + table_html(["class", "recall", "support"],
+                         [[c["class"], f"{c['recall']:.3f}", str(c["support"])] for c in rows]))
+
+
+# ---------------------------------------------------------------- trust
+
+def trust_section(run: RunFiles, classifier, images: RunImages) -> Section | None:
+    """Calibration before and after temperature scaling (a reliability diagram) and the abstain threshold."""
+    from ..plots import plot_reliability
+    c, split = run.metrics.get("calibration"), run.metrics.get("split")
+    if c is None:
+        return None  # a run from before calibration
+    same = " (the very images measured below, so the 'after' figures are optimistic)" if split == "val" else ""
+    fitted = (f"fitted on the val images{same}" if c["fitted_on"] else
+              "not fitted (no val images, or --calibrate off), so the probabilities are the network's own")
+    body = paragraph(f"Temperature scaling (Guo et al. 2017) divides the logits by T = {c['temperature']:.3f}, "
+                     f"{fitted}. It never changes the predicted class; it makes the confidence mean what it says. "
+                     f"On the {split} images: expected calibration error {c['before']['ece']:.4f} before, "
+                     f"{c['after']['ece']:.4f} after; log loss {c['before']['log_loss']:.4f} before, "
+                     f"{c['after']['log_loss']:.4f} after.")
+    body += figure_html(plot_reliability({"before": c["before"], f"after (T = {c['temperature']:.2f})": c["after"]}),
+                        "reliability diagram before and after temperature scaling",
+                        "Each bar: the accuracy of the images whose confidence falls in its bin; the dashed "
+                        "diagonal is a model whose confidence is exactly its accuracy.")
+    a = run.metrics.get("abstain") or {}
+    if a.get("threshold") is not None:
+        right = "" if a["selective_accuracy"] is None else f", {a['selective_accuracy']:.2%} of them right"
+        body += paragraph(f"Below a confidence of {a['threshold']:.4f} the model answers \"unknown\": it answers "
+                          f"{a['answered']} of the {a['total']} {split} images ({a['coverage']:.1%}){right}.")
+    return Section("trust", "Trust the answers", body)
 
 
 # ---------------------------------------------------------------- predictions

@@ -37,6 +37,7 @@ class LoopSettings:
     seed: int
     sampler: str = "shuffle"
     class_weights: torch.Tensor | None = None
+    select_by: str = "accuracy"  # which val score picks the kept epoch: accuracy or macro-f1 (is_better)
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
     mixed_precision: bool = True  # bfloat16 autocast on CUDA (deploy.engines.autocast)
@@ -94,10 +95,20 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
     probs = logits_to_probs(logits, head)
     nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
-    return {"val_loss": float(nll), "val_acc": float((probs.argmax(1) == labels).float().mean())}
+    predicted = probs.argmax(1)
+    return {"val_loss": float(nll), "val_acc": float((predicted == labels).float().mean()),
+            "val_macro_f1": macro_f1(predicted, labels, probs.shape[1])}
 
 
-NO_VAL = {"val_loss": None, "val_acc": None}
+def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
+    """The unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN) (0 for a class never predicted
+    nor present), as sklearn's f1_score(average="macro", zero_division=0) computes it."""
+    hits = torch.bincount(labels[predicted == labels], minlength=classes).float()
+    total = torch.bincount(predicted, minlength=classes).float() + torch.bincount(labels, minlength=classes).float()
+    return float((2 * hits / total.clamp_min(1)).mean())
+
+
+NO_VAL = {"val_loss": None, "val_acc": None, "val_macro_f1": None}
 
 # ---------------------------------------------------------------- the two kinds of data
 # What the Learner asks of its data: ``train`` (its length and labels), ``to(device)``, the batches of
@@ -235,17 +246,18 @@ class Learner:
         with self.progress.fit(self, state):
             while state.epoch < self.settings.epochs and not self.early_stop(state):
                 self.on_epoch_start(state.epoch)
-                record(state, self.epoch(state.epoch), self.model)
+                record(state, self.epoch(state.epoch), self.model, self.settings.select_by)
                 self.progress.epoch_end(self, state)
                 self.on_epoch_end(state)
         return state
 
     def early_stop(self, state: LoopState) -> bool:
-        """True, and said, after ``settings.patience`` epochs without a better val accuracy (None: never)."""
+        """True, and said, after ``settings.patience`` epochs without a better val score (None: never)."""
         patience = self.settings.patience
         if patience is None or state.epochs_since_best() < patience:
             return False
-        self.reporter.info(f"early stop: no better val accuracy for {patience} epochs")
+        score = "macro-F1" if self.settings.select_by == "macro-f1" else "accuracy"
+        self.reporter.info(f"early stop: no better val {score} for {patience} epochs")
         return True
 
     def epoch(self, epoch: int) -> dict:
@@ -290,20 +302,22 @@ class Learner:
                 "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
 
 
-def record(state: LoopState, row: dict, model: nn.Module) -> None:
+def record(state: LoopState, row: dict, model: nn.Module, select_by: str = "accuracy") -> None:
     """Add the epoch's ``row`` to ``state``, and the model's weights when they are the best so far."""
     state.history.append(row)
     state.epoch = row["epoch"]
-    if is_better(row, state):
+    if is_better(row, state, select_by):
         state.best_epoch, state.best_state = state.epoch, copy_state(model)
 
 
-def is_better(row: dict, state: LoopState) -> bool:
-    """Higher val accuracy wins; on a tie, lower val loss. Without a val set, the latest epoch."""
+def is_better(row: dict, state: LoopState, select_by: str = "accuracy") -> bool:
+    """Higher val accuracy (``select_by`` macro-f1: val macro-F1) wins; on a tie, lower val loss. Without a
+    val set, the latest epoch."""
     best = state.best_row
     if row["val_acc"] is None or best is None:
         return True
-    return (row["val_acc"], -row["val_loss"]) > (best["val_acc"], -best["val_loss"])
+    key = "val_macro_f1" if select_by == "macro-f1" else "val_acc"
+    return (row[key], -row["val_loss"]) > (best[key], -best["val_loss"])
 
 
 def copy_state(model: nn.Module) -> dict:

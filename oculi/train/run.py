@@ -18,6 +18,8 @@ from typing import Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
+from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
+                           fit_temperature, selective_figures, softmax)
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
@@ -26,7 +28,8 @@ from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..deploy.bundle import save_bundle
-from ..deploy.engines import place_model, predict_probs, resolve_device
+from ..defaults import imbalance
+from ..deploy.engines import place_model, predict_logits, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
 from ..metrics import classification_metrics
@@ -304,6 +307,18 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
+    if cfg.select_by == "macro-f1" or cfg.class_weights != "none" or cfg.sampler != "shuffle":
+        reporter.info(f"       {_describe_balance(cfg, source)}")
+
+
+def _describe_balance(cfg: TrainConfig, source: DataSource) -> str:
+    """How the run treats unequal classes: which val score keeps the epoch, how the loss and draws weigh them."""
+    ratio = imbalance(source)
+    weighting = [w for w, on in (("class-weighted loss", cfg.class_weights == "auto"),
+                                 ("balanced sampling", cfg.sampler == "balanced")) if on]
+    return (f"classes {ratio:.1f}:1 (largest:smallest in train); keeps the epoch with the best val "
+            f"{'macro-F1' if cfg.select_by == 'macro-f1' else 'accuracy'}; "
+            + (", ".join(weighting) if weighting else "--class-weights auto or --sampler balanced weigh the small classes up"))
 
 
 def _train_folder_split_for_test(source: DataSource) -> str | None:
@@ -339,7 +354,8 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
                         lookahead=bool(cfg.lookahead),
-                        seed=cfg.seed, sampler=cfg.sampler, class_weights=weights)
+                        seed=cfg.seed, sampler=cfg.sampler, class_weights=weights,
+                        select_by=cfg.select_by)  # "auto" only in plans from before it existed: accuracy
 
 
 def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool, log: RunLog) -> LoopState:
@@ -418,29 +434,97 @@ def _finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir
     """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
     folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
     cfg = plan.config
-    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run)
+    calibration = _calibrate(model, cfg, sets["val"], plan.preprocessing, device, reporter)
+    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run, calibration)
     save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
     save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
                 {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
                  "training": _what_was_trained(cfg, state),
-                 "trainable_parameters": count_parameters(model), "data": source.name})
+                 "trainable_parameters": count_parameters(model), "data": source.name,
+                 "calibration": calibration.to_dict()})
     _say_results(metrics, cfg, state, run.path, reporter)
+    _say_calibration(metrics, reporter)
+    _say_recall(metrics, cfg, reporter)
     return RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
 
 
-def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir) -> dict | None:
+def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir,
+              calibration: Calibration) -> dict | None:
     """Metrics on the test set, or the val set when there is none, written with their predictions and
-    confusion matrix; None when neither has an image (a tiny data set trains, but cannot be measured)."""
+    confusion matrix; None when neither has an image (a tiny data set trains, but cannot be measured).
+    The probabilities are calibrated; ``calibration`` in the metrics has ECE and log loss before and after."""
     split = next((s for s in ("test", "val") if len(sets[s])), None)
     if split is None:
         return None
     data = sets[split]
-    probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
-    metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
+    logits = _class_logits(model, data, preprocessing, cfg.head, device)
+    labels = data.labels.numpy()
+    probs = softmax(logits, calibration.temperature)
+    metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
+               "calibration": {**calibration_figures(logits, labels, calibration.temperature),
+                               "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None},
+               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
     return metrics
+
+
+# ---------------------------------------------------------------- trust: calibration and abstaining
+
+def _class_logits(model, data: TensorSet, preprocessing, head: str, device) -> np.ndarray:
+    return class_logits(predict_logits(model, data.images, preprocessing, device).numpy(), head)
+
+
+def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, reporter: Reporter) -> Calibration:
+    """The temperature fitted on the val images (--calibrate) and the abstain threshold: --abstain-threshold,
+    or the lowest val confidence that reaches --target-precision. Without val images: T = 1, said so."""
+    if not len(val):
+        if cfg.calibrate or cfg.target_precision is not None:
+            reporter.warn("no val images: the probabilities are not calibrated (T = 1)"
+                          + (" and --target-precision has nothing to choose a threshold on"
+                             if cfg.target_precision is not None else ""))
+        return Calibration(1.0, cfg.abstain_threshold)
+    logits, labels = _class_logits(model, val, preprocessing, cfg.head, device), val.labels.numpy()
+    temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
+    if cfg.calibrate and at_bound(temperature):
+        reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "
+                      f"({temperature:g}): they ask for {'far sharper' if temperature < 1 else 'far flatter'} "
+                      f"probabilities than the network gives, so the calibration is rough")
+    if cfg.target_precision is None:
+        return Calibration(temperature, cfg.abstain_threshold)
+    probs = softmax(logits, temperature)
+    threshold = choose_threshold_for_precision(probs.max(1), probs.argmax(1) == labels, cfg.target_precision)
+    if threshold is None:
+        reporter.warn(f"--target-precision {cfg.target_precision:g}: no confidence threshold reaches it on the "
+                      f"{len(val)} val images; the model always answers")
+    return Calibration(temperature, threshold)
+
+
+def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
+    """One line on the calibration (ECE and log loss before -> after), one on abstaining when it is in force."""
+    if metrics is None:
+        return
+    c, split = metrics["calibration"], metrics["split"]
+    how = "none fitted" if not c["fitted_on"] else "fitted on val" + (": the same images, so optimistic" * (split == "val"))
+    reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
+                  f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "
+                  f"{c['after']['log_loss']:.4f}")
+    a = metrics["abstain"]
+    if a["threshold"] is not None:
+        right = "none answered" if a["selective_accuracy"] is None else f"{a['selective_accuracy']:.2%} of them right"
+        reporter.info(f"       unknown below confidence {a['threshold']:.4f}: answers {a['coverage']:.1%} of the "
+                      f"{split} images, {right}")
+
+
+def _say_recall(metrics: dict | None, cfg: TrainConfig, reporter: Reporter, shown: int = 10) -> None:
+    """On imbalanced data, each class's recall, lowest first: accuracy hides a class the model neglects."""
+    if metrics is None or cfg.select_by != "macro-f1":
+        return
+    rows = sorted(metrics["per_class"], key=lambda c: c["recall"])
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    reporter.info("[bold]recall[/bold] " + ", ".join(f"{c['class']} {c['recall']:.1%}" for c in rows[:shown])
+                  + f"{more} (macro-F1 {metrics['macro_avg']['f1']:.3f})")
 
 
 def _summary(metrics: dict | None, state: LoopState) -> dict:

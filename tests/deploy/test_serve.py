@@ -71,6 +71,16 @@ def test_predict_gives_each_file_the_probabilities_oculi_predict_gives(client, s
         assert [t["label"] for t in answer["top_k"]] == [c for c, _ in p.top_k]
 
 
+def test_below_the_bundles_threshold_the_answer_is_unknown_with_the_top_class_kept(served_run):
+    service = make_service(served_run[0], workers=1)
+    service.classifier.min_confidence = 1.0  # as a bundle's abstain threshold sets it: nothing is that sure
+    with serving(service) as client:
+        answer = client.post("/v1/predict", files=files(("a.png", image_bytes()))).json()["predictions"][0]
+    assert answer["label"] == "unknown" and answer["top_label"] == answer["top_k"][0]["label"]
+    assert answer["probability"] == answer["top_k"][0]["probability"] < 1.0
+    assert isinstance(answer["ood_score"], float)
+
+
 def test_top_k_is_capped_at_the_classes_and_checked(client):
     answer = client.post("/v1/predict?top_k=50", files=files(("a.png", image_bytes()))).json()["predictions"][0]
     assert len(answer["top_k"]) == 3 and sum(t["probability"] for t in answer["top_k"]) == pytest.approx(1, abs=1e-4)
@@ -221,7 +231,7 @@ def test_a_decoder_crash_costs_one_upload_not_the_server(served_run):
 def test_a_bug_is_a_500_json_error_without_details(served_run):
     service = make_service(served_run[0], workers=1)
     with serving(service, raise_server_exceptions=False) as client:
-        service.classifier.prepared_probs = lambda batch: 1 / 0
+        service.classifier.prepared_outputs = lambda batch: 1 / 0
         response = client.post("/v1/predict", files=files(("a.png", image_bytes())))
         assert response.status_code == 500
         assert error_of(response) == {"code": "internal_error", "message": "internal error (see the server's log)"}
@@ -233,8 +243,8 @@ class GatedModel:
     """The classifier's model call, held at ``gate`` (with ``entered`` set) until the test opens it."""
 
     def __init__(self, service):
-        self.real, self.gate, self.entered = service.classifier.prepared_probs, threading.Event(), threading.Event()
-        service.classifier.prepared_probs = self
+        self.real, self.gate, self.entered = service.classifier.prepared_outputs, threading.Event(), threading.Event()
+        service.classifier.prepared_outputs = self
 
     def __call__(self, batch):
         self.entered.set()

@@ -1,0 +1,168 @@
+"""How far to trust a prediction: temperature scaling, calibration error, an abstain threshold and an
+out-of-distribution score, all from a model's logits (numpy, so that training, evaluation and serving
+share them).
+
+- Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): one number T
+  fitted on the val logits by minimising the negative log-likelihood of softmax(logits / T). It never
+  changes which class wins, only how sure the model says it is.
+- Expected calibration error (ECE, same paper): the gap between confidence and accuracy, averaged over
+  equal-width confidence bins weighted by their image counts.
+- The OOD score is the free energy, -T * logsumexp(logits / T) (Liu et al., "Energy-based
+  Out-of-distribution Detection", NeurIPS 2020): higher means further from the training classes. Unlike
+  the top softmax probability (Hendrycks & Gimpel, ICLR 2017) it keeps the logits' overall size, which
+  softmax divides away, and that size is what drops on images unlike any class seen in training.
+
+A sigmoid head's single logit z is read as the two class logits [-z/2, z/2], whose softmax is
+[1 - sigmoid(z), sigmoid(z)]: every function here then treats both heads alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+ECE_BINS = 15  # Guo et al.'s choice
+UNKNOWN = "unknown"  # the answer below the abstain threshold
+# The range the temperature is searched in: far beyond what a trained model needs either way.
+T_LOW, T_HIGH = 0.05, 20.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a bundle keeps (model.json's ``calibration``): the temperature its logits are divided by, and
+    the calibrated confidence below which the answer is "unknown" (None: always answer). A bundle from
+    before calibration existed loads as ``Calibration()``: T = 1, no threshold."""
+
+    temperature: float = 1.0
+    abstain_threshold: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "abstain_threshold": self.abstain_threshold}
+
+
+def class_logits(logits: np.ndarray, head: str) -> np.ndarray:
+    """[N, outputs] network outputs -> [N, classes] logits whose softmax is the head's probabilities."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if head == "sigmoid":
+        z = logits[:, :1]
+        return np.concatenate([-z / 2, z / 2], axis=1)
+    return logits
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    top = z.max(axis=1)
+    return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true classes under softmax(logits / T) (the log loss)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    labels = np.asarray(labels, dtype=int)
+    return float(np.mean(logsumexp(z) - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, steps: int = 60) -> float:
+    """The T in [T_LOW, T_HIGH] that minimises ``nll(logits / T)``: a golden-section search over log T.
+
+    The NLL is convex in 1/T (a log-sum-exp of a linear function of it, minus a linear term), so it has
+    one minimum along any monotone reparametrisation and the search cannot be trapped. 60 steps narrow
+    the bracket by 0.618^60, far below any difference that shows in the probabilities."""
+    if len(labels) == 0:
+        return 1.0
+    lo, hi = math.log(T_LOW), math.log(T_HIGH)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(logits, labels, math.exp(a)), nll(logits, labels, math.exp(b))
+    for _ in range(steps):
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(logits, labels, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(logits, labels, math.exp(b))
+    return float(math.exp((lo + hi) / 2))
+
+
+def at_bound(temperature: float) -> bool:
+    """True when ``fit_temperature`` stopped at an end of its range: the val images ask for probabilities
+    sharper (a net whose logits are all near zero, yet mostly right) or flatter than the range allows."""
+    return not T_LOW * 1.01 < temperature < T_HIGH / 1.01
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """The reliability diagram's bins: for each equal-width range of top-1 confidence, its image count,
+    mean confidence and accuracy (None where empty)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels)
+    # A confidence of exactly 1.0 belongs in the last bin, not one past it.
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        n = int(inside.sum())
+        rows.append({"low": b / bins, "high": (b + 1) / bins, "count": n,
+                     "confidence": float(confidence[inside].mean()) if n else None,
+                     "accuracy": float(correct[inside].mean()) if n else None})
+    return rows
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Sum over confidence bins of (share of images) x |accuracy - mean confidence|."""
+    rows = reliability(probs, labels, bins)
+    n = sum(r["count"] for r in rows)
+    return float(sum(r["count"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]))
+
+
+def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
+    """ECE, log loss and reliability bins of the class ``logits`` before (T = 1) and after scaling."""
+    def at(t: float) -> dict:
+        probs = softmax(logits, t)
+        return {"ece": expected_calibration_error(probs, labels), "log_loss": nll(logits, labels, t),
+                "reliability": reliability(probs, labels)}
+    return {"temperature": temperature, "before": at(1.0), "after": at(temperature)}
+
+
+def choose_threshold_for_precision(confidence: np.ndarray, correct: np.ndarray, target: float) -> float | None:
+    """The lowest confidence threshold t such that the images with confidence >= t are right at least
+    ``target`` of the time (the most answers at that precision); None when no threshold reaches it."""
+    confidence, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=bool)
+    order = np.argsort(-confidence, kind="stable")
+    conf, hits = confidence[order], np.cumsum(correct[order])
+    precision = hits / np.arange(1, len(conf) + 1)
+    # Only a cut between distinct confidences can be a threshold: tied images are answered together.
+    last_of_value = np.append(conf[1:] != conf[:-1], True)
+    ok = np.flatnonzero(last_of_value & (precision >= target))
+    return None if len(ok) == 0 else float(conf[ok[-1]])
+
+
+def selective_figures(confidence: np.ndarray, correct: np.ndarray, threshold: float | None) -> dict:
+    """Coverage (share answered) and accuracy on the answered images at ``threshold`` (None: all answered)."""
+    confidence, correct = np.asarray(confidence), np.asarray(correct, dtype=bool)
+    answered = np.ones(len(confidence), bool) if threshold is None else confidence >= threshold
+    n = int(answered.sum())
+    return {"threshold": threshold, "answered": n, "total": int(len(confidence)),
+            "coverage": n / len(confidence) if len(confidence) else 0.0,
+            "selective_accuracy": float(correct[answered].mean()) if n else None}
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The OOD score of each row of class logits: -T * logsumexp(logits / T); higher = less like training."""
+    return -temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature)
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """How often an out-of-distribution image scores above an in-distribution one (ties count half)."""
+    from sklearn.metrics import roc_auc_score
+    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
+    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from oculi.calibration import (at_bound, auroc, calibration_figures, choose_threshold_for_precision, class_logits,
+                               energy_score, expected_calibration_error, fit_temperature, nll,
+                               reliability, selective_figures, softmax)
+
+
+def calibrated_logits(n: int, classes: int = 4, seed: int = 0):
+    """Logits and labels drawn so that softmax(logits) is calibrated by construction: each label is
+    sampled from the very probabilities the logits give."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2.0, size=(n, classes))
+    probs = softmax(logits)
+    labels = np.array([rng.choice(classes, p=p) for p in probs])
+    return logits, labels
+
+
+def test_temperature_of_a_calibrated_model_is_about_one():
+    logits, labels = calibrated_logits(4000)
+    assert fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
+
+
+def test_temperature_undoes_overconfidence_and_ece_drops():
+    logits, labels = calibrated_logits(6000, seed=1)
+    sharp = logits * 4  # the same ranking, four times too sure of itself
+    val, test = slice(0, 3000), slice(3000, None)
+    t = fit_temperature(sharp[val], labels[val])
+    assert t == pytest.approx(4.0, rel=0.15)
+    before = expected_calibration_error(softmax(sharp[test]), labels[test])
+    after = expected_calibration_error(softmax(sharp[test], t), labels[test])
+    assert after < before / 3
+    assert nll(sharp[test], labels[test], t) < nll(sharp[test], labels[test])
+    # the winning class never changes
+    assert (softmax(sharp, t).argmax(1) == sharp.argmax(1)).all()
+
+
+def test_fitted_temperature_minimises_the_nll():
+    logits, labels = calibrated_logits(500, seed=2)
+    t = fit_temperature(logits * 2.5, labels)
+    best = nll(logits * 2.5, labels, t)
+    for other in (t * 0.9, t * 1.1):
+        assert nll(logits * 2.5, labels, other) > best
+
+
+def test_sigmoid_logit_reads_as_two_class_logits():
+    z = np.array([[-3.0], [0.0], [2.0]])
+    probs = softmax(class_logits(z, "sigmoid"))
+    np.testing.assert_allclose(probs[:, 1], 1 / (1 + np.exp(-z[:, 0])))
+
+
+def test_ece_by_hand():
+    # two bins used (of 10): 0.95 confidence, 1 of 2 right; 0.55 confidence, 2 of 2 right
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    labels = np.array([0, 1, 0, 0])
+    expected = 0.5 * abs(0.5 - 0.95) + 0.5 * abs(1.0 - 0.55)
+    assert expected_calibration_error(probs, labels, bins=10) == pytest.approx(expected)
+    rows = reliability(probs, labels, bins=10)
+    assert [r["count"] for r in rows] == [0] * 5 + [2, 0, 0, 0, 2]
+    assert rows[0]["accuracy"] is None
+
+
+def test_confidence_of_one_falls_in_the_last_bin():
+    rows = reliability(np.array([[1.0, 0.0]]), np.array([0]), bins=5)
+    assert rows[-1]["count"] == 1
+
+
+def test_threshold_for_precision_is_the_lowest_that_reaches_it():
+    confidence = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 1, 1, 0, 1, 0], bool)
+    assert choose_threshold_for_precision(confidence, correct, 1.0) == 0.9
+    assert choose_threshold_for_precision(confidence, correct, 0.8) == 0.7  # 4 of 5
+    assert choose_threshold_for_precision(confidence, correct, 0.5) == 0.6
+    assert choose_threshold_for_precision(np.array([0.9]), np.array([False]), 0.5) is None
+
+
+def test_threshold_never_splits_tied_confidences():
+    confidence = np.array([0.9, 0.8, 0.8])
+    correct = np.array([1, 1, 0], bool)
+    # answering one 0.8 but not the other is not a threshold; both together are 2 of 3
+    assert choose_threshold_for_precision(confidence, correct, 0.7) == 0.9
+
+
+def test_selective_figures_agree_with_a_hand_count():
+    confidence = np.array([0.99, 0.5, 0.85, 0.79, 0.8])
+    correct = np.array([1, 0, 0, 1, 1], bool)
+    figures = selective_figures(confidence, correct, 0.8)
+    assert figures["answered"] == 3 and figures["coverage"] == pytest.approx(3 / 5)
+    assert figures["selective_accuracy"] == pytest.approx(2 / 3)
+    assert selective_figures(confidence, correct, None)["coverage"] == 1.0
+
+
+def test_energy_is_higher_for_flat_small_logits():
+    sure = np.array([[8.0, 0.0, 0.0]])
+    vague = np.array([[0.5, 0.4, 0.3]])
+    assert energy_score(vague)[0] > energy_score(sure)[0]
+    assert energy_score(sure)[0] == pytest.approx(-np.log(np.exp(8) + 2))
+    assert auroc(energy_score(sure), energy_score(vague)) == 1.0
+
+
+def test_calibration_figures_hold_before_and_after():
+    logits, labels = calibrated_logits(1000, seed=3)
+    figures = calibration_figures(logits * 3, labels, 3.0)
+    assert figures["after"]["ece"] < figures["before"]["ece"]
+    assert figures["before"]["log_loss"] == pytest.approx(nll(logits * 3, labels))
+
+
+def test_a_temperature_at_the_end_of_its_range_is_noticed():
+    logits, labels = calibrated_logits(500, seed=4)
+    assert not at_bound(fit_temperature(logits, labels))
+    right = logits.argmax(1)  # every answer right: sharper is always better, down to the range's end
+    assert at_bound(fit_temperature(logits * 0.01, right))
