@@ -150,6 +150,8 @@ class TrainConfig:
                                    low=1, high=10_000)  # None: never
     class_weights: str = setting("none", "none or auto (inverse class frequency).", choices=CLASS_WEIGHTS)
     sampler: str = setting("shuffle", "shuffle or balanced.", choices=SAMPLERS)
+    drop_leaks: bool = setting(False, "Leave out of val/test the images that copy a training image (exactly or "
+                               "nearly; see `oculi check`).")
     # run
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)

@@ -18,6 +18,7 @@ from typing import Callable, ContextManager, Iterator
 import numpy as np
 import torch
 
+from ..check.run import check_at_train_start, leaks_present
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
@@ -187,6 +188,7 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
     remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
     sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
     _report_skipped(skipped, run, reporter)
+    sets = check_at_train_start(source, sets, skipped, cfg.drop_leaks, run_dir, reporter)
     _check_trainable(sets["train"], source)
     plan = plan.with_statistics(*_statistics(weights, sets["train"]))
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
@@ -429,7 +431,8 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir) -> d
         return None
     data = sets[split]
     probs = predict_probs(model, data.images, preprocessing, cfg.head, device).numpy()
-    metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k)}
+    metrics = {"split": split, **classification_metrics(data.labels.numpy(), probs, source.classes, cfg.top_k),
+               "leaks_present": leaks_present(run.path, data.paths)}
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
