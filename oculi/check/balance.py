@@ -122,7 +122,7 @@ def _shape_warnings(records: list[Record], facts: dict[str, FileFacts], classes:
     found = []
     wide = [r for r, f in known if max(f.width / f.height, f.height / f.width) > WIDE_ASPECT]
     if wide:
-        found.append(DataWarning("aspect", f"{len(wide)} image{_s(wide)} are more than twice as long as wide "
+        found.append(DataWarning("aspect", f"{len(wide)} image{_s(wide)} are more than twice as wide as high or as high as wide "
                                        f"(e.g. {wide[0].path}): the default --resize squash distorts them; "
                                        f"--resize pad keeps their shape."))
     median_short = float(np.median([min(f.height, f.width) for _, f in known]))

@@ -22,6 +22,8 @@ from ..data.cache import ArrayCache
 from ..data.loading import TensorSet, decode_source
 from ..data.sources import DataSource, open_source
 from ..data.split import Record
+from ..defaults import PHOTO_PRETRAINED_MODEL
+from ..models import offline_weights_file
 from ..errors import OculiError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..plan import Plan, resolve_plan
@@ -171,19 +173,32 @@ def run_check(data: str, labels: bool = False, out: str | Path | None = None, re
         reporter.warn(warning)
     plan = resolve_plan(cfg, source, resolve_device(device).type)
     sets, skipped = _decoded(source, plan, reporter)
-    vectors = features(plan, sets, reporter) if labels and features else None
-    backbone = None if vectors is None else torch.cat([vectors[s] for s in sets])
+    backbone, method = _backbone_features(source, plan, sets, reporter, features) if labels else (None, "")
     result = inspect(source, sets, skipped, reporter, backbone)
     if labels:
-        result.label_method = (f"{plan.config.model} features" if backbone is not None else
-                               "pixels shrunk to 16x16 (no pretrained backbone for this data)")
-        with reporter.bar("checking: labels", 1) as advance:
-            result.label_issues = _label_issues(result, backbone if backbone is not None else pixel_features(sets))
-            advance(1)
+        result.label_method = method
+        result.label_issues = _label_issues(result, backbone if backbone is not None else pixel_features(sets))
     result.seconds = time.perf_counter() - start
     out_dir = Path(out) if out else Path("checks") / source.name
     write_outputs(result, sets, out_dir)
     return result, out_dir
+
+
+def _backbone_features(source: DataSource, plan: Plan, sets: dict[str, TensorSet], reporter: Reporter,
+                       features: FeatureFn | None) -> tuple[torch.Tensor | None, str]:
+    """Features of every image of ``sets`` (rows in order) to judge labels by, and what they are: the plan's
+    pretrained backbone, else (small images, trained from scratch) the photo backbone on them enlarged;
+    None when there is no pretrained backbone at all."""
+    label_plan, label_sets = plan, sets
+    if not plan.config.pretrained and offline_weights_file(PHOTO_PRETRAINED_MODEL):
+        label_plan = resolve_plan(dataclasses.replace(plan.config, model=PHOTO_PRETRAINED_MODEL, pretrained=True,
+                                                      mode="features", image_size=None, channels=None), source)
+        label_sets, _ = _decoded(source, label_plan, reporter)
+    vectors = features(label_plan, label_sets, reporter) if features else None
+    if vectors is None or [s.paths for s in label_sets.values()] != [s.paths for s in sets.values()]:
+        return None, "pixels shrunk to 16x16 (no pretrained backbone here)"
+    enlarged = "" if label_plan is plan else f", the images enlarged to {label_plan.preprocessing.image_size[0]} px"
+    return torch.cat([vectors[s] for s in sets]), f"{label_plan.config.model} features{enlarged}"
 
 
 def _label_issues(result: CheckResult, features: torch.Tensor) -> list[dict]:
