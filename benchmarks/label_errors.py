@@ -52,7 +52,7 @@ def flipped_copy(files: list[tuple[str, str, str]], dest: Path, fraction: float,
     for i, (src, split, label) in enumerate(files):
         if i in flip:
             label = rng.choice([c for c in classes if c != label])
-        rel = Path(split, label, Path(src).name).as_posix().lstrip("/")
+        rel = Path(split, label, f"{i:05d}_{Path(src).name}").as_posix().lstrip("/")  # names unique across classes
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel)
         if i in flip:
