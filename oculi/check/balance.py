@@ -83,7 +83,7 @@ def _duplicate_warnings(duplicates: list[Duplicate]) -> list[DataWarning]:
                                           f"or remove them (duplicates.csv, across_classes)."))
     within = [d for d in duplicates if not d.leak and not d.across_classes]
     if within:
-        found.append(DataWarning("duplicates", f"{len(within)} image{_s(within)} copy another of the same class "
+        found.append(DataWarning("duplicates", f"{len(within)} image{_s(within)} cop{'ies' if len(within) == 1 else 'y'} another of the same class "
                                            f"({sum(d.kind == 'exact' for d in within)} exact, "
                                            f"{sum(d.kind == 'near' for d in within)} near): they weigh twice in "
                                            f"training; remove the copies listed in duplicates.csv."))
@@ -110,7 +110,7 @@ def _few_test(prof: dict) -> list[DataWarning]:
         return []
     names = ", ".join(f"'{c}' ({n})" for c, n in list(few.items())[:4]) + (" ..." if len(few) > 4 else "")
     return [DataWarning("few_test", f"{len(few)} class{'es' * (len(few) != 1)} ha{'ve' if len(few) != 1 else 's'} "
-                                f"fewer than {MIN_TEST_PER_CLASS} {split} images: {names}; its per-class "
+                                f"fewer than {MIN_TEST_PER_CLASS} {split} images: {names}; per-class "
                                 f"scores move in big steps and mean little. Add images or hold out more "
                                 f"(--{split}-split).")]
 
@@ -122,7 +122,7 @@ def _shape_warnings(records: list[Record], facts: dict[str, FileFacts], classes:
     found = []
     wide = [r for r, f in known if max(f.width / f.height, f.height / f.width) > WIDE_ASPECT]
     if wide:
-        found.append(DataWarning("aspect", f"{len(wide)} image{_s(wide)} are more than twice as wide as high or as high as wide "
+        found.append(DataWarning("aspect", f"{len(wide)} image{_s(wide)} are more than twice as wide as high (or high as wide) "
                                        f"(e.g. {wide[0].path}): the default --resize squash distorts them; "
                                        f"--resize pad keeps their shape."))
     median_short = float(np.median([min(f.height, f.width) for _, f in known]))

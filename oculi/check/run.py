@@ -62,7 +62,7 @@ class CheckResult:
         counts = summarize(self.duplicates)
         issues = "" if self.label_issues is None else f", {len(self.label_issues)} likely label errors"
         return (f"{self.profile['images']} images: {counts['exact']} exact + {counts['near']} near duplicates, "
-                f"{counts['leaks']} leaks into val/test, {counts['across_classes']} under two labels, imbalance "
+                f"val/test leaks {counts['leaks']}, under two labels {counts['across_classes']}, imbalance "
                 f"{self.profile['imbalance_ratio']:g}:1, {len(self.warnings)} warning"
                 f"{'s' * (len(self.warnings) != 1)}{issues}")
 
@@ -131,8 +131,8 @@ def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped
     leaks = result.leaks()
     if drop_leaks and leaks:
         sets = {split: without(s, leaks) for split, s in sets.items()}
-        reporter.info(f"--drop-leaks: {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a training "
-                      f"image left out")
+        reporter.info(f"--drop-leaks: left out {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a "
+                      f"training image")
     atomic_write_json(run_dir / CHECK_FILE, {**result.to_dict(), "leaks_dropped": bool(drop_leaks and leaks)})
     return sets
 
