@@ -10,7 +10,10 @@ reported as leaks; recall = planted copies reported / planted. Cold: an empty ca
 - cifar2000: 200 images per class of CIFAR-10 train (32 px), 160 of each class in train/ and 40 in val/,
   60 copies planted.
 
-    python benchmarks/leakage.py [--seed 0] [--only hymenoptera cifar2000]
+``--labels``: ``oculi check --labels`` instead, which also pairs images whose backbone features are almost
+parallel (cosine >= 0.95): slower (the backbone runs on every image), and it finds crops.
+
+    python benchmarks/leakage.py [--seed 0] [--only hymenoptera cifar2000] [--labels]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent))
 from label_errors import cifar_files, hymenoptera_files  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results" / "leakage.json"
+RESULTS = Path(__file__).parent / "results"
 
 
 def split_copy(files, dest: Path) -> list[Path]:
@@ -64,21 +67,21 @@ def plant(train: list[Path], dest: Path, n: int, seed: int) -> set[str]:
     return planted
 
 
-def measure(name: str, files, n: int, seed: int) -> dict:
+def measure(name: str, files, n: int, seed: int, labels: bool) -> dict:
     from oculi.api import check
     from oculi.console import Reporter
     work = Path(tempfile.mkdtemp(prefix=f"oculi-leaks-{name}-"))
     planted = plant(split_copy(files, work / name), work / name, n, seed)
     os.environ["OCULI_CACHE_DIR"] = str(work / "cache")
     start = time.perf_counter()
-    result, _ = check(str(work / name), out=work / "out", reporter=Reporter(quiet=True))
+    result, _ = check(str(work / name), labels, out=work / "out", reporter=Reporter(quiet=True))
     seconds = time.perf_counter() - start
     found = result.leaks()
     kinds = {}
     for d in result.duplicates:
         if d.path in planted:
             kinds[d.kind] = kinds.get(d.kind, 0) + 1
-    row = {"data": name, "images": result.profile["images"], "planted": len(planted), "reported": len(found),
+    row = {"data": name, "labels": labels, "images": result.profile["images"], "planted": len(planted), "reported": len(found),
            "precision": round(len(found & planted) / max(len(found), 1), 3),
            "recall": round(len(found & planted) / len(planted), 3), "found_by_kind": kinds,
            "missed": sorted(planted - found), "seconds": round(seconds, 1)}
@@ -90,17 +93,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=["hymenoptera", "cifar2000"])
+    parser.add_argument("--labels", action="store_true")
     args = parser.parse_args()
     sets = {"hymenoptera": (hymenoptera_files, 30), "cifar2000": (cifar_files, 60)}
-    rows = [measure(name, sets[name][0](), sets[name][1], args.seed) for name in args.only]
+    rows = [measure(name, sets[name][0](), sets[name][1], args.seed, args.labels) for name in args.only]
     for row in rows:
         print(json.dumps(row), file=sys.stderr)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=2) + "\n")
-    print("| data | images | planted | reported | precision | recall | time (cold) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"leakage{'_labels' * args.labels}.json").write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=2) + "\n")
+    print("| data | check | images | planted | reported | precision | recall | time (cold) |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['data']} | {r['images']} | {r['planted']} | {r['reported']} | {r['precision']:.2f} | "
+        print(f"| {r['data']} | {'--labels' if r['labels'] else 'hashes'} | {r['images']} | {r['planted']} | {r['reported']} | {r['precision']:.2f} | "
               f"{r['recall']:.2f} | {r['seconds']:.0f} s |")
 
 

@@ -103,3 +103,23 @@ def test_train_checks_its_data_and_drops_leaks_when_asked(tmp_path):
     assert dropped.test_metrics["n"] == kept.test_metrics["n"] - 1
     with open(dropped.run_dir / "split.csv") as f:
         assert "val/red/leak.png" not in f.read()
+
+
+def test_leaks_among_real_photos(hymenoptera, tmp_path):
+    """Real photos (../shared): an exact and a half-size re-encoded copy of training photos planted in val/
+    are the leaks found, and no distinct photo is paired with another."""
+    data = tmp_path / "photos"
+    for split, first, n in (("train", 0, 12), ("val", 12, 3), ("test", 15, 2)):  # a test/ folder: train stays whole
+        for name in ("ants", "bees"):
+            (data / split / name).mkdir(parents=True)
+            for photo in sorted((hymenoptera / "train" / name).glob("*.jpg"))[first:first + n]:
+                shutil.copy(photo, data / split / name / photo.name)
+    ant, bee = sorted((data / "train/ants").glob("*.jpg"))[0], sorted((data / "train/bees").glob("*.jpg"))[0]
+    shutil.copy(ant, data / "val/ants/copy.jpg")
+    with Image.open(bee) as image:
+        image.resize((image.width // 2, image.height // 2)).save(data / "val/bees/small_copy.jpg", quality=60)
+    result, _ = run_check(str(data), out=tmp_path / "out", reporter=Reporter(quiet=True))
+    assert {(d.path, d.duplicate_of, d.kind) for d in result.duplicates} == {
+        ("val/ants/copy.jpg", f"train/ants/{ant.name}", "exact"),
+        ("val/bees/small_copy.jpg", f"train/bees/{bee.name}", "near")}
+    assert result.leaks() == {"val/ants/copy.jpg", "val/bees/small_copy.jpg"}
