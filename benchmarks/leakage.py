@@ -11,7 +11,7 @@ reported as leaks; recall = planted copies reported / planted. Cold: an empty ca
   60 copies planted.
 
 ``--labels``: ``oculi check --labels`` instead, which also pairs images whose backbone features are almost
-parallel (cosine >= 0.95): slower (the backbone runs on every image), and it finds crops.
+parallel (cosine >= 0.90): slower (the backbone runs on every image), and it finds crops.
 
     python benchmarks/leakage.py [--seed 0] [--only hymenoptera cifar2000] [--labels]
 """

@@ -16,8 +16,10 @@ from .hashing import cosine_pairs, hash_pairs
 # the 398 hymenoptera photos at 224 px: copies at half size, JPEG quality 60, at most 4 bits from their
 # original; no two distinct photos closer than 16. 6 leaves room on both sides.
 NEAR_HASH_BITS = 6
-# Features of a pretrained backbone: copies of one photo (resized, re-encoded, lightly cropped) stay above it.
-NEAR_COSINE = 0.95
+# Features of a pretrained backbone (efficientnet_lite0, hymenoptera at 288 px): a copy cropped to the central
+# 90% and re-encoded is at cosine 0.94 from its original (median; 95% of them above 0.895), while no two
+# distinct photos of the 398 are above 0.84.
+NEAR_COSINE = 0.90
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "": 3}
 
 
