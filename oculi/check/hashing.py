@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +24,7 @@ from ..errors import ImageDecodeError
 
 HASH_SIDE = 32  # pHash: the image is shrunk to 32x32 gray and the lowest 8x8 DCT frequencies are kept
 HASH_FREQS = 8
-FILES_PER_CHILD = 256  # a child reads this many headers: a fork costs 30-130 ms here
+FILES_PER_CHILD = 2048  # a child reads this many headers: a fork costs 30-130 ms here
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,38 @@ def close_pairs(vectors: torch.Tensor, min_similarity: float, block: int = 512) 
 
 
 def hash_pairs(bits: torch.Tensor, max_distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, Hamming distance), i < j, of the hashes at most ``max_distance`` bits apart: as +-1 vectors,
-    the dot product of two hashes is 64 - 2 x their distance."""
-    signs = bits.float() * 2 - 1
-    n_bits = bits.shape[1]
-    found = close_pairs(signs, n_bits - 2 * max_distance)
-    return [(i, j, round((n_bits - s) / 2)) for i, j, s in found]
+    """(i, j, Hamming distance), i < j, of the hashes at most ``max_distance`` bits apart.
+
+    Multi-index hashing (Norouzi, Punjani & Fleet 2012, "Fast Search in Hamming Space with Multi-Index
+    Hashing"): cut the 64 bits into ``max_distance + 1`` bands; two hashes that differ in at most that many
+    bits agree exactly on at least one band, so only hashes sharing a band value are compared. 60,000
+    CIFAR-10 images: a few seconds, where comparing every pair took 48 s (2 busy cores)."""
+    codes = _packed(bits)
+    edges = np.linspace(0, bits.shape[1], max_distance + 2).round().astype(int)
+    found: set[tuple[int, int]] = set()
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        keys = (codes >> np.uint64(lo)) & np.uint64((1 << int(hi - lo)) - 1)
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(order)]):
+            if end - start > 1:
+                found.update(_close_within(codes, np.sort(order[start:end]), max_distance))
+    return [(i, j, int(np.bitwise_count(codes[i] ^ codes[j]))) for i, j in sorted(found)]
+
+
+def _packed(bits: torch.Tensor) -> np.ndarray:
+    """Each row of up to 64 bits as one uint64."""
+    weights = np.uint64(1) << np.arange(bits.shape[1], dtype=np.uint64)
+    return (bits.numpy().astype(np.uint64) * weights).sum(1, dtype=np.uint64)
+
+
+def _close_within(codes: np.ndarray, members: np.ndarray, max_distance: int, block: int = 256):
+    """The pairs (i, j), i < j, of ``members`` (sorted indices) at most ``max_distance`` bits apart."""
+    for start in range(0, len(members), block):
+        rows = members[start:start + block]
+        distances = np.bitwise_count(codes[rows][:, None] ^ codes[members][None, :])
+        r, c = np.nonzero((distances <= max_distance) & (members[None, :] > rows[:, None]))
+        yield from zip(rows[r].tolist(), members[c].tolist())
 
 
 def cosine_pairs(features: torch.Tensor, min_cosine: float) -> list[tuple[int, int, float]]:
