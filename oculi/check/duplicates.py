@@ -16,6 +16,9 @@ from .hashing import cosine_pairs, hash_pairs
 # the 398 hymenoptera photos at 224 px: copies at half size, JPEG quality 60, at most 4 bits from their
 # original; no two distinct photos closer than 16. 6 leaves room on both sides.
 NEAR_HASH_BITS = 6
+# ... and their 8x8 colour thumbnails at most this many levels apart on average (of 255): a re-encoded copy
+# is within 2-3; on CIFAR-10 (32 px) the hash alone paired planes in the sky with birds on sand.
+NEAR_COLOUR_LEVELS = 12
 # Features of a pretrained backbone (efficientnet_lite0, hymenoptera at 288 px): a copy cropped to the central
 # 90% and re-encoded is at cosine 0.94 from its original (median; 95% of them above 0.895), while no two
 # distinct photos of the 398 are above 0.84.
@@ -64,17 +67,18 @@ class _Groups:
         return [g for g in groups.values() if len(g) > 1]
 
 
-def find_duplicates(records: list[Record], digests: list[str], hashes: torch.Tensor,
+def find_duplicates(records: list[Record], digests: list[str], hashes: torch.Tensor, thumbs: torch.Tensor,
                     features: torch.Tensor | None = None, near_bits: int = NEAR_HASH_BITS,
                     near_cosine: float = NEAR_COSINE) -> list[Duplicate]:
-    """Every image that copies another, exactly or nearly. ``digests[i]``, ``hashes[i]`` (pHash bits) and
-    ``features[i]`` belong to ``records[i]``."""
+    """Every image that copies another, exactly or nearly. ``digests[i]``, ``hashes[i]`` (pHash bits),
+    ``thumbs[i]`` (colour thumbnails) and ``features[i]`` belong to ``records[i]``."""
     groups = _Groups(len(records))
     first_of: dict[str, int] = {}
     for i, digest in enumerate(digests):
         groups.join(i, first_of.setdefault(digest, i))
     for i, j, _ in hash_pairs(hashes, near_bits):
-        groups.join(i, j)
+        if (thumbs[i] - thumbs[j]).abs().mean() <= NEAR_COLOUR_LEVELS:
+            groups.join(i, j)
     if features is not None:
         for i, j, _ in cosine_pairs(features, near_cosine):
             groups.join(i, j)

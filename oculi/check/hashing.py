@@ -81,22 +81,27 @@ def _dct_matrix(n: int) -> torch.Tensor:
     return basis.float()
 
 
-def perceptual_hashes(images, chunk: int = 1024) -> torch.Tensor:
-    """pHash bits (bool [N, 64]) of uint8 images [N, C, H, W] (a tensor or a ``RowView``), a chunk at a time.
+def perceptual_hashes(images, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """pHash bits (bool [N, 64]) and colour thumbnails (float [N, 3 x 8 x 8], levels 0-255) of uint8 images
+    [N, C, H, W] (a tensor or a ``RowView``), a chunk at a time.
 
     The pHash of Zauner (2010, "Implementation and Benchmarking of Perceptual Image Hash Functions"): gray,
     shrunk to 32x32, 2-D DCT, the lowest 8x8 frequencies compared with their median. It is unchanged by
-    resizing and JPEG re-encoding, and moves a few bits under small edits."""
+    resizing and JPEG re-encoding, and moves a few bits under small edits. It sees no colour and little of a
+    small image with a plain background (a plane in the sky, a bird on sand): the thumbnail tells those apart."""
     dct = _dct_matrix(HASH_SIDE)[:HASH_FREQS]
-    out = []
+    bits, thumbs = [], []
     for start in range(0, len(images), chunk):
         batch = images[start:start + chunk].float()
-        gray = batch.mean(1, keepdim=True)
-        small = F.interpolate(gray, size=(HASH_SIDE, HASH_SIDE), mode="area").squeeze(1)
+        colour = batch.expand(-1, 3, -1, -1)  # grayscale compares with colour as its gray
+        thumbs.append(F.interpolate(colour, size=(HASH_FREQS, HASH_FREQS), mode="area").flatten(1))
+        small = F.interpolate(batch.mean(1, keepdim=True), size=(HASH_SIDE, HASH_SIDE), mode="area").squeeze(1)
         freqs = (dct @ small @ dct.T).flatten(1)  # [n, 64], the DC term first
         median = freqs[:, 1:].median(1, keepdim=True).values  # the DC term (the mean brightness) left out
-        out.append(freqs > median)
-    return torch.cat(out) if out else torch.zeros(0, HASH_FREQS * HASH_FREQS, dtype=torch.bool)
+        bits.append(freqs > median)
+    if not bits:
+        return torch.zeros(0, HASH_FREQS ** 2, dtype=torch.bool), torch.zeros(0, 3 * HASH_FREQS ** 2)
+    return torch.cat(bits), torch.cat(thumbs)
 
 
 def close_pairs(vectors: torch.Tensor, min_similarity: float, block: int = 512) -> list[tuple[int, int, float]]:

@@ -86,8 +86,9 @@ def inspect(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[
         facts = {path: f for path, f in source_facts(source, [r.path for r in records], advance)
                  if isinstance(f, FileFacts)}
     digests = [facts[r.path].digest if r.path in facts else f"unread:{r.path}" for r in records]
-    hashes = torch.cat([perceptual_hashes(s.images) for s in sets.values()])
-    duplicates = find_duplicates(records, digests, hashes, features)
+    signatures = [perceptual_hashes(s.images) for s in sets.values()]
+    hashes, thumbs = (torch.cat(parts) for parts in zip(*signatures))
+    duplicates = find_duplicates(records, digests, hashes, thumbs, features)
     prof = profile(source.classes, records, facts)
     warnings = warnings_for(source.classes, records, facts, prof, duplicates, skipped)
     return CheckResult(source.name, source.classes, prof, duplicates, warnings, skipped, records,
