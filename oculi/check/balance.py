@@ -13,7 +13,7 @@ from .hashing import FileFacts
 
 IMBALANCE_RATIO = 3.0  # largest / smallest class of the training split
 WIDE_ASPECT = 2.0  # an image twice as wide as high (or high as wide) is distorted by a square squash
-TINY_SIDE = 16  # a shorter side below max(this, a quarter of the median) is a tiny image
+TINY_FRACTION = 4  # a shorter side under a quarter of the set's median is a tiny image
 MIN_TEST_PER_CLASS = 10  # fewer held-out images of a class: each one moves its accuracy by over 10 points
 
 
@@ -126,7 +126,7 @@ def _shape_warnings(records: list[Record], facts: dict[str, FileFacts], classes:
                                        f"(e.g. {wide[0].path}): the default --resize squash distorts them; "
                                        f"--resize pad keeps their shape."))
     median_short = float(np.median([min(f.height, f.width) for _, f in known]))
-    limit = max(TINY_SIDE, median_short / 4)
+    limit = median_short / TINY_FRACTION  # relative: a set of 8 px digits is small, not tiny
     tiny = [r for r, f in known if min(f.height, f.width) < limit]
     if tiny:
         found.append(DataWarning("tiny", f"{len(tiny)} image{_s(tiny)} are under {limit:.0f} px on the shorter side "
