@@ -27,12 +27,12 @@ from ..models import offline_weights_file
 from ..errors import OculiError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
 from ..plan import Plan, resolve_plan
+from ..rundir import RunDir
 from .balance import DataWarning, profile, warnings_for
 from .duplicates import CSV_HEADER, Duplicate, find_duplicates, summarize
 from .hashing import FileFacts, perceptual_hashes, source_facts
 from .label_errors import find_label_issues, out_of_fold_probs
 
-CHECK_FILE = "check.json"  # in a run folder, and in `oculi check`'s --out folder
 PIXEL_FEATURE_SIDE = 16  # without a pretrained backbone, labels are judged on pixels shrunk to 16x16
 LABEL_CSV_HEADER = ["path", "given", "suggested", "score"]
 # Train start says nothing twice: the data source already warned about imbalance, the run about skipped files.
@@ -125,7 +125,8 @@ def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped
     """The cheap checks on a run's decoded images: one summary line, the warnings, ``check.json`` in the run
     folder; val/test images that copy a training image are left out when ``drop_leaks``. Returns the sets."""
     result = inspect(source, sets, skipped, reporter)
-    reporter.info(f"[bold]check[/bold]  {result.summary()} ({CHECK_FILE})")
+    check_file = RunDir(run_dir).check  # in a run folder, and in `oculi check`'s --out folder
+    reporter.info(f"[bold]check[/bold]  {result.summary()} ({check_file.name})")
     for warning in result.warnings:
         if warning.kind not in SAID_BY_TRAINING:
             reporter.warn(warning.message)
@@ -134,7 +135,7 @@ def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped
         sets = {split: without(s, leaks) for split, s in sets.items()}
         reporter.info(f"--drop-leaks: left out {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a "
                       f"training image")
-    atomic_write_json(run_dir / CHECK_FILE, {**result.to_dict(), "leaks_dropped": bool(drop_leaks and leaks)})
+    atomic_write_json(check_file, {**result.to_dict(), "leaks_dropped": bool(drop_leaks and leaks)})
     return sets
 
 
@@ -151,7 +152,7 @@ def leaks_present(run_dir: Path, paths: list[str]) -> bool | None:
     """Whether any of ``paths`` (the evaluated images) copies a training image, by the run's check.json
     (None when the run has none)."""
     try:
-        saved = json.loads((Path(run_dir) / CHECK_FILE).read_text())
+        saved = json.loads(RunDir(Path(run_dir)).check.read_text())
     except (OSError, ValueError):
         return None
     leaked = {d["path"] for d in saved.get("duplicates", []) if d.get("leak")}
@@ -233,5 +234,7 @@ def write_outputs(result: CheckResult, sets: dict[str, TensorSet], out_dir: Path
     if result.label_issues is not None:
         atomic_write_csv(out_dir / "label_issues.csv", LABEL_CSV_HEADER,
                          [[row[k] for k in LABEL_CSV_HEADER] for row in result.label_issues])
-    atomic_write_json(out_dir / CHECK_FILE, result.to_dict())
+    else:  # an earlier --labels check's list no longer goes with this folder's other files
+        (out_dir / "label_issues.csv").unlink(missing_ok=True)
+    atomic_write_json(RunDir(out_dir).check, result.to_dict())
     atomic_write_text(out_dir / "check.html", check_page(result, sets))

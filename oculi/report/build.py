@@ -184,8 +184,7 @@ def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
 def check_section(run: RunFiles, classifier, images: RunImages) -> Section | None:
     """The data check of the run's start (check.json): its warnings and the copies it found, each beside
     the image it copies (leaks first)."""
-    from ..check.run import CHECK_FILE
-    path = Path(run.run_dir) / CHECK_FILE
+    path = RunDir(run.run_dir).check
     if not path.is_file():
         return None  # a run made before oculi checked its data
     saved = json.loads(path.read_text())

@@ -83,6 +83,8 @@ def test_labels_flipped_on_purpose_come_first(tmp_path):
                          "flipped_blue_img_11.png": "blue"}
     assert float(rows[0]["score"]) >= float(rows[-1]["score"])
     assert "pixels" in result.label_method
+    run_check(str(data), out=out, reporter=Reporter(quiet=True))  # without --labels: no stale list is left
+    assert not (out / "label_issues.csv").exists() and (out / "duplicates.csv").is_file()
 
 
 def test_a_bad_folder_is_one_error_line(tmp_path, capsys):
