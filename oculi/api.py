@@ -25,6 +25,15 @@ def train(data: str = "digits", resume: str | Path | None = None, **options) -> 
     return train_and_report(TrainConfig(data=str(data), **options))
 
 
+def check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,
+          device: str = "auto"):
+    """``oculi check``: duplicates, leaks, a profile of the data and (``labels``) likely label errors, written
+    to ``out`` (default checks/<data>/). Returns the ``CheckResult`` and the folder."""
+    from .check.run import run_check
+    from .train.transfer import plan_features
+    return run_check(data, labels, out, reporter or Reporter(), plan_features, device)
+
+
 def load(path: str | Path, device: str = "auto") -> Classifier:
     """Load a trained classifier from a run folder (or its model.json)."""
     return Classifier.load(path, device=device)

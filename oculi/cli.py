@@ -91,6 +91,29 @@ MIN_CONFIDENCE_HELP = ("Answer 'unknown' below this calibrated confidence, 0 to 
 
 
 @app.command()
+def check(
+    data: str = typer.Argument(..., help="Folder of class folders (or train/ val/ test/), or a built-in dataset name."),
+    labels: bool = typer.Option(False, "--labels", help="Also rank the images most likely mislabelled (label_issues.csv; computes backbone features, cached for training)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write duplicates.csv, label_issues.csv, check.json, check.html (default checks/<data>/)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+) -> None:
+    """Trust the data: duplicates, train/test leaks, class balance, sizes and colour, likely label errors."""
+    from .api import check as check_data
+    from .console import Reporter
+    result, written = check_data(data, labels, out_dir, Reporter(quiet=as_json), device)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    out.print(result.summary())
+    for warning in result.warnings:
+        _warn(warning.message)
+    for row in (result.label_issues or [])[:10]:
+        out.print(f"  {row['path']}: labelled {row['given']}, looks like {row['suggested']} (score {row['score']:.2f})")
+    out.print(f"written to {written}/ (check.html: thumbnails)")
+
+
+@app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
     data: Optional[str] = typer.Option(None, help="Folder of class folders to evaluate on (default: the run's own test split, read again from its data)."),

@@ -169,6 +169,8 @@ class TrainConfig:
     target_precision: float | None = setting(None, "Choose --abstain-threshold on the val images: the lowest "
                                              "confidence whose answers are right this often (e.g. 0.99).",
                                              low=0, high=1, excluded="low")
+    drop_leaks: bool = setting(False, "Leave out of val/test the images that copy a training image (exactly or "
+                               "nearly; see `oculi check`).")
     # run
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)

@@ -5,6 +5,7 @@ The files, in the order a run writes them (who writes each):
 - ``.oculi-run.lock``         held by the run for its whole life (train.run)
 - ``skipped_files.csv``       images that could not be read, and why (train.run)
 - ``split.csv``               which image went to train/val/test (train.run, via data.split)
+- ``check.json``              the data check of the run's start: duplicates, leaks, warnings (check.run)
 - ``config.json``             the resolved settings, for ``--resume`` and the report (train.run)
 - ``metrics.jsonl``           one row per epoch, rewritten after each (train.run)
 - ``checkpoint.safetensors``  what ``--resume`` needs, rewritten after each epoch (train.checkpoint)
@@ -44,6 +45,10 @@ class RunDir:
     @property
     def split(self) -> Path:
         return self.path / "split.csv"
+
+    @property
+    def check(self) -> Path:
+        return self.path / "check.json"
 
     @property
     def config(self) -> Path:

@@ -24,6 +24,7 @@ LAYERS = (
     ("oculi.models",),
     ("oculi.defaults", "oculi.deploy"),  # what auto means; using a trained model
     ("oculi.plan",),  # everything a run will do, decided once
+    ("oculi.check",),  # can the data be trusted: duplicates, leaks, profile, label errors (train runs its cheap part)
     ("oculi.train", "oculi.evaluate", "oculi.report"),
     ("oculi.api",),
     ("oculi.cli",),

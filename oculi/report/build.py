@@ -35,6 +35,7 @@ GRID_IMAGES = 24  # test images in the right/wrong grid
 BAR_IMAGES = 4  # images with a probability chart
 MISTAKES = 12  # most confident mistakes shown
 MAX_SKIPPED_ROWS = 50
+MAX_CHECK_PAIRS = 12  # duplicate pairs drawn in the data check section
 
 
 @dataclass
@@ -117,7 +118,7 @@ def write_report(run_dir: str | Path, source: DataSource | None = None, reporter
     run = read_run(run_dir)
     classifier = Classifier.load(run.run_dir, device="cpu")
     images = RunImages(run, classifier.preprocessing, source)
-    builders = [data_section, augmentation_section, model_section, training_section, metrics_section,
+    builders = [data_section, check_section, augmentation_section, model_section, training_section, metrics_section,
                 trust_section, predictions_section, explain_section]
     sections = []
     with _bar(reporter, len(builders)) as advance:
@@ -185,6 +186,29 @@ def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
     body.append("<h3>Skipped files</h3>")
     body.append(_skipped_html(run.skipped))
     return Section("data", "Data", "".join(body))
+
+
+def check_section(run: RunFiles, classifier, images: RunImages) -> Section | None:
+    """The data check of the run's start (check.json): its warnings and the copies it found, each beside
+    the image it copies (leaks first)."""
+    path = RunDir(run.run_dir).check
+    if not path.is_file():
+        return None  # a run made before oculi checked its data
+    saved = json.loads(path.read_text())
+    dropped = " The leaks were left out of val/test (--drop-leaks)." if saved.get("leaks_dropped") else ""
+    body = [paragraph(f"{saved['summary']}.{dropped} `oculi check DATA --labels` also looks for label errors.")]
+    body += [paragraph(f"Warning: {w['message']}") for w in saved["warnings"]]
+    pairs = saved["duplicates"][:MAX_CHECK_PAIRS]
+    if pairs and not images.unavailable:
+        records = [Record(p, 0, "") for d in pairs for p in (d["path"], d["duplicate_of"])]
+        pixels, loaded = images.load(records)
+        row = {r.path: i for i, r in enumerate(loaded)}
+        tiles = [image_tile(pixels[row[p]], escape(caption)) for d in pairs
+                 for p, caption in ((d["path"], f"{d['path']} ({d['kind']}{', leak' * d['leak']})"),
+                                    (d["duplicate_of"], f"copied: {d['duplicate_of']}")) if p in row]
+        more = f" (the first {len(pairs)} of {len(saved['duplicates'])})" if len(saved["duplicates"]) > len(pairs) else ""
+        body.append(paragraph(f"Each copy beside the image it copies{more}:") + tiles_html(tiles))
+    return Section("check", "Data check", "".join(body))
 
 
 def _class_rows(pixels: torch.Tensor, records: list[Record], classes: list[str]) -> str:

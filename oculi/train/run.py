@@ -20,6 +20,7 @@ import torch
 
 from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
                            fit_temperature, selective_figures, softmax)
+from ..check.run import check_at_train_start, leaks_present
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
@@ -192,6 +193,7 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
     remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
     sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
     _report_skipped(skipped, run, reporter)
+    sets = check_at_train_start(source, sets, skipped, cfg.drop_leaks, run_dir, reporter)
     _check_trainable(sets["train"], source)
     plan = plan.with_statistics(*_statistics(weights, sets["train"]))
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
@@ -463,7 +465,8 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir,
     metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
                "calibration": {**calibration_figures(logits, labels, calibration.temperature),
                                "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None},
-               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
+               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold),
+               "leaks_present": leaks_present(run.path, data.paths)}
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)

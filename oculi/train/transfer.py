@@ -20,7 +20,9 @@ from timm.models import group_parameters
 from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
-from ..models import BackboneClassifier
+from ..deploy.engines import place_model, resolve_device
+from ..errors import WeightsUnavailable
+from ..models import BackboneClassifier, create_model
 from ..plan import Plan
 from .features import split_features
 from .frozen import FrozenForward
@@ -55,6 +57,32 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
     state = learner.fit()
     model.head.load_state_dict(state.best_state)
     return state
+
+
+def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) -> dict[str, torch.Tensor] | None:
+    """The plain backbone features of every split (``oculi check --labels``), through the features cache and
+    keyed as ``features_phase`` keys its first view, so a training run of ``plan`` afterwards finds them;
+    None when the plan has no pretrained backbone or its weights cannot be had."""
+    cfg, spec = plan.config, plan.model
+    if not cfg.pretrained:
+        return None
+    torch.manual_seed(cfg.seed)  # as train.run builds it
+    try:
+        model, weights = create_model(spec.name, spec.num_classes, spec.in_chans, spec.image_size, spec.head,
+                                      True, spec.classifier, cfg.weights)
+    except WeightsUnavailable as err:
+        reporter.warn(f"{err}: labels are judged on pixels")
+        return None
+    if not isinstance(model, BackboneClassifier) or weights is None:
+        return None
+    device = resolve_device(cfg.device)
+    place_model(model, device)
+    preprocessing = plan.with_statistics(weights.mean, weights.std).preprocessing
+    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
+    cache = TensorCache("features") if cfg.cache else None
+    backbone = FrozenForward(model.backbone, device)
+    return {split: split_features(backbone, data, preprocessing, device, identity, 1, None, cfg.seed, cache,
+                                  reporter, split).features for split, data in sets.items()}
 
 
 def backbone_digest(backbone: nn.Module) -> str:

@@ -59,7 +59,8 @@ def test_report_renders_every_section_within_the_screen(report, browser, screen,
     assert page.evaluate(OVERFLOW_JS) == []
     assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[screen]
     sections = page.evaluate("[...document.querySelectorAll('section')].map(s => s.id)")
-    assert sections == ["data", "augmentation", "model", "training", "metrics", "trust", "predictions", "explain"]
+    assert sections == ["data", "check", "augmentation", "model", "training", "metrics", "trust", "predictions",
+                        "explain"]
     keep = Path(os.environ["OCULI_SCREENSHOTS"]) if os.environ.get("OCULI_SCREENSHOTS") else None
     for name in ["summary", *sections]:
         shot = page.locator(f"#{name}").screenshot(path=str(tmp_path / f"{screen}-{name}.png"))

@@ -20,7 +20,7 @@ from oculi.report.html import TILE_PIXELS, image_tile
 from oculi.rundir import RunDir
 from tests.conftest import make_class_folder
 
-SECTIONS = ("data", "augmentation", "model", "training", "metrics", "predictions", "explain")
+SECTIONS = ("data", "check", "augmentation", "model", "training", "metrics", "predictions", "explain")
 
 
 @pytest.fixture(scope="module")

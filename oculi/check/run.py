@@ -1,0 +1,240 @@
+"""``oculi check DATA``: open the data as ``oculi train`` would, decode it through the same cache, find
+duplicates and leaks, profile it, and (``--labels``) rank the images most likely mislabelled; write
+duplicates.csv, label_issues.csv, check.json and check.html. ``check_at_train_start`` is the cheap part,
+run on the images a training run has just decoded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..console import Reporter
+from ..data.cache import ArrayCache
+from ..data.loading import TensorSet, decode_source
+from ..data.sources import DataSource, open_source
+from ..data.split import Record
+from ..defaults import PHOTO_PRETRAINED_MODEL
+from ..models import offline_weights_file
+from ..errors import OculiError
+from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..plan import Plan, resolve_plan
+from ..rundir import RunDir
+from .balance import DataWarning, profile, warnings_for
+from .duplicates import CSV_HEADER, Duplicate, find_duplicates, summarize
+from .hashing import FileFacts, perceptual_hashes, source_facts
+from .label_errors import find_label_issues, out_of_fold_probs
+
+PIXEL_FEATURE_SIDE = 16  # without a pretrained backbone, labels are judged on pixels shrunk to 16x16
+LABEL_CSV_HEADER = ["path", "given", "suggested", "score"]
+# Train start says nothing twice: the data source already warned about imbalance, the run about skipped files.
+SAID_BY_TRAINING = {"imbalance", "skipped"}
+
+# (plan, sets, reporter) -> features of each split's images, rows as in the sets; None: no pretrained backbone.
+FeatureFn = Callable[[Plan, dict, Reporter], "dict[str, torch.Tensor] | None"]
+
+
+@dataclass
+class CheckResult:
+    data: str
+    classes: list[str]
+    profile: dict
+    duplicates: list[Duplicate]
+    warnings: list[DataWarning]
+    skipped: list[tuple[str, str]]
+    records: list[Record] = field(repr=False)
+    label_issues: list[dict] | None = None  # the flagged images, most likely mislabelled first
+    label_method: str = ""
+    seconds: float = 0.0
+
+    def leaks(self) -> set[str]:
+        return {d.path for d in self.duplicates if d.leak}
+
+    def summary(self) -> str:
+        counts = summarize(self.duplicates)
+        issues = "" if self.label_issues is None else f", {len(self.label_issues)} likely label errors"
+        return (f"{self.profile['images']} images: {counts['exact']} exact + {counts['near']} near duplicates, "
+                f"val/test leaks {counts['leaks']}, under two labels {counts['across_classes']}, imbalance "
+                f"{self.profile['imbalance_ratio']:g}:1, {len(self.warnings)} warning"
+                f"{'s' * (len(self.warnings) != 1)}{issues}")
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, "summary": self.summary(), "profile": self.profile,
+                "duplicate_counts": summarize(self.duplicates),
+                "duplicates": [dataclasses.asdict(d) for d in self.duplicates],
+                "warnings": [w.to_dict() for w in self.warnings],
+                "skipped": [list(s) for s in self.skipped], "label_issues": self.label_issues,
+                "label_method": self.label_method or None, "seconds": round(self.seconds, 2)}
+
+
+# ---- the checks ------------------------------------------------------------------------------------
+
+def inspect(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[str, str]], reporter: Reporter,
+            features: torch.Tensor | None = None) -> CheckResult:
+    """Duplicates, leaks and the profile of the decoded ``sets`` (features: rows in the sets' order)."""
+    start = time.perf_counter()
+    records = set_records(sets)
+    with reporter.bar("checking: hashes", len(records)) as advance:
+        facts = {path: f for path, f in source_facts(source, [r.path for r in records], advance)
+                 if isinstance(f, FileFacts)}
+    digests = [facts[r.path].digest if r.path in facts else f"unread:{r.path}" for r in records]
+    signatures = [perceptual_hashes(s.images) for s in sets.values()]
+    hashes, thumbs = (torch.cat(parts) for parts in zip(*signatures))
+    duplicates = find_duplicates(records, digests, hashes, thumbs, features)
+    prof = profile(source.classes, records, facts)
+    warnings = warnings_for(source.classes, records, facts, prof, duplicates, skipped)
+    return CheckResult(source.name, source.classes, prof, duplicates, warnings, skipped, records,
+                       seconds=time.perf_counter() - start)
+
+
+def set_records(sets: dict[str, TensorSet]) -> list[Record]:
+    """The readable images of ``sets``, in the sets' row order."""
+    return [Record(path, label, split) for split, s in sets.items()
+            for path, label in zip(s.paths, s.labels.tolist())]
+
+
+def label_issue_rows(result: CheckResult, features: torch.Tensor, seed: int = 0) -> list[dict]:
+    """Confident learning on out-of-fold probabilities from ``features``: the flagged images, ranked."""
+    labels = np.array([r.label for r in result.records])
+    probs, folds = out_of_fold_probs(features.numpy().astype(np.float64), labels, len(result.classes), seed=seed)
+    issues = find_label_issues(probs, labels, folds)
+    return [{"path": result.records[i].path, "given": result.classes[labels[i]],
+             "suggested": result.classes[issues.suggested[i]], "score": round(float(issues.score[i]), 4),
+             "split": result.records[i].split}
+            for i in issues.order if issues.flagged[i]]
+
+
+def pixel_features(sets: dict[str, TensorSet]) -> torch.Tensor:
+    """Images shrunk to 16x16, flattened: what labels are judged on without a pretrained backbone."""
+    side = (PIXEL_FEATURE_SIDE, PIXEL_FEATURE_SIDE)
+    return torch.cat([F.adaptive_avg_pool2d(s.images[:].float(), side).flatten(1) / 255 for s in sets.values()])
+
+
+# ---- at the start of a training run ------------------------------------------------------------------
+
+def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[str, str]],
+                         drop_leaks: bool, run_dir: Path, reporter: Reporter) -> dict[str, TensorSet]:
+    """The cheap checks on a run's decoded images: one summary line, the warnings, ``check.json`` in the run
+    folder; val/test images that copy a training image are left out when ``drop_leaks``. Returns the sets."""
+    result = inspect(source, sets, skipped, reporter)
+    check_file = RunDir(run_dir).check  # in a run folder, and in `oculi check`'s --out folder
+    reporter.info(f"[bold]check[/bold]  {result.summary()} ({check_file.name})")
+    for warning in result.warnings:
+        if warning.kind not in SAID_BY_TRAINING:
+            reporter.warn(warning.message)
+    leaks = result.leaks()
+    if drop_leaks and leaks:
+        sets = {split: without(s, leaks) for split, s in sets.items()}
+        reporter.info(f"--drop-leaks: left out {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a "
+                      f"training image")
+    atomic_write_json(check_file, {**result.to_dict(), "leaks_dropped": bool(drop_leaks and leaks)})
+    return sets
+
+
+def without(data: TensorSet, paths: set[str]) -> TensorSet:
+    """``data`` without the images of ``paths``."""
+    keep = [i for i, p in enumerate(data.paths) if p not in paths]
+    if len(keep) == len(data.paths):
+        return data
+    index = torch.tensor(keep, dtype=torch.long)
+    return TensorSet(data.images[index], data.labels[index], [data.paths[i] for i in keep])
+
+
+def leaks_present(run_dir: Path, paths: list[str]) -> bool | None:
+    """Whether any of ``paths`` (the evaluated images) copies a training image, by the run's check.json
+    (None when the run has none)."""
+    try:
+        saved = json.loads(RunDir(Path(run_dir)).check.read_text())
+    except (OSError, ValueError):
+        return None
+    leaked = {d["path"] for d in saved.get("duplicates", []) if d.get("leak")}
+    return bool(leaked & set(paths))
+
+
+# ---- `oculi check DATA` ---------------------------------------------------------------------------------
+
+def run_check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,
+              features: FeatureFn | None = None, device: str = "auto") -> tuple[CheckResult, Path]:
+    """The command: check ``data`` as ``oculi train DATA`` would split and decode it (so that training
+    afterwards finds the decoded images, and with ``labels`` the backbone features, in the cache)."""
+    from ..deploy.engines import resolve_device
+    reporter = reporter or Reporter()
+    start = time.perf_counter()
+    path = Path(data).expanduser()
+    cfg = TrainConfig(data=str(path.resolve()) if path.exists() else data, device=device)
+    source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, data_dir=cfg.data_dir)
+    for warning in source.warnings:
+        reporter.warn(warning)
+    plan = resolve_plan(cfg, source, resolve_device(device).type)
+    sets, skipped = _decoded(source, plan, reporter)
+    backbone, method = _backbone_features(source, plan, sets, reporter, features) if labels else (None, "")
+    # Near copies by features only on photos: enlarged small images all look alike to the backbone
+    # (on digits, 8 px, nearly every pair was above the threshold).
+    result = inspect(source, sets, skipped, reporter, backbone if plan.config.pretrained else None)
+    if labels:
+        result.label_method = method
+        result.label_issues = _label_issues(result, backbone if backbone is not None else pixel_features(sets))
+    result.seconds = time.perf_counter() - start
+    out_dir = Path(out) if out else Path("checks") / source.name
+    write_outputs(result, sets, out_dir)
+    return result, out_dir
+
+
+def _backbone_features(source: DataSource, plan: Plan, sets: dict[str, TensorSet], reporter: Reporter,
+                       features: FeatureFn | None) -> tuple[torch.Tensor | None, str]:
+    """Features of every image of ``sets`` (rows in order) to judge labels by, and what they are: the plan's
+    pretrained backbone, else (small images, trained from scratch) the photo backbone on them enlarged;
+    None when there is no pretrained backbone at all."""
+    label_plan, label_sets = plan, sets
+    if not plan.config.pretrained and offline_weights_file(PHOTO_PRETRAINED_MODEL):
+        label_plan = resolve_plan(dataclasses.replace(plan.config, model=PHOTO_PRETRAINED_MODEL, pretrained=True,
+                                                      mode="features", image_size=None, channels=None), source)
+        label_sets, _ = _decoded(source, label_plan, reporter)
+    vectors = features(label_plan, label_sets, reporter) if features else None
+    if vectors is None or [s.paths for s in label_sets.values()] != [s.paths for s in sets.values()]:
+        return None, "pixels shrunk to 16x16 (no pretrained backbone here)"
+    enlarged = "" if label_plan is plan else f", the images enlarged to {label_plan.preprocessing.image_size[0]} px"
+    return torch.cat([vectors[s] for s in sets]), f"{label_plan.config.model} features{enlarged}"
+
+
+def _label_issues(result: CheckResult, features: torch.Tensor) -> list[dict]:
+    try:
+        return label_issue_rows(result, features)
+    except ValueError as err:
+        raise OculiError(f"--labels: {err}") from None
+
+
+def _decoded(source: DataSource, plan: Plan, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
+    """Every image decoded as the training run of ``plan`` decodes it (through the same cache)."""
+    cache = ArrayCache("images") if plan.config.cache else None
+    with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
+        decoded = decode_source(source, plan.preprocessing, advance, cache)
+    skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
+                                      if r.path in decoded.failed]
+    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
+    return {split: s for split, s in sets.items() if len(s)}, skipped
+
+
+def write_outputs(result: CheckResult, sets: dict[str, TensorSet], out_dir: Path) -> None:
+    """duplicates.csv, label_issues.csv (when the labels were checked), check.json and check.html."""
+    from .page import check_page
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OculiError(f"--out {out_dir}: cannot create the folder ({err.strerror or err})") from None
+    atomic_write_csv(out_dir / "duplicates.csv", CSV_HEADER, [d.row() for d in result.duplicates])
+    if result.label_issues is not None:
+        atomic_write_csv(out_dir / "label_issues.csv", LABEL_CSV_HEADER,
+                         [[row[k] for k in LABEL_CSV_HEADER] for row in result.label_issues])
+    else:  # an earlier --labels check's list no longer goes with this folder's other files
+        (out_dir / "label_issues.csv").unlink(missing_ok=True)
+    atomic_write_json(RunDir(out_dir).check, result.to_dict())
+    atomic_write_text(out_dir / "check.html", check_page(result, sets))
