@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .io import atomic_path
+
+if TYPE_CHECKING:  # for the annotations only: drawing needs no torch import
+    import torch
 
 _TRAIN, _VAL = "tab:blue", "tab:orange"
 _MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable clutter

@@ -8,10 +8,15 @@ import io
 import re
 from dataclasses import dataclass
 from html import escape
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
 from ..plots import close_figure
+
+if TYPE_CHECKING:  # for the annotations only
+    import PIL.Image
+    import torch
 
 
 @dataclass
