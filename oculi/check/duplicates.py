@@ -67,16 +67,17 @@ class _Groups:
         return [g for g in groups.values() if len(g) > 1]
 
 
-def find_duplicates(records: list[Record], digests: list[str], hashes: torch.Tensor, thumbs: torch.Tensor,
+def find_duplicates(records: list[Record], digests: list[str], hashes: torch.Tensor | None, thumbs: torch.Tensor,
                     features: torch.Tensor | None = None, near_bits: int = NEAR_HASH_BITS,
                     near_cosine: float = NEAR_COSINE) -> list[Duplicate]:
     """Every image that copies another, exactly or nearly. ``digests[i]``, ``hashes[i]`` (pHash bits),
-    ``thumbs[i]`` (colour thumbnails) and ``features[i]`` belong to ``records[i]``."""
+    ``thumbs[i]`` (colour thumbnails) and ``features[i]`` belong to ``records[i]``; no ``hashes``: no
+    near copies by hash (images too small for it)."""
     groups = _Groups(len(records))
     first_of: dict[str, int] = {}
     for i, digest in enumerate(digests):
         groups.join(i, first_of.setdefault(digest, i))
-    for i, j, _ in hash_pairs(hashes, near_bits):
+    for i, j, _ in ([] if hashes is None else hash_pairs(hashes, near_bits)):
         if (thumbs[i] - thumbs[j]).abs().mean() <= NEAR_COLOUR_LEVELS:
             groups.join(i, j)
     if features is not None:

@@ -30,7 +30,7 @@ from ..plan import Plan, resolve_plan
 from ..rundir import RunDir
 from .balance import DataWarning, profile, warnings_for
 from .duplicates import CSV_HEADER, Duplicate, find_duplicates, summarize
-from .hashing import FileFacts, perceptual_hashes, source_facts
+from .hashing import HASH_SIDE, FileFacts, perceptual_hashes, source_facts
 from .label_errors import find_label_issues, out_of_fold_probs
 
 PIXEL_FEATURE_SIDE = 16  # without a pretrained backbone, labels are judged on pixels shrunk to 16x16
@@ -88,11 +88,20 @@ def inspect(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[
     digests = [facts[r.path].digest if r.path in facts else f"unread:{r.path}" for r in records]
     signatures = [perceptual_hashes(s.images) for s in sets.values()]
     hashes, thumbs = (torch.cat(parts) for parts in zip(*signatures))
-    duplicates = find_duplicates(records, digests, hashes, thumbs, features)
+    duplicates = find_duplicates(records, digests, hashes if _hashable(sets) else None, thumbs, features)
     prof = profile(source.classes, records, facts)
     warnings = warnings_for(source.classes, records, facts, prof, duplicates, skipped)
     return CheckResult(source.name, source.classes, prof, duplicates, warnings, skipped, records,
                        seconds=time.perf_counter() - start)
+
+
+def _hashable(sets: dict[str, TensorSet]) -> bool:
+    """Whether the images are big enough for perceptual hashes to tell copies from look-alikes. The pHash
+    reads a 32x32 gray image; an 8x8 one blown up to it is a blur: distinct handwritten digits of sklearn's
+    set (at most 5 of 16 levels apart on every pixel) hash within the near-copy distance. Smaller images
+    are checked for exact copies only."""
+    height, width = next(iter(sets.values())).images.shape[-2:]  # every split has the training size
+    return min(height, width) >= HASH_SIDE
 
 
 def set_records(sets: dict[str, TensorSet]) -> list[Record]:

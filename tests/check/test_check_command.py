@@ -125,3 +125,11 @@ def test_leaks_among_real_photos(hymenoptera, tmp_path):
         ("val/ants/copy.jpg", f"train/ants/{ant.name}", "exact"),
         ("val/bees/small_copy.jpg", f"train/bees/{bee.name}", "near")}
     assert result.leaks() == {"val/ants/copy.jpg", "val/bees/small_copy.jpg"}
+
+
+def test_tiny_look_alikes_are_not_called_copies(tmp_path):
+    """sklearn's 8x8 digits hold no copies, yet distinct scans of one digit hash within the near-copy
+    distance once blown up to the pHash's 32x32: images that small are checked for exact copies only."""
+    result, _ = run_check("digits", out=tmp_path / "out", reporter=Reporter(quiet=True))
+    assert result.profile["images"] == 1797
+    assert result.duplicates == []
