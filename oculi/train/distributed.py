@@ -91,11 +91,28 @@ def process_group(w: World, device: torch.device) -> Iterator[None]:
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(minutes=30))  # env:// rendezvous, from torchrun
+    timeout = timedelta(minutes=30)
+    dist.init_process_group(backend, store=_attempt_store(w, timeout), rank=w.rank, world_size=w.size,
+                            timeout=timeout)
     try:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _attempt_store(w: World, timeout: timedelta) -> dist.Store:
+    """The key-value store the ranks meet in (MASTER_ADDR:MASTER_PORT, torchrun's agent's own store when
+    it says so), its keys prefixed by this attempt. torchrun keeps the agent's store across a restart,
+    and with plain env:// the restarted ranks read the dead ones' addresses from it and never connect
+    (seen with torch 2.14 and gloo); a prefix per attempt gives each attempt keys of its own."""
+    env = os.environ
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        address, port = env["MASTER_ADDR"], int(env["MASTER_PORT"])
+    except (KeyError, ValueError):
+        raise OculiError("several processes need MASTER_ADDR and MASTER_PORT (torchrun sets them)") from None
+    store = dist.TCPStore(address, port, w.size, is_master=w.main and not agent, timeout=timeout)
+    return dist.PrefixStore(f"oculi/attempt_{restart_count()}", store)
 
 
 # ---------------------------------------------------------------- data shards
@@ -255,6 +272,23 @@ def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) that gradients flow back through: the gradient of a sum over ranks is the sum of
+    every rank's gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm whose training-time mean and variance are those of the global batch: per-channel sums,
     sums of squares and counts all-reduced (autograd-aware, so gradients flow through the other ranks'
@@ -274,12 +308,11 @@ class GlooBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        stats = all_reduce(stats)
+        stats = _SumOverRanks.apply(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n
