@@ -84,7 +84,7 @@ def rank_device(device: torch.device, w: World) -> torch.device:
 
 
 @contextmanager
-def process_group(w: World, device: torch.device) -> Iterator[None]:
+def process_group(w: World, device: torch.device | None) -> Iterator[None]:
     """The default process group for the block: NCCL between GPUs, gloo between CPU processes.
     Nothing for one process, or when the caller already made one."""
     if w.size == 1 or dist.is_initialized():

@@ -90,7 +90,9 @@ def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise OculiError(f"--resume: {run_dir} is not a run folder (no {run.config.name})")
-    with process_group(world, resolve_device(_saved_plan(run).config.device)):
+    # The backend follows the run's device; one process needs none (and reads the plan under its lock).
+    device = resolve_device(_saved_plan(run).config.device) if world.size > 1 else None
+    with process_group(world, device):
         return _resume(run_dir, reporter, world)
 
 
