@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,22 +35,27 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="fast-cnn")
     parser.add_argument("--flags", default="", help="more `oculi train` flags for both runs")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="CPU threads in all: one process gets them all, N processes a share each")
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.batch % args.nproc:
         parser.error("--batch must divide among --nproc processes")
     work = args.work or Path(tempfile.mkdtemp(prefix="oculi-distributed-"))
     data = subset(args.data, work / "data", args.per_class)
-    env = {**os.environ, "OCULI_CACHE_DIR": str(work / "cache"), "OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", "1")}
+    for run in ("warm", "one", "many"):  # the runs of an earlier call in the same --work
+        shutil.rmtree(work / run, ignore_errors=True)
+    env = {**os.environ, "OCULI_CACHE_DIR": str(work / "cache"), "OMP_NUM_THREADS": str(args.threads)}
+    shared = {**env, "OMP_NUM_THREADS": str(max(1, args.threads // args.nproc))}  # same cores in all
     common = [str(data), "--model", args.model, "--epochs", str(args.epochs), "--device", args.device,
               "--val-split", "0.1", "--no-report", "-q", *args.flags.split()]
-    print(f"{args.model}, {args.epochs} epochs, global batch {args.batch}, {args.device}; data in {data}")
+    print(f"{args.model}, {args.epochs} epochs, global batch {args.batch}, {args.device}, {args.threads} CPU "
+          f"threads; data in {data}")
     train(common + ["--epochs", "1", "--out", str(work / "warm")], env)  # decodes once, into the cache
     rows = [measure(f"1 process x {args.batch}", common + ["--batch-size", str(args.batch)], work / "one", env),
             measure(f"{args.nproc} processes x {args.batch // args.nproc}",
                     common + ["--batch-size", str(args.batch // args.nproc), "--nproc", str(args.nproc)],
-                    work / "many", env)]
+                    work / "many", shared)]
     print(f"{'run':<24} {'wall s':>7} {'epochs s':>9} {'train img/s':>12} {'test acc':>9}")
     for name, wall, epochs, speed, accuracy in rows:
         print(f"{name:<24} {wall:>7.1f} {epochs:>9.1f} {speed:>12.0f} {accuracy:>9.2%}")

@@ -222,7 +222,8 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
     train in the folder ``claim()`` holds for the rest of the run."""
     world = this_world()
     device = rank_device(resolve_device(cfg.device), world)
-    with reporter.download(f"downloading {cfg.data}") as progress:
+    # A built-in set is downloaded by one process per machine; the others then find it there.
+    with local_main_first(world), reporter.download(f"downloading {cfg.data}") as progress:
         source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
                              cfg.data_dir, progress)
     for warning in source.warnings:
