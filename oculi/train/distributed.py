@@ -258,14 +258,20 @@ def use_sync_bn(asked: bool | None, per_rank_batch: int, w: World) -> bool:
     return asked if asked is not None else per_rank_batch < 32
 
 
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` with each BatchNorm computing its batch statistics over all ranks: PyTorch's SyncBatchNorm
-    on a GPU, ``GlooBatchNorm`` on the CPU (PyTorch's needs a GPU). Same weights and names, so the
-    checkpoint and the bundle do not change."""
+    """``model`` with each BatchNorm computing its batch statistics over all ranks: on a GPU PyTorch's
+    SyncBatchNorm, by timm's converter (which keeps the activation of timm's BatchNormAct2d); on the CPU
+    ``GlooBatchNorm`` (PyTorch's needs a GPU) in place of the plain BatchNorm layers only: a subclass
+    with more in its forward (BatchNormAct2d) stays as it is, per process. Same weights and names, so
+    the checkpoint and the bundle do not change."""
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        from timm.layers import convert_sync_batchnorm
+        return convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlooBatchNorm):
+        if type(child) in PLAIN_BATCHNORMS:
             setattr(model, name, GlooBatchNorm.like(child))
         else:
             convert_sync_bn(child, device)

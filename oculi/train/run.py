@@ -419,7 +419,8 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     ``restoring``: from the run's checkpoint."""
     cfg, preprocessing = plan.config, plan.preprocessing
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
-    if use_sync_bn(cfg.sync_bn, settings.batch_size, world):
+    # A features run never trains a BatchNorm: nothing to synchronise.
+    if cfg.mode != "features" and use_sync_bn(cfg.sync_bn, settings.batch_size, world):
         model = convert_sync_bn(model, device)
     place_model(model, device)
     state = LoopState()

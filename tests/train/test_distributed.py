@@ -224,3 +224,12 @@ def test_two_ranks_predict_exactly_the_one_process_csv(runs, capsys):
     shared = _finished(_torchrun(["predict", str(runs / "mlp1"), str(folder), "--csv"], runs))
     assert shared[0] == alone.out and len(alone.out.splitlines()) == 26  # header and 25 readable images
     assert shared[1].count("could not read") == 1 and "13b-broken.png" in shared[1]
+
+
+def test_sync_bn_on_the_cpu_replaces_plain_batchnorms_only():
+    from timm.layers import BatchNormAct2d
+    from oculi.train.distributed import convert_sync_bn
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(BatchNormAct2d(4)))
+    convert_sync_bn(model, torch.device("cpu"))
+    assert type(model[1]) is GlooBatchNorm
+    assert type(model[2][0]) is BatchNormAct2d  # its activation must stay: left as it is
