@@ -79,6 +79,9 @@ def rank_device(device: torch.device, w: World) -> torch.device:
     if device.type != "cuda" or w.size == 1:
         return device
     device = torch.device("cuda", w.local_rank) if device.index is None else device
+    if device.index >= torch.cuda.device_count():
+        raise OculiError(f"process {w.local_rank} of this machine has no GPU of its own (it has "
+                         f"{torch.cuda.device_count()}): give --nproc (--nproc-per-node) at most that many")
     torch.cuda.set_device(device)
     return device
 
