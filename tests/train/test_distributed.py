@@ -233,3 +233,12 @@ def test_sync_bn_on_the_cpu_replaces_plain_batchnorms_only():
     convert_sync_bn(model, torch.device("cpu"))
     assert type(model[1]) is GlooBatchNorm
     assert type(model[2][0]) is BatchNormAct2d  # its activation must stay: left as it is
+
+
+@pytest.mark.parametrize("saved, now, batch", [((2, 16), 1, 32), ((1, 32), 2, 16), ((2, 16), 3, 16), ((4, 8), 4, 8)])
+def test_a_resume_with_another_number_of_processes_keeps_the_global_batch_when_it_divides(saved, now, batch):
+    from oculi.config import TrainConfig
+    from oculi.train.run import _for_world
+    world_size, per_rank = saved
+    cfg = _for_world(TrainConfig(world_size=world_size, batch_size=per_rank), World(0, 0, now), Reporter(quiet=True))
+    assert (cfg.world_size, cfg.batch_size) == (now, batch)
