@@ -9,6 +9,7 @@ from .config import TrainConfig, parse_image_size
 from .console import Reporter
 from .deploy.predict import Classifier
 from .report.build import write_report
+from .train.distributed import world
 from .train.run import RunResult, resume as _resume, train as _train
 
 
@@ -52,8 +53,8 @@ def resume_and_report(run_dir: str | Path, reporter: Reporter | None = None) -> 
 
 
 def _reported(run: RunResult, reporter: Reporter) -> RunResult:
-    """``run``, its report.html written when its config asks for one."""
-    if run.config.report:
+    """``run``, its report.html written (by rank 0 of several processes) when its config asks for one."""
+    if run.config.report and world().main:
         _write_report(run, reporter)
     # The report was the last reader of the run's data: its images need not live as long as the result.
     return dataclasses.replace(run, source=None)

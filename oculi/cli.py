@@ -73,17 +73,62 @@ def train(
     data: Optional[str] = typer.Argument(None, help=SETTINGS["data"].help),
     resume: Optional[Path] = typer.Option(None, help="Continue the interrupted run in this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: bool = typer.Option(False, "--verbose", help="With several processes: every process prints, not only "
+                                 "rank 0."),
     settings: dict | None = None,
 ) -> None:
     """Train a classifier and evaluate it on the held-out test images."""
+    if resume is None and data is None:
+        raise OculiError("train: give a DATA folder or a built-in dataset name (e.g. `oculi train digits`)")
+    cfg = None if resume is not None else TrainConfig(data=data, progress=not quiet, **settings).validate()
+    if settings["nproc"] > 1 and not _launched():
+        _in_workers(settings["nproc"], settings["max_restarts"], _train_here, cfg, resume, quiet, verbose)
+        return
+    _train_here(cfg, resume, quiet, verbose)
+
+
+def _train_here(cfg: TrainConfig | None, resume: Path | None, quiet: bool, verbose: bool) -> None:
+    """`oculi train` in this process (alone, or one rank of several): a new run from ``cfg``, or ``resume``."""
     from .api import resume_and_report, train_and_report
     from .console import Reporter
+    from .train.distributed import silence
+    reporter = Reporter(quiet=quiet)
+    if not (verbose or _rank_zero()):
+        silence(reporter)
     if resume is not None:
-        resume_and_report(resume, Reporter(quiet=quiet))
-        return
-    if data is None:
-        raise OculiError("train: give a DATA folder or a built-in dataset name (e.g. `oculi train digits`)")
-    train_and_report(TrainConfig(data=data, progress=not quiet, **settings), Reporter(quiet=quiet))
+        resume_and_report(resume, reporter)
+    else:
+        train_and_report(cfg, reporter)
+
+
+def _launched() -> bool:
+    """True in a process that torchrun (or --nproc) started as one of several."""
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def _rank_zero() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _in_workers(nproc: int, max_restarts: int, command, *args):
+    """``command(*args)`` in ``nproc`` worker processes started by torch.distributed's elastic launcher
+    (train.distributed.launch); rank 0's result. A user error comes back as a value (the launcher would
+    restart a worker that raised) and is raised here, once."""
+    from .train.distributed import launch
+    if max_restarts and command is not _train_here:
+        raise OculiError("--max-restarts is for `oculi train`")
+    error, result = launch(nproc, _contained, command, *args, max_restarts=max_restarts)
+    if error is not None:
+        raise OculiError(error)
+    return result
+
+
+def _contained(command, *args) -> tuple[str | None, object]:
+    """(None, ``command(*args)``), or (the message, None) of the OculiError it raised."""
+    try:
+        return None, command(*args)
+    except OculiError as err:
+        return str(err), None
 
 
 MIN_CONFIDENCE_HELP = ("Answer 'unknown' below this calibrated confidence, 0 to 1 (default: the threshold the run "
@@ -173,30 +218,69 @@ def predict(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     engine: str = typer.Option("auto", help="torch; onnx: the run's model.onnx (from `oculi export`, of this very bundle); auto: that model.onnx when there is one and the device is the CPU, else torch."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
+    nproc: int = typer.Option(1, help="Worker processes (one per GPU), each predicting its share of the files; the output is in input order (under torchrun leave it at 1)."),
 ) -> int:
     """Classify new images with a trained run (exit code 1 when none of them can be read). Each answer has
     a calibrated confidence and an out-of-distribution score (energy: higher = less like the training
     images; torch engine only); below --min-confidence the answer is 'unknown'."""
+    if top_k < 1 or batch_size < 1 or nproc < 1:
+        raise OculiError("--top-k, --batch-size and --nproc must be at least 1")
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    if nproc > 1 and not _launched():
+        return _in_workers(nproc, 0, _predict_here, run, paths, top_k, fmt, batch_size, device, engine,
+                           min_confidence)
+    return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence)
+
+
+def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size: int, device: str,
+                  engine: str, min_confidence: float | None) -> int:
+    """`oculi predict` in this process: all the files, or with several processes this rank's share of
+    them, rank 0 printing every rank's predictions (and unreadable files) in input order."""
     from .deploy.predict import Classifier, expand_paths
-    if top_k < 1 or batch_size < 1:
-        raise OculiError("--top-k and --batch-size must be at least 1")
-    classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
+    from .train.distributed import world
+    w = world()
+    classifier = _with_min_confidence(Classifier.load(run, device=_rank_device(device, w), engine=engine),
+                                      min_confidence)
     files, missing = expand_paths(paths)
-    for item in missing:
+    for item in missing if w.main else ():
         _warn(f"no such file or folder: {item}")
     if not files:
         raise OculiError("predict: no image files found in " + ", ".join(paths))
     failures: list = []
-    predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
+    if w.size == 1:
+        predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
+    else:
+        predictions, failures = _sharded_predictions(classifier, files, top_k, batch_size, w)
+        if not w.main:
+            return 0
     first = next(predictions, None)  # read before printing anything: no table or header for nothing
     if first is not None:
-        _print_predictions(itertools.chain([first], predictions), "json" if as_json else "csv" if as_csv else "table")
+        _print_predictions(itertools.chain([first], predictions), fmt)
     for path, reason in failures:
         _warn(f"could not read {path}: {reason}")
     if first is None:
         print(f"error: predict: none of the {len(files)} image files could be read", file=sys.stderr)
         return 1
     return 0
+
+
+def _rank_device(device: str, w) -> str:
+    """--device for this rank: with several processes, "auto" or "cuda" is this rank's own GPU."""
+    from .deploy.engines import resolve_device
+    from .train.distributed import rank_device
+    return str(rank_device(resolve_device(device), w)) if w.size > 1 else device
+
+
+def _sharded_predictions(classifier, files: list, top_k: int, batch_size: int, w) -> tuple:
+    """(predictions, failures) of all ``files`` in input order, on rank 0 (each rank predicts its
+    contiguous share; failures stay failures, listed in input order too)."""
+    from .train.distributed import gather_objects, process_group
+    with process_group(w, classifier.device):
+        failures: list = []
+        mine = list(classifier.predict_files(files[w.part(len(files))], top_k=top_k, batch_size=batch_size,
+                                             failures=failures))
+        shares = gather_objects(w, (mine, failures))
+    return iter([p for share, _ in shares for p in share]), [f for _, share in shares for f in share]
 
 
 @app.command()
@@ -447,7 +531,8 @@ def _run(argv: list[str] | None) -> int:
     try:
         result = command.main(args=argv, prog_name="oculi", standalone_mode=False)
     except OculiError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if _rank_zero():  # one of several processes: rank 0 says it (each has the same error)
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except getattr(_click, "NoArgsIsHelpError", ()) as err:
         print(err.ctx.get_help() if err.ctx else str(err))

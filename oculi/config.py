@@ -175,6 +175,17 @@ class TrainConfig:
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
+    # several processes (oculi.train.distributed): --batch-size is per process, the global batch is
+    # batch x processes x --accumulate, and the recipe's learning rate scales with the global batch
+    nproc: int = setting(1, "Worker processes on this machine, one per GPU (torch.distributed; under torchrun "
+                         "leave it at 1: torchrun starts them).", low=1, high=1024)
+    max_restarts: int = setting(0, "With --nproc: restart the workers this many times after one dies; the run "
+                                "goes on from its last checkpoint.", low=0, high=1000)
+    sync_bn: bool | None = setting(None, "BatchNorm statistics over every process's batch; default: on with "
+                                   "several processes and a per-process batch under 32.")
+    accumulate: int = setting(1, "Gradient accumulation: batches per optimizer step.", low=1, high=1024)
+    world_size: int = setting(1, "Processes training together (from torchrun's WORLD_SIZE).", low=1,
+                              high=1_000_000, cli=False)
     out: str | None = setting(None, "Run folder (default runs/<data>[-N]).")
     top_k: int = setting(5, "k of the top-k accuracy.", low=1, high=1000)
     progress: bool = setting(True, "Show progress as the run goes.", cli=False)  # the CLI's --quiet turns it off

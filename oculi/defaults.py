@@ -95,9 +95,12 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         mode = "auto" if epochs else "features"
         patience = min(patience or CPU_FINETUNE_PATIENCE, CPU_FINETUNE_PATIENCE)
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else recipe["optimizer"]
-    batch_size = cfg.batch_size or _recipe_batch(recipe, n_train) or _auto_batch(pretrained, device_type)
-    # The recipe's learning rate goes with the recipe's optimizer only, scaled with the batch size.
-    lr = cfg.lr or (recipe["lr"] * batch_size / recipe["batch_size"] if "lr" in recipe and optimizer == recipe["optimizer"]
+    # --batch-size is per process; a step takes it from each of world_size processes, accumulate times.
+    ranks = cfg.world_size * cfg.accumulate
+    batch_size = cfg.batch_size or _recipe_batch(recipe, n_train // ranks) or _auto_batch(pretrained, device_type)
+    # The recipe's learning rate goes with the recipe's optimizer only, scaled with the (global) batch size.
+    lr = cfg.lr or (recipe["lr"] * batch_size * ranks / recipe["batch_size"]
+                    if "lr" in recipe and optimizer == recipe["optimizer"]
                     else _auto_lr(optimizer, pretrained))
     return dataclasses.replace(
         cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),

@@ -130,22 +130,21 @@ def pixel_features(sets: dict[str, TensorSet]) -> torch.Tensor:
 # ---- at the start of a training run ------------------------------------------------------------------
 
 def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[str, str]],
-                         drop_leaks: bool, run_dir: Path, reporter: Reporter) -> dict[str, TensorSet]:
+                         drop_leaks: bool, run_dir: Path, reporter: Reporter) -> set[str]:
     """The cheap checks on a run's decoded images: one summary line, the warnings, ``check.json`` in the run
-    folder; val/test images that copy a training image are left out when ``drop_leaks``. Returns the sets."""
+    folder. Returns the val/test images to leave out: those that copy a training image when ``drop_leaks``."""
     result = inspect(source, sets, skipped, reporter)
     check_file = RunDir(run_dir).check  # in a run folder, and in `oculi check`'s --out folder
     reporter.info(f"[bold]check[/bold]  {result.summary()} ({check_file.name})")
     for warning in result.warnings:
         if warning.kind not in SAID_BY_TRAINING:
             reporter.warn(warning.message)
-    leaks = result.leaks()
-    if drop_leaks and leaks:
-        sets = {split: without(s, leaks) for split, s in sets.items()}
+    leaks = result.leaks() if drop_leaks else set()
+    if leaks:
         reporter.info(f"--drop-leaks: left out {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a "
                       f"training image")
-    atomic_write_json(check_file, {**result.to_dict(), "leaks_dropped": bool(drop_leaks and leaks)})
-    return sets
+    atomic_write_json(check_file, {**result.to_dict(), "leaks_dropped": bool(leaks)})
+    return leaks
 
 
 def without(data: TensorSet, paths: set[str]) -> TensorSet:

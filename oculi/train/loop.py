@@ -21,6 +21,7 @@ from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
+from .distributed import SINGLE, World, broadcast_module, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
 
 
@@ -41,6 +42,7 @@ class LoopSettings:
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
     mixed_precision: bool = True  # bfloat16 autocast on CUDA (deploy.engines.autocast)
+    accumulate: int = 1  # batches (of batch_size, on each rank) per optimizer step
 
 
 @dataclass
@@ -132,12 +134,13 @@ class ImageData:
         return training_batches(self.train, order, batch_size, self.augmentation, self.preprocessing, generator,
                                 device)
 
-    def validate(self, model: nn.Module, head: str, device: torch.device) -> dict:
-        """Loss and accuracy on the val images (no augmentation)."""
+    def validate(self, model: nn.Module, head: str, device: torch.device, world: World = SINGLE) -> dict:
+        """Loss and accuracy on the val images (no augmentation), each rank predicting its share."""
         if len(self.val) == 0:
             return NO_VAL
-        return validation_metrics(predict_logits(model, self.val.images, self.preprocessing, device),
-                                  self.val.labels, head)
+        logits = sharded_rows(world, lambda part: predict_logits(model, self.val.images[part], self.preprocessing,
+                                                                 device), len(self.val))
+        return validation_metrics(logits, self.val.labels, head)
 
 
 def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augmentation: Augmentation | None,
@@ -202,13 +205,14 @@ class FeatureData:
         for index in batch_indices(order, batch_size):
             yield self.train.features[index].to(device), self.train.labels[index].to(device)
 
-    def validate(self, model: nn.Module, head: str, device: torch.device) -> dict:
+    def validate(self, model: nn.Module, head: str, device: torch.device, world: World = SINGLE) -> dict:
         """Loss and accuracy of ``model`` (the head) on the val feature vectors."""
         if len(self.val) == 0:
             return NO_VAL
         model.eval()
         with torch.no_grad():
-            logits = model(self.val.features.to(device)).float().cpu()
+            logits = sharded_rows(world, lambda part: model(self.val.features[part].to(device)).float().cpu(),
+                                  len(self.val))
         return validation_metrics(logits, self.val.labels, head)
 
 
@@ -221,7 +225,9 @@ class Learner:
 
     ``progress`` shows it (EpochBars or HeadBar); ``on_epoch_start(epoch)`` may change what is trainable
     (gradual unfreezing); ``on_epoch_end(state)`` saves what must survive a restart (metrics.jsonl, the
-    checkpoint); ``settings.patience`` stops it early."""
+    checkpoint); ``settings.patience`` stops it early. With several processes (``world``), each rank
+    trains on its share of every step's images in DistributedDataParallel and the val metrics are of the
+    whole val set; ``on_epoch_end`` runs on every rank (the run writes on rank 0 only)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -232,13 +238,16 @@ class Learner:
     progress: EpochBars | HeadBar = field(default_factory=lambda: EpochBars())  # defined below
     on_epoch_start: Callable[[int], None] = lambda epoch: None
     on_epoch_end: Callable[[LoopState], None] = lambda state: None
+    world: World = SINGLE
 
     def __post_init__(self):
         self.data = self.data.to(self.device)
 
     @property
     def steps_per_epoch(self) -> int:
-        return len(self.data.train) // self.settings.batch_size or 1
+        """Optimizer steps per epoch, each on batch_size x ranks x accumulate images."""
+        s = self.settings
+        return len(self.data.train) // (s.batch_size * self.world.size * s.accumulate) or 1
 
     def fit(self, state: LoopState | None = None) -> LoopState:
         """Train from ``state.epoch`` (no state: from the start) to ``settings.epochs``, or to an early stop."""
@@ -266,40 +275,55 @@ class Learner:
         with self.progress.epoch(self, epoch) as advance:
             row = self.train_epoch(epoch, advance)
         return {"epoch": epoch + 1, "phase": self.settings.phase, **row,
-                **self.data.validate(self.model, self.settings.head, self.device),
+                **self.data.validate(self.model, self.settings.head, self.device, self.world),
                 "seconds": round(time.perf_counter() - started, 2), "time": round(time.time(), 2),
                 **gpu_memory(self.device)}
 
     def train_epoch(self, epoch: int, advance: Callable = lambda n, **fields: None) -> dict:
-        """One pass over the training data; returns mean loss and accuracy (on augmented images)."""
-        model, optimizer, s = self.model, self.optimizer, self.settings
+        """One pass over the training data (this rank's share of it); returns mean loss and accuracy (on
+        augmented images, over every rank)."""
+        model, optimizer, s, world = self.model, self.optimizer, self.settings, self.world
         generator = epoch_generator(s.seed, epoch)
-        torch.manual_seed(s.seed * 100_003 + epoch)  # dropout draws
         model.train()
-        order = epoch_order(self.data.train.labels, s, generator)
-        steps = self.steps_per_epoch
+        order = epoch_order(self.data.train.labels, s, generator)  # the same on every rank
+        order = shard_order(order, s.batch_size * s.accumulate, world)
+        if world.rank:  # rank 0 draws as one process does; the others on their own
+            generator = torch.Generator().manual_seed(rank_seed(s.seed, epoch, world))
+        torch.manual_seed(rank_seed(s.seed, epoch, world))  # dropout draws
+        net = wrap(model, self.device, world)
+        steps, batches = self.steps_per_epoch, max(1, len(order) // s.batch_size)
         total_steps, warmup_steps = steps * s.epochs, int(s.warmup_epochs * steps)
         lookahead = Lookahead(model) if s.lookahead else None
         loss_sum = correct = seen = 0
         speed = Throughput()
-        for step, (inputs, labels) in enumerate(self.data.batches(order, s.batch_size, generator, self.device)):
-            set_lr(optimizer, s.lr * lr_factor(epoch * steps + step, total_steps, warmup_steps, s.schedule))
-            with autocast(self.device) if s.mixed_precision else nullcontext():
-                logits = model(inputs)
-            loss = loss_fn(logits, labels, s)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if lookahead is not None:
-                lookahead.step(model, epoch * steps + step, total_steps, force=step == steps - 1)
+        for batch, (inputs, labels) in enumerate(self.data.batches(order, s.batch_size, generator, self.device)):
+            step, micro = divmod(batch, s.accumulate)
+            stepping = micro == s.accumulate - 1 or batch == batches - 1
+            if micro == 0:
+                set_lr(optimizer, s.lr * lr_factor(epoch * steps + step, total_steps, warmup_steps, s.schedule))
+                optimizer.zero_grad(set_to_none=True)
+            # Gradients are averaged over the ranks once per step, on its last batch.
+            with nullcontext() if stepping or net is model else net.no_sync():
+                with autocast(self.device) if s.mixed_precision else nullcontext():
+                    logits = net(inputs)
+                loss = loss_fn(logits, labels, s)
+                (loss / s.accumulate).backward()
+            if stepping:
+                optimizer.step()
+                if lookahead is not None:
+                    lookahead.step(model, epoch * steps + step, total_steps, force=step == steps - 1)
             predicted = logits_to_probs(logits.detach(), s.head).argmax(1)
             loss_sum += float(loss.detach()) * len(labels)
             correct += int((predicted == labels).sum())
             seen += len(labels)
-            advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}",
-                    **{"img/s": f"{speed.add(len(labels)):.0f}"})
+            rate = speed.add(len(labels)) * world.size
+            if stepping:
+                advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", **{"img/s": f"{rate:.0f}"})
+        # Each rank's BatchNorm statistics moved on its own batches after the last broadcast: rank 0's for all.
+        broadcast_module(world, model, buffers_only=True)
+        loss_sum, correct, seen = sum_numbers(world, loss_sum, correct, seen)
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
-                "images_per_s": round(speed.add(0), 1), "lr": optimizer.param_groups[0]["lr"]}
+                "images_per_s": round(speed.add(0) * world.size, 1), "lr": optimizer.param_groups[0]["lr"]}
 
 
 def record(state: LoopState, row: dict, model: nn.Module, select_by: str = "accuracy") -> None:

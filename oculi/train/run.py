@@ -20,7 +20,7 @@ import torch
 
 from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
                            fit_temperature, selective_figures, softmax)
-from ..check.run import check_at_train_start, leaks_present
+from ..check.run import check_at_train_start, leaks_present, without
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
@@ -40,6 +40,9 @@ from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..rundir import RunDir
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import (World, broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn,
+                          local_main_first, process_group, rank_device, restart_count, run_id, sharded_rows,
+                          silence, use_sync_bn, world as this_world)
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
 from .trackers import RunLog, check_trackers, run_log
@@ -62,40 +65,93 @@ class RunResult:
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
-    """Train a new run from ``cfg``."""
+    """Train a new run from ``cfg`` (on every process of a torchrun job: see train.distributed)."""
     cfg.validate()
-    reporter = reporter or Reporter(quiet=not cfg.progress)
+    world = this_world()
+    cfg = dataclasses.replace(cfg, world_size=world.size)
+    reporter = reporter or _reporter(cfg, world)
     given = cfg.data
     cfg = _with_absolute_paths(cfg)
-    if cfg.out:
-        _check_new_run_dir(Path(cfg.out))  # now, before minutes of data loading; again once claimed
+    with process_group(world, resolve_device(cfg.device)):
+        # After a worker died, torchrun starts the group again: it goes on from the run's checkpoint.
+        restarted = broadcast_object(world, _restarted_run(cfg) if world.main else None)
+        if restarted is not None:
+            reporter.info(f"restart {restart_count()} of this job: going on with {restarted}")
+            return _resume(Path(restarted), reporter, world)
+        if cfg.out:
+            _check_new_run_dir(Path(cfg.out))  # now, before minutes of data loading; again once claimed
 
-    def claim() -> ContextManager[Path]:
-        run_dir = _make_dir(Path(cfg.out)) if cfg.out else next_run_dir(Path("runs"), _data_name(cfg.data))
-        return _claimed(run_dir, fresh=True)
+        def claim() -> ContextManager[Path]:
+            run_dir = _make_dir(Path(cfg.out)) if cfg.out else next_run_dir(Path("runs"), _data_name(cfg.data))
+            return _claimed(run_dir, fresh=True)
 
-    return _run(cfg, claim, reporter, resume=False, given=given)
+        return _run(cfg, claim, reporter, resume=False, given=given)
 
 
 def resume(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
-    """Continue a run from its last checkpoint (same config, same split)."""
-    run_dir = Path(run_dir)
+    """Continue a run from its last checkpoint (same config, same split), with as many processes as this
+    job has (which may differ from the run's)."""
+    run_dir, world = Path(run_dir), this_world()
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise OculiError(f"--resume: {run_dir} is not a run folder (no {run.config.name})")
-    with _claimed(run_dir, fresh=False):
+    # The backend follows the run's device; one process needs none (and reads the plan under its lock).
+    device = resolve_device(_saved_plan(run).config.device) if world.size > 1 else None
+    with process_group(world, device):
+        return _resume(run_dir, reporter, world)
+
+
+def _resume(run_dir: Path, reporter: Reporter | None, world: World) -> RunResult:
+    run = RunDir(run_dir)
+    with claimed_by_main(world, lambda: _claimed(run_dir, fresh=False)):
         if run.model_json.is_file():
             raise OculiError(f"--resume: {run_dir} already finished (it has {run.model_json.name}); "
                              f"start a new run to train again")
         plan = _saved_plan(run)
         cfg = dataclasses.replace(plan.config, split_manifest=str(run.split))
+        reporter = reporter or _reporter(cfg, world)
+        cfg = _for_world(cfg, world, reporter)
         plan = dataclasses.replace(plan, config=cfg)
-        reporter = reporter or Reporter(quiet=not cfg.progress)
         if not run.checkpoint.is_file():
             # Killed before its first epoch ended (or a features run, which keeps none): training again
             # from the start gives what the uninterrupted run would have, so do it, but say so.
             reporter.warn(f"{run_dir} has no checkpoint ({run.checkpoint.name}): training it again from the start")
         return _run(cfg, lambda: nullcontext(run_dir), reporter, resume=True, saved=plan)
+
+
+def _reporter(cfg: TrainConfig, world: World) -> Reporter:
+    """What this process prints: rank 0 everything (``cfg.progress``), the other ranks nothing."""
+    reporter = Reporter(quiet=not cfg.progress)
+    if not world.main:
+        silence(reporter)
+    return reporter
+
+
+def _restarted_run(cfg: TrainConfig) -> str | None:
+    """After torchrun restarted this job's workers, the unfinished run it had started: --out, or the
+    runs/<data>* folder whose config.json names this job's rendezvous id; None on a first start."""
+    if restart_count() == 0:
+        return None
+    folders = [Path(cfg.out)] if cfg.out else sorted(Path("runs").glob(f"{_data_name(cfg.data)}*"))
+    for folder in folders:
+        run = RunDir(folder)
+        if not run.config.is_file() or run.model_json.is_file():
+            continue
+        if cfg.out or (run_id() is not None and run.read_config().get("torchrun_job") == run_id()):
+            return str(folder)
+    return None
+
+
+def _for_world(cfg: TrainConfig, world: World, reporter: Reporter) -> TrainConfig:
+    """A resumed run's config for this job's number of processes: the same global batch (so the same
+    learning rate and steps) when it divides among them."""
+    if cfg.world_size == world.size:
+        return cfg
+    global_batch = cfg.batch_size * cfg.world_size
+    batch = global_batch // world.size if global_batch % world.size == 0 else cfg.batch_size
+    reporter.info(f"resuming with {world.size} process{'es' * (world.size > 1)} (the run had {cfg.world_size}): "
+                  f"batch {batch} per process, global batch {batch * world.size} (was {global_batch})")
+    return dataclasses.replace(cfg, world_size=world.size, batch_size=batch)
 
 
 def _saved_plan(run: RunDir) -> Plan:
@@ -170,8 +226,10 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
     """Open the data, plan the run (or take the ``saved`` plan of a resumed one), build the model, then
     train in the folder ``claim()`` holds for the rest of the run."""
     check_trackers(cfg.log, cfg.mlflow_uri)  # a missing tracker package, named before minutes of work
-    device = resolve_device(cfg.device)
-    with reporter.download(f"downloading {cfg.data}") as progress:
+    world = this_world()
+    device = rank_device(resolve_device(cfg.device), world)
+    # A built-in set is downloaded by one process per machine; the others then find it there.
+    with local_main_first(world), reporter.download(f"downloading {cfg.data}") as progress:
         source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
                              cfg.data_dir, progress)
     for warning in source.warnings:
@@ -182,34 +240,51 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
                       f"to fine-tune on the {device.type.upper()}; --mode finetune (or a GPU) does it anyway")
     # Built before any image is decoded: weights that cannot be had change the plan (and so the pixels).
     model, weights, plan = _build_model(plan, cfg, source, device.type, reporter)
-    with claim() as run_dir:
-        return _train_in(run_dir, plan, model, weights, source, device, reporter, resume, given)
+    with claimed_by_main(world, claim) as run_dir:
+        return _train_in(run_dir, plan, model, weights, source, device, reporter, resume, given, world)
 
 
 def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source: DataSource, device,
-              reporter: Reporter, resume: bool, given: str | None) -> RunResult:
+              reporter: Reporter, resume: bool, given: str | None, world: World) -> RunResult:
+    """Train in ``run_dir``; with several processes, every rank trains and rank 0 alone writes."""
     run = RunDir(run_dir)
     cfg = plan.config
-    remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
-    sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
-    _report_skipped(skipped, run, reporter)
-    sets = check_at_train_start(source, sets, skipped, cfg.drop_leaks, run_dir, reporter)
+    if world.main:
+        remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
+    # One process per machine decodes into the cache; the others then read it.
+    with local_main_first(world) if cfg.cache else nullcontext():
+        sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
+    if world.main:
+        _report_skipped(skipped, run, reporter)
+    sets = _checked(source, sets, skipped, cfg.drop_leaks, run_dir, reporter, world)
     _check_trainable(sets["train"], source)
     plan = plan.with_statistics(*_statistics(weights, sets["train"]))
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
     restoring = resume and run.checkpoint.is_file()
     if hasattr(model, "init_from_data") and not restoring:
         _init_from_data(model, sets["train"], plan.preprocessing, cfg.seed)
-    if not resume:
+    if not resume and world.main:
         write_manifest(run.split, _used_records(sets), source.classes)
-        atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **plan.to_dict()})
+        job = {"torchrun_job": run_id()} if world.size > 1 else {}  # how a restarted job finds its run
+        atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **job,
+                                       **plan.to_dict()})
     _print_plan(cfg, source, sets, model, device, weights, reporter)
-    with run_log(cfg, run.path, source.name, reporter) as log:  # --log: TensorBoard, MLflow
-        state = _fit(model, plan, sets, source, device, run, reporter, restoring, log)
+    # --log: TensorBoard, MLflow (rank 0's; the others log nothing)
+    with run_log(cfg if world.main else dataclasses.replace(cfg, log="none"), run.path, source.name, reporter) as log:
+        state = _fit(model, plan, sets, source, device, run, reporter, restoring, log, world)
         model.load_state_dict(state.best_state)
-        result = _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter)
+        result = _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter, world)
         log.log_results(result.test_metrics)
     return result
+
+
+def _checked(source: DataSource, sets: dict[str, TensorSet], skipped, drop_leaks: bool, run_dir: Path,
+             reporter: Reporter, world: World) -> dict[str, TensorSet]:
+    """The data check at train start, by rank 0 (it writes check.json); with --drop-leaks every rank leaves
+    out the val/test images it found copying a training image."""
+    leaks = check_at_train_start(source, sets, skipped, drop_leaks, run_dir, reporter) if world.main else set()
+    leaks = broadcast_object(world, leaks)
+    return {split: without(data, leaks) for split, data in sets.items()}
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -306,7 +381,7 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
     reporter.info(f"[bold]train[/bold]  {_describe_mode(cfg)}")
-    reporter.info(f"       batch {cfg.batch_size}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
+    reporter.info(f"       batch {_describe_batch(cfg)}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
     if cfg.select_by == "macro-f1" or cfg.class_weights != "none" or cfg.sampler != "shuffle":
@@ -321,6 +396,15 @@ def _describe_balance(cfg: TrainConfig, source: DataSource) -> str:
     return (f"classes {ratio:.1f}:1 (largest:smallest in train); keeps the epoch with the best val "
             f"{'macro-F1' if cfg.select_by == 'macro-f1' else 'accuracy'}; "
             + (", ".join(weighting) if weighting else "--class-weights auto or --sampler balanced weigh the small classes up"))
+
+
+def _describe_batch(cfg: TrainConfig) -> str:
+    """The batch size, and with several processes or accumulation what a step takes in all."""
+    if cfg.world_size == 1 and cfg.accumulate == 1:
+        return str(cfg.batch_size)
+    per = f"{cfg.batch_size} per process x {cfg.world_size}" + (f" x {cfg.accumulate} accumulated"
+                                                                 if cfg.accumulate > 1 else "")
+    return f"{per} = {cfg.batch_size * cfg.world_size * cfg.accumulate} per step"
 
 
 def _train_folder_split_for_test(source: DataSource) -> str | None:
@@ -348,11 +432,13 @@ def _early_stop(patience: int | None) -> str:
 
 
 def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:
+    """The Learner's settings; the batch is each process's (every process has at least one image)."""
     weights = None
     if cfg.class_weights == "auto":
         counts = torch.bincount(train.labels, minlength=num_classes).float().clamp_min(1)
         weights = (len(train) / (num_classes * counts)).to(device)
-    return LoopSettings(epochs=cfg.epochs, batch_size=min(cfg.batch_size, len(train)), lr=cfg.lr,
+    return LoopSettings(epochs=cfg.epochs, batch_size=max(1, min(cfg.batch_size, len(train) // cfg.world_size)),
+                        lr=cfg.lr, accumulate=cfg.accumulate,
                         schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
                         lookahead=bool(cfg.lookahead),
@@ -360,18 +446,23 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         select_by=cfg.select_by)  # "auto" only in plans from before it existed: accuracy
 
 
-def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool, log: RunLog) -> LoopState:
+def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool, log: RunLog,
+         world: World) -> LoopState:
     """Train ``model`` as the plan's mode says: a head on frozen features, then (or only) the whole network;
     ``restoring``: from the run's checkpoint. ``log`` gets every epoch's row as metrics.jsonl does."""
     cfg, preprocessing = plan.config, plan.preprocessing
-    place_model(model, device)
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
+    # A features run never trains a BatchNorm: nothing to synchronise.
+    if cfg.mode != "features" and use_sync_bn(cfg.sync_bn, settings.batch_size, world):
+        model = convert_sync_bn(model, device)
+    place_model(model, device)
     state = LoopState()
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
-        head_state = features_phase(model, plan, sets, settings, device, reporter)
+        head_state = _features_phase(model, plan, sets, settings, device, reporter, world)
         if cfg.mode == "features":
-            run.write_metrics_log(head_state.history)
+            if world.main:
+                run.write_metrics_log(head_state.history)
             log.log_epochs(head_state.history)
             return dataclasses.replace(head_state, best_state=copy_state(model))
         state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history)
@@ -379,9 +470,11 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 cfg.backbone_lr if cfg.pretrained else 1.0)
     if restoring:
-        state = _restore(model, optimizer, run, device, reporter)
+        state = _restore(model, optimizer, run, device, reporter, world)
 
     def on_epoch_end(s: LoopState) -> None:
+        if not world.main:
+            return
         run.write_metrics_log(s.prior + s.history)
         log.log_epochs(s.prior + s.history)
         save_checkpoint(run.checkpoint, model.state_dict(), s.best_state, optimizer,
@@ -395,11 +488,21 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
     data = ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
     learner = Learner(model, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,
-                      on_epoch_end=on_epoch_end)
+                      on_epoch_end=on_epoch_end, world=world)
     state = learner.fit(state)
     if state.baseline is not None:
         _say_what_was_kept(state, reporter)
     return state
+
+
+def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: World) -> LoopState:
+    """``transfer.features_phase`` on every rank: one process per machine fills the features cache first,
+    and rank 0's head (and its history) is the one every rank keeps."""
+    with local_main_first(world) if plan.config.cache else nullcontext():
+        head_state = features_phase(model, plan, sets, settings, device, reporter)
+    broadcast_module(world, model.head)
+    return dataclasses.replace(broadcast_object(world, dataclasses.replace(head_state, best_state=None)),
+                               best_state=copy_state(model.head))
 
 
 def _finetune_plan(baseline: dict) -> str:
@@ -421,8 +524,10 @@ def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:
                       f"(features model: {base:.2%})")
 
 
-def _restore(model, optimizer, run: RunDir, device, reporter) -> LoopState:
-    model_state, best_state, optim_state, meta = load_checkpoint(run.checkpoint)
+def _restore(model, optimizer, run: RunDir, device, reporter, world: World) -> LoopState:
+    """The run's state from its checkpoint, read by rank 0 and sent to the others."""
+    model_state, best_state, optim_state, meta = broadcast_object(
+        world, load_checkpoint(run.checkpoint) if world.main else None)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     reporter.info(f"resuming {run.path} after epoch {meta['epoch']}")
@@ -432,41 +537,45 @@ def _restore(model, optimizer, run: RunDir, device, reporter) -> LoopState:
 
 
 def _finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, skipped,
-            reporter) -> RunResult:
+            reporter, world: World) -> RunResult:
     """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
     folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
     cfg = plan.config
-    calibration = _calibrate(model, cfg, sets["val"], plan.preprocessing, device, reporter)
-    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run, calibration)
-    save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
-    save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
-                {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
-                 "training": _what_was_trained(cfg, state),
-                 "trainable_parameters": count_parameters(model), "data": source.name,
-                 "calibration": calibration.to_dict()})
+    calibration = _calibrate(model, cfg, sets["val"], plan.preprocessing, device, reporter, world)
+    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run, calibration, world)
+    if world.main:
+        save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
+        save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
+                    {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
+                     "training": _what_was_trained(cfg, state),
+                     "trainable_parameters": count_parameters(model), "data": source.name,
+                     "calibration": calibration.to_dict()})
     _say_results(metrics, cfg, state, run.path, reporter)
     _say_calibration(metrics, reporter)
     _say_recall(metrics, cfg, reporter)
     return RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
 
 
-def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir,
-              calibration: Calibration) -> dict | None:
-    """Metrics on the test set, or the val set when there is none, written with their predictions and
-    confusion matrix; None when neither has an image (a tiny data set trains, but cannot be measured).
-    The probabilities are calibrated; ``calibration`` in the metrics has ECE and log loss before and after."""
+def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir, calibration: Calibration,
+              world: World) -> dict | None:
+    """Metrics on the test set, or the val set when there is none, written (by rank 0) with their
+    predictions and confusion matrix; None when neither has an image (a tiny data set trains, but cannot
+    be measured). Each rank predicts its share of the images. The probabilities are calibrated;
+    ``calibration`` in the metrics has ECE and log loss before and after."""
     split = next((s for s in ("test", "val") if len(sets[s])), None)
     if split is None:
         return None
     data = sets[split]
-    logits = _class_logits(model, data, preprocessing, cfg.head, device)
+    logits = _class_logits(model, data, preprocessing, cfg.head, device, world)
     labels = data.labels.numpy()
     probs = softmax(logits, calibration.temperature)
     metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
                "calibration": {**calibration_figures(logits, labels, calibration.temperature),
                                "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None},
-               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold),
-               "leaks_present": leaks_present(run.path, data.paths)}
+               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
+    if not world.main:
+        return metrics
+    metrics["leaks_present"] = leaks_present(run.path, data.paths)
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
@@ -475,11 +584,15 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir,
 
 # ---------------------------------------------------------------- trust: calibration and abstaining
 
-def _class_logits(model, data: TensorSet, preprocessing, head: str, device) -> np.ndarray:
-    return class_logits(predict_logits(model, data.images, preprocessing, device).numpy(), head)
+def _class_logits(model, data: TensorSet, preprocessing, head: str, device, world: World) -> np.ndarray:
+    """The class logits of ``data``'s images, each rank computing its share."""
+    logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], preprocessing, device),
+                          len(data))
+    return class_logits(logits.numpy(), head)
 
 
-def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, reporter: Reporter) -> Calibration:
+def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, reporter: Reporter,
+               world: World) -> Calibration:
     """The temperature fitted on the val images (--calibrate) and the abstain threshold: --abstain-threshold,
     or the lowest val confidence that reaches --target-precision. Without val images: T = 1, said so."""
     if not len(val):
@@ -488,7 +601,7 @@ def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, r
                           + (" and --target-precision has nothing to choose a threshold on"
                              if cfg.target_precision is not None else ""))
         return Calibration(1.0, cfg.abstain_threshold)
-    logits, labels = _class_logits(model, val, preprocessing, cfg.head, device), val.labels.numpy()
+    logits, labels = _class_logits(model, val, preprocessing, cfg.head, device, world), val.labels.numpy()
     temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
     if cfg.calibrate and at_bound(temperature):
         reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "
