@@ -26,6 +26,9 @@ from .errors import BundleWarning, OculiError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
+ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (from "
+               "`oculi export`, --int8, --half; of this very bundle); auto: model.onnx when there is one and "
+               "the device is the CPU, else torch.")
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # Recent typer versions vendor click: take the exception classes from wherever typer's come from.
 _click = sys.modules[typer.BadParameter.__module__]
@@ -94,13 +97,14 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1, log loss and a confusion matrix on labelled images
     (--data, or the run's own test split)."""
     from .deploy.predict import Classifier
     from .evaluate import evaluate_folder, evaluate_run
     from .metrics import metrics_table_rows
-    classifier = Classifier.load(run, device=device)
+    classifier = Classifier.load(run, device=device, engine=engine)
     run_dir = run if run.is_dir() else run.parent
     if data is None:
         metrics, written = evaluate_run(classifier, run_dir, top_k=top_k, out=out_dir)
@@ -128,7 +132,8 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    engine: str = typer.Option("auto", help="torch; onnx: the run's model.onnx (from `oculi export`, of this very bundle); auto: that model.onnx when there is one and the device is the CPU, else torch."),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
+    draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster); --no-draft: full size, pixel for pixel as `evaluate` reads them."),
 ) -> int:
     """Classify new images with a trained run (exit code 1 when none of them can be read)."""
     from .deploy.predict import Classifier, expand_paths
@@ -141,7 +146,7 @@ def predict(
     if not files:
         raise OculiError("predict: no image files found in " + ", ".join(paths))
     failures: list = []
-    predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
+    predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures, draft=draft)
     first = next(predictions, None)  # read before printing anything: no table or header for nothing
     if first is not None:
         _print_predictions(itertools.chain([first], predictions), "json" if as_json else "csv" if as_csv else "table")
@@ -160,26 +165,37 @@ def export(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the files (default: the run folder)."),
     data: Optional[List[str]] = typer.Option(None, help="Images to check the export on (files, folders, globs; default: the run's own test split)."),
     max_images: int = typer.Option(1000, help="Most images the check uses."),
+    int8: bool = typer.Option(False, "--int8", help="model.int8.onnx: int8 weights and activations (ONNX Runtime static quantisation, calibrated on up to 128 training images of the run); faster on CPUs. Gate: at most 2% of the check images (or one) change class and test accuracy at most 0.5 points below the bundle's."),
+    half: bool = typer.Option(False, "--half", help="model.fp16.onnx: float16 weights and activations, for GPUs (runs on CPUs, slowly). Same gate as --int8."),
 ) -> int:
     """Export a trained model as one file that takes uint8 images [N, C, H, W] at the bundle's size and
     returns class probabilities (normalisation and test-time views inside); written only when it agrees
-    with the bundle on real images (exit code 1 otherwise)."""
-    from .deploy.export import FORMATS, ParityError, describe_parity, export_classifier
+    with the bundle on real images (exit code 1 otherwise, with the figures in RUN/export_refused.json)."""
+    from .deploy.export import (CALIBRATION_IMAGES, FORMATS, ParityError, clear_refusal, describe_parity,
+                                export_classifier, save_refusal)
     from .deploy.predict import Classifier
-    from .evaluate import check_images
+    from .evaluate import labelled_check_images, training_images
     if fmt not in FORMATS:
         raise OculiError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
     if max_images < 1:
         raise OculiError("--max-images must be at least 1")
+    if int8 and half:
+        raise OculiError("--int8 and --half: choose one")
+    precision = "int8" if int8 else "fp16" if half else "fp32"
+    if precision != "fp32" and fmt != "onnx":
+        raise OculiError(f"--{'int8' if int8 else 'half'}: only for --format onnx")
     classifier = Classifier.load(run, device="cpu")  # the reference in float32, as the export computes
     run_dir = run if run.is_dir() else run.parent
-    images, source = check_images(classifier, run_dir, data, max_images)
+    images, labels, source = labelled_check_images(classifier, run_dir, data, max_images)
+    calibration = training_images(classifier, run_dir, CALIBRATION_IMAGES) if int8 else None
     folder = out_dir or run_dir
     try:
-        meta = export_classifier(classifier, images, fmt, folder, source)
+        meta = export_classifier(classifier, images, fmt, folder, source, precision, labels, calibration)
     except ParityError as err:
         print(f"error: {err}", file=sys.stderr)
+        print(f"(figures in {save_refusal(run_dir, err)})", file=sys.stderr)
         return 1
+    clear_refusal(run_dir, meta["file"])
     out.print(f"parity on {source}: {describe_parity(meta['parity'])}")
     out.print(f"wrote {folder / meta['file']} and {meta['file']}.json")
     return 0
@@ -303,6 +319,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, help="Largest request body, in MB (all its files together)."),
     max_files: int = typer.Option(32, help="Most images per request."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
     """Serve a trained model over HTTP: a JSON API (/v1/predict, /v1/explain, /v1/model; /docs), a web page
     at /, /healthz, /readyz and /metrics."""
@@ -310,7 +327,7 @@ def serve(
     from .deploy.service import ServeSettings
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue,
                              max_upload_mb=max_upload_mb, max_files=max_files, workers=workers)
-    serve_run(run, settings, host=host, port=port, device=device)
+    serve_run(run, settings, host=host, port=port, device=device, engine=engine)
 
 
 @app.command()

@@ -320,12 +320,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(run: str | Path, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
-          device: str = "auto") -> None:
+          device: str = "auto", engine: str = "auto") -> None:
     """Load the bundle (a bad one is refused before anything listens), then serve until SIGINT or SIGTERM."""
     import uvicorn
 
     settings = settings.checked()
-    service = Service(Classifier.load(run, device=device), settings)
+    service = Service(Classifier.load(run, device=device, engine=engine), settings)
     sock = bind(host, port)
     config = uvicorn.Config(create_app(service), log_level="info", timeout_graceful_shutdown=10)
     # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again for the code around it:

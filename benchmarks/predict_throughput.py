@@ -1,0 +1,137 @@
+"""Batch prediction throughput of ``oculi predict`` on the CPU: images per second, process start to exit.
+
+    python benchmarks/predict_throughput.py [--n 1000] [--engines torch onnx onnx-int8] [--run RUN]
+                                            [--repeats 1] [--threads N]
+
+There is no cats-and-dogs set here, so the photos are made from the hymenoptera photos
+(/tmp/hym/hymenoptera_data, extracted from /work/shared/data; 171-500 px): each of the ``--n`` photos is a
+random crop (60-100 % of each side) of one of them, resized so that its longer side is 300-500 px
+(uniform), saved as a JPEG at quality 90 into /tmp/oculi-predict-photos-N (made once, seed 0).
+
+Without --run, a default bundle is trained first (``oculi train /tmp/hym/hymenoptera_data --mode features``:
+efficientnet_lite0, 288 px, about 15 s) into /tmp/oculi-predict-bench/run, then exported: ``oculi export``
+(model.onnx) and ``oculi export --int8`` (model.int8.onnx), each through its parity gate.
+
+Each engine is then timed as a subprocess, ``python -m oculi predict RUN PHOTOS --csv --engine E --device
+cpu``, from the process start to its exit (start-up, bundle loading, decoding and inference included);
+``--no-draft`` rows run the same with full-size JPEG decoding. Every run must print one row per photo.
+The table shows images/s, the speed-up over the torch engine and, against the torch engine's labels, the
+share of photos given the same label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HYMENOPTERA = Path("/tmp/hym/hymenoptera_data")
+WORK = Path("/tmp/oculi-predict-bench")
+ENGINES = ("torch", "onnx", "onnx-int8", "onnx-fp16")
+
+
+def make_photos(n: int, source: Path = HYMENOPTERA, seed: int = 0) -> Path:
+    """``n`` JPEGs of 300-500 px (longer side), q90, random crops of the hymenoptera photos, made once."""
+    from PIL import Image
+
+    folder = Path(f"/tmp/oculi-predict-photos-{n}")
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
+        return folder
+    originals = sorted(source.rglob("*.jpg"))
+    if not originals:
+        sys.exit(f"no photos in {source}: extract hymenoptera_data from /work/shared/data first")
+    rng = random.Random(seed)
+    tmp = folder.with_name(folder.name + ".part")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with Image.open(originals[i % len(originals)]) as image:
+            image = image.convert("RGB")
+        w, h = image.size
+        cw, ch = round(w * rng.uniform(0.6, 1)), round(h * rng.uniform(0.6, 1))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((left, top, left + cw, top + ch))
+        scale = rng.uniform(300, 500) / max(cw, ch)
+        crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))), Image.BICUBIC).save(
+            tmp / f"photo_{i:05d}.jpg", quality=90)
+    tmp.rename(folder)
+    return folder
+
+
+def oculi(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return subprocess.run([sys.executable, "-m", "oculi", *args], capture_output=True, text=True, env=env)
+
+
+def prepare_run(run: Path | None, engines: list[str]) -> Path:
+    """The bundle to time: ``run``, else a default one trained now; exported as the engines need."""
+    if run is None:
+        run = WORK / "run"
+        if not (run / "model.json").is_file():
+            print(f"training a default bundle into {run} ...", flush=True)
+            done = oculi("train", str(HYMENOPTERA), "--mode", "features", "--out", str(run), "-q", threads=1)
+            if done.returncode:
+                sys.exit(done.stderr)
+    exports = {"onnx": [], "onnx-int8": ["--int8"], "onnx-fp16": ["--half"]}
+    for engine in engines:
+        if engine in exports:
+            done = oculi("export", str(run), *exports[engine])
+            print(f"export {' '.join(exports[engine]) or '(fp32)'}: "
+                  + (done.stdout.strip() or done.stderr.strip()).replace("\n", "; "), flush=True)
+    return run
+
+
+def time_predict(run: Path, photos: Path, engine: str, draft: bool, n: int) -> tuple[float, dict[str, str]]:
+    """Seconds from process start to exit of ``oculi predict``, and its label per photo."""
+    args = ["predict", str(run), str(photos), "--csv", "--engine", engine, "--device", "cpu"]
+    start = time.perf_counter()
+    done = oculi(*args, *([] if draft else ["--no-draft"]))
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"oculi {' '.join(args)} failed:\n{done.stderr}")
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    if len(rows) != n:
+        sys.exit(f"oculi {' '.join(args)} printed {len(rows)} rows for {n} photos")
+    return seconds, {row["path"]: row["label"] for row in rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1000, help="photos to predict (default 1000)")
+    parser.add_argument("--engines", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=ENGINES)
+    parser.add_argument("--no-draft", action="store_true", help="also time each engine with --no-draft")
+    parser.add_argument("--run", type=Path, help="run folder to use (default: train one)")
+    parser.add_argument("--repeats", type=int, default=1, help="timings per row; the median is shown")
+    args = parser.parse_args()
+    if not 1 <= args.n <= 100_000 or args.repeats < 1:
+        parser.error("--n must be from 1 to 100,000 and --repeats at least 1")
+    photos = make_photos(args.n)
+    run = prepare_run(args.run, args.engines)
+    rows = []
+    for engine in args.engines:
+        for draft in (True, False) if args.no_draft else (True,):
+            times, labels = [], {}
+            for _ in range(args.repeats):
+                seconds, labels = time_predict(run, photos, engine, draft, args.n)
+                times.append(seconds)
+            rows.append((engine + ("" if draft else " --no-draft"), statistics.median(times), labels))
+    base = next((r for r in rows if r[0].startswith("torch")), rows[0])
+    print(f"\n{args.n} photos (300-500 px JPEGs, q90) from {photos}; bundle {run}; {os.cpu_count()} CPUs")
+    print(f"{'engine':<24}{'seconds':>9}{'images/s':>10}{'vs ' + base[0]:>18}{'same label':>12}")
+    for name, seconds, labels in rows:
+        same = sum(labels[k] == base[2][k] for k in labels) / len(labels)
+        print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}{base[1] / seconds:>17.2f}x{same:>12.2%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
