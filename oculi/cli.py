@@ -192,8 +192,7 @@ def export(
     try:
         meta = export_classifier(classifier, images, fmt, folder, source, precision, labels, calibration)
     except ParityError as err:
-        print(f"error: {err}", file=sys.stderr)
-        print(f"(figures in {save_refusal(run_dir, err)})", file=sys.stderr)
+        print(f"error: {err} (figures in {save_refusal(run_dir, err)})", file=sys.stderr)
         return 1
     clear_refusal(run_dir, meta["file"])
     out.print(f"parity on {source}: {describe_parity(meta['parity'])}")

@@ -56,7 +56,7 @@ def labelled_check_images(classifier, run_dir: str | Path, data: list[str] | Non
 def training_images(classifier, run_dir: str | Path, limit: int):
     """Up to ``limit`` of the run's training images (evenly spaced through its split.csv), prepared by the
     bundle's preprocessing: what ``export --int8`` calibrates on."""
-    run = RunDir(run_dir)
+    run = RunDir(Path(run_dir))
     if not run.split.is_file() or not run.config.is_file():
         raise OculiError(f"{run_dir}: no {run.split.name}, so no training images to calibrate on")
     records = _split_records(run.split, classifier.classes, "train")

@@ -50,27 +50,29 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", engine: str = "torch") -> "Classifier":
-        """The bundle at ``path``; ``engine``: torch, onnx (the run's model.onnx, which must come from
-        this bundle) or auto (that model.onnx when there is one and the device is the CPU, else torch)."""
+        """The bundle at ``path``, run by ``engine`` (one of ``ENGINES``): torch; onnx, onnx-int8, onnx-fp16
+        (the run's model.onnx, model.int8.onnx, model.fp16.onnx from `oculi export`, which must come from
+        this very bundle); auto: model.onnx when there is one and the device is the CPU, else torch.
+        ``predict``, ``evaluate`` and ``serve`` all choose their engine here."""
         model, meta = load_bundle(path)
         classifier = cls(model, meta, device)
         classifier.use_engine(engine, bundle_paths(path)[0].parent)
         return classifier
 
     def use_engine(self, engine: str, folder: Path) -> None:
-        """Run predictions through ``folder``'s model.onnx as ``engine`` asks (see ``load``)."""
+        """Run predictions through an export in ``folder`` as ``engine`` asks (see ``load``)."""
         from .export import OnnxRunner, find_export
-        if engine not in ("auto", "torch", "onnx"):
-            raise OculiError(f"--engine: unknown engine '{engine}' (use auto, torch or onnx)")
+        if engine not in ENGINES:
+            raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
         if engine == "torch" or (engine == "auto" and self.device.type != "cpu"):
             return
-        file, why_not = find_export(folder, self.meta, "onnx")
+        file, why_not = find_export(folder, self.meta, "onnx", ENGINES[engine])
         if file is None:
-            if engine == "onnx":
-                raise OculiError(f"--engine onnx: {why_not}")
+            if engine != "auto":
+                raise OculiError(f"--engine {engine}: {why_not}")
             return
         # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
-        self.runner, self.engine = OnnxRunner(file.read_bytes()), "onnx"
+        self.runner, self.engine = OnnxRunner(file.read_bytes()), "onnx" if engine == "auto" else engine
 
     def prepare(self, image) -> torch.Tensor:
         """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing."""
