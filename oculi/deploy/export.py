@@ -60,10 +60,12 @@ class OnnxRunner:
     """An ONNX Runtime CPU session that takes torch tensors (uint8 stays uint8, anything else is float32) and
     returns a float32 tensor."""
 
-    def __init__(self, graph: bytes, threads: int | None = None):
+    def __init__(self, graph: bytes, threads: int | None = None, spin: bool = True):
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        if not spin:  # idle threads sleep rather than spin: the cores are shared (decoding workers)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 

@@ -72,7 +72,9 @@ class Classifier:
                 raise OculiError(f"--engine {engine}: {why_not}")
             return
         # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
-        self.runner, self.engine = OnnxRunner(file.read_bytes()), "onnx" if engine == "auto" else engine
+        # No spinning threads: predict's decoding workers and serve's batcher share the cores with it.
+        self.runner = OnnxRunner(file.read_bytes(), spin=False)
+        self.engine = "onnx" if engine == "auto" else engine
 
     def prepare(self, image) -> torch.Tensor:
         """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing."""
