@@ -90,7 +90,8 @@ def decode_image(source, channels: int | None = None, at_least: tuple[int, int] 
     with _pixel_limit() as limit:
         image = _open(label, io.BytesIO(data), limit)
         try:
-            pixels = _decode(image, data, channels, at_least)
+            drafted = at_least is not None and _drafted(image, channels, at_least)
+            pixels = _decode_pil(image) if drafted else _decode(image, data, channels)
         except Exception as e:  # decoders raise OSError, RuntimeError, ValueError, SyntaxError... on bad data
             raise ImageDecodeError(label, _TRUNCATED) from e
     # Left in the decoders' height-width-channel memory order: a copy to contiguous [C, H, W] would
@@ -214,11 +215,8 @@ def _orientation(image: Image.Image) -> int:
     return image.getexif().get(_ORIENTATION_TAG, 1)
 
 
-def _decode(image: Image.Image, data: bytes, channels: int | None,
-            at_least: tuple[int, int] | None = None) -> torch.Tensor:
+def _decode(image: Image.Image, data: bytes, channels: int | None) -> torch.Tensor:
     """Pixels as [C, H, W], C in 1-4 (2 and 4 carry alpha), uint8, or uint16 / int32 for 16-bit."""
-    if at_least and image.format in ("JPEG", "MPO") and _drafted(image, channels, at_least):
-        return _decode_pil(image)
     if _FAST and image.format in ("JPEG", "MPO") and image.mode in _JPEG_FAST_MODES:
         return _decode_jpeg(data, gray=channels == 1 or (channels is None and image.mode == "L"))
     return _decode_pil(image)
@@ -228,6 +226,8 @@ def _drafted(image: Image.Image, channels: int | None, at_least: tuple[int, int]
     """Set ``image`` (a JPEG, not yet decoded) to decode at the smallest of 1/2, 1/4, 1/8 scale that keeps
     it at least ``at_least`` (height, width) once upright; False when only full scale does. torchvision's
     decoder cannot scale, so PIL's decodes these: measured in BENCHMARKS.md ("Batch prediction")."""
+    if image.format not in ("JPEG", "MPO"):
+        return False
     height, width = at_least
     if _orientation(image) in (5, 6, 7, 8):  # stored sideways: the upright height is the stored width
         height, width = width, height
