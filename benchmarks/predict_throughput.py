@@ -1,7 +1,7 @@
 """Batch prediction throughput of ``oculi predict`` on the CPU: images per second, process start to exit.
 
     python benchmarks/predict_throughput.py [--n 1000] [--engines torch onnx onnx-int8] [--run RUN]
-                                            [--repeats 1] [--threads N]
+                                            [--repeats 1] [--no-draft] [--sizes 300 500] [--compare-int8]
 
 There is no cats-and-dogs set here, so the photos are made from the hymenoptera photos
 (/tmp/hym/hymenoptera_data, extracted from /work/shared/data; 171-500 px): each of the ``--n`` photos is a
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # --compare-int8 imports this checkout's oculi
 HYMENOPTERA = Path("/tmp/hym/hymenoptera_data")
 WORK = Path("/tmp/oculi-predict-bench")
 ENGINES = ("torch", "onnx", "onnx-int8", "onnx-fp16")
@@ -106,6 +107,46 @@ def time_predict(run: Path, photos: Path, engine: str, draft: bool, n: int) -> t
     return seconds, {row["path"]: row["label"] for row in rows}
 
 
+def compare_quantisers(run: Path, photos: Path, n: int = 200) -> None:
+    """Static (what `oculi export --int8` writes) against dynamic int8 quantisation of the run's float32
+    graph, in this process: ONNX Runtime, one thread, batches of 32 of ``n`` prepared photos; ms per image
+    and agreement with float32. Calibration: 128 training images of the run, as the export takes them."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    from oculi.data.contained import prepare_files
+    from oculi.deploy.export import OnnxRunner, int8_bytes
+    from oculi.deploy.predict import Classifier
+    from oculi.evaluate import training_images
+
+    classifier = Classifier.load(run, device="cpu")
+    images = torch.from_numpy(np.stack(list(prepare_files(sorted(photos.glob("*.jpg"))[:n],
+                                                          classifier.preprocessing))))
+    fp32 = (run / "model.onnx").read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "fp32.onnx").write_bytes(fp32)
+        quant_pre_process(f"{tmp}/fp32.onnx", f"{tmp}/pre.onnx")
+        quantize_dynamic(f"{tmp}/pre.onnx", f"{tmp}/dynamic.onnx", weight_type=QuantType.QUInt8)
+        dynamic = Path(f"{tmp}/dynamic.onnx").read_bytes()
+    graphs = {"float32": fp32, "int8 static (QDQ, per channel)": int8_bytes(fp32, training_images(classifier, run, 128)),
+              "int8 dynamic": dynamic}
+    reference = None
+    print(f"\n{n} photos, ONNX Runtime, 1 thread, batches of 32")
+    print(f"{'graph':<34}{'ms/image':>10}{'same label':>12}{'max |dp|':>10}")
+    for name, graph in graphs.items():
+        runner = OnnxRunner(graph, threads=1)
+        runner(images[:8])  # warm-up
+        start = time.perf_counter()
+        probs = torch.cat([runner(images[i:i + 32]) for i in range(0, n, 32)]).numpy()
+        ms = (time.perf_counter() - start) / n * 1000
+        reference = probs if reference is None else reference
+        same = np.mean(probs.argmax(1) == reference.argmax(1))
+        print(f"{name:<34}{ms:>10.1f}{same:>12.2%}{np.abs(probs - reference).max():>10.3f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="photos to predict (default 1000)")
@@ -116,6 +157,8 @@ def main() -> int:
                              "model's input: 600 1200 for a 288-px bundle)")
     parser.add_argument("--run", type=Path, help="run folder to use (default: train one)")
     parser.add_argument("--repeats", type=int, default=1, help="timings per row; the median is shown")
+    parser.add_argument("--compare-int8", action="store_true",
+                        help="also compare static and dynamic int8 quantisation in process (200 photos)")
     args = parser.parse_args()
     if not 1 <= args.n <= 100_000 or args.repeats < 1:
         parser.error("--n must be from 1 to 100,000 and --repeats at least 1")
@@ -136,6 +179,8 @@ def main() -> int:
     for name, seconds, labels in rows:
         same = sum(labels[k] == base[2][k] for k in labels) / len(labels)
         print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}{base[1] / seconds:>17.2f}x{same:>12.2%}")
+    if args.compare_int8:
+        compare_quantisers(run, photos, min(200, args.n))
     return 0
 
 

@@ -171,8 +171,8 @@ def export(
     """Export a trained model as one file that takes uint8 images [N, C, H, W] at the bundle's size and
     returns class probabilities (normalisation and test-time views inside); written only when it agrees
     with the bundle on real images (exit code 1 otherwise, with the figures in RUN/export_refused.json)."""
-    from .deploy.export import (CALIBRATION_IMAGES, FORMATS, ParityError, clear_refusal, describe_parity,
-                                export_classifier, save_refusal)
+    from .deploy.export import (CALIBRATION_IMAGES, FORMATS, ParityError, check_precision, clear_refusal,
+                                describe_parity, export_classifier, save_refusal)
     from .deploy.predict import Classifier
     from .evaluate import labelled_check_images, training_images
     if fmt not in FORMATS:
@@ -182,8 +182,7 @@ def export(
     if int8 and half:
         raise OculiError("--int8 and --half: choose one")
     precision = "int8" if int8 else "fp16" if half else "fp32"
-    if precision != "fp32" and fmt != "onnx":
-        raise OculiError(f"--{'int8' if int8 else 'half'}: only for --format onnx")
+    check_precision(fmt, precision)  # before the images are read
     classifier = Classifier.load(run, device="cpu")  # the reference in float32, as the export computes
     run_dir = run if run.is_dir() else run.parent
     images, labels, source = labelled_check_images(classifier, run_dir, data, max_images)
