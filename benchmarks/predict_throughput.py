@@ -133,18 +133,21 @@ def compare_quantisers(run: Path, photos: Path, n: int = 200) -> None:
         dynamic = Path(f"{tmp}/dynamic.onnx").read_bytes()
     graphs = {"float32": fp32, "int8 static (QDQ, per channel)": int8_bytes(fp32, training_images(classifier, run, 128)),
               "int8 dynamic": dynamic}
-    reference = None
-    print(f"\n{n} photos, ONNX Runtime, 1 thread, batches of 32")
-    print(f"{'graph':<34}{'ms/image':>10}{'same label':>12}{'max |dp|':>10}")
-    for name, graph in graphs.items():
-        runner = OnnxRunner(graph, threads=1)
-        runner(images[:8])  # warm-up
-        start = time.perf_counter()
-        probs = torch.cat([runner(images[i:i + 32]) for i in range(0, n, 32)]).numpy()
-        ms = (time.perf_counter() - start) / n * 1000
-        reference = probs if reference is None else reference
-        same = np.mean(probs.argmax(1) == reference.argmax(1))
-        print(f"{name:<34}{ms:>10.1f}{same:>12.2%}{np.abs(probs - reference).max():>10.3f}")
+    runners = {name: OnnxRunner(graph, threads=1) for name, graph in graphs.items()}
+    best, probs = {name: float("inf") for name in graphs}, {}
+    for _ in range(3):  # rounds in turn, the best of each kept: a loaded machine slows all of them alike
+        for name, runner in runners.items():
+            runner(images[:8])  # warm-up
+            start = time.perf_counter()
+            probs[name] = torch.cat([runner(images[i:i + 32]) for i in range(0, n, 32)]).numpy()
+            best[name] = min(best[name], (time.perf_counter() - start) / n * 1000)
+    reference = probs["float32"]
+    print(f"\n{n} photos, ONNX Runtime, 1 thread, batches of 32, best of 3 rounds")
+    print(f"{'graph':<34}{'ms/image':>10}{'speed-up':>10}{'same label':>12}{'max |dp|':>10}")
+    for name in graphs:
+        same = np.mean(probs[name].argmax(1) == reference.argmax(1))
+        print(f"{name:<34}{best[name]:>10.1f}{best['float32'] / best[name]:>9.2f}x{same:>12.2%}"
+              f"{np.abs(probs[name] - reference).max():>10.3f}")
 
 
 def main() -> int:
