@@ -1,7 +1,8 @@
 """Batch prediction throughput of ``oculi predict`` on the CPU: images per second, process start to exit.
 
     python benchmarks/predict_throughput.py [--n 1000] [--engines torch onnx onnx-int8] [--run RUN]
-                                            [--repeats 1] [--no-draft] [--sizes 300 500] [--compare-int8]
+                                            [--repeats 1] [--no-draft] [--sizes 300 500] [--compare-draft]
+                                            [--compare-int8]
 
 There is no cats-and-dogs set here, so the photos are made from the hymenoptera photos
 (/tmp/hym/hymenoptera_data, extracted from /work/shared/data; 171-500 px): each of the ``--n`` photos is a
@@ -150,6 +151,32 @@ def compare_quantisers(run: Path, photos: Path, n: int = 200) -> None:
               f"{np.abs(probs[name] - reference).max():>10.3f}")
 
 
+def compare_draft(run: Path, photos: Path, n: int = 200) -> None:
+    """Preparing ``n`` photos (decode and resize to the bundle's input) with and without draft decoding, in
+    this process, one thread, best of 3 rounds in turn; how many were drafted and how far the pixels moved."""
+    import numpy as np
+    import torch
+
+    from oculi.data.contained import prepare_file
+    from oculi.deploy.predict import Classifier
+
+    torch.set_num_threads(1)
+    pre = Classifier.load(run, device="cpu").preprocessing
+    files = sorted(photos.glob("*.jpg"))[:n]
+    best, arrays = {False: float("inf"), True: float("inf")}, {}
+    for _ in range(3):
+        for draft in (False, True):
+            start = time.perf_counter()
+            arrays[draft] = [prepare_file(f, pre, draft=draft) for f in files]
+            best[draft] = min(best[draft], (time.perf_counter() - start) / len(files) * 1000)
+    diffs = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(arrays[False], arrays[True])]
+    drafted = sum(d.any() for d in diffs)
+    print(f"\n{len(files)} photos prepared for {pre.image_size[0]}x{pre.image_size[1]}, 1 thread, best of 3 rounds: "
+          f"full decoding {best[False]:.2f} ms/image, draft {best[True]:.2f} ms/image "
+          f"({best[False] / best[True]:.2f}x); {drafted} drafted; mean |pixel difference| of those "
+          f"{np.mean([d.mean() for d in diffs if d.any()] or [0]):.2f} levels")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="photos to predict (default 1000)")
@@ -160,6 +187,8 @@ def main() -> int:
                              "model's input: 600 1200 for a 288-px bundle)")
     parser.add_argument("--run", type=Path, help="run folder to use (default: train one)")
     parser.add_argument("--repeats", type=int, default=1, help="timings per row; the median is shown")
+    parser.add_argument("--compare-draft", action="store_true",
+                        help="also time preparing photos with and without draft decoding in process (200 photos)")
     parser.add_argument("--compare-int8", action="store_true",
                         help="also compare static and dynamic int8 quantisation in process (200 photos)")
     args = parser.parse_args()
@@ -182,6 +211,8 @@ def main() -> int:
     for name, seconds, labels in rows:
         same = sum(labels[k] == base[2][k] for k in labels) / len(labels)
         print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}{base[1] / seconds:>17.2f}x{same:>12.2%}")
+    if args.compare_draft:
+        compare_draft(run, photos, min(200, args.n))
     if args.compare_int8:
         compare_quantisers(run, photos, min(200, args.n))
     return 0
