@@ -157,6 +157,8 @@ def test_one_bad_file_gets_an_error_entry_and_the_others_are_predicted(client):
     for entry, data in ((good, image_bytes()), (fine, image_bytes((10, 240, 90)))):
         alone = client.post("/v1/predict", files=files((entry["file"], data))).json()["predictions"][0]
         assert entry["label"] == alone["label"] and entry["probability"] == pytest.approx(alone["probability"])
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictResponse"]
+    assert {"$ref": "#/components/schemas/FileError"} in schema["properties"]["predictions"]["items"]["anyOf"]
 
 
 def test_a_request_with_no_readable_file_is_a_400_naming_each(client):
