@@ -207,10 +207,10 @@ def main() -> int:
     base = rows[0]
     print(f"\n{args.n} photos ({args.sizes[0]}-{args.sizes[1]} px JPEGs, q90) from {photos}; bundle {run}; "
           f"{os.cpu_count()} CPUs")
-    print(f"{'engine':<24}{'seconds':>9}{'images/s':>10}{'vs ' + base[0]:>18}{'same label':>12}")
+    print(f"{'engine':<24}{'seconds':>9}{'images/s':>10}  {'vs ' + base[0]:>20}{'same label':>12}")
     for name, seconds, labels in rows:
         same = sum(labels[k] == base[2][k] for k in labels) / len(labels)
-        print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}{base[1] / seconds:>17.2f}x{same:>12.2%}")
+        print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}  {base[1] / seconds:>19.2f}x{same:>12.2%}")
     if args.compare_draft:
         compare_draft(run, photos, min(200, args.n))
     if args.compare_int8:
