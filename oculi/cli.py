@@ -25,10 +25,11 @@ from .errors import BundleWarning, OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
-# Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
+# --engine of predict, evaluate and serve (the choice itself: deploy.predict.Classifier.load)
 ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (from "
                "`oculi export`, --int8, --half; of this very bundle); auto: model.onnx when there is one and "
                "the device is the CPU, else torch.")
+# Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # Recent typer versions vendor click: take the exception classes from wherever typer's come from.
 _click = sys.modules[typer.BadParameter.__module__]
