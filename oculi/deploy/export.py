@@ -284,8 +284,19 @@ def int8_bytes(graph: bytes, calibration: torch.Tensor) -> bytes:
         fp32.write_bytes(graph)
         quant_pre_process(str(fp32), str(prepared))  # shape inference and graph clean-up quantisation wants
         quantize_static(str(prepared), str(quantised), Batches(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=_after_last_matmul(prepared))
         return quantised.read_bytes()
+
+
+def _after_last_matmul(path: Path) -> list[str]:
+    """The nodes after the classifier's last matrix product (softmax or sigmoid and their arithmetic): kept in
+    float, so that probabilities are not rounded to steps of 1/255 and still sum to 1."""
+    import onnx
+
+    nodes = list(onnx.load(str(path)).graph.node)  # in topological order
+    last = max((i for i, node in enumerate(nodes) if node.op_type in ("MatMul", "Gemm")), default=len(nodes) - 1)
+    return [node.name for node in nodes[last + 1:]]
 
 
 @contextmanager

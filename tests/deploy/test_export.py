@@ -173,6 +173,7 @@ def test_int8_and_half_exports_pass_their_gate_and_serve_as_engines(served_run, 
         probs = quantised.prepared_probs(images)
         assert np.array_equal(probs.argmax(1), reference.argmax(1))
         assert 0 < np.abs(probs - reference).max() < 0.1  # not the float32 graph, yet close to it
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)  # the softmax stays float: no steps of 1/255
     assert Classifier.load(run, device="cpu", engine="auto").engine == "torch"  # auto takes float32 only
     assert main(["evaluate", str(run), "--engine", "onnx-int8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(figures_of(run, "int8")["accuracy_export"])
