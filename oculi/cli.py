@@ -25,6 +25,10 @@ from .errors import BundleWarning, OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
+# --engine of predict, evaluate and serve (the choice itself: deploy.predict.Classifier.load)
+ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (from "
+               "`oculi export`, --int8, --half; of this very bundle); auto: model.onnx when there is one and "
+               "the device is the CPU, else torch.")
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # Recent typer versions vendor click: take the exception classes from wherever typer's come from.
@@ -167,6 +171,7 @@ def evaluate(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1, log loss, calibration error and a confusion matrix on
     labelled images (--data, or the run's own test split); with a confidence threshold, the share answered
@@ -174,7 +179,7 @@ def evaluate(
     from .deploy.predict import Classifier
     from .evaluate import evaluate_folder, evaluate_run
     from .metrics import metrics_table_rows
-    classifier = _with_min_confidence(Classifier.load(run, device=device), min_confidence)
+    classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
     run_dir = run if run.is_dir() else run.parent
     if data is None:
         metrics, written = evaluate_run(classifier, run_dir, top_k=top_k, out=out_dir)
@@ -216,7 +221,8 @@ def predict(
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
-    engine: str = typer.Option("auto", help="torch; onnx: the run's model.onnx (from `oculi export`, of this very bundle); auto: that model.onnx when there is one and the device is the CPU, else torch."),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
+    draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster); --no-draft: full size, pixel for pixel as `evaluate` reads them."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
     nproc: int = typer.Option(1, help="Worker processes (one per GPU), each predicting its share of the files; the output is in input order (under torchrun leave it at 1)."),
 ) -> int:
@@ -228,12 +234,12 @@ def predict(
     fmt = "json" if as_json else "csv" if as_csv else "table"
     if nproc > 1 and not _launched():
         return _in_workers(nproc, 0, _predict_here, run, paths, top_k, fmt, batch_size, device, engine,
-                           min_confidence)
-    return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence)
+                           min_confidence, draft)
+    return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence, draft)
 
 
 def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size: int, device: str,
-                  engine: str, min_confidence: float | None) -> int:
+                  engine: str, min_confidence: float | None, draft: bool) -> int:
     """`oculi predict` in this process: all the files, or with several processes this rank's share of
     them, rank 0 printing every rank's predictions (and unreadable files) in input order."""
     from .deploy.predict import Classifier, expand_paths
@@ -248,9 +254,10 @@ def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size:
         raise OculiError("predict: no image files found in " + ", ".join(paths))
     failures: list = []
     if w.size == 1:
-        predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures)
+        predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures,
+                                               draft=draft)
     else:
-        predictions, failures = _sharded_predictions(classifier, files, top_k, batch_size, w)
+        predictions, failures = _sharded_predictions(classifier, files, top_k, batch_size, w, draft)
         if not w.main:
             return 0
     first = next(predictions, None)  # read before printing anything: no table or header for nothing
@@ -271,14 +278,14 @@ def _rank_device(device: str, w) -> str:
     return str(rank_device(resolve_device(device), w)) if w.size > 1 else device
 
 
-def _sharded_predictions(classifier, files: list, top_k: int, batch_size: int, w) -> tuple:
+def _sharded_predictions(classifier, files: list, top_k: int, batch_size: int, w, draft: bool) -> tuple:
     """(predictions, failures) of all ``files`` in input order, on rank 0 (each rank predicts its
     contiguous share; failures stay failures, listed in input order too)."""
     from .train.distributed import gather_objects, process_group
     with process_group(w, classifier.device):
         failures: list = []
         mine = list(classifier.predict_files(files[w.part(len(files))], top_k=top_k, batch_size=batch_size,
-                                             failures=failures))
+                                             failures=failures, draft=draft))
         shares = gather_objects(w, (mine, failures))
     return iter([p for share, _ in shares for p in share]), [f for _, share in shares for f in share]
 
@@ -290,26 +297,35 @@ def export(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the files (default: the run folder)."),
     data: Optional[List[str]] = typer.Option(None, help="Images to check the export on (files, folders, globs; default: the run's own test split)."),
     max_images: int = typer.Option(1000, help="Most images the check uses."),
+    int8: bool = typer.Option(False, "--int8", help="model.int8.onnx: int8 weights and activations (ONNX Runtime static quantisation, calibrated on up to 128 training images of the run); faster on CPUs. Gate: at most 2% of the check images (or one) change class and test accuracy at most 0.5 points below the bundle's."),
+    half: bool = typer.Option(False, "--half", help="model.fp16.onnx: float16 weights and activations, for GPUs (runs on CPUs, slowly). Same gate as --int8."),
 ) -> int:
     """Export a trained model as one file that takes uint8 images [N, C, H, W] at the bundle's size and
     returns class probabilities (normalisation and test-time views inside); written only when it agrees
-    with the bundle on real images (exit code 1 otherwise)."""
-    from .deploy.export import FORMATS, ParityError, describe_parity, export_classifier
+    with the bundle on real images (exit code 1 otherwise, with the figures in RUN/export_refused.json)."""
+    from .deploy.export import (CALIBRATION_IMAGES, FORMATS, ParityError, check_precision, clear_refusal,
+                                describe_parity, export_classifier, save_refusal)
     from .deploy.predict import Classifier
-    from .evaluate import check_images
+    from .evaluate import labelled_check_images, training_images
     if fmt not in FORMATS:
         raise OculiError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
     if max_images < 1:
         raise OculiError("--max-images must be at least 1")
+    if int8 and half:
+        raise OculiError("--int8 and --half: choose one")
+    precision = "int8" if int8 else "fp16" if half else "fp32"
+    check_precision(fmt, precision)  # before the images are read
     classifier = Classifier.load(run, device="cpu")  # the reference in float32, as the export computes
     run_dir = run if run.is_dir() else run.parent
-    images, source = check_images(classifier, run_dir, data, max_images)
+    images, labels, source = labelled_check_images(classifier, run_dir, data, max_images)
+    calibration = training_images(classifier, run_dir, CALIBRATION_IMAGES) if int8 else None
     folder = out_dir or run_dir
     try:
-        meta = export_classifier(classifier, images, fmt, folder, source)
+        meta = export_classifier(classifier, images, fmt, folder, source, precision, labels, calibration)
     except ParityError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err} (figures in {save_refusal(run_dir, err)})", file=sys.stderr)
         return 1
+    clear_refusal(run_dir, meta["file"])
     out.print(f"parity on {source}: {describe_parity(meta['parity'])}")
     out.print(f"wrote {folder / meta['file']} and {meta['file']}.json")
     return 0
@@ -452,6 +468,7 @@ def serve(
     max_upload_mb: float = typer.Option(20.0, help="Largest request body, in MB (all its files together)."),
     max_files: int = typer.Option(32, help="Most images per request."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
     """Serve a trained model over HTTP: a JSON API (/v1/predict, /v1/explain, /v1/model; /docs), a web page
     at /, /healthz, /readyz and /metrics."""
@@ -459,7 +476,7 @@ def serve(
     from .deploy.service import ServeSettings
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue,
                              max_upload_mb=max_upload_mb, max_files=max_files, workers=workers)
-    serve_run(run, settings, host=host, port=port, device=device)
+    serve_run(run, settings, host=host, port=port, device=device, engine=engine)
 
 
 @app.command()

@@ -40,15 +40,42 @@ def check_images(classifier, run_dir: str | Path, data: list[str] | None = None,
     """Up to ``limit`` images for checking an export against its bundle, uint8 [N, C, H, W] prepared by
     the bundle's preprocessing, and what they are: the files ``data`` names (labels are not needed), else
     the run's own test split (val when it has none), read again as ``evaluate`` reads it."""
-    import torch
+    images, _, source = labelled_check_images(classifier, run_dir, data, limit)
+    return images, source
 
+
+def labelled_check_images(classifier, run_dir: str | Path, data: list[str] | None = None, limit: int = 1000):
+    """``check_images`` with their labels in the model's class order: (images, labels or None for
+    ``data``'s files, what they are)."""
     if data:
-        return _files_as_images(classifier, data, limit), "--data " + " ".join(data)
+        return _files_as_images(classifier, data, limit), None, "--data " + " ".join(data)
+    source, where, split = _run_held_out(Path(run_dir), classifier.classes)
+    images, labels = _read_records(classifier, source, source.records[:limit])
+    return images, labels, f"the {split} split of {where}"
+
+
+def training_images(classifier, run_dir: str | Path, limit: int):
+    """Up to ``limit`` of the run's training images (evenly spaced through its split.csv), prepared by the
+    bundle's preprocessing: what ``export --int8`` calibrates on."""
+    run = RunDir(Path(run_dir))
+    if not run.split.is_file() or not run.config.is_file():
+        raise OculiError(f"{run_dir}: no {run.split.name}, so no training images to calibrate on")
+    records = _split_records(run.split, classifier.classes, "train")
+    if not records:
+        raise OculiError(f"{run.split}: no training images to calibrate on")
+    records = records[::max(1, len(records) // limit)][:limit]
+    settings = _run_settings(run)
+    source = _images_of(settings["data"], settings.get("data_dir"), records, classifier.classes, Path(run_dir))
+    return _read_records(classifier, source, records)[0]
+
+
+def _read_records(classifier, source, records):
+    """(uint8 images, labels) of ``records`` that can be read, as ``evaluate`` reads them."""
+    import torch
     from .data.loading import load_split
 
-    source, where, split = _run_held_out(Path(run_dir), classifier.classes)
-    images = load_split(source, source.records[:limit], classifier.preprocessing, []).images
-    return torch.as_tensor(images), f"the {split} split of {where}"
+    loaded = load_split(source, records, classifier.preprocessing, [])
+    return torch.as_tensor(loaded.images), np.asarray(loaded.labels)
 
 
 def _files_as_images(classifier, data: list[str], limit: int):
@@ -77,7 +104,8 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     images = load_split(source, source.records, classifier.preprocessing, skipped)
     if len(images) == 0:
         raise OculiError(f"{what}: no readable images")
-    probs = classifier.prepared_probs(images.images).astype(np.float64)  # calibrated, as predict gives them
+    # through the engine the classifier was loaded with; calibrated, as predict gives them
+    probs = classifier.prepared_probs(images.images).astype(np.float64)
     labels = images.labels.numpy()
     metrics = {**classification_metrics(labels, probs, classifier.classes, top_k), **_trust(classifier, probs, labels),
                **about, "skipped": [list(s) for s in skipped]}
@@ -122,11 +150,19 @@ def _run_settings(run: RunDir) -> dict:
 
 def _held_out_records(manifest: Path, classes: list[str]) -> list:
     """The manifest's test records, else its val records, labelled in the model's class order."""
-    from .data.split import Record, read_manifest
+    from .data.split import read_manifest
 
     rows = read_manifest(manifest)
     split = next((s for s in ("test", "val") if any(row[2] == s for row in rows)), None)
-    return [Record(path, _model_label(label, classes, manifest), s) for path, label, s in rows if s == split]
+    return _split_records(manifest, classes, split) if split else []
+
+
+def _split_records(manifest: Path, classes: list[str], split: str) -> list:
+    """The manifest's records of ``split``, labelled in the model's class order."""
+    from .data.split import Record, read_manifest
+
+    return [Record(path, _model_label(label, classes, manifest), s) for path, label, s in read_manifest(manifest)
+            if s == split]
 
 
 def _images_of(data: str, data_dir: str | None, records: list, classes: list[str], run_dir: Path):

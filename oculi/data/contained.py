@@ -40,43 +40,46 @@ DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small J
 DECODER_CRASHED = "decoder crashed"
 
 
-def prepare_file(path: str | Path, preprocessing: Preprocessing) -> np.ndarray | str:
+def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = False) -> np.ndarray | str:
     """One image file as the model takes it (uint8 [C, H, W], by ``preprocessing``), or why it cannot be read.
+    ``draft``: a large JPEG may be decoded at a reduced scale first (``decode_image``'s ``at_least``).
     Runs in this process: see ``prepare_files`` for many files, contained."""
+    at_least = preprocessing.image_size if draft else None
     try:
-        return preprocessing.prepare(decode_image(path, channels=preprocessing.channels)).contiguous().numpy()
+        return preprocessing.prepare(decode_image(path, preprocessing.channels, at_least)).contiguous().numpy()
     except ImageDecodeError as err:
         return err.reason
 
 
 def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,
-                  workers: int | None = None) -> Iterator[np.ndarray | str]:
+                  workers: int | None = None, draft: bool = False) -> Iterator[np.ndarray | str]:
     """``prepare_file`` of each path, in order, decoded in worker processes (see the module docstring):
     a file that crashes its decoder gives "decoder crashed". Reads a few chunks ahead of what is consumed."""
-    for chunk in prepared_chunks(paths, preprocessing, workers):
+    for chunk in prepared_chunks(paths, preprocessing, workers, draft):
         yield from chunk
 
 
-def prepared_chunks(paths: Iterable[str | Path], preprocessing: Preprocessing,
-                    workers: int | None = None) -> Iterator[list[np.ndarray | str]]:
+def prepared_chunks(paths: Iterable[str | Path], preprocessing: Preprocessing, workers: int | None = None,
+                    draft: bool = False) -> Iterator[list[np.ndarray | str]]:
     """``prepare_files``, a list per chunk of ``DECODE_CHUNK`` paths; ``workers`` defaults to every core."""
     paths = list(paths)
     chunks = deque(paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK))
+    prepare = partial(prepare_file, preprocessing=preprocessing, draft=draft)
     if not can_fork():
-        return ([prepare_file(path, preprocessing) for path in chunk] for chunk in chunks)
-    return _pooled(chunks, preprocessing, min(workers or os.cpu_count() or 1, max(1, len(chunks))))
+        return ([prepare(path) for path in chunk] for chunk in chunks)
+    return _pooled(chunks, prepare, min(workers or os.cpu_count() or 1, max(1, len(chunks))))
 
 
-def _pooled(chunks: deque, preprocessing: Preprocessing, workers: int) -> Iterator[list]:
+def _pooled(chunks: deque, prepare, workers: int) -> Iterator[list]:
     while chunks:
-        yield from _until_a_worker_dies(chunks, preprocessing, workers)
+        yield from _until_a_worker_dies(chunks, prepare, workers)
 
 
-def _until_a_worker_dies(chunks: deque, preprocessing: Preprocessing, workers: int) -> Iterator[list]:
+def _until_a_worker_dies(chunks: deque, prepare, workers: int) -> Iterator[list]:
     """Chunks taken from ``chunks`` through one pool until none is left or a worker dies; then the chunks
     in flight are recovered and the caller starts a new pool for the rest."""
     pool = ProcessPoolExecutor(workers, mp_context=fork_context(), initializer=_start_worker,
-                               initargs=(preprocessing,))
+                               initargs=(prepare,))
     in_flight: deque[tuple[list, Future]] = deque()
     try:
         while chunks or in_flight:
@@ -86,7 +89,7 @@ def _until_a_worker_dies(chunks: deque, preprocessing: Preprocessing, workers: i
                 in_flight.append((chunk, _submit(pool, chunk)))
             if _broke(in_flight[0][1]):
                 pool.shutdown()  # its threads end before the recovery forks: no lock of theirs is copied held
-                yield from _recovered(list(in_flight), preprocessing, workers)
+                yield from _recovered(list(in_flight), prepare, workers)
                 return
             yield in_flight.popleft()[1].result()
     finally:
@@ -107,11 +110,11 @@ def _broke(future: Future) -> bool:
     return isinstance(future.exception(), BrokenProcessPool)
 
 
-def _recovered(flights: list[tuple[list, Future]], preprocessing: Preprocessing, workers: int) -> Iterator[list]:
+def _recovered(flights: list[tuple[list, Future]], prepare, workers: int) -> Iterator[list]:
     """The chunks in flight when the pool broke, in order: those that had finished as they were, the others
     decoded again, file by file as far as crashes go, in child processes."""
     lost_files = [path for chunk, future in flights if _broke(future) for path in chunk]
-    again = map_in_children(partial(prepare_file, preprocessing=preprocessing), lost_files, workers,
+    again = map_in_children(prepare, lost_files, workers,
                             run_length=DECODE_CHUNK, setup=one_thread)
     for chunk, future in flights:
         if not _broke(future):
@@ -121,12 +124,12 @@ def _recovered(flights: list[tuple[list, Future]], preprocessing: Preprocessing,
                    for _, outcome in zip(chunk, again)]  # chunk first: zip stops without taking one more
 
 
-_worker_preprocessing: Preprocessing | None = None
+_worker_prepare = None  # prepare_file with its preprocessing, in a worker
 
 
-def _start_worker(preprocessing: Preprocessing) -> None:
-    global _worker_preprocessing
-    _worker_preprocessing = preprocessing
+def _start_worker(prepare) -> None:
+    global _worker_prepare
+    _worker_prepare = prepare
     quiet_crashes()
     one_thread()
 
@@ -136,4 +139,4 @@ def one_thread() -> None:
 
 
 def _prepare_chunk(chunk: list) -> list[np.ndarray | str]:
-    return [prepare_file(path, _worker_preprocessing) for path in chunk]
+    return [_worker_prepare(path) for path in chunk]

@@ -77,16 +77,21 @@ def is_hidden(path) -> bool:
     return name.startswith(".") or name.lower() in HIDDEN_NAMES
 
 
-def decode_image(source, channels: int | None = None) -> torch.Tensor:
+def decode_image(source, channels: int | None = None, at_least: tuple[int, int] | None = None) -> torch.Tensor:
     """A file path or encoded bytes -> uint8 [C, H, W]. ``channels=None`` keeps gray images at 1
-    channel and gives 3 for the rest; 1 or 3 converts. Raises ImageDecodeError for a bad file."""
+    channel and gives 3 for the rest; 1 or 3 converts. Raises ImageDecodeError for a bad file.
+
+    ``at_least`` (height, width): a JPEG of at least twice that size is decoded at 1/2, 1/4 or 1/8 scale
+    (libjpeg's DCT scaling, PIL's ``draft``), the smallest that keeps both upright sides at least that
+    size: for a caller that resizes down to it next (``oculi predict``)."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     label, data = _read(source)
     with _pixel_limit() as limit:
         image = _open(label, io.BytesIO(data), limit)
         try:
-            pixels = _decode(image, data, channels)
+            drafted = at_least is not None and _drafted(image, channels, at_least)
+            pixels = _decode_pil(image) if drafted else _decode(image, data, channels)
         except Exception as e:  # decoders raise OSError, RuntimeError, ValueError, SyntaxError... on bad data
             raise ImageDecodeError(label, _TRUNCATED) from e
     # Left in the decoders' height-width-channel memory order: a copy to contiguous [C, H, W] would
@@ -215,6 +220,22 @@ def _decode(image: Image.Image, data: bytes, channels: int | None) -> torch.Tens
     if _FAST and image.format in ("JPEG", "MPO") and image.mode in _JPEG_FAST_MODES:
         return _decode_jpeg(data, gray=channels == 1 or (channels is None and image.mode == "L"))
     return _decode_pil(image)
+
+
+def _drafted(image: Image.Image, channels: int | None, at_least: tuple[int, int]) -> bool:
+    """Set ``image`` (a JPEG, not yet decoded) to decode at the smallest of 1/2, 1/4, 1/8 scale that keeps
+    it at least ``at_least`` (height, width) once upright; False when only full scale does. torchvision's
+    decoder cannot scale, so PIL's decodes these: measured in BENCHMARKS.md ("Batch prediction")."""
+    if image.format not in ("JPEG", "MPO"):
+        return False
+    height, width = at_least
+    if _orientation(image) in (5, 6, 7, 8):  # stored sideways: the upright height is the stored width
+        height, width = width, height
+    if image.width < 2 * width or image.height < 2 * height:
+        return False
+    # "L": libjpeg skips the chroma of a colour JPEG wanted gray; any other mode is kept as it is.
+    image.draft("L" if channels == 1 else image.mode, (width, height))  # PIL picks the scale: >= the size
+    return True
 
 
 def _decode_jpeg(data: bytes, gray: bool) -> torch.Tensor:

@@ -20,6 +20,10 @@ from .bundle import bundle_calibration, bundle_paths, load_bundle
 from .engines import place_model, predict_logits, resolve_device
 
 
+# --engine's choices and the precision of the export each runs (auto: fp32 when there is one, else torch).
+ENGINES = {"auto": "fp32", "torch": None, "onnx": "fp32", "onnx-int8": "int8", "onnx-fp16": "fp16"}
+
+
 @dataclass
 class Prediction:
     """One image's answer: ``label`` is the top class, or "unknown" when its (calibrated) ``confidence`` is
@@ -58,27 +62,31 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", engine: str = "torch") -> "Classifier":
-        """The bundle at ``path``; ``engine``: torch, onnx (the run's model.onnx, which must come from
-        this bundle) or auto (that model.onnx when there is one and the device is the CPU, else torch)."""
+        """The bundle at ``path``, run by ``engine`` (one of ``ENGINES``): torch; onnx, onnx-int8, onnx-fp16
+        (the run's model.onnx, model.int8.onnx, model.fp16.onnx from `oculi export`, which must come from
+        this very bundle); auto: model.onnx when there is one and the device is the CPU, else torch.
+        ``predict``, ``evaluate`` and ``serve`` all choose their engine here."""
         model, meta = load_bundle(path)
         classifier = cls(model, meta, device)
         classifier.use_engine(engine, bundle_paths(path)[0].parent)
         return classifier
 
     def use_engine(self, engine: str, folder: Path) -> None:
-        """Run predictions through ``folder``'s model.onnx as ``engine`` asks (see ``load``)."""
+        """Run predictions through an export in ``folder`` as ``engine`` asks (see ``load``)."""
         from .export import OnnxRunner, find_export
-        if engine not in ("auto", "torch", "onnx"):
-            raise OculiError(f"--engine: unknown engine '{engine}' (use auto, torch or onnx)")
+        if engine not in ENGINES:
+            raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
         if engine == "torch" or (engine == "auto" and self.device.type != "cpu"):
             return
-        file, why_not = find_export(folder, self.meta, "onnx")
+        file, why_not = find_export(folder, self.meta, "onnx", ENGINES[engine])
         if file is None:
-            if engine == "onnx":
-                raise OculiError(f"--engine onnx: {why_not}")
+            if engine != "auto":
+                raise OculiError(f"--engine {engine}: {why_not}")
             return
         # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
-        self.runner, self.engine = OnnxRunner(file.read_bytes()), "onnx"
+        # No spinning threads: predict's decoding workers and serve's batcher share the cores with it.
+        self.runner = OnnxRunner(file.read_bytes(), spin=False)
+        self.engine = "onnx" if engine == "auto" else engine
 
     def prepare(self, image) -> torch.Tensor:
         """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing."""
@@ -116,12 +124,14 @@ class Classifier:
         return [self.prediction(_describe(im), row, top_k, _at(ood, i)) for i, (im, row) in enumerate(zip(images, probs))]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
-                      failures: list | None = None) -> Iterator[Prediction]:
+                      failures: list | None = None, draft: bool = False) -> Iterator[Prediction]:
         """Predict files in batches as they are read; unreadable files go to ``failures``, not fatal. They
-        are read in worker processes: a file that crashes its decoder is a failure too ("decoder crashed")."""
+        are read in worker processes, a few chunks ahead of the model: a file that crashes its decoder is a
+        failure too ("decoder crashed"). ``draft``: JPEGs of at least twice the model's input size are
+        decoded at 1/2-1/8 scale before the resize (faster; not pixel-identical to ``evaluate``)."""
         paths = [Path(p) for p in paths]
         batch, names = [], []
-        for path, image in zip(paths, prepare_files(paths, self.preprocessing)):
+        for path, image in zip(paths, prepare_files(paths, self.preprocessing, draft=draft)):
             if isinstance(image, str):  # the reason it could not be read
                 if failures is not None:
                     failures.append((str(path), image))

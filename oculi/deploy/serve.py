@@ -66,8 +66,21 @@ class FilePrediction(BaseModel):
     top_k: list[ClassProbability]
 
 
+class FileErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class FileError(BaseModel):
+    """A file of the request that could not be read (the others are predicted)."""
+    file: str
+    error: FileErrorBody
+
+
 class PredictResponse(BaseModel):
-    predictions: list[FilePrediction]
+    """One entry per file, in order: its prediction, or its error when it could not be read. A request
+    none of whose files can be read is answered 400 instead (the code of the first, each in ``details``)."""
+    predictions: list[FilePrediction | FileError]
 
 
 class ErrorBody(BaseModel):
@@ -98,7 +111,9 @@ def _service(request: Request) -> Service:
 
 @router.post("/v1/predict", response_model=PredictResponse, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY)
 async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000, description="Classes per image.")):
-    """Classify one or more images, sent as multipart/form-data in the field ``files``."""
+    """Classify one or more images, sent as multipart/form-data in the field ``files``. Answered per file:
+    a file that cannot be read gets ``{"file", "error": {"code", "message"}}`` in its place and the others
+    are predicted (200); when no file can be read, the answer is 400."""
     service = _service(request)
     uploads = await _uploads(request, service.settings.max_files)
     return {"predictions": await service.predict(uploads, top_k)}
@@ -324,12 +339,12 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(run: str | Path, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
-          device: str = "auto") -> None:
+          device: str = "auto", engine: str = "auto") -> None:
     """Load the bundle (a bad one is refused before anything listens), then serve until SIGINT or SIGTERM."""
     import uvicorn
 
     settings = settings.checked()
-    service = Service(Classifier.load(run, device=device), settings)
+    service = Service(Classifier.load(run, device=device, engine=engine), settings)
     sock = bind(host, port)
     config = uvicorn.Config(create_app(service), log_level="info", timeout_graceful_shutdown=10)
     # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again for the code around it:

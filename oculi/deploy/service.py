@@ -167,11 +167,17 @@ class Service:
             raise ServeError(503, "not_ready", "the model is warming up", retry_after=RETRY_AFTER_S)
 
     async def predict(self, uploads: list[Upload], top_k: int) -> list[dict]:
-        """The top-k classes of each upload, in order."""
+        """The top-k classes of each upload, in order; an upload that cannot be read gets, in its place,
+        ``{"file": ..., "error": {"code": ..., "message": ...}}``. When none can be read: a ServeError (400)."""
         self.check_ready()
         with self._admitted(len(uploads)):
-            rows = await self.batcher.run(await self._prepared(uploads))
-        return [self._answer(upload.name, output, top_k) for upload, output in zip(uploads, rows)]
+            outcomes = await self._decoded(uploads)
+            images = [image for image in outcomes if not isinstance(image, str)]
+            if not images:
+                raise _unreadable(uploads, outcomes)
+            rows = iter(await self.batcher.run(images))
+        return [_failed_entry(upload.name, outcome) if isinstance(outcome, str)
+                else self._answer(upload.name, next(rows), top_k) for upload, outcome in zip(uploads, outcomes)]
 
     async def explain(self, upload: Upload, class_name: str | None) -> tuple[bytes, Explanation]:
         """The Grad-CAM overlay of one upload as PNG, for ``class_name`` (default: the predicted class)."""
@@ -197,14 +203,15 @@ class Service:
         finally:
             self.slots.release(n)
 
+    async def _decoded(self, uploads: list[Upload]) -> list[np.ndarray | str]:
+        """Each upload decoded and prepared for the model, or the reason it could not be."""
+        return await asyncio.gather(*(self.decoder.prepare(u.data) for u in uploads))
+
     async def _prepared(self, uploads: list[Upload]) -> list[np.ndarray]:
         """Every upload decoded and prepared for the model, or a ServeError naming each one that is not."""
-        outcomes = await asyncio.gather(*(self.decoder.prepare(u.data) for u in uploads))
-        failed = [{"file": u.name, "code": reason_code(reason), "message": reason}
-                  for u, reason in zip(uploads, outcomes) if isinstance(reason, str)]
-        if failed:
-            raise ServeError(400, failed[0]["code"], "; ".join(f"{f['file']}: {f['message']}" for f in failed),
-                             details=failed)
+        outcomes = await self._decoded(uploads)
+        if any(isinstance(outcome, str) for outcome in outcomes):
+            raise _unreadable(uploads, outcomes)
         return outcomes
 
     def _probabilities(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, float | None]]:
@@ -227,3 +234,16 @@ class Service:
         p = self.classifier.prediction(name, row, top_k, ood_score)
         return {"file": name, "label": p.label, "probability": p.confidence, "top_label": p.top_label,
                 "ood_score": p.ood_score, "top_k": p.to_dict()["top_k"]}
+
+
+def _failed_entry(name: str, reason: str) -> dict:
+    """A file's place in a prediction list when it could not be read."""
+    return {"file": name, "error": {"code": reason_code(reason), "message": reason}}
+
+
+def _unreadable(uploads: list[Upload], outcomes: list) -> ServeError:
+    """The 400 for uploads that could not be read: the first one's code, every one in ``details``."""
+    failed = [{"file": u.name, **_failed_entry(u.name, reason)["error"]}
+              for u, reason in zip(uploads, outcomes) if isinstance(reason, str)]
+    return ServeError(400, failed[0]["code"], "; ".join(f"{f['file']}: {f['message']}" for f in failed),
+                      details=failed)

@@ -1,6 +1,7 @@
 """oculi export: one file that takes uint8 images and returns the bundle's probabilities, parity-gated."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import oculi
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.deploy.bundle import save_bundle
-from oculi.deploy.export import FAULT_ENV, FORMATS, OnnxRunner, TorchScriptRunner
+from oculi.deploy.export import FAULT_ENV, FORMATS, REFUSED_FILE, OnnxRunner, TorchScriptRunner, gate_figures
 from oculi.deploy.predict import Classifier
 from oculi.evaluate import check_images
 from oculi.models.spec import ModelSpec
@@ -61,18 +62,26 @@ def test_export_of_a_trained_run_passes_the_gate_and_gives_the_bundles_probabili
     assert not list(digits_run.glob(".*.tmp"))
 
 
-def test_a_broken_export_fails_the_gate_and_writes_nothing(digits_run, tmp_path, monkeypatch, capsys):
+def test_a_broken_export_fails_the_gate_and_writes_only_its_figures(digits_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(FAULT_ENV, "1")
     folder = tmp_path / "out"
     assert main(["export", str(digits_run), "--out", str(folder)]) == 1
     error = capsys.readouterr().err.strip()
-    assert error.startswith("error: export: onnx disagrees with the bundle") and "\n" not in error
+    assert error.startswith("error: export: model.onnx disagrees with the bundle") and "\n" not in error
+    assert error.endswith(f"(figures in {digits_run / REFUSED_FILE})")
     assert not folder.exists()  # made for the export, and removed again
     run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
     before = sorted(p.name for p in run.iterdir())
     data = make_class_folder(tmp_path / "colours", per_class=2)
     assert main(["export", str(run), "--format", "torchscript", "--data", str(data)]) == 1
-    assert sorted(p.name for p in run.iterdir()) == before  # no model file, no .json, no temporary file
+    # no model file, no .json, no temporary file: only the refusal's figures
+    assert sorted(p.name for p in run.iterdir()) == sorted(before + [REFUSED_FILE])
+    refused = json.loads((run / REFUSED_FILE).read_text())
+    assert refused["file"] == "model.torchscript" and refused["parity"]["images"] == 6
+    assert refused["parity"]["top1_agreement"] < 1 and refused["parity"]["passed"] is False
+    monkeypatch.delenv(FAULT_ENV)
+    assert main(["export", str(run), "--format", "torchscript", "--data", str(data)]) == 0
+    assert not (run / REFUSED_FILE).exists()  # the export it spoke of exists now
 
 
 def test_test_time_views_and_normalisation_are_in_the_graph(tmp_path):
@@ -140,4 +149,88 @@ def test_a_model_the_format_cannot_hold_is_one_error_line(tmp_path, monkeypatch,
     assert main(["export", str(run), "--data", str(data)]) == 2
     assert capsys.readouterr().err == ("error: export: this model cannot be exported as onnx (Exporting the "
                                        "operator 'frobnicate' is not supported)\n")
+    assert not (run / "model.onnx").exists()
+
+
+def test_int8_and_half_exports_pass_their_gate_and_serve_as_engines(served_run, tmp_path, capsys):
+    """A CNN with ReLUs (simple-cnn, on coloured squares): int8 calibrated on its training images and fp16
+    keep its classes. (fast-cnn's GELUs quantise worse: on digits 4.5 % of the test images changed class,
+    and the gate refused it.)"""
+    run = shutil.copytree(served_run[0], tmp_path / "run")
+    classifier = Classifier.load(run, device="cpu")
+    images, _ = check_images(classifier, run)
+    reference = classifier.prepared_probs(images)
+    for flag, precision, engine in (("--int8", "int8", "onnx-int8"), ("--half", "fp16", "onnx-fp16")):
+        assert main(["export", str(run), flag]) == 0
+        out = capsys.readouterr().out
+        meta = json.loads((run / f"model.{precision}.onnx.json").read_text())
+        figures = meta["parity"]
+        assert meta["precision"] == precision and figures["passed"] is True
+        assert f"({100 * figures['accuracy_change']:+.2f} points)" in out
+        assert figures["accuracy_change"] >= -0.005 and figures["changed"] <= 1
+        quantised = Classifier.load(run, device="cpu", engine=engine)
+        assert quantised.engine == engine
+        probs = quantised.prepared_probs(images)
+        assert np.array_equal(probs.argmax(1), reference.argmax(1))
+        assert 0 < np.abs(probs - reference).max() < 0.1  # not the float32 graph, yet close to it
+        assert np.allclose(probs.sum(1), 1, atol=1e-5)  # the softmax stays float: no steps of 1/255
+    assert Classifier.load(run, device="cpu", engine="auto").engine == "torch"  # auto takes float32 only
+    assert main(["evaluate", str(run), "--engine", "onnx-int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(figures_of(run, "int8")["accuracy_export"])
+    assert main(["evaluate", str(run), "--engine", "onnx"]) == 2
+    assert capsys.readouterr().err == f"error: --engine onnx: no model.onnx in {run} (`oculi export` makes one)\n"
+
+
+def figures_of(run, precision):
+    return json.loads((run / f"model.{precision}.onnx.json").read_text())["parity"]
+
+
+@pytest.mark.parametrize("labels, candidate_labels, passed", [
+    ([0] * 24, [0] * 23 + [1], False),  # one image wrong that was right: accuracy -4.2 points
+    ([1] + [0] * 23, [0] * 24, True),  # one image changed, for the better
+    ([0] * 24, [1, 1] + [0] * 22, False),  # two of 24 changed: more than one (2 % of 24 rounds down to 0)
+    (None, [1] + [0] * 23, True),  # no labels: one change of 24 allowed
+    (None, [1] * 2 + [0] * 98, True),  # 2 of 100
+    (None, [1] * 3 + [0] * 97, False),  # 3 of 100
+])
+def test_the_reduced_precision_gate(labels, candidate_labels, passed):
+    n = len(candidate_labels)
+    reference = np.eye(2, dtype=np.float32)[[0] * n]
+    candidate = np.eye(2, dtype=np.float32)[candidate_labels]
+    labels = None if labels is None else np.array(labels)
+    figures = gate_figures(reference, candidate, labels, "test", "int8")
+    assert figures["passed"] is passed
+    assert ("accuracy_change" in figures) is (labels is not None)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--int8", "--half"], "error: --int8 and --half: choose one"),
+    (["--int8", "--format", "torchscript"], "error: --int8: only for --format onnx"),
+    (["--half", "--format", "torchscript"], "error: --half: only for --format onnx"),
+])
+def test_precision_flags_mistakes_are_one_error_line(tmp_path, args, message, capsys):
+    run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
+    assert main(["export", str(run), *args]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_int8_needs_the_runs_training_images(tmp_path, capsys):
+    run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
+    data = make_class_folder(tmp_path / "colours", per_class=1)
+    assert main(["export", str(run), "--int8", "--data", str(data)]) == 2
+    assert capsys.readouterr().err == f"error: {run}: no split.csv, so no training images to calibrate on\n"
+
+
+def test_a_filtered_bundle_is_refused_in_one_line(tmp_path, capsys):
+    """The filter runs on uint8 pixels after resizing (edges: Canny's hysteresis, not a convolution): the
+    graph, which starts after resizing, would need it from its consumers; refused, nothing written."""
+    torch.manual_seed(0)
+    spec = ModelSpec("fast-cnn", 3, 3, (16, 16), "softmax")
+    run = tmp_path / "run"
+    save_bundle(run, spec.build(), spec, ["ant", "bee", "wasp"],
+                Preprocessing(image_size=(16, 16), channels=3, filter="sharpen"))
+    data = make_class_folder(tmp_path / "colours", per_class=1)
+    assert main(["export", str(run), "--data", str(data)]) == 2
+    assert capsys.readouterr().err == ("error: export: the bundle filters its images (sharpen) after resizing, "
+                                       "which the exported graph cannot do for its consumers\n")
     assert not (run / "model.onnx").exists()

@@ -66,3 +66,59 @@ def test_expand_paths_lists_a_file_named_twice_once_as_first_spelled(colour_fold
                                    "red/img_01.png"])
     assert found[:2] == [Path("red/img_01.png"), Path("red/img_00.png")]
     assert len(found) == 12 and len({p.resolve() for p in found}) == 12 and missing == []
+
+
+def _photo(path, size=(400, 300), orientation=None):
+    """A smooth RGB JPEG (gradients and a disc): what draft decoding is for."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    disc = ((x - w / 3) ** 2 + (y - h / 2) ** 2 < (h / 4) ** 2) * 120
+    pixels = np.stack([x * 255 // w, y * 255 // h, np.clip(60 + disc, 0, 255)], -1).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    image.save(path, quality=90, exif=exif.tobytes())
+    return path
+
+
+def test_draft_decoding_scales_a_large_jpeg_only_as_far_as_the_size_allows(tmp_path):
+    from oculi.data.decode import decode_image
+    path = _photo(tmp_path / "photo.jpg")  # 400 x 300
+    assert decode_image(path, 3).shape == (3, 300, 400)
+    assert decode_image(path, 3, at_least=(100, 100)).shape == (3, 150, 200)  # 1/2: 1/4 would be 75 high
+    assert decode_image(path, 3, at_least=(30, 40)).shape == (3, 38, 50)  # 1/8
+    assert decode_image(path, 3, at_least=(160, 160)).shape == (3, 300, 400)  # 1/2 would be too small
+    assert decode_image(path, 1, at_least=(100, 100)).shape == (1, 150, 200)
+    # Stored sideways (EXIF 6): the wanted upright size is checked against the upright image.
+    turned = _photo(tmp_path / "turned.jpg", orientation=6)
+    assert decode_image(turned, 3).shape == (3, 400, 300)
+    assert decode_image(turned, 3, at_least=(190, 140)).shape == (3, 200, 150)
+    assert decode_image(turned, 3, at_least=(190, 160)).shape == (3, 400, 300)  # 150 < 160
+    png = tmp_path / "photo.png"
+    Image.open(path).save(png)
+    assert decode_image(png, 3, at_least=(100, 100)).shape == (3, 300, 400)  # JPEGs only
+
+
+def test_draft_decoding_gives_nearly_the_same_model_input(tmp_path):
+    from oculi.data.contained import prepare_file
+    from oculi.data.transforms import Preprocessing
+    path = _photo(tmp_path / "photo.jpg", size=(800, 600))
+    for resize in ("squash", "crop", "pad"):
+        pre = Preprocessing((64, 64), 3, resize=resize)
+        exact, drafted = prepare_file(path, pre).astype(int), prepare_file(path, pre, draft=True).astype(int)
+        assert exact.shape == drafted.shape == (3, 64, 64)
+        assert not np.array_equal(exact, drafted)  # another decoding path ...
+        assert np.abs(exact - drafted).mean() < 1.5 and np.abs(exact - drafted).max() < 40  # ... to nearly the same
+
+
+def test_predict_with_and_without_draft_gives_the_same_answer(served_run, tmp_path, capsys):
+    import json
+    from oculi.cli import main
+    path = _photo(tmp_path / "photo.jpg", size=(800, 600))
+    rows = []
+    for flag in ("--draft", "--no-draft"):
+        assert main(["predict", str(served_run[0]), str(path), "--json", flag]) == 0
+        rows.append(json.loads(capsys.readouterr().out))
+    assert rows[0]["label"] == rows[1]["label"]
+    assert abs(rows[0]["confidence"] - rows[1]["confidence"]) < 0.05

@@ -156,11 +156,26 @@ def test_an_unreadable_upload_is_a_400_with_the_reason(client, name, data, code,
     assert error["details"] == [{"file": name, "code": code, "message": error["message"][len(name) + 2:]}]
 
 
-def test_one_bad_file_refuses_the_request_and_names_only_it(client):
+def test_one_bad_file_gets_an_error_entry_and_the_others_are_predicted(client):
     response = client.post("/v1/predict", files=files(("good.png", image_bytes()), ("bad.png", b"nope"),
-                                                      ("fine.png", image_bytes())))
-    assert response.status_code == 400
-    assert [d["file"] for d in error_of(response)["details"]] == ["bad.png"]
+                                                      ("fine.png", image_bytes((10, 240, 90)))))
+    assert response.status_code == 200
+    good, bad, fine = response.json()["predictions"]
+    assert bad == {"file": "bad.png", "error": {"code": "not_an_image", "message": "not an image"}}
+    assert (good["file"], fine["file"]) == ("good.png", "fine.png")
+    # each good file gets what it gets alone
+    for entry, data in ((good, image_bytes()), (fine, image_bytes((10, 240, 90)))):
+        alone = client.post("/v1/predict", files=files((entry["file"], data))).json()["predictions"][0]
+        assert entry["label"] == alone["label"] and entry["probability"] == pytest.approx(alone["probability"])
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictResponse"]
+    assert {"$ref": "#/components/schemas/FileError"} in schema["properties"]["predictions"]["items"]["anyOf"]
+
+
+def test_a_request_with_no_readable_file_is_a_400_naming_each(client):
+    response = client.post("/v1/predict", files=files(("a.png", b"nope"), ("b.png", b"")))
+    assert response.status_code == 400 and error_of(response)["code"] == "not_an_image"
+    assert [(d["file"], d["code"]) for d in error_of(response)["details"]] == [("a.png", "not_an_image"),
+                                                                              ("b.png", "empty_file")]
 
 
 @pytest.mark.parametrize("request_kwargs, code", [
@@ -221,9 +236,10 @@ def crashing_prepare(data, preprocessing):
 def test_a_decoder_crash_costs_one_upload_not_the_server(served_run):
     with serving(make_service(served_run[0], prepare=crashing_prepare)) as client:
         response = client.post("/v1/predict", files=files(("good.png", image_bytes()), ("evil.png", b"CRASH!")))
-        assert response.status_code == 400
-        assert error_of(response)["details"] == [{"file": "evil.png", "code": "decoder_crashed",
-                                                  "message": "decoder crashed"}]
+        assert response.status_code == 200
+        good, evil = response.json()["predictions"]
+        assert good["file"] == "good.png" and "label" in good
+        assert evil == {"file": "evil.png", "error": {"code": "decoder_crashed", "message": "decoder crashed"}}
         assert client.post("/v1/predict", files=files(("a.png", image_bytes()))).status_code == 200
         assert "oculi_decoder_restarts_total 1" in client.get("/metrics").text
 

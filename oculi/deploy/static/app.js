@@ -99,6 +99,7 @@ async function classify(card) {
   const answer = await send(`/v1/predict?top_k=${state.topK}`, entry.file);
   if (!answer.ok) return showError(card, answer.message);
   const prediction = (await answer.response.json()).predictions[0];
+  if (prediction.error) return showError(card, prediction.error.message); // this file could not be read
   entry.label = prediction.label;
   card.querySelector(".status").textContent = `${prediction.label} (${percent(prediction.probability)})`;
   showBars(card, prediction.top_k);
