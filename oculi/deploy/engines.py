@@ -96,7 +96,3 @@ def predict_logits(model: nn.Module, images: torch.Tensor, preprocessing: Prepro
         return torch.empty(0, 0)
     return torch.cat(outputs)
 
-
-def predict_probs(model: nn.Module, images: torch.Tensor, preprocessing: Preprocessing, head: str,
-                  device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    return logits_to_probs(predict_logits(model, images, preprocessing, device, batch_size), head)

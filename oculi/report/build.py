@@ -391,7 +391,6 @@ def trust_section(run: RunFiles, classifier, images: RunImages) -> Section | Non
 # ---------------------------------------------------------------- predictions
 
 def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section:
-    from ..deploy.engines import predict_probs
     from ..plots import plot_probability_bars
     title = f"Predictions on the {run.metrics['split']} set"
     if images.unavailable:
@@ -403,7 +402,7 @@ def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section
                      "Each reads: true class, → predicted class and its probability.")
     body += _prediction_tiles(pixels, rows)
     few = _right_and_wrong(rows, BAR_IMAGES)
-    probs = predict_probs(classifier.model, pixels[few], classifier.preprocessing, classifier.head, classifier.device).numpy()
+    probs = classifier.prepared_probs(pixels[few])  # calibrated, as the tiles above and `oculi predict` give them
     charts = "".join(figure_html(plot_probability_bars(pixels[i:i + 1], p[None], [records[i].label], images.classes),
                                  f"class probabilities of a {rows[i]['true']} image", photos=True)
                      for i, p in zip(few, probs))
