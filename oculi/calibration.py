@@ -156,6 +156,16 @@ def selective_figures(confidence: np.ndarray, correct: np.ndarray, threshold: fl
             "selective_accuracy": float(correct[answered].mean()) if n else None}
 
 
+def describe_abstaining(figures: dict) -> str | None:
+    """``selective_figures`` in one line; None when no threshold is in force (every image is answered)."""
+    if figures["threshold"] is None:
+        return None
+    right = ("none answered" if figures["selective_accuracy"] is None
+             else f"{figures['selective_accuracy']:.2%} of them right")
+    return (f"unknown below confidence {figures['threshold']:.4f}: answered {figures['answered']} of "
+            f"{figures['total']} (coverage {figures['coverage']:.2%}), {right}")
+
+
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The OOD score of each row of class logits: -T * logsumexp(logits / T); higher = less like training."""
     return -temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature)

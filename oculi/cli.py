@@ -195,11 +195,10 @@ def evaluate(
     out.print(table)
     out.print(f"accuracy {metrics['accuracy']:.2%}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}   "
               f"log loss {metrics['log_loss']:.4f}   ECE {metrics['ece']:.4f} (temperature {metrics['temperature']:.3f})")
-    a = metrics["abstain"]
-    if a["threshold"] is not None:
-        right = "" if a["selective_accuracy"] is None else f", accuracy on those {a['selective_accuracy']:.2%}"
-        out.print(f"unknown below confidence {a['threshold']:.4f}: answered {a['answered']} of {a['total']} "
-                  f"(coverage {a['coverage']:.2%}){right}")
+    from .calibration import describe_abstaining
+    abstaining = describe_abstaining(metrics["abstain"])
+    if abstaining:
+        out.print(abstaining)
     out.print(f"written to {written}/")
 
 

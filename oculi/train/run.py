@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
-                           fit_temperature, selective_figures, softmax)
+                           describe_abstaining, fit_temperature, selective_figures, softmax)
 from ..check.run import check_at_train_start, leaks_present, without
 from ..config import TrainConfig
 from ..console import Reporter
@@ -626,11 +626,9 @@ def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
     reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
                   f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "
                   f"{c['after']['log_loss']:.4f}")
-    a = metrics["abstain"]
-    if a["threshold"] is not None:
-        right = "none answered" if a["selective_accuracy"] is None else f"{a['selective_accuracy']:.2%} of them right"
-        reporter.info(f"       unknown below confidence {a['threshold']:.4f}: answers {a['coverage']:.1%} of the "
-                      f"{split} images, {right}")
+    abstaining = describe_abstaining(metrics["abstain"])
+    if abstaining:
+        reporter.info(f"       {abstaining} {split} images")
 
 
 def _say_recall(metrics: dict | None, cfg: TrainConfig, reporter: Reporter, shown: int = 10) -> None:
