@@ -15,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-import numpy as np
 import torch
 
-from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
-                           describe_abstaining, fit_temperature, selective_figures, softmax)
-from ..check.run import check_at_train_start, leaks_present, without
+from ..check.run import check_at_train_start, without
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
@@ -28,25 +25,24 @@ from ..data.loading import RowView, TensorSet, decode_source
 from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
-from ..deploy.bundle import save_bundle
 from ..defaults import imbalance
-from ..deploy.engines import place_model, predict_logits, resolve_device
+from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
-from ..metrics import classification_metrics
 from ..models import BackboneClassifier, Weights, count_parameters, create_model
 from ..plan import Plan, resolve_plan
-from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..rundir import RunDir
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (World, broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn,
-                          local_main_first, process_group, rank_device, restart_count, run_id, sharded_rows,
-                          silence, use_sync_bn, world as this_world)
+                          local_main_first, process_group, rank_device, restart_count, run_id, silence, use_sync_bn,
+                          world as this_world)
+from .finish import finish
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
 from .trackers import RunLog, check_trackers, run_log
 from .transfer import features_phase, freeze, gradual_unfreezing
+
 
 @dataclass
 class RunResult:
@@ -273,7 +269,8 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
     with run_log(cfg if world.main else dataclasses.replace(cfg, log="none"), run.path, source.name, reporter) as log:
         state = _fit(model, plan, sets, source, device, run, reporter, restoring, log, world)
         model.load_state_dict(state.best_state)
-        result = _finish(model, plan, source, sets, weights, state, device, run, skipped, reporter, world)
+        metrics = finish(model, plan, source, sets, weights, state, device, run, reporter, world)
+        result = RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
         log.log_results(result.test_metrics)
     return result
 
@@ -534,158 +531,3 @@ def _restore(model, optimizer, run: RunDir, device, reporter, world: World) -> L
     return LoopState(epoch=meta["epoch"], history=meta["history"],
                      best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"],
                      baseline=meta.get("baseline"), prior=meta.get("prior", []))
-
-
-def _finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, skipped,
-            reporter, world: World) -> RunResult:
-    """Evaluate the kept weights, write the results, then the bundle. model.json is written last, so a
-    folder that has it holds a complete run (report.html, optional and rebuilt by `oculi report`, follows)."""
-    cfg = plan.config
-    calibration = _calibrate(model, cfg, sets["val"], plan.preprocessing, device, reporter, world)
-    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run, calibration, world)
-    if world.main:
-        save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
-        save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
-                    {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
-                     "training": _what_was_trained(cfg, state),
-                     "trainable_parameters": count_parameters(model), "data": source.name,
-                     "calibration": calibration.to_dict()})
-    _say_results(metrics, cfg, state, run.path, reporter)
-    _say_calibration(metrics, reporter)
-    _say_recall(metrics, cfg, reporter)
-    return RunResult(run.path, cfg, source.classes, state.prior + state.history, metrics, skipped, source)
-
-
-def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir, calibration: Calibration,
-              world: World) -> dict | None:
-    """Metrics on the test set, or the val set when there is none, written (by rank 0) with their
-    predictions and confusion matrix; None when neither has an image (a tiny data set trains, but cannot
-    be measured). Each rank predicts its share of the images. The probabilities are calibrated;
-    ``calibration`` in the metrics has ECE and log loss before and after."""
-    split = next((s for s in ("test", "val") if len(sets[s])), None)
-    if split is None:
-        return None
-    data = sets[split]
-    logits = _class_logits(model, data, preprocessing, cfg.head, device, world)
-    labels = data.labels.numpy()
-    probs = softmax(logits, calibration.temperature)
-    metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
-               "calibration": {**calibration_figures(logits, labels, calibration.temperature),
-                               "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None},
-               "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
-    if not world.main:
-        return metrics
-    metrics["leaks_present"] = leaks_present(run.path, data.paths)
-    atomic_write_json(run.test_metrics, metrics)
-    _save_predictions(run.test_predictions, data, probs, source.classes)
-    save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
-    return metrics
-
-
-# ---------------------------------------------------------------- trust: calibration and abstaining
-
-def _class_logits(model, data: TensorSet, preprocessing, head: str, device, world: World) -> np.ndarray:
-    """The class logits of ``data``'s images, each rank computing its share."""
-    logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], preprocessing, device),
-                          len(data))
-    return class_logits(logits.numpy(), head)
-
-
-def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, reporter: Reporter,
-               world: World) -> Calibration:
-    """The temperature fitted on the val images (--calibrate) and the abstain threshold: --abstain-threshold,
-    or the lowest val confidence that reaches --target-precision. Without val images: T = 1, said so."""
-    if not len(val):
-        if cfg.calibrate or cfg.target_precision is not None:
-            reporter.warn("no val images: the probabilities are not calibrated (T = 1)"
-                          + (" and --target-precision has nothing to choose a threshold on"
-                             if cfg.target_precision is not None else ""))
-        return Calibration(1.0, cfg.abstain_threshold)
-    logits, labels = _class_logits(model, val, preprocessing, cfg.head, device, world), val.labels.numpy()
-    temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
-    if cfg.calibrate and at_bound(temperature):
-        reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "
-                      f"({temperature:g}): they ask for {'far sharper' if temperature < 1 else 'far flatter'} "
-                      f"probabilities than the network gives, so the calibration is rough")
-    if cfg.target_precision is None:
-        return Calibration(temperature, cfg.abstain_threshold)
-    probs = softmax(logits, temperature)
-    threshold = choose_threshold_for_precision(probs.max(1), probs.argmax(1) == labels, cfg.target_precision)
-    if threshold is None:
-        reporter.warn(f"--target-precision {cfg.target_precision:g}: no confidence threshold reaches it on the "
-                      f"{len(val)} val images; the model always answers")
-    return Calibration(temperature, threshold)
-
-
-def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
-    """One line on the calibration (ECE and log loss before -> after), one on abstaining when it is in force."""
-    if metrics is None:
-        return
-    c, split = metrics["calibration"], metrics["split"]
-    how = "none fitted" if not c["fitted_on"] else "fitted on val" + (": the same images, so optimistic" * (split == "val"))
-    reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
-                  f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "
-                  f"{c['after']['log_loss']:.4f}")
-    abstaining = describe_abstaining(metrics["abstain"])
-    if abstaining:
-        reporter.info(f"       {abstaining} {split} images")
-
-
-def _say_recall(metrics: dict | None, cfg: TrainConfig, reporter: Reporter, shown: int = 10) -> None:
-    """On imbalanced data, each class's recall, lowest first: accuracy hides a class the model neglects."""
-    if metrics is None or cfg.select_by != "macro-f1":
-        return
-    rows = sorted(metrics["per_class"], key=lambda c: c["recall"])
-    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
-    reporter.info("[bold]recall[/bold] " + ", ".join(f"{c['class']} {c['recall']:.1%}" for c in rows[:shown])
-                  + f"{more} (macro-F1 {metrics['macro_avg']['f1']:.3f})")
-
-
-def _summary(metrics: dict | None, state: LoopState) -> dict:
-    """model.json's metrics: the headline numbers (null when nothing was held out) and the kept epoch."""
-    headline = {key: (metrics or {}).get(key) for key in ("split", "accuracy", "top_k_accuracy", "log_loss")}
-    return {**headline, "best_epoch": state.best_epoch, "epochs_run": state.epoch}
-
-
-def _drawable_baseline(state: LoopState) -> dict | None:
-    """The features head's val metrics for the curves, when it had a val set to be measured on."""
-    return state.baseline if state.baseline and state.baseline.get("val_acc") is not None else None
-
-
-def _say_results(metrics: dict | None, cfg: TrainConfig, state: LoopState, run_dir: Path,
-                 reporter: Reporter) -> None:
-    kept = _kept(cfg, state)
-    if metrics is None:
-        reporter.warn("no held-out images (no val or test split): the model is saved but not evaluated")
-        written = "model.safetensors, model.json, curves.png"
-    else:
-        reporter.info(f"[bold]{metrics['split']}[/bold]   accuracy {metrics['accuracy']:.2%}, "
-                      f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}, "
-                      f"log loss {metrics['log_loss']:.4f} ({kept})")
-        written = "model.safetensors, model.json, curves.png, confusion_matrix.png, test_metrics.json"
-    reporter.info(f"[bold]saved[/bold]  {run_dir}/ ({written})")
-
-
-def _kept(cfg: TrainConfig, state: LoopState) -> str:
-    """Which weights the run kept, in words (a features run has no "best epoch" of its own)."""
-    if _what_was_trained(cfg, state) == "features":
-        return "features head"
-    if state.history and state.history[-1]["val_acc"] is None:
-        return f"last epoch {state.epoch}: no val images to choose by"
-    return f"best epoch {state.best_epoch}"
-
-
-def _what_was_trained(cfg: TrainConfig, state: LoopState) -> str:
-    """features | finetune | scratch: what produced the kept weights."""
-    if not cfg.pretrained:
-        return "scratch"
-    if cfg.mode == "features" or (state.baseline is not None and state.best_epoch == 0):
-        return "features"
-    return "finetune"
-
-
-def _save_predictions(path: Path, data: TensorSet, probs: np.ndarray, classes: list[str]) -> None:
-    """Per-image predictions of the final evaluation (path, true, predicted, confidence)."""
-    rows = [(p, classes[label], classes[int(row.argmax())], f"{row.max():.6f}")
-            for p, label, row in zip(data.paths, data.labels.tolist(), probs)]
-    atomic_write_csv(path, ["path", "true", "predicted", "confidence"], rows)
