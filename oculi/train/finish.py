@@ -18,12 +18,13 @@ from ..deploy.bundle import save_bundle
 from ..deploy.engines import predict_logits
 from ..io import atomic_write_csv, atomic_write_json
 from ..metrics import classification_metrics
-from ..models import count_parameters
+from ..models import BackboneClassifier, count_parameters
 from ..plan import Plan
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..rundir import RunDir
 from .distributed import World, sharded_rows
 from .loop import LoopState
+from .transfer import frozen_logits
 
 def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, reporter,
            world: World) -> dict | None:
@@ -31,8 +32,8 @@ def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir,
     is written last, so a folder that has it holds a complete run (report.html, optional and rebuilt by
     `oculi report`, follows)."""
     cfg = plan.config
-    calibration = _calibrate(model, cfg, sets["val"], plan.preprocessing, device, reporter, world)
-    metrics = _evaluate(model, cfg, source, sets, plan.preprocessing, device, run, calibration, world)
+    calibration = _calibrate(model, plan, sets["val"], device, reporter, world)
+    metrics = _evaluate(model, plan, source, sets, device, run, calibration, reporter, world)
     if world.main:
         save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
         save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
@@ -46,17 +47,18 @@ def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir,
     return metrics
 
 
-def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir, calibration: Calibration,
+def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration: Calibration, reporter: Reporter,
               world: World) -> dict | None:
     """Metrics on the test set, or the val set when there is none, written (by rank 0) with their
     predictions and confusion matrix; None when neither has an image (a tiny data set trains, but cannot
     be measured). Each rank predicts its share of the images. The probabilities are calibrated;
     ``calibration`` in the metrics has ECE and log loss before and after."""
+    cfg = plan.config
     split = next((s for s in ("test", "val") if len(sets[s])), None)
     if split is None:
         return None
     data = sets[split]
-    logits = _class_logits(model, data, preprocessing, cfg.head, device, world)
+    logits = _class_logits(model, plan, data, device, reporter, world, split)
     labels = data.labels.numpy()
     probs = softmax(logits, calibration.temperature)
     metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
@@ -74,24 +76,35 @@ def _evaluate(model, cfg, source, sets, preprocessing, device, run: RunDir, cali
 
 # ---------------------------------------------------------------- trust: calibration and abstaining
 
-def _class_logits(model, data: TensorSet, preprocessing, head: str, device, world: World) -> np.ndarray:
-    """The class logits of ``data``'s images, each rank computing its share."""
-    logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], preprocessing, device),
-                          len(data))
-    return class_logits(logits.numpy(), head)
+def _class_logits(model, plan: Plan, data: TensorSet, device, reporter: Reporter, world: World,
+                  name: str) -> np.ndarray:
+    """The class logits of ``data``'s images: of a features run, its head on the cached features (every rank
+    reads them); else the whole model, each rank computing its share."""
+    if _backbone_stayed_frozen(model, plan):
+        logits = frozen_logits(model, plan, data, device, reporter, name)
+    else:
+        logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], plan.preprocessing,
+                                                                 device), len(data))
+    return class_logits(logits.numpy(), plan.config.head)
 
 
-def _calibrate(model, cfg: TrainConfig, val: TensorSet, preprocessing, device, reporter: Reporter,
-               world: World) -> Calibration:
+def _backbone_stayed_frozen(model, plan: Plan) -> bool:
+    """A features run without test-time views: its logits are the head's on the plain cached features."""
+    return (plan.config.mode == "features" and isinstance(model, BackboneClassifier)
+            and plan.preprocessing.tta == "none")
+
+
+def _calibrate(model, plan: Plan, val: TensorSet, device, reporter: Reporter, world: World) -> Calibration:
     """The temperature fitted on the val images (--calibrate) and the abstain threshold: --abstain-threshold,
     or the lowest val confidence that reaches --target-precision. Without val images: T = 1, said so."""
+    cfg = plan.config
     if not len(val):
         if cfg.calibrate or cfg.target_precision is not None:
             reporter.warn("no val images: the probabilities are not calibrated (T = 1)"
                           + (" and --target-precision has nothing to choose a threshold on"
                              if cfg.target_precision is not None else ""))
         return Calibration(1.0, cfg.abstain_threshold)
-    logits, labels = _class_logits(model, val, preprocessing, cfg.head, device, world), val.labels.numpy()
+    logits, labels = _class_logits(model, plan, val, device, reporter, world, "val"), val.labels.numpy()
     temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
     if cfg.calibrate and at_bound(temperature):
         reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "

@@ -59,6 +59,23 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
     return state
 
 
+def frozen_logits(model: BackboneClassifier, plan: Plan, data: TensorSet, device: torch.device,
+                  reporter: Reporter, name: str) -> torch.Tensor:
+    """Logits (float32, CPU) of a model whose backbone stayed frozen: its head on the backbone's plain
+    features, read from the features cache under ``features_phase``'s keys (or computed through ONNX Runtime
+    on a CPU, and added). The whole model in eager PyTorch recomputes what the cache holds, 3x slower."""
+    cfg = plan.config
+    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
+    cache = TensorCache("features") if cfg.cache else None
+    features = split_features(FrozenForward(model.backbone, device), data, plan.preprocessing, device, identity,
+                              1, None, cfg.seed, cache, reporter, name).features
+    was_training = model.head.training
+    with torch.no_grad():
+        logits = model.head.eval()(features.to(device)).float().cpu()
+    model.head.train(was_training)
+    return logits
+
+
 def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) -> dict[str, torch.Tensor] | None:
     """The plain backbone features of every split (``oculi check --labels``), through the features cache and
     keyed as ``features_phase`` keys its first view, so a training run of ``plan`` afterwards finds them;
