@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -103,6 +104,17 @@ def exclusive_lock(path: str | Path, busy: Callable[[str], Exception]) -> Iterat
             _HELD.discard(key)
 
 
+def _lock_holder(fd: int, wait: float = 1.0) -> str:
+    """Who holds the lock on ``fd``, as its holder wrote it. The holder writes just after locking, so a
+    process refused in between sees an empty file: it waits up to ``wait`` seconds for the words."""
+    deadline = time.monotonic() + wait
+    while True:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if holder or time.monotonic() > deadline:
+            return holder or "another process"
+        time.sleep(0.02)
+
+
 @contextmanager
 def _locked_file(path: Path, busy: Callable[[str], Exception]) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666 & ~_UMASK)
@@ -111,11 +123,14 @@ def _locked_file(path: Path, busy: Callable[[str], Exception]) -> Iterator[None]
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise busy(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process") from None
+                raise busy(_lock_holder(fd)) from None
         # Who holds it, for the message another process gets; the file is never deleted, because a
         # process that opened it just before the unlink would lock a file nobody else can see.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # a process refused by the next holder must not read this one's name
     finally:
         os.close(fd)  # releases the lock

@@ -180,13 +180,16 @@ def next_run_dir(parent: Path, name: str) -> Path:
             n += 1
 
 
-def _check_new_run_dir(run_dir: Path) -> None:
+def _check_new_run_dir(run_dir: Path, held: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise OculiError(f"--out {run_dir} is a file, not a folder; choose a folder for the run")
     run = RunDir(run_dir)
     if run.model_json.exists():
         raise OculiError(f"--out {run_dir} already holds a finished run; choose another folder")
     if run.checkpoint.exists():
+        if not held:  # a checkpoint may be a live run's: then "in use" is what the user needs to hear
+            with exclusive_lock(run.lock, _busy_message(run_dir)):
+                pass
         raise OculiError(f"--out {run_dir} holds an unfinished run; --resume it or choose another folder")
 
 
@@ -203,14 +206,17 @@ def _make_dir(run_dir: Path) -> Path:
 def _claimed(run_dir: Path, fresh: bool) -> Iterator[Path]:
     """``run_dir``, held by this process until the block ends: a second run or resume of the same folder
     fails at once instead of overwriting this one's files."""
+    with exclusive_lock(RunDir(run_dir).lock, _busy_message(run_dir)):
+        if fresh:  # checked again under the lock: a run may have finished here since the first check
+            _check_new_run_dir(run_dir, held=True)
+        yield run_dir
+
+
+def _busy_message(run_dir: Path) -> Callable[[str], OculiError]:
     def busy(holder: str) -> OculiError:
         return OculiError(f"{run_dir} is in use by another oculi run ({holder}); wait for it to finish "
                           f"or use another folder")
-
-    with exclusive_lock(RunDir(run_dir).lock, busy):
-        if fresh:  # checked again under the lock: a run may have finished here since the first check
-            _check_new_run_dir(run_dir)
-        yield run_dir
+    return busy
 
 
 def _data_name(data: str) -> str:

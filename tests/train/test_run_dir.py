@@ -66,6 +66,31 @@ def test_a_lock_held_by_another_process_is_refused_naming_it(tmp_path):
         pass
 
 
+# A holder that has locked the file but not yet written its name (the moment a second run can hit).
+LOCK_THEN_NAME = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(0.3)
+os.pwrite(fd, b"pid 4242 on elsewhere", 0)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks")
+def test_a_refused_process_waits_for_the_holder_to_write_its_name(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", LOCK_THEN_NAME, str(tmp_path / "lock")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(OculiError, match="busy: pid 4242 on elsewhere"):
+            with exclusive_lock(tmp_path / "lock", _busy):
+                pass
+    finally:
+        child.communicate("")
+
+
 def test_a_lock_held_in_this_process_is_refused_too(tmp_path):
     with exclusive_lock(tmp_path / "lock", _busy):
         with pytest.raises(OculiError, match="this process"):
@@ -115,6 +140,21 @@ def test_resume_of_a_folder_another_process_is_training_in_is_refused(tmp_path):
             oculi.train(resume=tmp_path / "run")
     finally:
         child.communicate("")
+
+
+def test_a_new_run_into_a_folder_another_process_is_training_in_says_in_use(tmp_path):
+    # Its checkpoint makes the folder look unfinished; "--resume it" would be the wrong advice.
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.checkpoint.write_bytes(b"")
+    child, _ = _hold_in_child(run.lock)
+    try:
+        with pytest.raises(OculiError, match=f"in use by another oculi run \\(pid {child.pid} on "):
+            oculi.train("digits", out=tmp_path / "run")
+    finally:
+        child.communicate("")
+    with pytest.raises(OculiError, match="holds an unfinished run; --resume it"):
+        oculi.train("digits", out=tmp_path / "run")
 
 
 @pytest.mark.slow
