@@ -57,6 +57,18 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
     return check_image_size((parts[0], parts[-1]))
 
 
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds from '90', '90s', '2m' or '1.5h' (a number is seconds already)."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        return float(number) * unit
+    except ValueError:
+        raise OculiError(f"--time-budget must be seconds or a duration like 90s, 2m or 1.5h, got '{text}'") from None
+
+
 def check_image_size(size: tuple[int, int]) -> tuple[int, int]:
     """``size`` when each side is from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE: 100000 px a side would ask for
     tens of GB per image before anything could fail more helpfully."""
@@ -137,6 +149,13 @@ class TrainConfig:
                                  low=0, high=1, excluded="low")
     unfreeze_epochs: int = setting(0, "Fine-tuning: unfreeze the backbone gradually, top first, over N epochs.",
                                    low=0, high=10_000)
+    unfreeze_stages: int | None = setting(None, "Fine-tuning: train only the backbone's last K stages, from their "
+                                          "cached inputs (each epoch costs the top alone); auto: 1 on a CPU, "
+                                          "the whole network on a GPU.", low=1, high=1_000)
+    time_budget: float | None = setting(None, "Stop training before an epoch that would end past this long "
+                                        "(90s, 2m, 1.5h); the best epoch so far is kept. auto: 2m for "
+                                        "fine-tuning on a CPU, else none.", low=0, high=1e7, excluded="low",
+                                        parse=parse_duration)
     # optimisation
     epochs: int | None = setting(None, "Training epochs (default: chosen from the data).", low=1, high=10_000)
     batch_size: int | None = setting(None, "Images per step.", low=1, high=65_536)

@@ -10,29 +10,39 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .config import IMBALANCE_RATIO, TrainConfig
 from .data.decode import read_image_size
 from .data.sources import DataSource
 from .errors import ImageDecodeError, OculiError
-from .models import default_head, get_model_info, is_timm_model, offline_weights_file
+from .models import create_model, default_head, get_model_info, is_timm_model, offline_weights_file
+from .models.cut import TopCost, top_costs
 from .models.pretrained import pretrained_feed_size
 
 SMALL_IMAGE_MAX_SIDE = 64
 SMALL_DEFAULT_MODEL = "fast-cnn"
 PHOTO_PRETRAINED_MODEL = "efficientnet_lite0"
 PHOTO_SCRATCH_MODEL, PHOTO_SCRATCH_SIZE = "simple-cnn", (128, 128)
-# After a head on features, a few epochs of fine-tuning: most of its gain comes early, and on a CPU
-# each epoch of a photo set costs as much as the whole features phase.
+# After a head on features, a few epochs of fine-tuning: most of its gain comes early.
 AUTO_FINETUNE_EPOCHS = 5
-# On a CPU, auto fine-tunes for at most this many images in all (epochs x training images; an image
-# takes ~0.07 s forward and backward at 288 px on 2 cores): beyond it, the features model is the result
-# and the run says how to fine-tune anyway. Deterministic, unlike a time budget.
-CPU_FINETUNE_IMAGES = 1500
-# On a CPU, auto's fine-tuning stops after this many epochs that do not beat the features head. On
-# hymenoptera-256 none of 5 epochs ever did (150 s of a 164 s run, thrown away: BENCHMARKS.md); two keep
-# the chance for data where fine-tuning does pay and halve what it costs where it does not.
-CPU_FINETUNE_PATIENCE = 2
+# On a CPU, auto fine-tunes the backbone's last stages only, from their cached inputs (train.partial): an epoch
+# of the whole network at 288 px costs as much as the whole features phase (~0.07 s per image forward and
+# backward on 2 cores). As many stages as the time budget affords for at least CPU_MIN_EPOCHS epochs, at most
+# CPU_MAX_STAGES: on 2,000 CIFAR images enlarged to 128 px (5 classes) one stage gained 1 point over the
+# features head and two stages 3.4 (BENCHMARKS.md).
+CPU_MAX_STAGES = 2
+CPU_MIN_EPOCHS, CPU_PARTIAL_EPOCHS = 4, 8
+# ...within a time budget that fits a laptop user's patience; the features model is ready before it starts.
+CPU_TIME_BUDGET = 180.0
+# What one multiply-accumulate of the top's forward pass costs per training image and epoch (forward,
+# backward, and the val pass's share), on the 2-core development machine: efficientnet_lite0's last stage (82
+# MMAC at 288 px) took 5.6 ms per image, its last two (232 MMAC) 20.6 ms, one thread under load.
+CPU_SECONDS_PER_MAC = 6e-11
+# The activations of every training and val image stay in memory (float16): at most this much.
+ACTIVATION_MEMORY = 2 * 2**30
+# Fine-tuning from cached activations stops after this many epochs that do not beat the best so far.
+CPU_FINETUNE_PATIENCE = 3
 
 
 # Training recipes by model, for the knobs left on auto. fast-cnn's is built for time-to-accuracy (after
@@ -89,11 +99,19 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     n_train = sum(r.split == "train" for r in source.records)
     recipe = {**DEFAULT_RECIPE, **RECIPES.get(model, {})}
     epochs = cfg.epochs or _auto_epochs(pretrained, mode, n_train, recipe["images_seen"])
-    patience = cfg.patience
-    if mode == "auto" and not cfg.epochs and device_type == "cpu":
-        epochs = min(epochs, CPU_FINETUNE_IMAGES // max(1, n_train))
-        mode = "auto" if epochs else "features"
-        patience = min(patience or CPU_FINETUNE_PATIENCE, CPU_FINETUNE_PATIENCE)
+    patience, unfreeze, budget = cfg.patience, cfg.unfreeze_stages, cfg.time_budget
+    if mode == "auto" and device_type == "cpu" and get_model_info(model) is None:
+        budget = budget if budget is not None else CPU_TIME_BUDGET
+        n_seen = n_train * cfg.feature_views
+        top = _affordable_top(model, image_size, n_seen, len(source.records), budget, cfg.unfreeze_stages)
+        if top is None:
+            mode = "features"
+        else:
+            unfreeze = top.stages
+            epochs = cfg.epochs or int(np.clip(budget // (n_seen * top.macs * CPU_SECONDS_PER_MAC),
+                                               1, CPU_PARTIAL_EPOCHS))
+            if not cfg.epochs:  # epochs asked for are trained as asked
+                patience = min(patience or CPU_FINETUNE_PATIENCE, CPU_FINETUNE_PATIENCE)
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else recipe["optimizer"]
     # --batch-size is per process; a step takes it from each of world_size processes, accumulate times.
     ranks = cfg.world_size * cfg.accumulate
@@ -105,7 +123,8 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     return dataclasses.replace(
         cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),
         head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
-        epochs=max(1, epochs), optimizer=optimizer, lr=lr, patience=patience,
+        epochs=max(1, epochs), optimizer=optimizer, lr=lr, patience=patience, unfreeze_stages=unfreeze,
+        time_budget=budget,
         batch_size=batch_size,
         schedule=cfg.schedule if cfg.schedule != "auto" else recipe["schedule"],
         label_smoothing=cfg.label_smoothing if cfg.label_smoothing is not None else recipe["label_smoothing"],
@@ -158,6 +177,27 @@ def _mode(mode: str, pretrained: bool, probe: DataProbe) -> str:
     if mode == "auto" and probe.small:
         return "finetune"
     return mode
+
+
+def _affordable_top(model: str, image_size: tuple[int, int], n_train: int, n_images: int, budget: float,
+                    asked: int | None) -> TopCost | None:
+    """The top a CPU fine-tunes: ``asked`` stages, or the most (up to CPU_MAX_STAGES) whose CPU_MIN_EPOCHS
+    epochs fit in ``budget`` seconds, else the last stage; None when even its activations would not fit in
+    ACTIVATION_MEMORY. Counted on the architecture without its weights: the same data gets the same plan."""
+    backbone = create_model(model, 2, 3, image_size)[0].backbone
+    example = torch.zeros(1, 3, *image_size)
+    if asked is not None:  # the user's choice, whatever it costs; a backbone that cannot be cut says so
+        costs = top_costs(backbone, example, asked)
+        if costs[-1].stages != asked:
+            raise OculiError(f"--unfreeze-stages must be between 1 and {costs[-1].stages} for {model}; got {asked}")
+        return costs[-1]
+    try:
+        costs = top_costs(backbone, example, CPU_MAX_STAGES)
+    except OculiError:
+        return None  # a backbone that cannot be cut: the features head alone
+    costs = [c for c in costs if c.activation_bytes * n_images <= ACTIVATION_MEMORY]
+    fitting = [c for c in costs if CPU_MIN_EPOCHS * n_train * c.macs * CPU_SECONDS_PER_MAC <= budget]
+    return (fitting or costs or [None])[-1 if fitting else 0]
 
 
 def _auto_size(model: str, pretrained: bool, probe: DataProbe) -> tuple[int, int]:

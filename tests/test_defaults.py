@@ -6,7 +6,8 @@ import pytest
 from oculi.config import TrainConfig
 from oculi.data.sources import DataSource
 from oculi.data.split import Record
-from oculi.defaults import DataProbe, resolve
+from oculi.defaults import CPU_MAX_STAGES, CPU_MIN_EPOCHS, CPU_TIME_BUDGET, DataProbe, resolve
+from oculi.errors import OculiError
 
 
 def _source(n_train: int, classes: int = 10) -> DataSource:
@@ -82,12 +83,34 @@ def test_augmentation_knobs_out_of_range_name_the_flag(knob, value, flag):
         TrainConfig(**{knob: value}).validate()
 
 
-def test_auto_fine_tuning_on_a_cpu_stops_after_two_epochs_that_do_not_beat_the_head():
-    photos = DataProbe((256, 256), False)
+def _photos_plan(n_train: int, device: str = "cpu", **flags) -> TrainConfig:
+    return resolve(TrainConfig(data="x", model="efficientnet_lite0", **flags), _source(n_train, 2),
+                   DataProbe((256, 256), False), device)
 
-    def patience(device, **flags):
-        return resolve(TrainConfig(data="x", model="efficientnet_lite0", **flags), _source(200, 2), photos,
-                       device).patience
-    assert patience("cpu") == 2  # fine-tuning on 2 cores costs ~30 s an epoch: give up early
-    assert patience("cuda") == 10 and patience("cpu", mode="finetune") == 10
-    assert patience("cpu", epochs=4) == 10  # epochs asked for are trained as asked
+
+def test_auto_on_a_cpu_fine_tunes_the_top_stages_within_a_time_budget():
+    cfg = _photos_plan(200)
+    assert cfg.mode == "auto" and cfg.unfreeze_stages >= 1 and cfg.time_budget == CPU_TIME_BUDGET
+    assert cfg.patience == 3 and CPU_MIN_EPOCHS <= cfg.epochs <= 8  # cheap epochs, given up early
+    gpu = _photos_plan(200, "cuda")  # a GPU fine-tunes everything, without a budget
+    assert (gpu.unfreeze_stages, gpu.time_budget, gpu.patience) == (None, None, 10)
+    assert _photos_plan(200, mode="finetune").unfreeze_stages is None  # asked for the whole network
+    assert _photos_plan(200, epochs=4).patience == 10  # epochs asked for are trained as asked
+
+
+def test_more_images_get_fewer_stages_and_epochs_never_fewer_than_one():
+    plans = [_photos_plan(n) for n in (200, 2_000, 5_000, 20_000)]
+    stages = [p.unfreeze_stages for p in plans]
+    assert stages == sorted(stages, reverse=True) and stages[0] > stages[-1] == 1
+    assert all(p.epochs >= 1 for p in plans) and plans[-1].epochs < plans[0].epochs
+    assert _photos_plan(200, time_budget=10_000).unfreeze_stages == CPU_MAX_STAGES  # a long budget: the most
+
+
+def test_activations_that_would_not_fit_in_memory_leave_the_features_head_alone():
+    assert _photos_plan(100_000).mode == "features"
+
+
+def test_unfreeze_stages_asked_for_is_kept_and_checked():
+    assert _photos_plan(20_000, unfreeze_stages=3).unfreeze_stages == 3
+    with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7 for efficientnet_lite0; got 9"):
+        _photos_plan(200, unfreeze_stages=9)

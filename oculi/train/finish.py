@@ -25,6 +25,7 @@ from ..rundir import RunDir
 from .distributed import World, sharded_rows
 from .loop import LoopState
 from .transfer import frozen_logits
+from .partial import partial_logits
 
 def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, reporter,
            world: World) -> dict | None:
@@ -82,6 +83,8 @@ def _class_logits(model, plan: Plan, data: TensorSet, device, reporter: Reporter
     reads them); else the whole model, each rank computing its share."""
     if _backbone_stayed_frozen(model, plan):
         logits = frozen_logits(model, plan, data, device, reporter, name)
+    elif _bottom_stayed_frozen(model, plan):
+        logits = partial_logits(model, plan, data, device, reporter, name)
     else:
         logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], plan.preprocessing,
                                                                  device), len(data))
@@ -92,6 +95,13 @@ def _backbone_stayed_frozen(model, plan: Plan) -> bool:
     """A features run without test-time views: its logits are the head's on the plain cached features."""
     return (plan.config.mode == "features" and isinstance(model, BackboneClassifier)
             and plan.preprocessing.tta == "none")
+
+
+def _bottom_stayed_frozen(model, plan: Plan) -> bool:
+    """A run that fine-tuned the top stages only, without test-time views: its top on the cached activations."""
+    cfg = plan.config
+    return (cfg.unfreeze_stages is not None and cfg.mode in ("auto", "finetune")
+            and isinstance(model, BackboneClassifier) and plan.preprocessing.tta == "none")
 
 
 def _calibrate(model, plan: Plan, val: TensorSet, device, reporter: Reporter, world: World) -> Calibration:

@@ -21,7 +21,7 @@ from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
-from .distributed import SINGLE, World, broadcast_module, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
+from .distributed import SINGLE, World, broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
 
 
@@ -43,6 +43,7 @@ class LoopSettings:
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
     mixed_precision: bool = True  # bfloat16 autocast on CUDA (deploy.engines.autocast)
     accumulate: int = 1  # batches (of batch_size, on each rank) per optimizer step
+    time_budget: float | None = None  # seconds: no epoch starts that would end past it (measured by the last)
 
 
 @dataclass
@@ -252,8 +253,10 @@ class Learner:
     def fit(self, state: LoopState | None = None) -> LoopState:
         """Train from ``state.epoch`` (no state: from the start) to ``settings.epochs``, or to an early stop."""
         state = LoopState() if state is None else state
+        started = time.perf_counter()
         with self.progress.fit(self, state):
-            while state.epoch < self.settings.epochs and not self.early_stop(state):
+            while (state.epoch < self.settings.epochs and not self.early_stop(state)
+                   and not self.out_of_time(state, time.perf_counter() - started)):
                 self.on_epoch_start(state.epoch)
                 record(state, self.epoch(state.epoch), self.model, self.settings.select_by)
                 self.progress.epoch_end(self, state)
@@ -268,6 +271,18 @@ class Learner:
         score = "macro-F1" if self.settings.select_by == "macro-f1" else "accuracy"
         self.reporter.info(f"early stop: no better val {score} for {patience} epochs")
         return True
+
+    def out_of_time(self, state: LoopState, elapsed: float) -> bool:
+        """True, and said, when another epoch as long as the last would end past ``settings.time_budget``.
+        With several processes rank 0's clock decides for all, so that every rank stops at the same epoch."""
+        budget = self.settings.time_budget
+        if budget is None or not state.history:
+            return False
+        over = broadcast_object(self.world, elapsed + state.history[-1]["seconds"] > budget)
+        if over:
+            self.reporter.info(f"time budget: stopped after epoch {state.epoch} of {self.settings.epochs} "
+                               f"({elapsed:.0f}s of {budget:.0f}s; --time-budget sets it)")
+        return over
 
     def epoch(self, epoch: int) -> dict:
         """Train one epoch, then measure the model on the val data: the epoch's row of metrics.jsonl."""

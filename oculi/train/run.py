@@ -40,6 +40,7 @@ from .distributed import (World, broadcast_module, broadcast_object, claimed_by_
 from .finish import finish
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
+from .partial import ActivationData, CachedTop, TopOfModel, cached_top, trainable_top
 from .trackers import RunLog, check_trackers, run_log
 from .transfer import features_phase, freeze, gradual_unfreezing
 
@@ -237,9 +238,6 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
     for warning in source.warnings:
         reporter.warn(warning)
     plan = saved or resolve_plan(cfg, source, device.type)
-    if cfg.mode == "auto" and plan.config.mode == "features" and saved is None:
-        reporter.info(f"fine-tuning skipped: {len(source.split_records('train'))} training images take long "
-                      f"to fine-tune on the {device.type.upper()}; --mode finetune (or a GPU) does it anyway")
     # Built before any image is decoded: weights that cannot be had change the plan (and so the pixels).
     model, weights, plan = _build_model(plan, cfg, source, device.type, reporter)
     with claimed_by_main(world, claim) as run_dir:
@@ -422,8 +420,10 @@ def _train_folder_split_for_test(source: DataSource) -> str | None:
 def _describe_mode(cfg: TrainConfig) -> str:
     head = (f"{cfg.classifier} head on frozen features ({cfg.feature_views} view{'s' * (cfg.feature_views > 1)} "
             f"per training image, cached), {cfg.head_epochs} epochs at lr {cfg.head_lr:g}")
-    finetune = (f"fine-tune everything {cfg.epochs} epochs at lr {cfg.lr:g} (backbone x{cfg.backbone_lr:g}"
-                + (f", unfrozen over {cfg.unfreeze_epochs} epochs" if cfg.unfreeze_epochs else "") + ")")
+    what = "everything" if cfg.unfreeze_stages is None else f"the last {_stages(cfg.unfreeze_stages)} (cached inputs)"
+    budget = "" if cfg.time_budget is None else f", within {cfg.time_budget:g}s"
+    finetune = (f"fine-tune {what} {cfg.epochs} epochs at lr {cfg.lr:g} (backbone x{cfg.backbone_lr:g}"
+                + (f", unfrozen over {cfg.unfreeze_epochs} epochs" if cfg.unfreeze_epochs else "") + f"){budget}")
     if not cfg.pretrained:
         return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
     return {"features": head, "finetune": finetune,
@@ -446,7 +446,8 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
                         lookahead=bool(cfg.lookahead),
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights,
-                        select_by=cfg.select_by)  # "auto" only in plans from before it existed: accuracy
+                        select_by=cfg.select_by,  # "auto" only in plans from before it existed: accuracy
+                        time_budget=cfg.time_budget)
 
 
 def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restoring: bool, log: RunLog,
@@ -460,16 +461,18 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
         model = convert_sync_bn(model, device)
     place_model(model, device)
     state = LoopState()
+    top = cached_top(model, plan, sets, device, reporter) if _fine_tunes_top(cfg, model) else None
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
-        head_state = _features_phase(model, plan, sets, settings, device, reporter, world)
+        feats = top.features(device) if top is not None and cfg.feature_views == 1 else None
+        head_state = _features_phase(model, plan, sets, settings, device, reporter, world, feats)
         if cfg.mode == "features":
             if world.main:
                 run.write_metrics_log(head_state.history)
             log.log_epochs(head_state.history)
             return dataclasses.replace(head_state, best_state=copy_state(model))
         state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history)
-        reporter.info(_finetune_plan(state.baseline))
+        reporter.info(_finetune_plan(state.baseline, top))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
                                 cfg.backbone_lr if cfg.pretrained else 1.0)
     if restoring:
@@ -489,8 +492,12 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     on_epoch_start = (gradual_unfreezing(model, cfg.unfreeze_epochs)
                       if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier) else lambda epoch: None)
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
-    data = ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
-    learner = Learner(model, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,
+    if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
+        trainable_top(model, top.split)
+        net, data = TopOfModel(model, top.split), ActivationData(top.train, top.val)
+    else:
+        net, data = model, ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
+    learner = Learner(net, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,
                       on_epoch_end=on_epoch_end, world=world)
     state = learner.fit(state)
     if state.baseline is not None:
@@ -498,22 +505,34 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     return state
 
 
-def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: World) -> LoopState:
+def _fine_tunes_top(cfg: TrainConfig, model) -> bool:
+    """Fine-tuning of the last --unfreeze-stages stages only, from their cached inputs (train.partial)."""
+    return (cfg.unfreeze_stages is not None and cfg.mode in ("auto", "finetune")
+            and isinstance(model, BackboneClassifier))
+
+
+def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: World, feats=None) -> LoopState:
     """``transfer.features_phase`` on every rank: one process per machine fills the features cache first,
     and rank 0's head (and its history) is the one every rank keeps."""
     with local_main_first(world) if plan.config.cache else nullcontext():
-        head_state = features_phase(model, plan, sets, settings, device, reporter)
+        head_state = features_phase(model, plan, sets, settings, device, reporter, feats)
     broadcast_module(world, model.head)
     return dataclasses.replace(broadcast_object(world, dataclasses.replace(head_state, best_state=None)),
                                best_state=copy_state(model.head))
 
 
-def _finetune_plan(baseline: dict) -> str:
+def _finetune_plan(baseline: dict, top: CachedTop | None) -> str:
+    what = ("the whole network" if top is None else
+            f"the last {_stages(top.split.stages)} of {top.split.total} (from {top.split.cut} on)")
     if baseline["val_acc"] is None:
-        return ("fine-tuning the whole network; with no val images to compare it with the features model, "
+        return (f"fine-tuning {what}; with no val images to compare it with the features model, "
                 "its last epoch is kept")
-    return ("fine-tuning the whole network; it must beat the features model's val accuracy "
+    return (f"fine-tuning {what}; it must beat the features model's val accuracy "
             f"({baseline['val_acc']:.2%}) to replace it")
+
+
+def _stages(n: int) -> str:
+    return f"{n} stage{'s' * (n != 1)}"
 
 
 def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:

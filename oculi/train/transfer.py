@@ -26,14 +26,32 @@ from ..models import BackboneClassifier, create_model
 from ..plan import Plan
 from .features import split_features
 from .frozen import FrozenForward
-from .loop import FeatureData, HeadBar, Learner, LoopSettings, LoopState
+from .loop import FeatureData, FeatureSet, HeadBar, Learner, LoopSettings, LoopState
 from .optim import build_optimizer
 
 
 def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet], settings: LoopSettings,
-                   device: torch.device, reporter: Reporter) -> LoopState:
-    """Compute (or read from the cache) the frozen backbone's features, train ``model.head`` on them.
-    Returns the head's training state; ``model.head`` holds its best epoch."""
+                   device: torch.device, reporter: Reporter, feats: dict[str, FeatureSet] | None = None) -> LoopState:
+    """Compute (or read from the cache) the frozen backbone's features, unless ``feats`` has them already,
+    and train ``model.head`` on them. Returns the head's training state; ``model.head`` holds its best epoch."""
+    feats = feats or backbone_features(model, plan, sets, device, reporter)
+    cfg = plan.config
+    # The head's epochs take milliseconds: all of them run (the best is kept, no early stop), in float32
+    # (bfloat16 saves nothing on so small a matrix), without Lookahead.
+    head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
+                                        batch_size=min(settings.batch_size, len(feats["train"])),
+                                        phase="features", patience=None, lookahead=False, mixed_precision=False)
+    optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, momentum=0.9)
+    learner = Learner(model.head, optimizer, head_settings, FeatureData(feats["train"], feats["val"]), device,
+                      reporter, progress=HeadBar())
+    state = learner.fit()
+    model.head.load_state_dict(state.best_state)
+    return state
+
+
+def backbone_features(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet], device: torch.device,
+                      reporter: Reporter) -> dict[str, FeatureSet]:
+    """The frozen backbone's features of train (``--feature-views`` of each image) and val, cached."""
     cfg, preprocessing, augmentation = plan.config, plan.preprocessing, plan.augmentation
     identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
     cache = TensorCache("features") if cfg.cache else None
@@ -46,17 +64,7 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
         reporter.info("features computed with ONNX Runtime (the frozen backbone exported to ONNX)")
     elif backbone.fallback_reason and device.type == "cpu":
         reporter.info(f"features computed with PyTorch: {backbone.fallback_reason}")
-    # The head's epochs take milliseconds: all of them run (the best is kept, no early stop), in float32
-    # (bfloat16 saves nothing on so small a matrix), without Lookahead.
-    head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
-                                        batch_size=min(settings.batch_size, len(feats["train"])),
-                                        phase="features", patience=None, lookahead=False, mixed_precision=False)
-    optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, momentum=0.9)
-    learner = Learner(model.head, optimizer, head_settings, FeatureData(feats["train"], feats["val"]), device,
-                      reporter, progress=HeadBar())
-    state = learner.fit()
-    model.head.load_state_dict(state.best_state)
-    return state
+    return feats
 
 
 def frozen_logits(model: BackboneClassifier, plan: Plan, data: TensorSet, device: torch.device,

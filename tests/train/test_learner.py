@@ -110,3 +110,13 @@ def test_progress_is_a_line_an_epoch_on_images_and_one_line_for_a_head(capsys):
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("head   3 epochs on 42 feature vectors in ")
     assert f"; best epoch {state.best_epoch}: train loss " in line and "  val loss " in line
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it(capsys):
+    train, val = _images(40, 2, seed=0), _images(10, 2, seed=1)
+    data = FeatureData(_features(train), _features(val))
+    within = _learner(_head(2), data, epochs=5, time_budget=3600.0).fit()
+    assert within.epoch == 5  # an hour is enough
+    over = _learner(_head(2), data, Reporter(), epochs=5, time_budget=1e-9).fit()
+    assert over.epoch == 1 and over.best_state is not None  # the first epoch always runs, and is kept
+    assert "time budget: stopped after epoch 1 of 5" in capsys.readouterr().err
