@@ -24,6 +24,7 @@ from ..data.split import Record, read_manifest
 from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
 from ..io import atomic_write_text
+from ..models.cut import backbone_stages
 from ..models.summary import layer_rows
 from ..plan import Plan
 from ..rundir import RunDir
@@ -275,11 +276,12 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
 
 def model_section(run: RunFiles, classifier, images: RunImages) -> Section:
     model, meta = classifier.model, run.meta
-    frozen = _frozen_parameters(model, meta.get("training", "scratch"))
+    training, stages = meta.get("training", "scratch"), run.config.unfreeze_stages
+    frozen = _frozen_parameters(model, training, stages)
     total = sum(p.numel() for p in model.parameters())
     c, (h, w) = classifier.preprocessing.channels, classifier.preprocessing.image_size
     facts = [["architecture", meta["model"]["name"]], ["weights", meta.get("weights_source", "?")],
-             ["trained", _TRAINED.get(meta.get("training", ""), meta.get("training", "?"))],
+             ["trained", _trained(training, stages)],
              ["input", f"{c}x{h}x{w}"], ["head", f"{meta['model']['head']} ({meta['model'].get('classifier', 'linear')})"],
              ["parameters", f"{total:,}"], ["trained parameters", f"{total - sum(frozen.values()):,}"],
              ["frozen parameters", f"{sum(frozen.values()):,}"]]
@@ -293,11 +295,26 @@ _TRAINED = {"scratch": "from scratch, every layer", "features": "head only, on t
             "finetune": "the whole network, fine-tuned from the pretrained weights"}
 
 
-def _frozen_parameters(model: nn.Module, training: str) -> dict[str, int]:
-    """{parameter name: size} of what training did not change: the backbone of a features-only model and
-    fixed layers (fast-cnn's whitening)."""
+def _trained(training: str, stages: int | None) -> str:
+    if training == "finetune" and stages is not None:
+        return f"the last {stages} stage{'s' * (stages != 1)} of the backbone and the head, fine-tuned from the pretrained weights"
+    return _TRAINED.get(training, training or "?")
+
+
+def _frozen_parameters(model: nn.Module, training: str, stages: int | None = None) -> dict[str, int]:
+    """{parameter name: size} of what training did not change: the backbone of a features-only model, the
+    frozen stages of a top-stages fine-tuning, and fixed layers (fast-cnn's whitening)."""
+    bottom = _bottom_parameters(model, stages) if training == "finetune" and stages is not None else set()
     return {name: p.numel() for name, p in model.named_parameters()
-            if not p.requires_grad or (training == "features" and name.startswith("backbone."))}
+            if not p.requires_grad or name in bottom or (training == "features" and name.startswith("backbone."))}
+
+
+def _bottom_parameters(model: nn.Module, stages: int) -> set[str]:
+    """Names of the parameters below the cut of a model that fine-tuned its last ``stages`` stages."""
+    sequence = backbone_stages(model.backbone)
+    last = max(stage for _, _, stage in sequence)
+    return {f"backbone.{name}.{p}" for name, module, stage in sequence if stage <= last - stages
+            for p, _ in module.named_parameters()}
 
 
 # ---------------------------------------------------------------- training

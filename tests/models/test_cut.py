@@ -73,3 +73,4 @@ def test_macs_are_counted_per_image_and_grow_with_the_top(lite0):
     assert [c.stages for c in costs] == [1, 2, 3]
     assert costs[0].macs < costs[1].macs < costs[2].macs < count_macs(lite0, torch.zeros(1, 3, 64, 64))
     assert costs[0].activation_bytes == 192 * 2 * 2 * 2  # blocks.6's input at 64 px: 192 x 2 x 2, float16
+

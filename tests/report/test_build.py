@@ -211,3 +211,14 @@ def test_no_report_when_asked(tmp_path):
     run = oculi.train(str(root), out=str(tmp_path / "run"), epochs=1, progress=False, report=False)
     assert not RunDir(run.run_dir).report.exists()
     assert (run.run_dir / "model.json").is_file()
+
+
+def test_the_report_counts_the_stages_below_the_cut_as_frozen():
+    from oculi.models import create_model
+    from oculi.report.build import _frozen_parameters, _trained
+    model, _ = create_model("test_resnet", 3, 3, (48, 48))
+    frozen = _frozen_parameters(model, "finetune", stages=1)
+    assert frozen and all(not n.startswith(("backbone.layer4", "head")) for n in frozen)
+    assert any(n.startswith("backbone.layer3") for n in frozen) and "backbone.conv1.0.weight" in frozen
+    assert _frozen_parameters(model, "finetune") == {}  # the whole network trained
+    assert _trained("finetune", 2).startswith("the last 2 stages of the backbone and the head")
