@@ -25,7 +25,7 @@ from .loop import FeatureSet, epoch_generator
 def extract_features(backbone: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                      preprocessing: Preprocessing, device: torch.device, augmentation: Augmentation | None = None,
                      generator: torch.Generator | None = None, batch_size: int = 32,
-                     advance: Callable = lambda n: None) -> torch.Tensor:
+                     advance: Callable = lambda n: None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Pooled features of uint8 images [N, C, H, W], optionally augmented, from ``backbone`` (a frozen
     backbone in eval mode, or its ``FrozenForward``)."""
     out = []
@@ -33,16 +33,18 @@ def extract_features(backbone: Callable[[torch.Tensor], torch.Tensor], images: t
         batch = images[start:start + batch_size].to(device, non_blocking=True)
         if augmentation is not None:
             batch = augmentation(batch, generator)
-        out.append(backbone(model_input(preprocessing.normalize(batch))).float().cpu())
+        out.append(backbone(model_input(preprocessing.normalize(batch))).to(dtype).cpu())
         advance(len(batch))
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
 def split_features(backbone: Callable[[torch.Tensor], torch.Tensor], data: TensorSet, preprocessing: Preprocessing, device: torch.device,
                    identity: dict, views: int, augmentation: Augmentation | None, seed: int,
-                   cache: TensorCache | None, reporter: Reporter, name: str) -> FeatureSet:
+                   cache: TensorCache | None, reporter: Reporter, name: str, what: str = "features",
+                   dtype: torch.dtype = torch.float32) -> FeatureSet:
     """Features of one split: view 0 plain, views 1.. augmented with generators seeded by (seed, view).
-    Each view is looked up in, or added to, the cache."""
+    Each view is looked up in, or added to, the cache, as ``dtype`` (``what``: the progress bar's word, e.g.
+    "activations" for a cut backbone's maps)."""
     parts = []
     for view in range(views):
         augmented = view > 0 and augmentation is not None
@@ -53,11 +55,11 @@ def split_features(backbone: Callable[[torch.Tensor], torch.Tensor], data: Tenso
         if hit is not None:
             parts.append(hit["features"])
             continue
-        label = f"features: {name}" + (f", view {view + 1}/{views}" if views > 1 else "")
+        label = f"{what}: {name}" + (f", view {view + 1}/{views}" if views > 1 else "")
         with reporter.bar(label, len(data)) as advance:
             features = extract_features(backbone, data.images, preprocessing, device,
                                         augmentation if augmented else None, epoch_generator(seed, 10_000 + view),
-                                        advance=advance)
+                                        advance=advance, dtype=dtype)
         if cache is not None:
             cache.put(key, {"features": features})
         parts.append(features)

@@ -27,6 +27,7 @@ from ..models import BackboneClassifier
 from ..models.cut import BackboneSplit, split_backbone
 from ..plan import Plan
 from .distributed import SINGLE, World, sharded_rows
+from .features import split_features
 from .frozen import FrozenForward
 from .loop import NO_VAL, FeatureSet, batch_indices, validation_metrics
 
@@ -120,24 +121,13 @@ def top_logits(model: nn.Module, maps: torch.Tensor, device: torch.device, batch
 
 
 def split_activations(split: BackboneSplit, identity: dict, plan: Plan, data: TensorSet, device: torch.device,
-                      cache: TensorCache | None, reporter: Reporter, name: str) -> FeatureSet:
-    """The bottom's output for every image of ``data`` (float16), from the cache or computed (through ONNX
-    Runtime on a CPU, see ``FrozenForward``) and added to it."""
-    preprocessing = plan.preprocessing
-    key = cache_key({**identity, "cut": split.cut, "preprocessing": preprocessing.to_dict()}, data.images)
-    hit = cache.get(key) if cache is not None else None
-    if hit is not None:
-        return FeatureSet(hit["activations"], data.labels)
-    bottom, out = FrozenForward(split.bottom, device), []
-    with reporter.bar(f"activations: {name}", len(data)) as advance:
-        for start in range(0, len(data), 32):
-            batch = data.images[start:start + 32].to(device)
-            out.append(bottom(model_input(preprocessing.normalize(batch))).half().cpu())
-            advance(len(batch))
-    maps = torch.cat(out) if out else torch.empty(0)
-    if cache is not None:
-        cache.put(key, {"activations": maps})
-    return FeatureSet(maps, data.labels)
+                      cache: TensorCache | None, reporter: Reporter, name: str, views: int = 1) -> FeatureSet:
+    """The bottom's output (float16) for every image of ``data``, plain and in ``views - 1`` augmented views
+    as the features phase draws them, from the cache or computed (through ONNX Runtime on a CPU, see
+    ``FrozenForward``) and added to it."""
+    return split_features(FrozenForward(split.bottom, device), data, plan.preprocessing, device,
+                          {**identity, "cut": split.cut}, views, plan.augmentation, plan.config.seed, cache, reporter,
+                          name, what="activations", dtype=torch.float16)
 
 
 @torch.no_grad()
@@ -174,7 +164,8 @@ def cached_top(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet]
     split = cut_model(model, plan, sets["train"], device)
     identity = activation_identity(split, plan)
     cache = TensorCache("activations") if plan.config.cache else None
-    train, val = (split_activations(split, identity, plan, sets[name], device, cache, reporter, name)
+    views = {"train": plan.config.feature_views, "val": 1}
+    train, val = (split_activations(split, identity, plan, sets[name], device, cache, reporter, name, views[name])
                   for name in ("train", "val"))
     return CachedTop(split, train, val)
 

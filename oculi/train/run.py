@@ -464,7 +464,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     top = cached_top(model, plan, sets, device, reporter) if _fine_tunes_top(cfg, model) else None
     # A resumed run past its features phase finds that phase's result in the checkpoint.
     if cfg.mode in ("features", "auto") and not restoring:
-        feats = top.features(device) if top is not None and cfg.feature_views == 1 else None
+        feats = top.features(device) if top is not None else None
         head_state = _features_phase(model, plan, sets, settings, device, reporter, world, feats)
         if cfg.mode == "features":
             if world.main:
