@@ -110,7 +110,7 @@ class TrainConfig:
     brightness: float | None = knob("scale brightness by 1 +- this.", low=0, high=0.9)
     contrast: float | None = knob("scale contrast by 1 +- this.", low=0, high=0.9)
     saturation: float | None = knob("scale saturation by 1 +- this.", low=0, high=1)
-    flip: bool | None = knob("random horizontal flips (default: on, off for digits and MNIST).")
+    flip: bool | None = knob("random horizontal flips (default: on; off for digits, MNIST and class folders 0-9).")
     vflip: bool | None = knob("random vertical flips.")
     fill_mode: str | None = knob("what fills the borders: constant, nearest, reflect or wrap.", choices=FILL_MODES)
     filter: str | None = setting(None, "Apply an image filter to every image, in training and prediction: sharpen, "
