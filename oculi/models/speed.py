@@ -27,7 +27,7 @@ PATCH = 2  # the whitening filters' size
 OUTPUT_SCALE = 1 / 9  # logits start small: the first steps do not saturate the softmax
 # The whitening layer's bias trains for this share of the epochs, then stays (airbench: 3 epochs of ~10).
 # Frozen, backward skips the gradient of the first block's input, the largest map: a CPU step at batch
-# 512 took 0.39-0.47 s instead of 0.46-0.52 s (2 cores, bfloat16, under load).
+# 512 took 0.42 s instead of 0.65 s (bfloat16, one thread, under load: benchmarks/cpu_step.py).
 WHITEN_BIAS_SHARE = 0.3
 
 
