@@ -51,9 +51,9 @@ def test_a_small_set_gets_smaller_batches_with_the_learning_rate_scaled():
 def test_fast_cnn_trains_a_smaller_set_for_more_epochs_but_fewer_images_in_all():
     def epochs(n_train):
         return resolve(TrainConfig(data="x"), _source(n_train), SMALL).epochs
-    counts = [1_439, 9_000, 20_000, 45_000, 200_000]
+    counts = [1_439, 9_000, 20_000, 45_000, 90_000]
     assert [epochs(n) for n in counts] == sorted((epochs(n) for n in counts), reverse=True)
-    assert epochs(45_000) == 10 and epochs(200_000) == 10 and epochs(1_439) == 40  # the bounds
+    assert epochs(45_000) == 10 and epochs(90_000) == 10 and epochs(1_439) == 40  # the bounds
     assert 10 < epochs(9_000) < 40
     assert epochs(9_000) * 9_000 < epochs(45_000) * 45_000  # fewer images seen in all than CIFAR-10's
 
