@@ -6,7 +6,7 @@ import pytest
 from oculi.config import TrainConfig
 from oculi.data.sources import DataSource
 from oculi.data.split import Record
-from oculi.defaults import CPU_MAX_STAGES, CPU_MIN_EPOCHS, CPU_TIME_BUDGET, DataProbe, resolve
+from oculi.defaults import CPU_MAX_STAGES, CPU_MIN_EPOCHS, CPU_TIME_BUDGET, DataProbe, resolve, scratch_epochs
 from oculi.errors import OculiError
 
 
@@ -47,6 +47,23 @@ def test_a_small_set_gets_smaller_batches_with_the_learning_rate_scaled():
     cfg = resolve(TrainConfig(data="x"), _source(1_439), SMALL)
     assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.2 * 64 / 512)
     assert 1_439 // cfg.batch_size >= 16 and cfg.epochs == 40
+
+
+def test_fast_cnn_trains_a_smaller_set_for_more_epochs_but_fewer_images_in_all():
+    def epochs(n_train):
+        return resolve(TrainConfig(data="x"), _source(n_train), SMALL).epochs
+    counts = [1_439, 9_000, 20_000, 45_000, 90_000]
+    assert [epochs(n) for n in counts] == sorted((epochs(n) for n in counts), reverse=True)
+    assert epochs(45_000) == 10 and epochs(90_000) == 10 and epochs(1_439) == 40  # the bounds
+    assert 10 < epochs(9_000) < 40
+    assert epochs(9_000) * 9_000 < epochs(45_000) * 45_000  # fewer images seen in all than CIFAR-10's
+
+
+def test_scratch_epochs_scale_as_a_power_of_the_set_and_stay_in_bounds():
+    assert scratch_epochs(45_000, 450_000) == 10 and scratch_epochs(4_500, 450_000) == 40  # linear: n x epochs
+    assert scratch_epochs(11_250, 450_000, reference_images=45_000) == 17  # 40 x (1/4) ^ 0.6 = 17.4
+    assert scratch_epochs(90_000, 900_000, reference_images=45_000) == 15  # 10 x 2 ^ 0.6 = 15.2
+    assert scratch_epochs(0, 450_000, reference_images=45_000) == 40 and scratch_epochs(10**7, 450_000) == 10
 
 
 def test_the_users_flags_win_over_the_recipe():

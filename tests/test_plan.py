@@ -16,10 +16,10 @@ from oculi.plan import Plan, resolve_plan
 from oculi.rundir import RunDir
 
 
-def _folder(root, name="mnist", size=(40, 40), per_class=6):
-    """A folder of two classes of small random RGB images, called ``name``."""
+def _folder(root, name="mnist", size=(40, 40), per_class=6, classes=("a", "b")):
+    """A folder of small random RGB images in ``classes``, called ``name``."""
     rng = np.random.default_rng(0)
-    for c in ("a", "b"):
+    for c in classes:
         (root / name / c).mkdir(parents=True)
         for i in range(per_class):
             pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
@@ -33,6 +33,14 @@ def test_flips_follow_the_data_not_its_name(tmp_path):
     digits = resolve_plan(TrainConfig(data="digits"), open_source("digits"))
     assert folder.augmentation.flip and folder.config.tta == "flip"
     assert not digits.augmentation.flip and digits.config.tta == "none"
+
+
+def test_a_folder_of_digit_classes_is_not_flipped(tmp_path):
+    """Classes 0/ to 9/ are digits whatever the folder is called: a mirrored 2 is no digit."""
+    digits = open_source(str(_folder(tmp_path, "anything", classes=tuple("0123456789"), per_class=3)))
+    plan = resolve_plan(TrainConfig(data="x"), digits)
+    assert not plan.augmentation.flip and plan.config.tta == "none"
+    assert resolve_plan(TrainConfig(data="x", flip=True), digits).augmentation.flip  # asked for: flipped
 
 
 def test_the_plan_round_trips_through_its_dict():

@@ -40,11 +40,22 @@ def model_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.contiguous(memory_format=torch.channels_last)
 
 
-def autocast(device: torch.device):
-    """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); full precision elsewhere."""
+def autocast(device: torch.device, cpu: bool = False):
+    """bfloat16 autocast on CUDA (no loss scaling needed, unlike float16); with ``cpu`` (training steps) also
+    on a CPU with native bfloat16 instructions (AVX512-BF16 or AMX, through oneDNN): fast-cnn's training
+    step at batch 512 on 2 cores took 0.31 s instead of 0.45 s (BENCHMARKS.md). Prediction on the CPU stays
+    float32, so that validation, evaluation, prediction and the export's parity check see the same numbers;
+    elsewhere, full precision (emulated bfloat16 is slower than float32)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if cpu and device.type == "cpu" and cpu_has_bfloat16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (oneDNN's own test)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:

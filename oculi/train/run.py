@@ -444,7 +444,7 @@ def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device)
                         lr=cfg.lr, accumulate=cfg.accumulate,
                         schedule=cfg.schedule, warmup_epochs=cfg.warmup_epochs,
                         label_smoothing=cfg.label_smoothing, patience=cfg.patience, head=cfg.head,
-                        lookahead=bool(cfg.lookahead),
+                        lookahead=bool(cfg.lookahead), mixed_precision=cfg.mixed_precision,
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights,
                         select_by=cfg.select_by,  # "auto" only in plans from before it existed: accuracy
                         time_budget=cfg.time_budget)
@@ -489,8 +489,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
 
     if isinstance(model, BackboneClassifier) and cfg.pretrained:
         model.frozen_norm = True
-    on_epoch_start = (gradual_unfreezing(model, cfg.unfreeze_epochs)
-                      if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier) else lambda epoch: None)
+    on_epoch_start = _on_epoch_start(model, cfg)
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
@@ -519,6 +518,16 @@ def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: 
     broadcast_module(world, model.head)
     return dataclasses.replace(broadcast_object(world, dataclasses.replace(head_state, best_state=None)),
                                best_state=copy_state(model.head))
+
+
+def _on_epoch_start(model, cfg: TrainConfig) -> Callable[[int], None]:
+    """What changes before each epoch: gradual unfreezing of a backbone, or the model's own schedule of
+    what trains (fast-cnn freezes its whitening bias after the first epochs)."""
+    if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier):
+        return gradual_unfreezing(model, cfg.unfreeze_epochs)
+    if hasattr(model, "on_epoch_start"):
+        return lambda epoch: model.on_epoch_start(epoch, cfg.epochs)
+    return lambda epoch: None
 
 
 def _finetune_plan(baseline: dict, top: CachedTop | None) -> str:

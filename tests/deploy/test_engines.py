@@ -40,3 +40,13 @@ def test_bundles_that_stored_flip_tta_still_load():
     assert Preprocessing.from_dict(old).tta == "flip"
     assert Preprocessing.from_dict({**old, "flip_tta": False}).tta == "none"
     assert Preprocessing.from_dict(Preprocessing((8, 8), 1, tta="flip-shift").to_dict()).tta == "flip-shift"
+
+
+def test_training_steps_on_a_bfloat16_cpu_run_in_bfloat16_and_prediction_stays_float32():
+    from oculi.deploy.engines import autocast, cpu_has_bfloat16
+    conv, x, cpu = torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8), torch.device("cpu")
+    with autocast(cpu):
+        assert conv(x).dtype == torch.float32  # prediction: what export and evaluate compare against
+    with autocast(cpu, cpu=True):
+        trained = conv(x).dtype
+    assert trained == (torch.bfloat16 if cpu_has_bfloat16() else torch.float32)

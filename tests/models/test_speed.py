@@ -48,6 +48,20 @@ def test_an_input_smaller_than_the_whitening_patch_is_refused_when_built(name):
     assert model(torch.randn(4, 3, 2, 2)).shape == (4, 3)
 
 
+def test_the_whitening_bias_trains_in_the_first_epochs_only_and_then_gets_no_gradient():
+    model = FastCNN(10, in_chans=1)
+    trains = []
+    for epoch in range(10):
+        model.on_epoch_start(epoch, 10)
+        trains.append(model.whiten.bias.requires_grad)
+    assert trains == [True] * 3 + [False] * 7  # 30% of 10 epochs
+    model.on_epoch_start(0, 1)
+    assert model.whiten.bias.requires_grad  # a one-epoch run still trains it
+    model.on_epoch_start(5, 10)
+    F.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    assert model.whiten.bias.grad is None and model.head.weight.grad is not None
+
+
 def test_it_learns_a_separable_task():
     torch.manual_seed(0)
     images = torch.randn(256, 3, 16, 16)

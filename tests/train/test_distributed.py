@@ -27,7 +27,9 @@ from oculi.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 # --augment none: random crops are drawn per rank, so only unaugmented runs can equal one process's
-MLP = ["digits", "--model", "mlp", "--epochs", "2", "--augment", "none", "--lr", "0.01", "--no-report", "-q"]
+# float32: the weights of one and two processes are compared to 1e-5, which bfloat16 steps would not keep
+MLP = ["digits", "--model", "mlp", "--epochs", "2", "--augment", "none", "--lr", "0.01", "--no-report", "-q",
+       "--no-mixed-precision"]
 BN = ["digits", "--model", "fast-cnn", "--epochs", "3", "--augment", "none", "--no-report"]
 
 
@@ -74,7 +76,8 @@ def test_accumulating_two_half_batches_trains_as_one_whole_batch():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
         settings = LoopSettings(epochs=2, batch_size=batch_size, lr=0.01, schedule="cosine", warmup_epochs=0.5,
-                                label_smoothing=0.0, patience=None, head="softmax", seed=1, accumulate=accumulate)
+                                label_smoothing=0.0, patience=None, head="softmax", seed=1, accumulate=accumulate,
+                                mixed_precision=False)  # the sums compared to 1e-5: bfloat16 rounds at 1e-3
         Learner(model, build_optimizer(model, "adamw", 0.01, 5e-4, 0.9), settings,
                 ImageData(data, data, preprocessing, None), torch.device("cpu"), Reporter(quiet=True)).fit()
         return model
