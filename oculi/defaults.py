@@ -36,9 +36,10 @@ CPU_MIN_EPOCHS, CPU_PARTIAL_EPOCHS = 4, 8
 # ...within a time budget that fits a laptop user's patience; the features model is ready before it starts.
 CPU_TIME_BUDGET = 180.0
 # What one multiply-accumulate of the top's forward pass costs per training image and epoch (forward,
-# backward, and the val pass's share), on the 2-core development machine: efficientnet_lite0's last stage (82
-# MMAC at 288 px) took 5.6 ms per image, its last two (232 MMAC) 20.6 ms, one thread under load.
-CPU_SECONDS_PER_MAC = 6e-11
+# backward, and the val pass's share) on the 2-core development machine, quiet, bfloat16 steps:
+# efficientnet_lite0's last two stages (232 MMAC at 288 px) took 28-33 s an epoch of 1,800 images (7.2e-11 s),
+# 3.6-4.6 s on 221 (7-9e-11 s, the fixed costs of an epoch weighing more).
+CPU_SECONDS_PER_MAC = 7.5e-11
 # The activations of every training and val image stay in memory (float16): at most this much.
 ACTIVATION_MEMORY = 2 * 2**30
 # Fine-tuning from cached activations stops after this many epochs that do not beat the best so far.
