@@ -29,8 +29,8 @@ AUTO_FINETUNE_EPOCHS = 5
 # On a CPU, auto fine-tunes the backbone's last stages only, from their cached inputs (train.partial): an epoch
 # of the whole network at 288 px costs as much as the whole features phase (~0.07 s per image forward and
 # backward on 2 cores). As many stages as the time budget affords for at least CPU_MIN_EPOCHS epochs, at most
-# CPU_MAX_STAGES: on 2,000 CIFAR images enlarged to 128 px (5 classes) one stage gained 1 point over the
-# features head and two stages 3.4 (BENCHMARKS.md).
+# CPU_MAX_STAGES: on 2,000 CIFAR images enlarged to 128 px (5 classes) one stage gained 1.4 points of test
+# accuracy over the features head, two stages 3.6, three (2 epochs in the budget) 3.2 (BENCHMARKS.md).
 CPU_MAX_STAGES = 2
 CPU_MIN_EPOCHS, CPU_PARTIAL_EPOCHS = 4, 8
 # ...within a time budget that fits a laptop user's patience; the features model is ready before it starts.
