@@ -7,9 +7,8 @@ import csv
 import json
 
 import pytest
-import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import oculi
 from oculi.models import create_model
@@ -17,20 +16,6 @@ from oculi.models.cut import split_backbone
 from oculi.train import partial
 from oculi.train.frozen import FrozenForward
 from oculi.train.partial import TopOfModel, augment_maps, trainable_top
-from tests.conftest import make_class_folder
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    return make_class_folder(tmp_path_factory.mktemp("data") / "colours", per_class=16, size=(80, 72))
 
 
 def _model_and_split(stages: int = 1):

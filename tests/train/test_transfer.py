@@ -9,7 +9,7 @@ import json
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import oculi
 from oculi.data.cache import TensorCache, cache_key
@@ -21,19 +21,6 @@ from oculi.train.transfer import backbone_groups, gradual_unfreezing
 from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "test_resnet.safetensors"
-    save_file({k: v.contiguous() for k, v in timm.create_model("test_resnet").state_dict().items()}, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    return make_class_folder(tmp_path_factory.mktemp("data") / "colours", per_class=16, size=(80, 72))  # photos (> 64 px): auto runs both phases
 
 
 def _train(data, out, weights_file, **options):
