@@ -122,6 +122,8 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
                                                1, CPU_PARTIAL_EPOCHS))
             if not cfg.epochs:  # epochs asked for are trained as asked
                 patience = min(patience or CPU_FINETUNE_PATIENCE, CPU_FINETUNE_PATIENCE)
+    elif unfreeze is not None and mode in ("auto", "finetune") and get_model_info(model) is None:
+        _affordable_top(model, image_size, n_train, len(source.records), 0, unfreeze)  # an ask out of range: now
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else recipe["optimizer"]
     # --batch-size is per process; a step takes it from each of world_size processes, accumulate times.
     ranks = cfg.world_size * cfg.accumulate

@@ -131,3 +131,5 @@ def test_unfreeze_stages_asked_for_is_kept_and_checked():
     assert _photos_plan(20_000, unfreeze_stages=3).unfreeze_stages == 3
     with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7 for efficientnet_lite0; got 9"):
         _photos_plan(200, unfreeze_stages=9)
+    with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7"):  # before any decoding
+        _photos_plan(200, "cuda", mode="finetune", unfreeze_stages=8)
