@@ -109,6 +109,7 @@ def test_auto_on_a_cpu_fine_tunes_the_top_stages_within_a_time_budget():
     cfg = _photos_plan(200)
     assert cfg.mode == "auto" and cfg.unfreeze_stages >= 1 and cfg.time_budget == CPU_TIME_BUDGET
     assert cfg.patience == 3 and CPU_MIN_EPOCHS <= cfg.epochs <= 8  # cheap epochs, given up early
+    assert cfg.lr == 1e-3 and _photos_plan(200, "cuda").lr == 3e-4 and _photos_plan(200, lr=0.01).lr == 0.01
     gpu = _photos_plan(200, "cuda")  # a GPU fine-tunes everything, without a budget
     assert (gpu.unfreeze_stages, gpu.time_budget, gpu.patience) == (None, None, 10)
     assert _photos_plan(200, mode="finetune").unfreeze_stages is None  # asked for the whole network
