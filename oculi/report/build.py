@@ -255,8 +255,7 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
     if augmentation is None:
         return Section("augmentation", "Augmentation", paragraph("No augmentation (--augment none)."))
     knobs = [[k, v] for k, v in augmentation.to_dict().items() if v not in (0, 0.0, False)]
-    body = paragraph(f"Preset '{run.config.augment}', applied on the fly to every training batch:") + table_html(
-        ["setting", "value"], knobs)
+    body = paragraph(f"Preset '{run.config.augment}', {_where_augmented(run)}:") + table_html(["setting", "value"], knobs)
     if images.unavailable:
         body += paragraph(images.unavailable)
     else:
@@ -270,6 +269,18 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
         body += figure_html(fig, "augmented versions of sample images", "Each sample (outlined) and 13 random "
                             "augmented versions of it.", photos=True)
     return Section("augmentation", "Augmentation", body)
+
+
+def _where_augmented(run: RunFiles) -> str:
+    """What the preset was applied to: every batch, or (trained on cached inputs) only extra cached views."""
+    cfg, training = run.config, run.meta.get("training")
+    cached = ("cached activations, each map mirrored and cropped at random" if training == "finetune"
+              and cfg.unfreeze_stages is not None else "cached features" if training == "features" else None)
+    if cached is None:
+        return "applied on the fly to every training batch"
+    views = (f"it made the {cfg.feature_views - 1} augmented view{'s' * (cfg.feature_views > 2)} of each training image"
+             if cfg.feature_views > 1 else "with --feature-views 1 it was not used")
+    return f"but the model trained on {cached}; {views}"
 
 
 # ---------------------------------------------------------------- model

@@ -222,3 +222,17 @@ def test_the_report_counts_the_stages_below_the_cut_as_frozen():
     assert any(n.startswith("backbone.layer3") for n in frozen) and "backbone.conv1.0.weight" in frozen
     assert _frozen_parameters(model, "finetune") == {}  # the whole network trained
     assert _trained("finetune", 2).startswith("the last 2 stages of the backbone and the head")
+
+
+def test_the_augmentation_section_says_when_the_model_trained_on_cached_inputs():
+    from types import SimpleNamespace
+
+    from oculi.config import TrainConfig
+    from oculi.report.build import _where_augmented
+
+    def said(training, **config):
+        return _where_augmented(SimpleNamespace(config=TrainConfig(data="x", **config), meta={"training": training}))
+    assert said("scratch") == "applied on the fly to every training batch"
+    assert said("finetune") == "applied on the fly to every training batch"  # the whole network, on images
+    assert said("finetune", unfreeze_stages=2).startswith("but the model trained on cached activations")
+    assert said("features", feature_views=3).endswith("it made the 2 augmented views of each training image")
