@@ -68,17 +68,26 @@ def _children_in_order(module: nn.Module, prefix: str, group_of: dict[str, int])
     return out
 
 
-def split_backbone(backbone: nn.Module, stages: int, example: torch.Tensor) -> BackboneSplit:
-    """``backbone`` cut so that its last ``stages`` stages (at most all but the stem) form ``top``, checked to
-    compute the backbone's own output on ``example`` (a normalised batch) when run one part after the other."""
+def bottom_children(backbone: nn.Module, stages: int) -> tuple[list[tuple[str, nn.Module]], list[tuple[str, nn.Module]]]:
+    """(name, module) of the children below the cut before the last ``stages`` stages, and of those above it."""
     sequence = backbone_stages(backbone)
     total = max(stage for _, _, stage in sequence)
     if not 1 <= stages <= total:
         raise OculiError(f"--unfreeze-stages must be between 1 and {total} for this backbone; got {stages}")
     first = next(i for i, (_, _, stage) in enumerate(sequence) if stage > total - stages)
-    split = BackboneSplit(nn.Sequential(*[m for _, m, _ in sequence[:first]]),
-                          nn.Sequential(*[m for _, m, _ in sequence[first:]]), stages, total, sequence[first][0])
-    _check_split(backbone, split, example)
+    return [(n, m) for n, m, _ in sequence[:first]], [(n, m) for n, m, _ in sequence[first:]]
+
+
+def split_backbone(backbone: nn.Module, stages: int, example: torch.Tensor, check: bool = True) -> BackboneSplit:
+    """``backbone`` cut so that its last ``stages`` stages (at most all but the stem) form ``top``, checked (unless
+    ``check`` is off) to compute the backbone's own output on ``example`` (a normalised batch) when run one part
+    after the other."""
+    bottom, top = bottom_children(backbone, stages)
+    total = max(stage for _, _, stage in backbone_stages(backbone))
+    split = BackboneSplit(nn.Sequential(*[m for _, m in bottom]), nn.Sequential(*[m for _, m in top]), stages,
+                          total, top[0][0])
+    if check:
+        _check_split(backbone, split, example)
     return split
 
 
@@ -132,7 +141,7 @@ def top_costs(backbone: nn.Module, example: torch.Tensor, most: int) -> list[Top
     """``TopCost`` of the last 1, 2, .. ``most`` stages (fewer when the backbone has fewer)."""
     costs = []
     for stages in range(1, min(most, max(s for _, _, s in backbone_stages(backbone))) + 1):
-        split = split_backbone(backbone, stages, example)
+        split = split_backbone(backbone, stages, example, check=stages == 1)  # one check tells whether it chains
         with torch.no_grad():
             maps = split.bottom.eval()(example[:1])
         costs.append(TopCost(stages, count_macs(split.top, maps), maps[0].numel() * 2))

@@ -24,7 +24,7 @@ from ..data.split import Record, read_manifest
 from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
 from ..io import atomic_write_text
-from ..models.cut import backbone_stages
+from ..models.cut import bottom_children
 from ..models.summary import layer_rows
 from ..plan import Plan
 from ..rundir import RunDir
@@ -322,10 +322,8 @@ def _frozen_parameters(model: nn.Module, training: str, stages: int | None = Non
 
 def _bottom_parameters(model: nn.Module, stages: int) -> set[str]:
     """Names of the parameters below the cut of a model that fine-tuned its last ``stages`` stages."""
-    sequence = backbone_stages(model.backbone)
-    last = max(stage for _, _, stage in sequence)
-    return {f"backbone.{name}.{p}" for name, module, stage in sequence if stage <= last - stages
-            for p, _ in module.named_parameters()}
+    bottom, _ = bottom_children(model.backbone, stages)
+    return {f"backbone.{name}.{p}" for name, module in bottom for p, _ in module.named_parameters()}
 
 
 # ---------------------------------------------------------------- training
