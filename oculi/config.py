@@ -141,8 +141,9 @@ class TrainConfig:
     mode: str = setting("auto", "Pretrained backbones: features (frozen, cached features + head), finetune (whole "
                         "net) or auto (features, then fine-tuning if it helps); scratch: no pretrained weights.",
                         choices=MODES)
-    feature_views: int = setting(1, "Feature vectors per training image: 1 plain, more adds augmented views.",
-                                 low=1, high=100)
+    feature_views: int | None = setting(None, "Feature vectors per training image: 1 plain, more adds augmented "
+                                        "views (default: about 2,000 vectors in all, 1 to 8 a image).",
+                                        low=1, high=100)
     head_epochs: int = setting(60, "Epochs of the head on cached features.", low=1, high=100_000)
     head_lr: float = setting(1e-3, "Learning rate of the head on cached features.", low=0, high=10, excluded="low")
     backbone_lr: float = setting(0.1, "Fine-tuning: the backbone's learning rate as a fraction of --lr.",

@@ -128,6 +128,22 @@ def test_activations_that_would_not_fit_in_memory_leave_the_features_head_alone(
     assert _photos_plan(100_000).mode == "features"
 
 
+def test_a_small_set_gets_augmented_feature_views_up_to_about_2000_vectors():
+    views = {n: _photos_plan(n).feature_views for n in (100, 221, 500, 1_000, 1_999, 2_000, 50_000)}
+    assert views == {100: 8, 221: 8, 500: 4, 1_000: 2, 1_999: 1, 2_000: 1, 50_000: 1}
+    assert _photos_plan(221, feature_views=1).feature_views == 1  # asked for
+    assert resolve(TrainConfig(data="x"), _source(221), SMALL).feature_views == 1  # from scratch: no features
+    assert _photos_plan(221, "cuda", mode="finetune").feature_views == 1  # no features head
+
+
+def test_the_views_activations_count_against_memory_but_not_against_an_epoch():
+    plain, views = _photos_plan(1_000, feature_views=1), _photos_plan(1_000)
+    assert views.feature_views == 2 and (views.unfreeze_stages, views.epochs) == (plain.unfreeze_stages, plain.epochs)
+    # the last stage's inputs of 69,000 images fit in 2 GiB: 35,000 do; with a second view of each, no longer
+    assert _photos_plan(35_000, feature_views=1).mode == "auto"
+    assert _photos_plan(35_000, feature_views=2).mode == "features"
+
+
 def test_unfreeze_stages_asked_for_is_kept_and_checked():
     assert _photos_plan(20_000, unfreeze_stages=3).unfreeze_stages == 3
     with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7 for efficientnet_lite0; got 9"):

@@ -274,13 +274,14 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
 def _where_augmented(run: RunFiles) -> str:
     """What the preset was applied to: every batch, or (trained on cached inputs) only extra cached views."""
     cfg, training = run.config, run.meta.get("training")
-    cached = ("cached activations, each map mirrored and cropped at random" if training == "finetune"
-              and cfg.unfreeze_stages is not None else "cached features" if training == "features" else None)
-    if cached is None:
-        return "applied on the fly to every training batch"
-    views = (f"it made the {cfg.feature_views - 1} augmented view{'s' * (cfg.feature_views > 2)} of each training image"
-             if cfg.feature_views > 1 else "with --feature-views 1 it was not used")
-    return f"but the model trained on {cached}; {views}"
+    n = (cfg.feature_views or 1) - 1
+    views = f"the {n} augmented view{'s' * (n > 1)} of each training image" if n else None
+    if training == "finetune" and cfg.unfreeze_stages is not None:
+        head = f"; it made {views} for the features head before them" if views else ""
+        return f"but the top stages trained on cached activations, each map mirrored and cropped at random{head}"
+    if training == "features":
+        return f"but the model trained on cached features; {f'it made {views}' if views else 'with 1 view it was not used'}"
+    return "applied on the fly to every training batch"
 
 
 # ---------------------------------------------------------------- model

@@ -145,11 +145,20 @@ def pooled_features(split: BackboneSplit, maps: FeatureSet, device: torch.device
 
 @dataclass
 class CachedTop:
-    """A run's cut backbone and the activations of its train and val images."""
+    """A run's cut backbone and the activations of its train images (``views`` of each, view by view, the
+    plain view first) and val images."""
 
     split: BackboneSplit
     train: FeatureSet
     val: FeatureSet
+    views: int = 1
+
+    @property
+    def plain_train(self) -> FeatureSet:
+        """The plain view's activations: what the top trains on (it augments them itself, each epoch afresh;
+        the other views are for the features head, which cannot, and would multiply an epoch's cost)."""
+        n = len(self.train) // self.views
+        return FeatureSet(self.train.features[:n], self.train.labels[:n])
 
     def features(self, device: torch.device) -> dict[str, FeatureSet]:
         """The frozen model's pooled features of train and val, for the features head."""
@@ -167,7 +176,7 @@ def cached_top(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet]
     views = {"train": plan.config.feature_views, "val": 1}
     train, val = (split_activations(split, identity, plan, sets[name], device, cache, reporter, name, views[name])
                   for name in ("train", "val"))
-    return CachedTop(split, train, val)
+    return CachedTop(split, train, val, views["train"])
 
 
 def cut_model(model: BackboneClassifier, plan: Plan, train: TensorSet, device: torch.device) -> BackboneSplit:

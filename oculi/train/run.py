@@ -493,7 +493,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
-        net, data = TopOfModel(model, top.split), ActivationData(top.train, top.val)
+        net, data = TopOfModel(model, top.split), ActivationData(top.plain_train, top.val)
     else:
         net, data = model, ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
     learner = Learner(net, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,

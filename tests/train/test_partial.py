@@ -58,6 +58,15 @@ def _train(data, out, weights_file, **options):
     return oculi.train(str(data), out=str(out), **{**defaults, **options})
 
 
+def test_the_top_trains_on_the_plain_view_the_head_on_every_view():
+    from oculi.train.loop import FeatureSet
+    maps = torch.arange(3 * 4, dtype=torch.float16).view(3 * 4, 1, 1, 1)  # 3 views of 4 images, view by view
+    labels = torch.tensor([0, 1, 0, 1]).repeat(3)
+    top = partial.CachedTop(split=None, train=FeatureSet(maps, labels), val=FeatureSet(maps[:2], labels[:2]), views=3)
+    assert top.plain_train.features.flatten().tolist() == [0, 1, 2, 3]
+    assert top.plain_train.labels.tolist() == [0, 1, 0, 1]
+
+
 @pytest.mark.slow
 def test_a_top_stage_run_leaves_the_bottom_alone_and_predicts_as_evaluated(tmp_path, colours, weights_file):
     run = _train(colours, tmp_path / "run", weights_file, mode="finetune", unfreeze_stages=1, epochs=3, lr=3e-3)

@@ -95,7 +95,7 @@ def test_auto_runs_features_then_finetuning_and_keeps_the_better(tmp_path, colou
 
 
 def test_auto_resume_after_a_crash_in_finetuning_matches(tmp_path, colours, weights_file, monkeypatch):
-    options = dict(head_epochs=5, epochs=3, batch_size=8)
+    options = dict(head_epochs=5, epochs=3, batch_size=8, feature_views=1)  # 4 steps an epoch, below
     full = _train(colours, tmp_path / "full", weights_file, **options)
 
     from oculi.train import loop
@@ -164,4 +164,5 @@ def test_features_mode_needs_pretrained_weights(tmp_path, colours):
 def test_offline_backbone_features_reach_92_percent_on_hymenoptera(tmp_path, hymenoptera):
     run = oculi.train(str(hymenoptera), mode="features", out=str(tmp_path / "run"), progress=False)
     assert run.config.image_size == (288, 288) and run.config.model == "efficientnet_lite0"
+    assert run.config.feature_views == 8  # 221 training images: about 2,000 feature vectors
     assert max(r["val_acc"] for r in run.history) >= 0.92
