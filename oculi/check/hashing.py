@@ -6,9 +6,7 @@ header parser costs that file, not the check."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.children import ChildDied, can_fork, map_in_children
 from ..data.contained import one_thread
-from ..data.decode import read_image_size
+from ..data.decode import FileFacts, bytes_digest, read_image_size
 from ..data.sources import DataSource, builtin_row
 from ..errors import ImageDecodeError
 
@@ -27,21 +25,11 @@ HASH_FREQS = 8
 FILES_PER_CHILD = 2048  # a child reads this many headers: a fork costs 30-130 ms here
 
 
-@dataclass(frozen=True)
-class FileFacts:
-    """One image file: the hash of its bytes, channels as decoded (1 gray, 3 colour), height and width."""
-
-    digest: str
-    channels: int
-    height: int
-    width: int
-
-
 def file_facts(path: Path) -> FileFacts | str:
     """The facts of one file, or why it cannot be read."""
     try:
         channels, height, width = read_image_size(path)
-        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        digest = bytes_digest(path.read_bytes())
     except ImageDecodeError as err:
         return err.reason
     except OSError as err:
@@ -57,7 +45,7 @@ def source_facts(source: DataSource, paths: list[str], advance: Callable[[int], 
         for path in paths:
             pixels = source.arrays[builtin_row(path)]
             c, h, w = pixels.shape
-            yield path, FileFacts(hashlib.blake2b(pixels.tobytes(), digest_size=16).hexdigest(), c, h, w)
+            yield path, FileFacts(bytes_digest(pixels.tobytes()), c, h, w)
             advance(1)
         return
     files = [source.root / path for path in paths]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
-from ..data.loading import TensorSet, decode_source
+from ..data.loading import LoadedSource, TensorSet, load_source
 from ..data.sources import DataSource, open_source
 from ..data.split import Record
 from ..defaults import PHOTO_PRETRAINED_MODEL
@@ -77,14 +77,13 @@ class CheckResult:
 
 # ---- the checks ------------------------------------------------------------------------------------
 
-def inspect(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[str, str]], reporter: Reporter,
+def inspect(source: DataSource, loaded: LoadedSource, reporter: Reporter,
             features: torch.Tensor | None = None) -> CheckResult:
-    """Duplicates, leaks and the profile of the decoded ``sets`` (features: rows in the sets' order)."""
+    """Duplicates, leaks and the profile of the decoded sets (features: rows in the sets' order)."""
     start = time.perf_counter()
+    sets, skipped = loaded.sets, loaded.skipped
     records = set_records(sets)
-    with reporter.bar("checking: hashes", len(records)) as advance:
-        facts = {path: f for path, f in source_facts(source, [r.path for r in records], advance)
-                 if isinstance(f, FileFacts)}
+    facts = _file_facts(source, records, loaded.facts, reporter)
     digests = [facts[r.path].digest if r.path in facts else f"unread:{r.path}" for r in records]
     signatures = [perceptual_hashes(s.images) for s in sets.values()]
     hashes, thumbs = (torch.cat(parts) for parts in zip(*signatures))
@@ -93,6 +92,18 @@ def inspect(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[
     warnings = warnings_for(source.classes, records, facts, prof, duplicates, skipped)
     return CheckResult(source.name, source.classes, prof, duplicates, warnings, skipped, records,
                        seconds=time.perf_counter() - start)
+
+
+def _file_facts(source: DataSource, records: list[Record], known: dict[str, FileFacts], reporter: Reporter
+                ) -> dict[str, FileFacts]:
+    """The facts of every record's file: those decoding gathered as it read the file, the others (a cache
+    entry written before decoding gathered them, a built-in set) read here."""
+    unknown = [r.path for r in records if r.path not in known]
+    facts = {r.path: known[r.path] for r in records if r.path in known}
+    if unknown:
+        with reporter.bar("checking: hashes", len(unknown)) as advance:
+            facts.update((path, f) for path, f in source_facts(source, unknown, advance) if isinstance(f, FileFacts))
+    return facts
 
 
 def _hashable(sets: dict[str, TensorSet]) -> bool:
@@ -129,11 +140,11 @@ def pixel_features(sets: dict[str, TensorSet]) -> torch.Tensor:
 
 # ---- at the start of a training run ------------------------------------------------------------------
 
-def check_at_train_start(source: DataSource, sets: dict[str, TensorSet], skipped: list[tuple[str, str]],
-                         drop_leaks: bool, run_dir: Path, reporter: Reporter) -> set[str]:
+def check_at_train_start(source: DataSource, loaded: LoadedSource, drop_leaks: bool, run_dir: Path,
+                         reporter: Reporter) -> set[str]:
     """The cheap checks on a run's decoded images: one summary line, the warnings, ``check.json`` in the run
     folder. Returns the val/test images to leave out: those that copy a training image when ``drop_leaks``."""
-    result = inspect(source, sets, skipped, reporter)
+    result = inspect(source, loaded, reporter)
     check_file = RunDir(run_dir).check  # in a run folder, and in `oculi check`'s --out folder
     reporter.info(f"[bold]check[/bold]  {result.summary()} ({check_file.name})")
     for warning in result.warnings:
@@ -182,11 +193,12 @@ def run_check(data: str, labels: bool = False, out: str | Path | None = None, re
     for warning in source.warnings:
         reporter.warn(warning)
     plan = resolve_plan(cfg, source, resolve_device(device).type)
-    sets, skipped = _decoded(source, plan, reporter)
+    loaded = _decoded(source, plan, reporter)
+    sets = loaded.sets
     backbone, method = _backbone_features(source, plan, sets, reporter, features) if labels else (None, "")
     # Near copies by features only on photos: enlarged small images all look alike to the backbone
     # (on digits, 8 px, nearly every pair was above the threshold).
-    result = inspect(source, sets, skipped, reporter, backbone if plan.config.pretrained else None)
+    result = inspect(source, loaded, reporter, backbone if plan.config.pretrained else None)
     if labels:
         result.label_method = method
         result.label_issues = _label_issues(result, backbone if backbone is not None else pixel_features(sets))
@@ -205,7 +217,7 @@ def _backbone_features(source: DataSource, plan: Plan, sets: dict[str, TensorSet
     if not plan.config.pretrained and offline_weights_file(PHOTO_PRETRAINED_MODEL):
         label_plan = resolve_plan(dataclasses.replace(plan.config, model=PHOTO_PRETRAINED_MODEL, pretrained=True,
                                                       mode="features", image_size=None, channels=None), source)
-        label_sets, _ = _decoded(source, label_plan, reporter)
+        label_sets = _decoded(source, label_plan, reporter).sets
     vectors = features(label_plan, label_sets, reporter) if features else None
     if vectors is None or [s.paths for s in label_sets.values()] != [s.paths for s in sets.values()]:
         return None, "pixels shrunk to 16x16 (no pretrained backbone here)"
@@ -220,15 +232,13 @@ def _label_issues(result: CheckResult, features: torch.Tensor) -> list[dict]:
         raise OculiError(f"--labels: {err}") from None
 
 
-def _decoded(source: DataSource, plan: Plan, reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
-    """Every image decoded as the training run of ``plan`` decodes it (through the same cache)."""
+def _decoded(source: DataSource, plan: Plan, reporter: Reporter) -> LoadedSource:
+    """Every image decoded as the training run of ``plan`` decodes it (through the same cache); empty
+    splits left out."""
     cache = ArrayCache("images") if plan.config.cache else None
     with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        decoded = decode_source(source, plan.preprocessing, advance, cache)
-    skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
-                                      if r.path in decoded.failed]
-    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
-    return {split: s for split, s in sets.items() if len(s)}, skipped
+        loaded = load_source(source, plan.preprocessing, advance, cache)
+    return dataclasses.replace(loaded, sets={split: s for split, s in loaded.sets.items() if len(s)})
 
 
 def write_outputs(result: CheckResult, sets: dict[str, TensorSet], out_dir: Path) -> None:

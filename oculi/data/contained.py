@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ImageDecodeError
 from .children import ChildDied, can_fork, fork_context, map_in_children, quiet_crashes
-from .decode import decode_image
+from .decode import FileFacts, decode_image, decode_image_and_facts
 from .transforms import Preprocessing
 
 DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
@@ -51,6 +51,15 @@ def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = F
         return err.reason
 
 
+def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing) -> tuple[np.ndarray, FileFacts | None] | str:
+    """``prepare_file``, and the file's facts (``decode_image_and_facts``), or why it cannot be read."""
+    try:
+        pixels, facts = decode_image_and_facts(path, preprocessing.channels)
+    except ImageDecodeError as err:
+        return err.reason
+    return preprocessing.prepare(pixels).contiguous().numpy(), facts
+
+
 def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,
                   workers: int | None = None, draft: bool = False) -> Iterator[np.ndarray | str]:
     """``prepare_file`` of each path, in order, decoded in worker processes (see the module docstring):
@@ -60,11 +69,13 @@ def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,
 
 
 def prepared_chunks(paths: Iterable[str | Path], preprocessing: Preprocessing, workers: int | None = None,
-                    draft: bool = False) -> Iterator[list[np.ndarray | str]]:
-    """``prepare_files``, a list per chunk of ``DECODE_CHUNK`` paths; ``workers`` defaults to every core."""
+                    draft: bool = False, facts: bool = False) -> Iterator[list]:
+    """``prepare_files``, a list per chunk of ``DECODE_CHUNK`` paths; ``workers`` defaults to every core.
+    ``facts``: each readable file gives (pixels, facts), as ``prepare_file_with_facts``."""
     paths = list(paths)
     chunks = deque(paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK))
-    prepare = partial(prepare_file, preprocessing=preprocessing, draft=draft)
+    prepare = (partial(prepare_file_with_facts, preprocessing=preprocessing) if facts
+               else partial(prepare_file, preprocessing=preprocessing, draft=draft))
     if not can_fork():
         return ([prepare(path) for path in chunk] for chunk in chunks)
     return _pooled(chunks, prepare, min(workers or os.cpu_count() or 1, max(1, len(chunks))))

@@ -9,9 +9,10 @@ skipped: a long run never dies on one image.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from .cache import ArrayCache, cache_key, file_identity
 from .contained import DECODE_CHUNK, prepared_chunks
+from .decode import FileFacts
 from .sources import DataSource
 from .split import Record
 from .transforms import Preprocessing
@@ -100,6 +102,7 @@ class DecodedImages:
     rows: dict[str, int]
     failed: dict[str, str]
     mapped: bool = False
+    facts: dict[str, FileFacts] = field(default_factory=dict)  # of the files whose decoding read them
 
     def select(self, records: list[Record]) -> TensorSet:
         """The readable ``records``, in order: a copy in memory, or a ``RowView`` of the mapped file when
@@ -130,22 +133,22 @@ def decode_source(source: DataSource, preprocessing: Preprocessing, advance: Cal
     paths = sorted({r.path for r in source.records})
     shape = (len(paths), preprocessing.channels, *preprocessing.image_size)
     if source.arrays is not None or cache is None:  # built-in sets are decoded arrays already
-        images = np.empty(shape, dtype=np.uint8)
-        rows, failed = _decode_into(images, source, paths, preprocessing, advance)
-        return DecodedImages(torch.from_numpy(images), rows, failed)
+        images, index = np.empty(shape, dtype=np.uint8), {}
+        _decode_into(images, index, source, paths, preprocessing, advance)
+        return DecodedImages(torch.from_numpy(images), index["rows"], index["failed"], facts=_facts(index))
     key = cache_key({"decoding": DECODING_VERSION, "files": file_identity(source.root, paths),
                      **preprocessing.pixel_settings()})
     hit = _cached(cache, key, shape)
     if hit is None:
         with cache.writing(key, shape) as (array, index):
-            index["rows"], index["failed"] = _decode_into(array, source, paths, preprocessing, advance)
+            _decode_into(array, index, source, paths, preprocessing, advance)
         hit = _cached(cache, key, shape)
         if hit is None:  # could not be stored: decode into memory instead (rare: a read-only cache folder)
             return decode_source(source, preprocessing, lambda n: None, cache=None)
     else:
         advance(len(paths))
     array, index = hit
-    return DecodedImages(torch.from_numpy(array), index["rows"], index["failed"], mapped=True)
+    return DecodedImages(torch.from_numpy(array), index["rows"], index["failed"], mapped=True, facts=_facts(index))
 
 
 def _cached(cache: ArrayCache, key: str, shape: tuple[int, ...]) -> tuple[np.ndarray, dict] | None:
@@ -153,33 +156,62 @@ def _cached(cache: ArrayCache, key: str, shape: tuple[int, ...]) -> tuple[np.nda
     return hit if hit is not None and hit[0].shape == shape and "rows" in hit[1] else None
 
 
-def _decode_into(images: np.ndarray, source: DataSource, paths: list[str], preprocessing: Preprocessing,
-                 advance: Callable[[int], None]) -> tuple[dict[str, int], dict[str, str]]:
-    """Decode ``paths`` in chunks, on every core, into ``images[i]`` for ``paths[i]``; returns the rows of
-    the readable files and the reasons for the others (their rows stay unused)."""
-    rows, failed = {}, {}
+def _decode_into(images: np.ndarray, index: dict, source: DataSource, paths: list[str],
+                 preprocessing: Preprocessing, advance: Callable[[int], None]) -> None:
+    """Decode ``paths`` in chunks, on every core, into ``images[i]`` for ``paths[i]``; ``index`` gets the
+    rows of the readable files, the reasons for the others (their rows stay unused) and the facts of the
+    files read (digest, channels, height, width: what the data check needs)."""
+    rows, failed, facts = {}, {}, {}
     for start, results in zip(range(0, len(paths), DECODE_CHUNK), _prepared_chunks(source, paths, preprocessing)):
         for row, result in enumerate(results, start):
             if isinstance(result, str):
                 failed[paths[row]] = result
-            else:
-                rows[paths[row]] = row
-                images[row] = result
+                continue
+            if isinstance(result, tuple):
+                result, fact = result
+                if fact is not None:
+                    facts[paths[row]] = dataclasses.astuple(fact)
+            rows[paths[row]] = row
+            images[row] = result
         advance(len(results))
-    return rows, failed
+    index.update(rows=rows, failed=failed, facts=facts)
+
+
+def _facts(index: dict) -> dict[str, FileFacts]:
+    return {path: FileFacts(*fact) for path, fact in index.get("facts", {}).items()}
 
 
 def _prepared_chunks(source: DataSource, paths: list[str], preprocessing: Preprocessing) -> Iterator[list]:
     """A folder's files go through the decoding processes, where a decoder crash costs one file
     (``oculi.data.contained``); a built-in set's arrays, with nothing to decode, are prepared here."""
     if source.arrays is None:
-        return prepared_chunks([source.root / path for path in paths], preprocessing)
+        return prepared_chunks([source.root / path for path in paths], preprocessing, facts=True)
     return ([_prepare_array(source, path, preprocessing) for path in paths[i:i + DECODE_CHUNK]]
             for i in range(0, len(paths), DECODE_CHUNK))
 
 
 def _prepare_array(source: DataSource, path: str, preprocessing: Preprocessing) -> np.ndarray:
     return preprocessing.prepare(source.read(Record(path, 0, ""), channels=preprocessing.channels)).contiguous().numpy()
+
+
+@dataclass
+class LoadedSource:
+    """Every split of a source, decoded: the readable images, the files skipped and why, and the facts of the
+    files decoding read (for the data check)."""
+
+    sets: dict[str, TensorSet]
+    skipped: list[tuple[str, str]]
+    facts: dict[str, FileFacts]
+
+
+def load_source(source: DataSource, preprocessing: Preprocessing, advance: Callable[[int], None] = lambda n: None,
+                cache: ArrayCache | None = None) -> LoadedSource:
+    """``source``'s train, val and test images, each file decoded once (``decode_source``)."""
+    decoded = decode_source(source, preprocessing, advance, cache)
+    skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
+                                      if r.path in decoded.failed]
+    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
+    return LoadedSource(sets, skipped, decoded.facts)
 
 
 def load_split(source: DataSource, records: list[Record], preprocessing: Preprocessing,

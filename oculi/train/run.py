@@ -21,7 +21,7 @@ from ..check.run import check_at_train_start, without
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
-from ..data.loading import RowView, TensorSet, decode_source
+from ..data.loading import LoadedSource, RowView, TensorSet, load_source
 from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
@@ -253,10 +253,11 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
         remove_temp_files(run_dir)  # a killed run's half-written files: nobody else writes here while we hold it
     # One process per machine decodes into the cache; the others then read it.
     with local_main_first(world) if cfg.cache else nullcontext():
-        sets, skipped = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
+        loaded = _load_sets(source, plan.preprocessing, cfg.cache, reporter)
+    sets, skipped = loaded.sets, loaded.skipped
     if world.main:
         _report_skipped(skipped, run, reporter)
-    sets = _checked(source, sets, skipped, cfg.drop_leaks, run_dir, reporter, world)
+    sets = _checked(source, loaded, cfg.drop_leaks, run_dir, reporter, world)
     _check_trainable(sets["train"], source)
     plan = plan.with_statistics(*_statistics(weights, sets["train"]))
     # A resume without a checkpoint (killed before its first epoch ended) starts like a new run.
@@ -279,13 +280,13 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
     return result
 
 
-def _checked(source: DataSource, sets: dict[str, TensorSet], skipped, drop_leaks: bool, run_dir: Path,
-             reporter: Reporter, world: World) -> dict[str, TensorSet]:
+def _checked(source: DataSource, loaded: LoadedSource, drop_leaks: bool, run_dir: Path, reporter: Reporter,
+             world: World) -> dict[str, TensorSet]:
     """The data check at train start, by rank 0 (it writes check.json); with --drop-leaks every rank leaves
     out the val/test images it found copying a training image."""
-    leaks = check_at_train_start(source, sets, skipped, drop_leaks, run_dir, reporter) if world.main else set()
+    leaks = check_at_train_start(source, loaded, drop_leaks, run_dir, reporter) if world.main else set()
     leaks = broadcast_object(world, leaks)
-    return {split: without(data, leaks) for split, data in sets.items()}
+    return {split: without(data, leaks) for split, data in loaded.sets.items()}
 
 
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -302,19 +303,15 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve())
 
 
-def _load_sets(source: DataSource, preprocessing: Preprocessing, cache: bool,
-               reporter: Reporter) -> tuple[dict[str, TensorSet], list]:
+def _load_sets(source: DataSource, preprocessing: Preprocessing, cache: bool, reporter: Reporter) -> LoadedSource:
     """Decode and prepare every image once; bad files are collected, not fatal."""
     with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        decoded = decode_source(source, preprocessing, advance, ArrayCache("images") if cache else None)
-    skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
-                                      if r.path in decoded.failed]
-    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
-    for split, data in sets.items():
+        loaded = load_source(source, preprocessing, advance, ArrayCache("images") if cache else None)
+    for split, data in loaded.sets.items():
         if isinstance(data.images, RowView):
             reporter.info(f"{split} images ({data.images.nbytes / 2**30:.1f} GiB, more than half the free memory) "
                           f"are read from the decoded-image cache as batches need them")
-    return sets, skipped
+    return loaded
 
 
 def _report_skipped(skipped: list[tuple[str, str]], run: RunDir, reporter: Reporter) -> None:

@@ -133,3 +133,31 @@ def test_tiny_look_alikes_are_not_called_copies(tmp_path):
     result, _ = run_check("digits", out=tmp_path / "out", reporter=Reporter(quiet=True))
     assert result.profile["images"] == 1797
     assert result.duplicates == []
+
+
+def test_a_training_run_checks_with_the_facts_its_decoding_read_cold_and_from_the_cache(tmp_path, monkeypatch):
+    """The check's file hashes and header facts come from decoding (each file read once), on a cold cache
+    and from a cache entry; they equal what reading each file again gives (check.json the same)."""
+    from oculi.check import run as check_run
+    from oculi.data import contained
+    data = planted(tmp_path)
+    with monkeypatch.context() as patch:  # decoding as before: pixels only, so the check reads each file
+        prepare = contained.prepare_file
+        patch.setattr(contained, "prepare_file_with_facts",
+                      lambda path, preprocessing: (lambda r: r if isinstance(r, str) else (r, None))(
+                          prepare(path, preprocessing)))
+        oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "reread"), progress=False,
+                    report=False, cache=False, test_split=0, drop_leaks=True)
+    (tmp_path / "reread" / "check.json").rename(tmp_path / "reread.json")
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("a file was read again for the check")
+
+    monkeypatch.setattr(check_run, "source_facts", no_second_read)
+    monkeypatch.setenv("OCULI_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("cold", "cached"):
+        run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / name), progress=False,
+                          report=False, test_split=0, drop_leaks=True)
+        check, before = (json.loads(p.read_text()) for p in (run.run_dir / "check.json", tmp_path / "reread.json"))
+        assert check.pop("seconds") >= 0 and before.pop("seconds") >= 0
+        assert check == before and check["duplicate_counts"]["leaks"] == 1

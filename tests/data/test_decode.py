@@ -369,3 +369,24 @@ def test_any_rgb_png_round_trips_exactly(pixels):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     assert torch.equal(decode_image(buffer.getvalue()), chw(pixels))
+
+
+def test_decoding_gives_the_facts_reading_the_header_and_hashing_the_bytes_give(tmp_path):
+    import hashlib
+
+    from oculi.data.decode import FileFacts, decode_image_and_facts, read_image_size
+    rng = np.random.default_rng(0)
+    rotated = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: turned a quarter, so upright it is 30 high and 20 wide
+    rotated.save(tmp_path / "rotated.jpg", exif=exif)
+    Image.fromarray(rng.integers(0, 255, (12, 9), dtype=np.uint8)).save(tmp_path / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (7, 5, 4), dtype=np.uint8)).save(tmp_path / "rgba.webp")
+    for path in sorted(tmp_path.iterdir()):
+        pixels, facts = decode_image_and_facts(path, 3)
+        digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+        assert facts == FileFacts(digest, *read_image_size(path))
+        assert tuple(pixels.shape[1:]) == (facts.height, facts.width)
+    rotated_facts = decode_image_and_facts(tmp_path / "rotated.jpg")[1]
+    assert (rotated_facts.height, rotated_facts.width) == (30, 20)
+    assert decode_image_and_facts(tmp_path / "gray.png")[1].channels == 1
