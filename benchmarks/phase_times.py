@@ -46,7 +46,7 @@ def main() -> None:
     totals, counts = defaultdict(float), defaultdict(int)
     for owner, name, label in [
         (run, "open_source", "open the data (scan, split)"),
-        (run, "decode_source", "decode images (cache)"),
+        (run, "load_source", "decode images (cache)"),
         (run, "check_at_train_start", "data check"),
         (run, "_statistics", "channel statistics"),
         (run, "_init_from_data", "whitening init"),
