@@ -67,6 +67,15 @@ def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
+def head_class_logits(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """[N, outputs] logits -> [N, classes] logits whose softmax is the head's probabilities: a sigmoid's one
+    output z becomes [-z/2, z/2] (``calibration.class_logits``, in torch for exported graphs)."""
+    if head == "sigmoid":
+        z = logits[:, :1]
+        return torch.cat([-z / 2, z / 2], dim=1)
+    return logits
+
+
 def tta_logits(model: nn.Module, batch: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """float32 logits of a normalised batch, averaged over the test-time views ``tta`` names:
     none; flip: the image and its mirror; flip-shift: those two (weight 1/2) and both shifted by one pixel

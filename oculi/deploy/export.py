@@ -24,11 +24,14 @@ from ..errors import OculiError
 from ..io import atomic_path, atomic_write_json
 from ..version import __version__
 from .bundle import sha256_of
-from .engines import logits_to_probs, tta_logits
+from .engines import head_class_logits, logits_to_probs, tta_logits
 
 OPSET = 17
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
+# ...and, in float32, the largest difference of the OOD score (energy, on the logits' scale) allowed, relative
+# to 1 + its largest size: the same network in another runtime differs by float rounding only (~1e-6).
+ENERGY_TOLERANCE = 1e-3
 # The gate of an ONNX graph of lower precision (--int8, --half): at most REDUCED_MAX_CHANGED of the check
 # images (and never less than one image: a set of 24 test photos would otherwise allow none) change their
 # top-1 class, and, where the check images carry labels (the run's own test split), an accuracy at most
@@ -43,22 +46,24 @@ REFUSED_FILE = "export_refused.json"
 FAULT_ENV = "OCULI_EXPORT_FAULT"
 
 
-def onnx_bytes(model: nn.Module, example: torch.Tensor, output: str = "outputs") -> bytes:
-    """``model`` (in eval mode) as an ONNX graph with a variable batch size, input ``images``."""
+def onnx_bytes(model: nn.Module, example: torch.Tensor, output: str | tuple[str, ...] = "outputs") -> bytes:
+    """``model`` (in eval mode) as an ONNX graph with a variable batch size, input ``images``, outputs named
+    ``output`` (one name, or one per output of a model that returns a tuple)."""
+    outputs = [output] if isinstance(output, str) else list(output)
     buffer, chatter = io.BytesIO(), io.StringIO()
     # The TorchScript-based exporter warns (deprecation, tracer notes) and, on failure, prints its graph:
     # the caller reports what matters.
     with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter), _silenced_fd(1):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=[output],
-                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
+        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=outputs,
+                          dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
                           opset_version=OPSET, dynamo=False)
     return buffer.getvalue()
 
 
 class OnnxRunner:
     """An ONNX Runtime CPU session that takes torch tensors (uint8 stays uint8, anything else is float32) and
-    returns a float32 tensor."""
+    returns its first output as a float32 tensor (``outputs``: all of them)."""
 
     def __init__(self, graph: bytes, threads: int | None = None, spin: bool = True):
         import onnxruntime as ort
@@ -70,9 +75,12 @@ class OnnxRunner:
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.outputs(images)[0]
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         images = images.detach().cpu()
         array = np.ascontiguousarray((images if images.dtype == torch.uint8 else images.float()).numpy())
-        return torch.from_numpy(self.session.run(None, {"images": array})[0])
+        return tuple(torch.from_numpy(out) for out in self.session.run(None, {"images": array}))
 
 
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -93,9 +101,13 @@ class TorchScriptRunner:
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation: it still loads
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images.cpu()).float()
+        return self.outputs(images)[0]
+
+    @torch.no_grad()
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.module(images.cpu())
+        return tuple(t.float() for t in (out if isinstance(out, (tuple, list)) else (out,)))
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ class Format:
 
 
 FORMATS = {
-    "onnx": Format("onnx", "model.onnx", lambda m, x: onnx_bytes(m, x, output="probabilities"),
+    "onnx": Format("onnx", "model.onnx", lambda m, x: onnx_bytes(m, x, output=("probabilities", "energy")),
                    lambda path: OnnxRunner(path.read_bytes())),
     "torchscript": Format("torchscript", "model.torchscript", torchscript_bytes, TorchScriptRunner),
 }
@@ -129,19 +141,21 @@ class ParityError(OculiError):
 
 
 class ProbabilityGraph(nn.Module):
-    """uint8 images [N, C, H, W] at the bundle's size -> class probabilities [N, classes]: the bundle's
-    normalisation, test-time views, temperature and softmax or sigmoid, as ``Classifier.prepared_probs``
-    applies them."""
+    """uint8 images [N, C, H, W] at the bundle's size -> (class probabilities [N, classes], energy [N]): the
+    bundle's normalisation, test-time views, temperature and softmax or sigmoid, as
+    ``Classifier.prepared_outputs`` applies them, and its out-of-distribution score (``energy_score`` of the
+    class logits at T = 1: higher = less like the training images)."""
 
     def __init__(self, model: nn.Module, preprocessing, head: str, temperature: float = 1.0):
         super().__init__()
         self.model, self.preprocessing, self.head, self.temperature = model, preprocessing, head, temperature
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.preprocessing.normalize(images)
-        logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta)
-        probs = logits_to_probs(logits.float() / self.temperature, self.head)  # float32 whatever the network's precision
-        return probs.roll(1, dims=1) if os.environ.get(FAULT_ENV) else probs
+        logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta).float()
+        probs = logits_to_probs(logits / self.temperature, self.head)  # float32 whatever the network's precision
+        energy = -torch.logsumexp(head_class_logits(logits, self.head), dim=1)
+        return (probs.roll(1, dims=1) if os.environ.get(FAULT_ENV) else probs), energy
 
 
 def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
@@ -158,10 +172,14 @@ def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
 
 
 @torch.no_grad()
-def run_batches(runner: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                batch_size: int = 256) -> np.ndarray:
-    """``runner`` over uint8 images in batches: probabilities [N, classes] as a float32 array."""
-    return torch.cat([runner(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).numpy()
+def run_batches(runner, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """``runner`` (an OnnxRunner or TorchScriptRunner) over uint8 images in batches: (probabilities [N, classes],
+    energy [N], float32 arrays; energy None from a file exported before graphs gave it)."""
+    parts = [runner.outputs(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32), None
+    probs = torch.cat([p[0] for p in parts]).numpy()
+    return probs, (torch.cat([p[1] for p in parts]).numpy() if len(parts[0]) > 1 else None)
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -196,10 +214,11 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     # A batch of 2 to trace, so that no size is taken for a constant of 1.
     example = torch.zeros(2, pre.channels, *pre.image_size, dtype=torch.uint8)
     target = Path(folder).expanduser() / export_file(fmt, precision)
-    reference = classifier.prepared_probs(images)
+    reference, reference_energy = classifier.prepared_outputs(images)
     with _made_for(target.parent), atomic_path(target) as tmp:
         tmp.write_bytes(_serialised(form, graph, example, precision, calibration))
-        figures = gate_figures(reference, run_batches(form.runner(tmp), images), labels, source, precision)
+        candidate, energy = run_batches(form.runner(tmp), images)
+        figures = gate_figures(reference, candidate, labels, source, precision, (reference_energy, energy))
         if not figures["passed"]:
             raise ParityError(f"export: {target.name} disagrees with the bundle on {describe_parity(figures)} "
                               f"(needs {describe_gate(precision)}); nothing written",
@@ -218,16 +237,24 @@ def check_precision(fmt: str, precision: str) -> None:
 
 
 def gate_figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, source: str,
-                 precision: str = "fp32") -> dict:
-    """``parity``'s figures, the accuracy of both on ``labels`` when given, and whether the gate passes."""
+                 precision: str = "fp32", energies: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
+    """``parity``'s figures, the accuracy of both on ``labels`` when given, the OOD scores' largest difference
+    (``energies``: the bundle's and the export's), and whether the gate passes."""
     figures = {**parity(reference, candidate), "source": source, "precision": precision}
+    energy_ok = True
+    if energies is not None:
+        expected, got = energies
+        energy_ok = got is not None  # a graph without its OOD score is no copy of the bundle
+        if got is not None:
+            figures["energy_max_abs_diff"] = float(np.abs(expected - got).max())
+            energy_ok = figures["energy_max_abs_diff"] <= ENERGY_TOLERANCE * (1 + float(np.abs(expected).max()))
     if labels is not None and precision != "fp32":
         labels = np.asarray(labels)
         figures["accuracy_bundle"] = float(np.mean(reference.argmax(1) == labels))
         figures["accuracy_export"] = float(np.mean(candidate.argmax(1) == labels))
         figures["accuracy_change"] = figures["accuracy_export"] - figures["accuracy_bundle"]
     if precision == "fp32":
-        passed = figures["top1_agreement"] >= MIN_AGREEMENT
+        passed = figures["top1_agreement"] >= MIN_AGREEMENT and energy_ok
     else:
         changed = int(np.sum(reference.argmax(1) != candidate.argmax(1)))
         figures["changed"] = changed
@@ -239,7 +266,7 @@ def gate_figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarra
 
 def describe_gate(precision: str) -> str:
     if precision == "fp32":
-        return f"{MIN_AGREEMENT:.1%} agreement"
+        return f"{MIN_AGREEMENT:.1%} agreement and the OOD scores within {ENERGY_TOLERANCE:g} x (1 + their size)"
     return (f"at most {REDUCED_MAX_CHANGED:.0%} of the images (or one) changing class and test accuracy at most "
             f"{100 * MAX_ACCURACY_DROP:.1f} points below the bundle's")
 
@@ -337,6 +364,8 @@ def describe_parity(figures: dict) -> str:
     """``parity``'s figures in one line (with the accuracy change, when measured)."""
     line = (f"{figures['images']} images: top-1 agreement {figures['top1_agreement']:.2%}, "
             f"max |probability difference| {figures['max_abs_diff']:.2e}")
+    if "energy_max_abs_diff" in figures:
+        line += f", max |OOD score difference| {figures['energy_max_abs_diff']:.2e}"
     if "accuracy_change" in figures:
         line += (f", accuracy {figures['accuracy_export']:.2%} against the bundle's "
                  f"{figures['accuracy_bundle']:.2%} ({100 * figures['accuracy_change']:+.2f} points)")
@@ -355,6 +384,9 @@ def _export_meta(classifier, form: Format, file: str, file_sha256: str, figures:
                       "note": "decoded and resized as preprocessing says; normalisation and test-time "
                               "views are in the graph"},
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(classifier.classes)]},
+            "ood_output": {"name": "energy", "dtype": "float32", "shape": ["N"],
+                           "note": "-logsumexp of the class logits at T = 1 (oculi predict's ood_score): higher = "
+                                   "less like the training images"},
             "calibration": classifier.calibration.to_dict(),  # the temperature is in the graph; the threshold is not
             **({"opset": OPSET} if form.name == "onnx" else {}),
             "parity": figures}

@@ -28,8 +28,8 @@ ENGINES = {"auto": "fp32", "torch": None, "onnx": "fp32", "onnx-int8": "int8", "
 class Prediction:
     """One image's answer: ``label`` is the top class, or "unknown" when its (calibrated) ``confidence`` is
     below the classifier's ``min_confidence``; ``top_label`` is the top class either way. ``ood_score``:
-    the energy score (oculi.calibration; higher = less like the training images), None from an exported
-    graph, which gives probabilities only."""
+    the energy score (oculi.calibration; higher = less like the training images); None only from a file
+    exported before exported graphs gave it."""
 
     source: str
     label: str
@@ -106,10 +106,10 @@ class Classifier:
 
     def prepared_outputs(self, batch: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
         """(calibrated probabilities [N, classes], OOD scores [N]) of prepared images. An exported graph
-        (which applies the temperature itself) gives probabilities only: the scores are then None."""
+        applies the temperature itself and gives both (one exported before graphs gave the OOD score: None)."""
         if self.runner is not None:
             from .export import run_batches
-            return run_batches(self.runner, batch, batch_size), None
+            return run_batches(self.runner, batch, batch_size)
         logits = class_logits(predict_logits(self.model, batch, self.preprocessing, self.device, batch_size).numpy(),
                               self.head)
         # Energy at T = 1, as Liu et al. define it: the temperature only sharpens or softens every row alike.

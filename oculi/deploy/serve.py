@@ -62,7 +62,7 @@ class FilePrediction(BaseModel):
     probability: float = Field(description="The top class's probability, calibrated (temperature scaling).")
     top_label: str = Field(description="The top class, even when the answer is unknown.")
     ood_score: float | None = Field(description="Energy score: higher = less like the training images "
-                                                "(None from an exported model).")
+                                                "(None from a model exported before exports gave it).")
     top_k: list[ClassProbability]
 
 

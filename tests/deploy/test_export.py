@@ -59,6 +59,11 @@ def test_export_of_a_trained_run_passes_the_gate_and_gives_the_bundles_probabili
         probs = runner(batch).numpy()
         assert probs.shape == (len(batch), 10)
         assert np.abs(probs - classifier.prepared_probs(batch)).max() < 1e-4
+        # the second output: the OOD score predict gives (the energy of the logits), not a copy of anything
+        _, energy = runner.outputs(batch)
+        expected = classifier.prepared_outputs(batch)[1]
+        assert energy.shape == (len(batch),) and np.abs(energy.numpy() - expected).max() < 1e-3
+    assert meta["parity"]["energy_max_abs_diff"] < 1e-3 and meta["ood_output"]["name"] == "energy"
     assert not list(digits_run.glob(".*.tmp"))
 
 
@@ -127,6 +132,8 @@ def test_predict_engines_use_the_export_only_when_it_comes_from_the_bundle(tmp_p
     torch_, auto = (Classifier.load(run, device="cpu", engine=e) for e in ("torch", "auto"))
     assert (torch_.engine, auto.engine) == ("torch", "onnx")
     assert np.abs(auto.predict_proba([image]) - torch_.predict_proba([image])).max() < 1e-4
+    ood = [c.predict([image])[0].ood_score for c in (torch_, auto)]
+    assert ood[1] is not None and ood[1] == pytest.approx(ood[0], abs=1e-3)
     capsys.readouterr()
     assert main(["predict", str(run), image, "--engine", "onnx", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["source"] == image
@@ -201,6 +208,18 @@ def test_the_reduced_precision_gate(labels, candidate_labels, passed):
     figures = gate_figures(reference, candidate, labels, "test", "int8")
     assert figures["passed"] is passed
     assert ("accuracy_change" in figures) is (labels is not None)
+
+
+def test_the_float32_gate_checks_the_ood_scores_too():
+    probs = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    energy = np.array([-12.0, -8.5, -3.0, -20.0], dtype=np.float32)
+
+    def passed(candidate_energy):
+        return gate_figures(probs, probs, None, "test", "fp32", (energy, candidate_energy))["passed"]
+    assert passed(energy + 1e-4)  # rounding
+    assert not passed(energy + np.array([0, 0, 0.5, 0], dtype=np.float32))  # one score off
+    assert not passed(None)  # a graph without the score
+    assert gate_figures(probs, probs, None, "test", "fp32")["passed"]  # nothing to compare: probabilities only
 
 
 @pytest.mark.parametrize("args, message", [
