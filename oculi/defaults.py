@@ -123,7 +123,7 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     patience, unfreeze, budget = cfg.patience, cfg.unfreeze_stages, cfg.time_budget
     if mode == "auto" and device_type == "cpu" and get_model_info(model) is None:
         budget = budget if budget is not None else CPU_TIME_BUDGET
-        # Every view's activations are held; the top trains on the plain ones (it augments them itself).
+        # Every view's activations are held; an epoch of the top draws one view of each image.
         n_held = len(source.records) + n_train * (views - 1)
         top = _affordable_top(model, image_size, n_train, n_held, budget, cfg.unfreeze_stages)
         if top is None:

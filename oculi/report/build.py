@@ -277,8 +277,8 @@ def _where_augmented(run: RunFiles) -> str:
     n = (cfg.feature_views or 1) - 1
     views = f"the {n} augmented view{'s' * (n > 1)} of each training image" if n else None
     if training == "finetune" and cfg.unfreeze_stages is not None:
-        head = f"; it made {views} for the features head before them" if views else ""
-        return f"but the top stages trained on cached activations, each map mirrored and cropped at random{head}"
+        drawn = f"drawn each epoch from the plain image and {views}, " if views else ""
+        return f"but the top stages trained on cached activations, {drawn}each map mirrored and cropped at random"
     if training == "features":
         return f"but the model trained on cached features; {f'it made {views}' if views else 'with 1 view it was not used'}"
     return "applied on the fly to every training batch"

@@ -74,18 +74,27 @@ def trainable_top(model: BackboneClassifier, split: BackboneSplit) -> None:
 @dataclass
 class ActivationData:
     """The Learner's data for the top: cached activation maps [N, C, H, W] (float16, CPU), each batch mirrored
-    and cropped at random per image."""
+    and cropped at random per image. With ``views`` (the cached augmented views, view-major, the plain view
+    first), each image of a batch is drawn from one of its views at random: an epoch costs N images still."""
 
     train: FeatureSet
     val: FeatureSet
+    views: FeatureSet | None = None
 
     def to(self, device: torch.device) -> ActivationData:
         return self
 
     def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
         for index in batch_indices(order, batch_size):
-            maps = augment_maps(self.train.features[index].float(), generator)
+            maps = augment_maps(self._drawn_views(index, generator).float(), generator)
             yield model_input(maps.to(device)), self.train.labels[index].to(device)
+
+    def _drawn_views(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        count = len(self.views) // len(self.train) if self.views is not None else 1
+        if count == 1:
+            return self.train.features[index]
+        view = torch.randint(0, count, (len(index),), generator=generator)
+        return self.views.features[view * len(self.train) + index]
 
     def validate(self, model: nn.Module, head: str, device: torch.device, world: World = SINGLE) -> dict:
         if len(self.val) == 0:
@@ -155,10 +164,13 @@ class CachedTop:
 
     @property
     def plain_train(self) -> FeatureSet:
-        """The plain view's activations: what the top trains on (it augments them itself, each epoch afresh;
-        the other views are for the features head, which cannot, and would multiply an epoch's cost)."""
+        """The plain view's activations: one row per training image, the epoch of the top."""
         n = len(self.train) // self.views
         return FeatureSet(self.train.features[:n], self.train.labels[:n])
+
+    def data(self) -> ActivationData:
+        """The top's training data: an epoch over the images, each drawn from one of its cached views."""
+        return ActivationData(self.plain_train, self.val, self.train if self.views > 1 else None)
 
     def features(self, device: torch.device) -> dict[str, FeatureSet]:
         """The frozen model's pooled features of train and val, for the features head."""

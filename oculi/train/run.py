@@ -40,7 +40,7 @@ from .distributed import (World, broadcast_module, broadcast_object, claimed_by_
 from .finish import finish
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
-from .partial import ActivationData, CachedTop, TopOfModel, cached_top, trainable_top
+from .partial import CachedTop, TopOfModel, cached_top, trainable_top
 from .trackers import RunLog, check_trackers, run_log
 from .transfer import features_phase, freeze, gradual_unfreezing
 
@@ -490,7 +490,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
-        net, data = TopOfModel(model, top.split), ActivationData(top.plain_train, top.val)
+        net, data = TopOfModel(model, top.split), top.data()
     else:
         net, data = model, ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
     learner = Learner(net, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,

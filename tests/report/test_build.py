@@ -236,7 +236,8 @@ def test_the_augmentation_section_says_when_the_model_trained_on_cached_inputs()
     assert said("finetune") == "applied on the fly to every training batch"  # the whole network, on images
     assert said("finetune", unfreeze_stages=2, feature_views=1).startswith("but the top stages trained on cached "
                                                                           "activations, each map mirrored")
-    assert said("finetune", unfreeze_stages=2, feature_views=2).endswith(
-        "the 1 augmented view of each training image for the features head before them")
+    assert said("finetune", unfreeze_stages=2, feature_views=2).startswith(
+        "but the top stages trained on cached activations, drawn each epoch from the plain image and the 1 augmented "
+        "view of each training image, ")
     assert said("features", feature_views=1).endswith("with 1 view it was not used")
     assert said("features", feature_views=3).endswith("it made the 2 augmented views of each training image")

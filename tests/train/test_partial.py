@@ -67,6 +67,27 @@ def test_the_top_trains_on_the_plain_view_the_head_on_every_view():
     assert top.plain_train.labels.tolist() == [0, 1, 0, 1]
 
 
+def test_an_epoch_of_the_top_draws_each_image_from_one_of_its_views():
+    from oculi.train.loop import FeatureSet
+    images, views = 4, 3
+    maps = torch.tensor([10.0 * v + i for v in range(views) for i in range(images)], dtype=torch.float16)
+    labels = torch.tensor([0, 1, 2, 3]).repeat(views)  # each image its own label: a wrong row shows
+    top = partial.CachedTop(split=None, train=FeatureSet(maps.view(-1, 1, 1, 1), labels),
+                            val=FeatureSet(maps[:2].view(-1, 1, 1, 1), labels[:2]), views=views)
+    data, generator, seen = top.data(), torch.Generator().manual_seed(0), set()
+    for _ in range(10):
+        for inputs, batch_labels in data.batches(torch.randperm(images, generator=generator), 2, generator,
+                                                 torch.device("cpu")):
+            for value, label in zip(inputs.flatten().tolist(), batch_labels.tolist()):
+                view, image = divmod(round(value), 10)
+                assert image == label  # the drawn row is the same image's
+                seen.add(view)
+    assert len(data.train) == images and seen == set(range(views))  # an epoch is the images; every view is drawn
+    plain = partial.CachedTop(split=None, train=FeatureSet(maps[:images].view(-1, 1, 1, 1), labels[:images]),
+                              val=top.val).data()
+    assert plain.views is None
+
+
 @pytest.mark.slow
 def test_a_top_stage_run_leaves_the_bottom_alone_and_predicts_as_evaluated(tmp_path, colours, weights_file):
     run = _train(colours, tmp_path / "run", weights_file, mode="finetune", unfreeze_stages=1, epochs=3, lr=3e-3)
