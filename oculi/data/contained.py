@@ -51,10 +51,12 @@ def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = F
         return err.reason
 
 
-def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing) -> tuple[np.ndarray, FileFacts | None] | str:
+def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing, draft: bool = False
+                            ) -> tuple[np.ndarray, FileFacts | None] | str:
     """``prepare_file``, and the file's facts (``decode_image_and_facts``), or why it cannot be read."""
+    at_least = preprocessing.image_size if draft else None
     try:
-        pixels, facts = decode_image_and_facts(path, preprocessing.channels)
+        pixels, facts = decode_image_and_facts(path, preprocessing.channels, at_least)
     except ImageDecodeError as err:
         return err.reason
     return preprocessing.prepare(pixels).contiguous().numpy(), facts
@@ -74,8 +76,7 @@ def prepared_chunks(paths: Iterable[str | Path], preprocessing: Preprocessing, w
     ``facts``: each readable file gives (pixels, facts), as ``prepare_file_with_facts``."""
     paths = list(paths)
     chunks = deque(paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK))
-    prepare = (partial(prepare_file_with_facts, preprocessing=preprocessing) if facts
-               else partial(prepare_file, preprocessing=preprocessing, draft=draft))
+    prepare = partial(prepare_file_with_facts if facts else prepare_file, preprocessing=preprocessing, draft=draft)
     if not can_fork():
         return ([prepare(path) for path in chunk] for chunk in chunks)
     return _pooled(chunks, prepare, min(workers or os.cpu_count() or 1, max(1, len(chunks))))

@@ -26,7 +26,7 @@ from .split import Record
 from .transforms import Preprocessing
 
 # Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
-DECODING_VERSION = 3  # 3: PNGs decoded by PIL (16-bit colour ones may differ by a level)
+DECODING_VERSION = 4  # 3: PNGs decoded by PIL (16-bit colour ones may differ by a level); 4: large JPEGs drafted
 
 
 @dataclass
@@ -183,9 +183,11 @@ def _facts(index: dict) -> dict[str, FileFacts]:
 
 def _prepared_chunks(source: DataSource, paths: list[str], preprocessing: Preprocessing) -> Iterator[list]:
     """A folder's files go through the decoding processes, where a decoder crash costs one file
-    (``oculi.data.contained``); a built-in set's arrays, with nothing to decode, are prepared here."""
+    (``oculi.data.contained``); a built-in set's arrays, with nothing to decode, are prepared here.
+    A JPEG of at least twice the model's input size is decoded at 1/2-1/8 scale, as ``oculi predict`` does:
+    a 12-megapixel photo in 11 ms instead of 45 ms, for a model input that differs by ~0.2 of 255 a pixel."""
     if source.arrays is None:
-        return prepared_chunks([source.root / path for path in paths], preprocessing, facts=True)
+        return prepared_chunks([source.root / path for path in paths], preprocessing, draft=True, facts=True)
     return ([_prepare_array(source, path, preprocessing) for path in paths[i:i + DECODE_CHUNK]]
             for i in range(0, len(paths), DECODE_CHUNK))
 

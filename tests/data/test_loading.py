@@ -142,3 +142,21 @@ def test_streamed_batches_come_in_order_from_worker_processes(workers):
     # Fewer images than a batch: one short batch, as the in-memory path gives.
     (short,) = loading.streamed_batches(view, [order[:5]], workers=workers)
     assert torch.equal(short, images.flip(0)[order[:5]])
+
+
+def test_a_large_jpeg_is_decoded_for_training_as_predict_drafts_it_with_its_full_size_facts(tmp_path):
+    from PIL import Image
+
+    from oculi.data.contained import prepare_file
+    y, x = np.mgrid[0:240, 0:320]
+    pixels = np.stack([x * 255 // 320, y * 255 // 240, (x + y) % 256], -1).astype(np.uint8)
+    for name in ("a", "b"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / "set" / name / "big.jpg", quality=90)
+    decoded = _decode(tmp_path / "set", None)  # 16 px input: 240 x 320 is drafted to 1/8
+    path = tmp_path / "set" / "a" / "big.jpg"
+    drafted, full = prepare_file(path, PREP, draft=True), prepare_file(path, PREP)
+    assert not np.array_equal(drafted, full)  # the two decodings differ here ...
+    assert np.array_equal(decoded.images[decoded.rows["a/big.jpg"]].numpy(), drafted)  # ... training drafts
+    facts = decoded.facts["a/big.jpg"]
+    assert (facts.height, facts.width) == (240, 320)  # the data check sees the file, not the draft
