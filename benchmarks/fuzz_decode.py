@@ -6,7 +6,8 @@ damage: bit flips, byte overwrites, truncation, inserted / duplicated / deleted 
 edits, huge declared sizes (PNG IHDR 2^31-1 with its CRC fixed, BMP, GIF, JPEG, WebP and TIFF
 dimensions), and for PNG damage behind valid checksums (chunk bodies, scanline filter bytes, extra
 chunks) so that it reaches the pixel decoder. Each goes through what training does to a file:
-``decode_image`` (given the bytes) then ``Preprocessing.prepare`` (the resize), in a forked child
+``decode_image`` (given the bytes; every other triple of mutants drafted, as training decodes a large JPEG,
+the rest at full size, as ``serve`` does) then ``Preprocessing.prepare`` (the resize), in a forked child
 process (``oculi.data.children``) under a per-mutant time limit and an address-space limit, so that a
 crash or a hang is counted, not fatal. Mutant ``i`` depends only on ``--seed`` and ``i``.
 
@@ -302,12 +303,15 @@ def try_mutant(seeds: list[tuple[str, bytes]], seed: int, i: int) -> tuple[str, 
     and by how many MB it raised its process's peak resident memory."""
     _, _, data = mutant(seeds, seed, i)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return _outcome(data, PREPS[i % len(PREPS)]), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    drafted = i // len(PREPS) % 2 == 1  # each preprocessing both ways
+    outcome = _outcome(data, PREPS[i % len(PREPS)], drafted)
+    return outcome, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
 
 
-def _outcome(data: bytes, prep: Preprocessing) -> str:
+def _outcome(data: bytes, prep: Preprocessing, drafted: bool = False) -> str:
     try:
-        image = prep.prepare(decode_image(data, channels=prep.channels))
+        at_least = prep.image_size if drafted else None
+        image = prep.prepare(decode_image(data, channels=prep.channels, at_least=at_least))
         assert image.shape == (prep.channels, *prep.image_size) and str(image.dtype) == "torch.uint8"
         return "decoded"
     except ImageDecodeError as err:
