@@ -221,7 +221,7 @@ def predict(
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     engine: str = typer.Option("auto", help=ENGINE_HELP),
-    draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster), pixel for pixel as training and `evaluate` read them; --no-draft: full size, as `serve` and the Python API read them."),
+    draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster), pixel for pixel as training, `evaluate`, `serve` and the Python API read them; --no-draft: at full size."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
     nproc: int = typer.Option(1, help="Worker processes (one per GPU), each predicting its share of the files; the output is in input order (under torchrun leave it at 1)."),
 ) -> int:

@@ -89,8 +89,10 @@ class Classifier:
         self.engine = "onnx" if engine == "auto" else engine
 
     def prepare(self, image) -> torch.Tensor:
-        """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing."""
-        return self.preprocessing.prepare(to_uint8_chw(image, self.preprocessing.channels))
+        """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing (a large JPEG
+        file decoded drafted, as training decoded its files)."""
+        pre = self.preprocessing
+        return pre.prepare(to_uint8_chw(image, pre.channels, at_least=pre.image_size))
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """Class probabilities [N, classes] for a list of images (or one image)."""
@@ -163,10 +165,11 @@ def _at(scores: np.ndarray | None, i: int) -> float | None:
     return None if scores is None else float(scores[i])
 
 
-def to_uint8_chw(image, channels: int) -> torch.Tensor:
-    """Path, PIL image, HxW / HxWxC uint8 array, or uint8 [C, H, W] tensor -> uint8 [channels, H, W]."""
+def to_uint8_chw(image, channels: int, at_least: tuple[int, int] | None = None) -> torch.Tensor:
+    """Path, PIL image, HxW / HxWxC uint8 array, or uint8 [C, H, W] tensor -> uint8 [channels, H, W].
+    ``at_least``: a JPEG file of at least twice that size is decoded at reduced scale (``decode_image``)."""
     if isinstance(image, (str, Path)):
-        return decode_image(image, channels=channels)
+        return decode_image(image, channels=channels, at_least=at_least)
     if hasattr(image, "convert") and hasattr(image, "mode"):  # a PIL image
         image = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     if isinstance(image, np.ndarray):

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.contained import DECODER_CRASHED, prepare_file
+from ..data.contained import DECODER_CRASHED
 from ..errors import OculiError
 from .batching import Batcher, Slots
 from .explain import NO_STAGES, Explanation, cam_overlay, conv_stages, explain_prepared
 from .predict import Classifier
 from .telemetry import ServerMetrics
-from .uploads import Prepare, UploadDecoder
+from .uploads import Prepare, UploadDecoder, prepare_upload
 
 # uvicorn's own logger: its handler prints these lines along with the server's.
 log = logging.getLogger("uvicorn.error")
@@ -103,7 +103,7 @@ class Service:
     """A loaded classifier at work: ``start()`` warms it up in the background (``ready`` is set when done),
     then ``predict`` and ``explain`` take uploads; ``stop()`` ends the workers."""
 
-    def __init__(self, classifier: Classifier, settings: ServeSettings, prepare: Prepare = prepare_file):
+    def __init__(self, classifier: Classifier, settings: ServeSettings, prepare: Prepare = prepare_upload):
         self.classifier, self.settings = classifier, settings
         self.decoder = UploadDecoder(classifier.preprocessing, settings.decode_workers, prepare)
         self.slots = Slots(settings.queue)

@@ -30,10 +30,15 @@ from ..data.transforms import Preprocessing
 Prepare = Callable[..., "np.ndarray | str"]
 
 
+def prepare_upload(data: bytes, preprocessing: Preprocessing) -> np.ndarray | str:
+    """An upload as a run's files were decoded for training (``prepare_file``, a large JPEG drafted)."""
+    return prepare_file(data, preprocessing, draft=True)
+
+
 class UploadDecoder:
     """``await decoder.prepare(data)``: an upload's bytes as the model's input, or why they cannot be."""
 
-    def __init__(self, preprocessing: Preprocessing, workers: int, prepare: Prepare = prepare_file):
+    def __init__(self, preprocessing: Preprocessing, workers: int, prepare: Prepare = prepare_upload):
         self.workers = workers
         self._prepare = partial(prepare, preprocessing=preprocessing)
         self._pool: ProcessPoolExecutor | None = None

@@ -7,7 +7,7 @@ from PIL import Image
 
 import oculi
 from oculi.errors import OculiError
-from oculi.deploy.predict import expand_paths
+from oculi.deploy.predict import Classifier, expand_paths
 from tests.conftest import make_class_folder
 
 
@@ -110,6 +110,23 @@ def test_draft_decoding_gives_nearly_the_same_model_input(tmp_path):
         assert exact.shape == drafted.shape == (3, 64, 64)
         assert not np.array_equal(exact, drafted)  # another decoding path ...
         assert np.abs(exact - drafted).mean() < 1.5 and np.abs(exact - drafted).max() < 40  # ... to nearly the same
+
+
+def test_the_python_api_and_serve_decode_a_large_jpeg_as_training_does(served_run, tmp_path):
+    from oculi.data.contained import prepare_file
+    from tests.deploy.conftest import make_service, serving
+    classifier = Classifier.load(served_run[0], device="cpu")
+    path = _photo(tmp_path / "photo.jpg", size=(800, 600))
+    pre = classifier.preprocessing
+    drafted, full = prepare_file(path, pre, draft=True), prepare_file(path, pre)
+    assert not np.array_equal(drafted, full)  # the photo is large enough to be drafted
+    assert np.array_equal(classifier.prepare(path).numpy(), drafted)
+    expected = classifier.prepared_probs(torch.from_numpy(drafted)[None])[0]
+    with serving(make_service(served_run[0], workers=1)) as client:
+        response = client.post("/v1/predict?top_k=3", files=[("files", ("photo.jpg", path.read_bytes(), "image/jpeg"))])
+    answer = response.json()["predictions"][0]
+    probabilities = {t["label"]: t["probability"] for t in answer["top_k"]}
+    assert [probabilities[c] for c in classifier.classes] == pytest.approx(expected.tolist(), abs=1e-6)
 
 
 def test_predict_with_and_without_draft_gives_the_same_answer(served_run, tmp_path, capsys):
