@@ -126,11 +126,11 @@ class Classifier:
         return [self.prediction(_describe(im), row, top_k, _at(ood, i)) for i, (im, row) in enumerate(zip(images, probs))]
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
-                      failures: list | None = None, draft: bool = False) -> Iterator[Prediction]:
+                      failures: list | None = None, draft: bool = True) -> Iterator[Prediction]:
         """Predict files in batches as they are read; unreadable files go to ``failures``, not fatal. They
         are read in worker processes, a few chunks ahead of the model: a file that crashes its decoder is a
         failure too ("decoder crashed"). ``draft``: JPEGs of at least twice the model's input size are
-        decoded at 1/2-1/8 scale before the resize (faster; not pixel-identical to ``evaluate``)."""
+        decoded at 1/2-1/8 scale before the resize (faster; as training decoded them); False: at full size."""
         paths = [Path(p) for p in paths]
         batch, names = [], []
         for path, image in zip(paths, prepare_files(paths, self.preprocessing, draft=draft)):
