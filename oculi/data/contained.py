@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ImageDecodeError
 from .children import ChildDied, can_fork, fork_context, map_in_children, quiet_crashes
-from .decode import FileFacts, decode_image, decode_image_and_facts
+from .decode import FileFacts, decode_image_and_facts
 from .transforms import Preprocessing
 
 DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
@@ -44,22 +44,24 @@ def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = F
     """One image file as the model takes it (uint8 [C, H, W], by ``preprocessing``), or why it cannot be read.
     ``draft``: a large JPEG may be decoded at a reduced scale first (``decode_image``'s ``at_least``).
     Runs in this process: see ``prepare_files`` for many files, contained."""
-    at_least = preprocessing.image_size if draft else None
-    try:
-        return preprocessing.prepare(decode_image(path, preprocessing.channels, at_least)).contiguous().numpy()
-    except ImageDecodeError as err:
-        return err.reason
+    prepared = _prepared(path, preprocessing, draft, facts=False)
+    return prepared if isinstance(prepared, str) else prepared[0]
 
 
 def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing, draft: bool = False
                             ) -> tuple[np.ndarray, FileFacts | None] | str:
     """``prepare_file``, and the file's facts (``decode_image_and_facts``), or why it cannot be read."""
+    return _prepared(path, preprocessing, draft, facts=True)
+
+
+def _prepared(path: str | Path, preprocessing: Preprocessing, draft: bool, facts: bool
+              ) -> tuple[np.ndarray, FileFacts | None] | str:
     at_least = preprocessing.image_size if draft else None
     try:
-        pixels, facts = decode_image_and_facts(path, preprocessing.channels, at_least)
+        pixels, found = decode_image_and_facts(path, preprocessing.channels, at_least, facts)
+        return preprocessing.prepare(pixels).contiguous().numpy(), found
     except ImageDecodeError as err:
         return err.reason
-    return preprocessing.prepare(pixels).contiguous().numpy(), facts
 
 
 def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,

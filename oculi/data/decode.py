@@ -101,21 +101,22 @@ def decode_image(source, channels: int | None = None, at_least: tuple[int, int] 
     ``at_least`` (height, width): a JPEG of at least twice that size is decoded at 1/2, 1/4 or 1/8 scale
     (libjpeg's DCT scaling, PIL's ``draft``), the smallest that keeps both upright sides at least that
     size: for a caller that resizes down to it next (``oculi predict``)."""
-    return decode_image_and_facts(source, channels, at_least)[0]
+    return decode_image_and_facts(source, channels, at_least, facts=False)[0]
 
 
-def decode_image_and_facts(source, channels: int | None = None, at_least: tuple[int, int] | None = None
-                           ) -> tuple[torch.Tensor, FileFacts | None]:
+def decode_image_and_facts(source, channels: int | None = None, at_least: tuple[int, int] | None = None,
+                           facts: bool = True) -> tuple[torch.Tensor, FileFacts | None]:
     """``decode_image``, and the file's facts (as ``read_image_size`` and a hash of its bytes give them), from
     the one read of the file: a training run's data check then reads no file again. None for the facts of
-    an image whose header ``read_image_size`` refuses (a malformed EXIF block) though its pixels decode."""
+    an image whose header ``read_image_size`` refuses (a malformed EXIF block) though its pixels decode, and
+    without ``facts`` (no hash of the bytes for a caller that has no use for it: predict, serve)."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
     label, data = _read(source)
     with _pixel_limit() as limit:
         image = _open(label, io.BytesIO(data), limit)
         try:
-            facts = _header_facts(image, data)
+            found = _header_facts(image, data) if facts else None
             drafted = at_least is not None and _drafted(image, channels, at_least)
             pixels = _decode_pil(image) if drafted else _decode(image, data, channels)
         except Exception as e:  # decoders raise OSError, RuntimeError, ValueError, SyntaxError... on bad data
@@ -123,7 +124,7 @@ def decode_image_and_facts(source, channels: int | None = None, at_least: tuple[
     # Left in the decoders' height-width-channel memory order: a copy to contiguous [C, H, W] would
     # cost a quarter of the JPEG decode time, and the uint8 resize that follows runs 0.13 ms on it
     # against 0.22 ms on a contiguous tensor.
-    return convert_channels(_over_white(_to_8bit(pixels)), channels), facts
+    return convert_channels(_over_white(_to_8bit(pixels)), channels), found
 
 
 def _header_facts(image: Image.Image, data: bytes) -> FileFacts | None:
