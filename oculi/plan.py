@@ -20,6 +20,7 @@ from .data.sources import DataSource
 from .data.transforms import AUGMENT_PRESETS, Augmentation, Preprocessing
 from .defaults import DataProbe, probe_source, resolve
 from .models.spec import ModelSpec
+from .route import route_of
 
 @dataclass(frozen=True)
 class Plan:
@@ -27,6 +28,11 @@ class Plan:
     preprocessing: Preprocessing  # file -> model input; mean and std final once ``with_statistics`` ran
     augmentation: Augmentation | None  # None: training images are used as they are
     model: ModelSpec
+    route: str = ""  # how it trains (oculi.route); "" in a plan built by hand: derived from the config
+
+    def __post_init__(self):
+        if not self.route:  # a plan saved before routes existed: derived once, on load
+            object.__setattr__(self, "route", route_of(self.config))
 
     def with_statistics(self, mean: tuple[float, ...], std: tuple[float, ...]) -> "Plan":
         return dataclasses.replace(self, preprocessing=dataclasses.replace(self.preprocessing, mean=mean, std=std))
@@ -35,13 +41,14 @@ class Plan:
         """The plan as config.json holds it."""
         return {"config": self.config.to_dict(), "preprocessing": self.preprocessing.to_dict(),
                 "augmentation": self.augmentation.to_dict() if self.augmentation else None,
-                "model": self.model.to_dict()}
+                "model": self.model.to_dict(), "route": self.route}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         augmentation = d.get("augmentation")
         return cls(TrainConfig.from_dict(d["config"]), Preprocessing.from_dict(d["preprocessing"]),
-                   Augmentation(**augmentation) if augmentation else None, ModelSpec.from_dict(d["model"]))
+                   Augmentation(**augmentation) if augmentation else None, ModelSpec.from_dict(d["model"]),
+                   d.get("route") or "")
 
 
 def resolve_plan(asked: TrainConfig, source: DataSource, device_type: str = "cpu",
@@ -50,7 +57,7 @@ def resolve_plan(asked: TrainConfig, source: DataSource, device_type: str = "cpu
     cfg = resolve(asked, source, probe or probe_source(source), device_type)
     preprocessing = Preprocessing(cfg.image_size, cfg.channels, cfg.resize, tta=cfg.tta, filter=cfg.filter)
     model = ModelSpec(cfg.model, len(source.classes), cfg.channels, cfg.image_size, cfg.head, cfg.classifier)
-    return Plan(cfg, preprocessing, training_augmentation(cfg, source.flips_keep_class), model)
+    return Plan(cfg, preprocessing, training_augmentation(cfg, source.flips_keep_class), model, route_of(cfg))
 
 
 def training_augmentation(cfg: TrainConfig, flips_keep_class: bool = True) -> Augmentation | None:

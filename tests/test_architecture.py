@@ -20,6 +20,7 @@ ROOT = Path(oculi.__file__).resolve().parent
 LAYERS = (
     ("oculi.version", "oculi.errors", "oculi.io"),
     ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.rundir"),
+    ("oculi.route", "oculi.selection"),  # which way a run trains, in words; choosing between two models on val
     ("oculi.data",),
     ("oculi.models",),
     ("oculi.defaults", "oculi.deploy"),  # what auto means; using a trained model

@@ -74,8 +74,10 @@ def _duplicate_warnings(duplicates: list[Duplicate]) -> list[DataWarning]:
     found = []
     if counts["leaks"]:
         found.append(DataWarning("leaks", f"{counts['leaks']} val/test image{'s' * (counts['leaks'] != 1)} "
-                                      f"equal or nearly equal a training image: test metrics on them are "
-                                      f"optimistic. `oculi train --drop-leaks` leaves them out of val/test."))
+                                      f"equal or nearly equal a training image (or, for test, a val image): "
+                                      f"metrics on them are optimistic; training reports the test metrics "
+                                      f"without them beside the whole. `oculi train --drop-leaks` leaves them out "
+                                      f"of val/test."))
     if counts["across_classes"]:
         found.append(DataWarning("conflicts", f"{counts['across_classes']} image{'s' * (counts['across_classes'] != 1)}"
                                           f" appear{'s' * (counts['across_classes'] == 1)} under two classes "

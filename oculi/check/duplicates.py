@@ -1,7 +1,7 @@
 """Duplicate images: exact copies (the same file bytes) and near copies (perceptual hashes a few bits apart,
 or, with a pretrained backbone, features almost parallel), grouped; each group is named by one image, a
 training image when it has one. A val or test image in a group with a training image is a leak: the model
-is tested on what it learnt from."""
+is tested on what it learnt from; so is a test image in a group with a val image (val chose the model)."""
 
 from __future__ import annotations
 
@@ -92,11 +92,18 @@ def find_duplicates(records: list[Record], digests: list[str], hashes: torch.Ten
 def _group_rows(records: list[Record], digests: list[str], members: list[int]) -> list[Duplicate]:
     """The rows of one group: each member but the one that names it (a training image when there is one)."""
     head = min(members, key=lambda i: (SPLIT_ORDER.get(records[i].split, 3), records[i].path))
-    has_train = any(records[i].split == "train" for i in members)
+    splits = {records[i].split for i in members}
     return [Duplicate(records[i].path, records[head].path, "exact" if digests[i] == digests[head] else "near",
                       records[i].split != records[head].split, records[i].label != records[head].label,
-                      records[i].split, has_train and records[i].split in ("val", "test"))
+                      records[i].split, _leaks(records[i].split, splits))
             for i in members if i != head]
+
+
+def _leaks(split: str, group_splits: set[str]) -> bool:
+    """A val image copying a training image leaks; so does a test image copying a training or a val image
+    (val chose the model: a test copy of it measures that choice on the images it was made on)."""
+    earlier = {"val": {"train"}, "test": {"train", "val"}}.get(split, set())
+    return bool(earlier & group_splits)
 
 
 def summarize(duplicates: list[Duplicate]) -> dict[str, int]:

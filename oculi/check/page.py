@@ -62,7 +62,7 @@ def check_page(result, sets: dict[str, TensorSet]) -> str:
     leaks = [d for d in result.duplicates if d.leak]
     conflicts = [d for d in result.duplicates if d.across_classes and not d.leak]
     others = [d for d in result.duplicates if not d.leak and not d.across_classes]
-    for title, rows, empty in (("Leaks: val/test images that copy a training image", leaks, "No leak found."),
+    for title, rows, empty in (("Leaks: val/test images that copy a training image (or, for test, a val image)", leaks, "No leak found."),
                                ("Same image, two labels", conflicts, "No image appears under two labels."),
                                ("Duplicates within a class", others, "No duplicate found.")):
         parts.append(f"<h2>{title} ({len(rows)})</h2>" + duplicates_html(rows, thumbs, empty))

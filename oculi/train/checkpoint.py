@@ -19,9 +19,11 @@ from ..io import atomic_path
 
 
 def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: torch.optim.Optimizer,
-                    meta: dict) -> None:
+                    meta: dict, baseline_state: dict | None = None) -> None:
+    """``baseline_state``: the weights fine-tuning must beat (the features head's), to fall back on."""
     tensors = {f"model/{k}": v for k, v in model_state.items()}
     tensors.update({f"best/{k}": v for k, v in best_state.items()})
+    tensors.update({f"base/{k}": v for k, v in (baseline_state or {}).items()})
     optim_json, optim_tensors = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optim_tensors)
     # safetensors refuses tensors that share memory, so every entry gets its own contiguous copy.
@@ -32,7 +34,8 @@ def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: 
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict, dict]:
-    """(model state, best model state, optimizer state dict, meta) from a checkpoint file."""
+    """(model state, best model state, optimizer state dict, meta) from a checkpoint file; meta's
+    ``baseline_state`` holds the weights to fall back on (None when the checkpoint has none)."""
     if not path.is_file():
         raise OculiError(f"--resume: no checkpoint in {path.parent} (expected {path.name})")
     try:
@@ -43,6 +46,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict, dict]:
         raise OculiError(f"--resume: {path} is not a readable oculi checkpoint ({err})") from None
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
+    meta["baseline_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("base/")} or None
     optim = _join_optimizer_state(meta.pop("optimizer"), tensors)
     return model, best, optim, meta
 

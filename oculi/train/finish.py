@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import (Calibration, at_bound, calibration_figures, choose_threshold_for_precision, class_logits,
-                           describe_abstaining, fit_temperature, selective_figures, softmax)
-from ..check.run import leaks_present
+from ..calibration import (Calibration, at_bound, calibration_figures, checked_temperature,
+                           choose_threshold_for_precision, class_logits, describe_abstaining,
+                           expected_calibration_error, nll, selective_figures, softmax)
+from ..check.run import leak_free_figures, leak_free_words, leaked_paths
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.loading import TensorSet
@@ -18,9 +19,10 @@ from ..deploy.bundle import save_bundle
 from ..deploy.engines import predict_logits
 from ..io import atomic_write_csv, atomic_write_json
 from ..metrics import classification_metrics
-from ..models import BackboneClassifier, count_parameters
+from ..models import count_parameters
 from ..plan import Plan
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
+from ..route import finetune_part, kept_part, stages, training_word
 from ..rundir import RunDir
 from .distributed import World, sharded_rows
 from .loop import LoopState
@@ -32,24 +34,26 @@ def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir,
     """Calibrate and evaluate the kept weights, write the results, then the bundle; the test metrics. model.json
     is written last, so a folder that has it holds a complete run (report.html, optional and rebuilt by
     `oculi report`, follows)."""
-    cfg = plan.config
-    calibration = _calibrate(model, plan, sets["val"], device, reporter, world)
-    metrics = _evaluate(model, plan, source, sets, device, run, calibration, reporter, world)
+    cfg, val = plan.config, sets["val"]
+    val_logits = _class_logits(model, plan, val, device, reporter, world, "val") if len(val) else None
+    calibration, check = _calibrate(cfg, val_logits, val.labels.numpy(), reporter)
+    kept = kept_figures(plan, state, val_logits, val.labels.numpy(), calibration.temperature)
+    metrics = _evaluate(model, plan, source, sets, device, run, calibration, check, kept, reporter, world)
     if world.main:
         save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
         save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
                     {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
-                     "training": _what_was_trained(cfg, state),
+                     "training": training_word(kept["part"]), "route": plan.route, "kept": kept,
                      "trainable_parameters": count_parameters(model), "data": source.name,
                      "calibration": calibration.to_dict()})
-    _say_results(metrics, cfg, state, run.path, reporter)
+    _say_results(metrics, kept, run.path, reporter)
     _say_calibration(metrics, reporter)
     _say_recall(metrics, cfg, reporter)
     return metrics
 
 
-def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration: Calibration, reporter: Reporter,
-              world: World) -> dict | None:
+def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration: Calibration, check: dict,
+              kept: dict, reporter: Reporter, world: World) -> dict | None:
     """Metrics on the test set, or the val set when there is none, written (by rank 0) with their
     predictions and confusion matrix; None when neither has an image (a tiny data set trains, but cannot
     be measured). Each rank predicts its share of the images. The probabilities are calibrated;
@@ -63,12 +67,16 @@ def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration:
     labels = data.labels.numpy()
     probs = softmax(logits, calibration.temperature)
     metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
+               "kept": kept,
                "calibration": {**calibration_figures(logits, labels, calibration.temperature),
-                               "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None},
+                               "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None, "check": check,
+                               "if_applied": _if_applied(logits, labels, check)},
                "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
     if not world.main:
         return metrics
-    metrics["leaks_present"] = leaks_present(run.path, data.paths)
+    leaked = leaked_paths(run.path)
+    metrics["leaks_present"] = None if leaked is None else bool(leaked & set(data.paths))
+    metrics["leak_free"] = leak_free_figures(data.paths, labels, probs, leaked, source.classes, cfg.top_k)
     atomic_write_json(run.test_metrics, metrics)
     _save_predictions(run.test_predictions, data, probs, source.classes)
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), source.classes), run.confusion)
@@ -81,9 +89,9 @@ def _class_logits(model, plan: Plan, data: TensorSet, device, reporter: Reporter
                   name: str) -> np.ndarray:
     """The class logits of ``data``'s images: of a features run, its head on the cached features (every rank
     reads them); else the whole model, each rank computing its share."""
-    if _backbone_stayed_frozen(model, plan):
+    if _backbone_stayed_frozen(plan):
         logits = frozen_logits(model, plan, data, device, reporter, name)
-    elif _bottom_stayed_frozen(model, plan):
+    elif _bottom_stayed_frozen(plan):
         logits = partial_logits(model, plan, data, device, reporter, name)
     else:
         logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], plan.preprocessing,
@@ -91,43 +99,79 @@ def _class_logits(model, plan: Plan, data: TensorSet, device, reporter: Reporter
     return class_logits(logits.numpy(), plan.config.head)
 
 
-def _backbone_stayed_frozen(model, plan: Plan) -> bool:
+def _backbone_stayed_frozen(plan: Plan) -> bool:
     """A features run without test-time views: its logits are the head's on the plain cached features."""
-    return (plan.config.mode == "features" and isinstance(model, BackboneClassifier)
-            and plan.preprocessing.tta == "none")
+    return plan.route == "features" and plan.preprocessing.tta == "none"
 
 
-def _bottom_stayed_frozen(model, plan: Plan) -> bool:
+def _bottom_stayed_frozen(plan: Plan) -> bool:
     """A run that fine-tuned the top stages only, without test-time views: its top on the cached activations."""
-    cfg = plan.config
-    return (cfg.unfreeze_stages is not None and cfg.mode in ("auto", "finetune")
-            and isinstance(model, BackboneClassifier) and plan.preprocessing.tta == "none")
+    return finetune_part(plan.route) == "top" and plan.preprocessing.tta == "none"
 
 
-def _calibrate(model, plan: Plan, val: TensorSet, device, reporter: Reporter, world: World) -> Calibration:
-    """The temperature fitted on the val images (--calibrate) and the abstain threshold: --abstain-threshold,
-    or the lowest val confidence that reaches --target-precision. Without val images: T = 1, said so."""
-    cfg = plan.config
-    if not len(val):
+def _calibrate(cfg: TrainConfig, logits: np.ndarray | None, labels: np.ndarray,
+               reporter: Reporter) -> tuple[Calibration, dict]:
+    """The temperature (--calibrate: fitted on the val logits, applied only when images it was not fitted on
+    confirm the gain: ``checked_temperature``) and the abstain threshold: --abstain-threshold, or the lowest
+    val confidence that reaches --target-precision. Without val images: T = 1, said so."""
+    if logits is None:
         if cfg.calibrate or cfg.target_precision is not None:
             reporter.warn("no val images: the probabilities are not calibrated (T = 1)"
                           + (" and --target-precision has nothing to choose a threshold on"
                              if cfg.target_precision is not None else ""))
-        return Calibration(1.0, cfg.abstain_threshold)
-    logits, labels = _class_logits(model, plan, val, device, reporter, world, "val"), val.labels.numpy()
-    temperature = fit_temperature(logits, labels) if cfg.calibrate else 1.0
-    if cfg.calibrate and at_bound(temperature):
-        reporter.warn(f"the temperature fitted on the {len(val)} val images stopped at the end of its range "
+        return Calibration(1.0, cfg.abstain_threshold), {"applied": False, "why": "no val images"}
+    if not cfg.calibrate:
+        check = {"applied": False, "why": "--no-calibrate"}
+    else:
+        check = checked_temperature(logits, labels, cfg.seed)
+    temperature = check.get("temperature", 1.0)
+    if check["applied"] and at_bound(temperature):
+        reporter.warn(f"the temperature fitted on the {len(labels)} val images stopped at the end of its range "
                       f"({temperature:g}): they ask for {'far sharper' if temperature < 1 else 'far flatter'} "
                       f"probabilities than the network gives, so the calibration is rough")
     if cfg.target_precision is None:
-        return Calibration(temperature, cfg.abstain_threshold)
+        return Calibration(temperature, cfg.abstain_threshold), check
     probs = softmax(logits, temperature)
     threshold = choose_threshold_for_precision(probs.max(1), probs.argmax(1) == labels, cfg.target_precision)
     if threshold is None:
         reporter.warn(f"--target-precision {cfg.target_precision:g}: no confidence threshold reaches it on the "
-                      f"{len(val)} val images; the model always answers")
-    return Calibration(temperature, threshold)
+                      f"{len(labels)} val images; the model always answers")
+    return Calibration(temperature, threshold), check
+
+
+def _if_applied(logits: np.ndarray, labels: np.ndarray, check: dict) -> dict | None:
+    """ECE and log loss at the fitted temperature, applied or not: what the check saved (or cost)."""
+    if "fitted" not in check:
+        return None
+    probs = softmax(logits, check["fitted"])
+    return {"temperature": check["fitted"], "ece": expected_calibration_error(probs, labels),
+            "log_loss": nll(logits, labels, check["fitted"])}
+
+
+def kept_figures(plan: Plan, state: LoopState, logits: np.ndarray | None, labels: np.ndarray,
+                 temperature: float) -> dict:
+    """What the run kept, in model.json and test_metrics.json: the part of its route (features, top, whole,
+    scratch), its epoch, the rule's words, and its val figures as ``oculi evaluate RUN --data VAL`` measures them
+    (the bundle's preprocessing, test-time views included; log loss calibrated and raw)."""
+    part = kept_part(plan.route, state.baseline is not None and state.best_epoch == 0)
+    head_won = part == "features" and plan.route != "features"
+    figures = {"part": part, "epoch": None if head_won else state.best_epoch,
+               "words": _kept_words(part, plan, state, head_won),
+               "decision": (state.decision or {}).get("words")}
+    if logits is None:
+        return {**figures, "val_images": 0, "val_accuracy": None, "val_loss": None, "val_loss_raw": None}
+    return {**figures, "val_images": int(len(labels)),
+            "val_accuracy": float((logits.argmax(1) == labels).mean()),
+            "val_loss": nll(logits, labels, temperature), "val_loss_raw": nll(logits, labels)}
+
+
+def _kept_words(part: str, plan: Plan, state: LoopState, head_won: bool) -> str:
+    """e.g. "features head", "top 2 stages, epoch 3", "whole network, epoch 7", "from scratch, epoch 10"."""
+    if part == "features":
+        return "features head" + ("" if head_won or not state.best_epoch else f", epoch {state.best_epoch}")
+    what = {"top": f"top {stages(plan.config.unfreeze_stages or 1)}", "whole": "whole network",
+            "scratch": "from scratch"}[part]
+    return f"{what}, epoch {state.best_epoch}"
 
 
 def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
@@ -135,7 +179,11 @@ def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
     if metrics is None:
         return
     c, split = metrics["calibration"], metrics["split"]
-    how = "none fitted" if not c["fitted_on"] else "fitted on val" + (": the same images, so optimistic" * (split == "val"))
+    check = c.get("check") or {}
+    how = ("none fitted" if not c["fitted_on"] else
+           ("fitted on val, checked on val images it was not fitted on" if check.get("applied") else
+            f"T = {check.get('fitted', 1.0):.3f} fitted on val, not applied: images it was not fitted on saw no gain")
+           + (": the same images, so optimistic" * (split == "val")))
     reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
                   f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "
                   f"{c['after']['log_loss']:.4f}")
@@ -165,36 +213,19 @@ def _drawable_baseline(state: LoopState) -> dict | None:
     return state.baseline if state.baseline and state.baseline.get("val_acc") is not None else None
 
 
-def _say_results(metrics: dict | None, cfg: TrainConfig, state: LoopState, run_dir: Path,
-                 reporter: Reporter) -> None:
-    kept = _kept(cfg, state)
+def _say_results(metrics: dict | None, kept: dict, run_dir: Path, reporter: Reporter) -> None:
     if metrics is None:
         reporter.warn("no held-out images (no val or test split): the model is saved but not evaluated")
         written = "model.safetensors, model.json, curves.png"
     else:
-        reporter.info(f"[bold]{metrics['split']}[/bold]   accuracy {metrics['accuracy']:.2%}, "
+        reporter.info(f"[bold]{metrics['split']}[/bold]   accuracy {metrics['accuracy']:.2%} on {metrics['n']:,}, "
                       f"top-{metrics['top_k']} {metrics['top_k_accuracy']:.2%}, "
-                      f"log loss {metrics['log_loss']:.4f} ({kept})")
+                      f"log loss {metrics['log_loss']:.4f} ({kept['words']})")
+        clean = metrics.get("leak_free")
+        if clean is not None:
+            reporter.warn(leak_free_words(metrics, clean))
         written = "model.safetensors, model.json, curves.png, confusion_matrix.png, test_metrics.json"
     reporter.info(f"[bold]saved[/bold]  {run_dir}/ ({written})")
-
-
-def _kept(cfg: TrainConfig, state: LoopState) -> str:
-    """Which weights the run kept, in words (a features run has no "best epoch" of its own)."""
-    if _what_was_trained(cfg, state) == "features":
-        return "features head"
-    if state.history and state.history[-1]["val_acc"] is None:
-        return f"last epoch {state.epoch}: no val images to choose by"
-    return f"best epoch {state.best_epoch}"
-
-
-def _what_was_trained(cfg: TrainConfig, state: LoopState) -> str:
-    """features | finetune | scratch: what produced the kept weights."""
-    if not cfg.pretrained:
-        return "scratch"
-    if cfg.mode == "features" or (state.baseline is not None and state.best_epoch == 0):
-        return "features"
-    return "finetune"
 
 
 def _save_predictions(path: Path, data: TensorSet, probs: np.ndarray, classes: list[str]) -> None:

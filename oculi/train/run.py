@@ -29,8 +29,9 @@ from ..defaults import imbalance
 from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
-from ..models import BackboneClassifier, Weights, count_parameters, create_model
+from ..models import Weights, count_parameters, create_model
 from ..plan import Plan, resolve_plan
+from ..route import finetune_part, head_first, plan_words, stages, trains_backbone
 from ..rundir import RunDir
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -269,7 +270,7 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
         job = {"torchrun_job": run_id()} if world.size > 1 else {}  # how a restarted job finds its run
         atomic_write_json(run.config, {"oculi_version": __version__, "data_as_given": given, **job,
                                        **plan.to_dict()})
-    _print_plan(cfg, source, sets, model, device, weights, reporter)
+    _print_plan(plan, source, sets, model, device, weights, reporter)
     # --log: TensorBoard, MLflow (rank 0's; the others log nothing)
     with run_log(cfg if world.main else dataclasses.replace(cfg, log="none"), run.path, source.name, reporter) as log:
         state = _fit(model, plan, sets, source, device, run, reporter, restoring, log, world)
@@ -338,7 +339,7 @@ def _build_model(plan: Plan, asked: TrainConfig, source: DataSource, device_type
         spec, cfg = p.model, p.config
         model, weights = create_model(spec.name, spec.num_classes, spec.in_chans, spec.image_size, spec.head,
                                       cfg.pretrained, spec.classifier, cfg.weights)
-        if cfg.mode == "features":
+        if p.route == "features":
             freeze(model.backbone)
         return model, weights, p
     try:
@@ -368,7 +369,8 @@ def _used_records(sets: dict[str, TensorSet]) -> list[Record]:
             for path, label in zip(s.paths, s.labels.tolist())]
 
 
-def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
+def _print_plan(plan: Plan, source, sets, model, device, weights, reporter) -> None:
+    cfg, route = plan.config, plan.route
     sizes = ", ".join(f"{len(s)} {k}" for k, s in sets.items())
     reporter.info(f"[bold]data[/bold]   {source.name}: {len(source.classes)} classes, {sizes}")
     train_folder = _train_folder_split_for_test(source)
@@ -378,7 +380,7 @@ def _print_plan(cfg, source, sets, model, device, weights, reporter) -> None:
     origin = f"pretrained ({weights.source})" if weights else "from scratch"
     reporter.info(f"[bold]model[/bold]  {cfg.model}, {origin}, {count_parameters(model):,} trainable parameters, "
                   f"input {cfg.channels}x{cfg.image_size[0]}x{cfg.image_size[1]} ({cfg.resize}), {cfg.head} head")
-    reporter.info(f"[bold]train[/bold]  {_describe_mode(cfg)}")
+    reporter.info(f"[bold]train[/bold]  {plan_words(cfg, route)}")
     reporter.info(f"       batch {_describe_batch(cfg)}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {device}")
@@ -414,23 +416,6 @@ def _train_folder_split_for_test(source: DataSource) -> str | None:
     return folders["train"].name
 
 
-def _describe_mode(cfg: TrainConfig) -> str:
-    head = (f"{cfg.classifier} head on frozen features ({cfg.feature_views} view{'s' * (cfg.feature_views > 1)} "
-            f"per training image, cached), {cfg.head_epochs} epochs at lr {cfg.head_lr:g}")
-    what = "everything" if cfg.unfreeze_stages is None else f"the last {_stages(cfg.unfreeze_stages)} (cached inputs)"
-    budget = "" if cfg.time_budget is None else f", within {cfg.time_budget:g}s"
-    finetune = (f"fine-tune {what} {cfg.epochs} epochs at lr {cfg.lr:g} (backbone x{cfg.backbone_lr:g}"
-                + (f", unfrozen over {cfg.unfreeze_epochs} epochs" if cfg.unfreeze_epochs else "") + f"){budget}")
-    if not cfg.pretrained:
-        return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
-    return {"features": head, "finetune": finetune,
-            "auto": f"{head}; then {finetune}, kept if it beats the head{_early_stop(cfg.patience)}"}[cfg.mode]
-
-
-def _early_stop(patience: int | None) -> str:
-    return "" if patience is None else f", stopped after {patience} epoch{'s' * (patience != 1)} that do not"
-
-
 def _loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:
     """The Learner's settings; the batch is each process's (every process has at least one image)."""
     weights = None
@@ -454,24 +439,26 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     cfg, preprocessing = plan.config, plan.preprocessing
     settings = _loop_settings(cfg, sets["train"], len(source.classes), device)
     # A features run never trains a BatchNorm: nothing to synchronise.
-    if cfg.mode != "features" and use_sync_bn(cfg.sync_bn, settings.batch_size, world):
+    if trains_backbone(plan.route) and use_sync_bn(cfg.sync_bn, settings.batch_size, world):
         model = convert_sync_bn(model, device)
     place_model(model, device)
     state = LoopState()
-    top = cached_top(model, plan, sets, device, reporter) if _fine_tunes_top(cfg, model) else None
+    top = cached_top(model, plan, sets, device, reporter) if finetune_part(plan.route) == "top" else None
     # A resumed run past its features phase finds that phase's result in the checkpoint.
-    if cfg.mode in ("features", "auto") and not restoring:
+    if head_first(plan.route) and not restoring:
         feats = top.features(device) if top is not None else None
         head_state = _features_phase(model, plan, sets, settings, device, reporter, world, feats)
-        if cfg.mode == "features":
-            if world.main:
-                run.write_metrics_log(head_state.history)
+        if plan.route == "features":
             log.log_epochs(head_state.history)
-            return dataclasses.replace(head_state, best_state=copy_state(model))
-        state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history)
+            head_state = dataclasses.replace(head_state, best_state=copy_state(model))
+            _write_marked_log(head_state, run, world)
+            return head_state
+        state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history,
+                          baseline_state=copy_state(model),
+                          predicted={"baseline": head_state.predicted["best"]} if "best" in head_state.predicted else {})
         reporter.info(_finetune_plan(state.baseline, top))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
-                                cfg.backbone_lr if cfg.pretrained else 1.0)
+                                cfg.backbone_lr if plan.route != "scratch" else 1.0)
     if restoring:
         state = _restore(model, optimizer, run, device, reporter, world)
 
@@ -482,12 +469,13 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
         log.log_epochs(s.prior + s.history)
         save_checkpoint(run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
-                         "baseline": s.baseline, "prior": s.prior})
+                         "baseline": s.baseline, "prior": s.prior, "predicted": s.predicted},
+                        s.baseline_state)
 
-    if isinstance(model, BackboneClassifier) and cfg.pretrained:
+    if plan.route != "scratch":
         model.frozen_norm = True
-    on_epoch_start = _on_epoch_start(model, cfg)
-    settings = dataclasses.replace(settings, phase="finetune" if cfg.pretrained else "train")
+    on_epoch_start = _on_epoch_start(model, plan)
+    settings = dataclasses.replace(settings, phase="finetune" if plan.route != "scratch" else "train")
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
         net, data = TopOfModel(model, top.split), top.data()
@@ -498,13 +486,19 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     state = learner.fit(state)
     if state.baseline is not None:
         _say_what_was_kept(state, reporter)
+    _write_marked_log(state, run, world)
     return state
 
 
-def _fine_tunes_top(cfg: TrainConfig, model) -> bool:
-    """Fine-tuning of the last --unfreeze-stages stages only, from their cached inputs (train.partial)."""
-    return (cfg.unfreeze_stages is not None and cfg.mode in ("auto", "finetune")
-            and isinstance(model, BackboneClassifier))
+def _write_marked_log(state: LoopState, run: RunDir, world: World) -> None:
+    """metrics.jsonl once the kept weights are chosen: the row they were measured in says ``"kept": true``
+    (a features head's row when the head won), every other row ``false``."""
+    if not world.main:
+        return
+    kept = state.best_row
+    key = None if kept is None else (kept.get("phase"), kept.get("epoch"))
+    run.write_metrics_log([{**row, "kept": (row.get("phase"), row.get("epoch")) == key}
+                           for row in state.prior + state.history])
 
 
 def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: World, feats=None) -> LoopState:
@@ -517,10 +511,11 @@ def _features_phase(model, plan: Plan, sets, settings, device, reporter, world: 
                                best_state=copy_state(model.head))
 
 
-def _on_epoch_start(model, cfg: TrainConfig) -> Callable[[int], None]:
+def _on_epoch_start(model, plan: Plan) -> Callable[[int], None]:
     """What changes before each epoch: gradual unfreezing of a backbone, or the model's own schedule of
     what trains (fast-cnn freezes its whitening bias after the first epochs)."""
-    if cfg.unfreeze_epochs and isinstance(model, BackboneClassifier):
+    cfg = plan.config
+    if cfg.unfreeze_epochs and finetune_part(plan.route) == "whole":
         return gradual_unfreezing(model, cfg.unfreeze_epochs)
     if hasattr(model, "on_epoch_start"):
         return lambda epoch: model.on_epoch_start(epoch, cfg.epochs)
@@ -529,27 +524,17 @@ def _on_epoch_start(model, cfg: TrainConfig) -> Callable[[int], None]:
 
 def _finetune_plan(baseline: dict, top: CachedTop | None) -> str:
     what = ("the whole network" if top is None else
-            f"the last {_stages(top.split.stages)} of {top.split.total} (from {top.split.cut} on)")
+            f"the last {stages(top.split.stages)} of {top.split.total} (from {top.split.cut} on)")
     if baseline["val_acc"] is None:
         return (f"fine-tuning {what}; with no val images to compare it with the features model, "
                 "its last epoch is kept")
     return (f"fine-tuning {what}; it must beat the features model's val accuracy "
-            f"({baseline['val_acc']:.2%}) to replace it")
-
-
-def _stages(n: int) -> str:
-    return f"{n} stage{'s' * (n != 1)}"
+            f"({baseline['val_acc']:.2%}) by more than the val images can resolve to replace it")
 
 
 def _say_what_was_kept(state: LoopState, reporter: Reporter) -> None:
-    base = state.baseline["val_acc"]
-    if base is None:
-        return  # nothing to compare: _finetune_plan said the last epoch is kept
-    if state.best_epoch == 0:
-        reporter.info(f"kept the features model: fine-tuning did not beat its val accuracy {base:.2%}")
-    else:
-        reporter.info(f"kept fine-tuned epoch {state.best_epoch}: val accuracy {state.best_row['val_acc']:.2%} "
-                      f"(features model: {base:.2%})")
+    if state.decision is not None:  # None: no val images; _finetune_plan said the last epoch is kept
+        reporter.info(f"[bold]kept[/bold]   {state.decision['words']}")
 
 
 def _restore(model, optimizer, run: RunDir, device, reporter, world: World) -> LoopState:
@@ -559,6 +544,7 @@ def _restore(model, optimizer, run: RunDir, device, reporter, world: World) -> L
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
     reporter.info(f"resuming {run.path} after epoch {meta['epoch']}")
-    return LoopState(epoch=meta["epoch"], history=meta["history"],
-                     best_state={k: v.to(device) for k, v in best_state.items()}, best_epoch=meta["best_epoch"],
-                     baseline=meta.get("baseline"), prior=meta.get("prior", []))
+    on_device = lambda state: None if state is None else {k: v.to(device) for k, v in state.items()}
+    return LoopState(epoch=meta["epoch"], history=meta["history"], best_state=on_device(best_state),
+                     best_epoch=meta["best_epoch"], baseline=meta.get("baseline"), prior=meta.get("prior", []),
+                     baseline_state=on_device(meta.get("baseline_state")), predicted=meta.get("predicted", {}))
