@@ -159,7 +159,8 @@ class TrainConfig:
                                         parse=parse_duration)
     # optimisation
     epochs: int | None = setting(None, "Training epochs (default: chosen from the data).", low=1, high=10_000)
-    batch_size: int | None = setting(None, "Images per step.", low=1, high=65_536)
+    batch_size: int | None = setting(None, "Images per step, over all processes (each of N processes takes 1/N; "
+                                     "default: the model's recipe).", low=1, high=65_536)
     lr: float | None = setting(None, "Peak learning rate.", low=0, high=10, excluded="low")
     optimizer: str = setting("auto", "adam, adamw, sgd or rmsprop; auto: the model's recipe (sgd for fast-cnn, else "
                              "adamw).", choices=OPTIMIZERS)
@@ -195,8 +196,9 @@ class TrainConfig:
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
-    # several processes (oculi.train.distributed): --batch-size is per process, the global batch is
-    # batch x processes x --accumulate, and the recipe's learning rate scales with the global batch
+    # several processes (oculi.train.distributed): --batch-size is a step's batch over all of them, each
+    # taking its share (the floor when they cannot share it evenly, the lr then scaled: defaults.scaled_lr),
+    # so the recipe is the same on 1 or N processes
     nproc: int = setting(1, "Worker processes on this machine, one per GPU (torch.distributed; under torchrun "
                          "leave it at 1: torchrun starts them).", low=1, high=1024)
     max_restarts: int = setting(0, "With --nproc: restart the workers this many times after one dies; the run "

@@ -137,14 +137,18 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     elif unfreeze is not None and mode in ("auto", "finetune") and get_model_info(model) is None:
         _affordable_top(model, image_size, n_train, len(source.records), 0, unfreeze)  # an ask out of range: now
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else recipe["optimizer"]
-    # --batch-size is per process; a step takes it from each of world_size processes, accumulate times.
-    ranks = cfg.world_size * cfg.accumulate
-    batch_size = cfg.batch_size or _recipe_batch(recipe, n_train // ranks) or _auto_batch(pretrained, device_type)
-    # The recipe's learning rate goes with the recipe's optimizer only, scaled with the (global) batch size.
+    # --batch-size (or the recipe's) is the batch of one step over all processes, accumulate times: the recipe
+    # does not change with the number of processes; each of world_size processes takes its share.
+    asked_batch = (cfg.batch_size or _recipe_batch(recipe, n_train // cfg.accumulate)
+                   or _auto_batch(pretrained, device_type))
+    batch_size = per_process_batch(asked_batch, cfg.world_size)
+    # The recipe's learning rate goes with the recipe's optimizer only, scaled with the step's batch size.
     partial_lr = CPU_PARTIAL_LR if mode == "auto" and device_type == "cpu" and unfreeze else None
-    lr = cfg.lr or partial_lr or (recipe["lr"] * batch_size * ranks / recipe["batch_size"]
+    lr = cfg.lr or partial_lr or (recipe["lr"] * asked_batch * cfg.accumulate / recipe["batch_size"]
                     if "lr" in recipe and optimizer == recipe["optimizer"]
                     else _auto_lr(optimizer, pretrained))
+    # A batch the processes cannot share evenly: each takes the floor, and the lr follows the smaller step.
+    lr = scaled_lr(lr, optimizer, batch_size * cfg.world_size / asked_batch)
     return dataclasses.replace(
         cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),
         head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
@@ -257,6 +261,19 @@ def scratch_epochs(n_train: int, images_seen: int, reference_images: int | None 
     if reference_images:
         images_seen = images_seen * (n_train / reference_images) ** BUDGET_EXPONENT
     return int(np.clip(round(images_seen / n_train), 10, 40))
+
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """Each process's share of a step's ``global_batch``: the floor of an even share (at least 1 image), so a
+    step over N processes takes what one process would, or (when N does not divide it) a little less."""
+    return max(1, global_batch // world_size)
+
+
+def scaled_lr(lr: float, optimizer: str, ratio: float) -> float:
+    """The learning rate for a step's batch ``ratio`` times the one ``lr`` was set for: linear for SGD (Goyal
+    et al. 2017, "Accurate, Large Minibatch SGD"), square root for the adaptive optimizers (Adam, AdamW,
+    RMSprop: Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms")."""
+    return lr * ratio if optimizer == "sgd" else lr * ratio ** 0.5
 
 
 def _recipe_batch(recipe: dict, n_train: int) -> int | None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..check.run import leak_free_words
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.sources import DataSource, open_source
@@ -27,6 +28,7 @@ from ..io import atomic_write_text
 from ..models.cut import bottom_children
 from ..models.summary import layer_rows
 from ..plan import Plan
+from ..route import legacy_part, part_words
 from ..rundir import RunDir
 from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
 
@@ -273,27 +275,37 @@ def augmentation_section(run: RunFiles, classifier, images: RunImages) -> Sectio
 
 def _where_augmented(run: RunFiles) -> str:
     """What the preset was applied to: every batch, or (trained on cached inputs) only extra cached views."""
-    cfg, training = run.config, run.meta.get("training")
+    cfg, part = run.config, _kept_part(run)
     n = (cfg.feature_views or 1) - 1
     views = f"the {n} augmented view{'s' * (n > 1)} of each training image" if n else None
-    if training == "finetune" and cfg.unfreeze_stages is not None:
+    if part == "top":
+        aug = run.augmentation if not isinstance(run.augmentation, str) else None
+        moves = [w for w, on in (("mirrored", aug is not None and aug.flip),
+                                 ("cropped", aug is not None and (aug.translate > 0 or aug.affine))) if on]
         drawn = f"drawn each epoch from the plain image and {views}, " if views else ""
-        return f"but the top stages trained on cached activations, {drawn}each map mirrored and cropped at random"
-    if training == "features":
+        maps = f"each map {' and '.join(moves)} at random" if moves else "the maps neither mirrored nor cropped"
+        return f"but the top stages trained on cached activations, {drawn}{maps}"
+    if part == "features":
         return f"but the model trained on cached features; {f'it made {views}' if views else 'with 1 view it was not used'}"
     return "applied on the fly to every training batch"
+
+
+def _kept_part(run: RunFiles) -> str:
+    """The part of the run's route whose weights it kept (oculi.route), as model.json says it."""
+    kept = run.meta.get("kept") or {}
+    return kept.get("part") or legacy_part(run.meta.get("training"), run.config.unfreeze_stages)
 
 
 # ---------------------------------------------------------------- model
 
 def model_section(run: RunFiles, classifier, images: RunImages) -> Section:
     model, meta = classifier.model, run.meta
-    training, stages = meta.get("training", "scratch"), run.config.unfreeze_stages
-    frozen = _frozen_parameters(model, training, stages)
+    part, stages = _kept_part(run), run.config.unfreeze_stages
+    frozen = _frozen_parameters(model, part, stages)
     total = sum(p.numel() for p in model.parameters())
     c, (h, w) = classifier.preprocessing.channels, classifier.preprocessing.image_size
     facts = [["architecture", meta["model"]["name"]], ["weights", meta.get("weights_source", "?")],
-             ["trained", _trained(training, stages)],
+             ["trained", part_words(part, stages)],
              ["input", f"{c}x{h}x{w}"], ["head", f"{meta['model']['head']} ({meta['model'].get('classifier', 'linear')})"],
              ["parameters", f"{total:,}"], ["trained parameters", f"{total - sum(frozen.values()):,}"],
              ["frozen parameters", f"{sum(frozen.values()):,}"]]
@@ -303,22 +315,12 @@ def model_section(run: RunFiles, classifier, images: RunImages) -> Section:
     return Section("model", "Model", body)
 
 
-_TRAINED = {"scratch": "from scratch, every layer", "features": "head only, on the frozen backbone's features",
-            "finetune": "the whole network, fine-tuned from the pretrained weights"}
-
-
-def _trained(training: str, stages: int | None) -> str:
-    if training == "finetune" and stages is not None:
-        return f"the last {stages} stage{'s' * (stages != 1)} of the backbone and the head, fine-tuned from the pretrained weights"
-    return _TRAINED.get(training, training or "?")
-
-
-def _frozen_parameters(model: nn.Module, training: str, stages: int | None = None) -> dict[str, int]:
+def _frozen_parameters(model: nn.Module, part: str, stages: int | None = None) -> dict[str, int]:
     """{parameter name: size} of what training did not change: the backbone of a features-only model, the
     frozen stages of a top-stages fine-tuning, and fixed layers (fast-cnn's whitening)."""
-    bottom = _bottom_parameters(model, stages) if training == "finetune" and stages is not None else set()
+    bottom = _bottom_parameters(model, stages) if part == "top" else set()
     return {name: p.numel() for name, p in model.named_parameters()
-            if not p.requires_grad or name in bottom or (training == "features" and name.startswith("backbone."))}
+            if not p.requires_grad or name in bottom or (part == "features" and name.startswith("backbone."))}
 
 
 def _bottom_parameters(model: nn.Module, stages: int) -> set[str]:
@@ -333,10 +335,11 @@ def training_section(run: RunFiles, classifier, images: RunImages) -> Section:
     from ..plots import plot_curves
     history, baseline = split_phases(run.history)
     best = run.meta.get("metrics", {}).get("best_epoch")
-    body = '<div class="charts">' + "".join(
+    body = _kept_paragraph(run.meta.get("kept"))
+    body += '<div class="charts">' + "".join(
         figure_html(plot_curves(history, best, baseline, panels=(panel,)), f"training curve: {panel} per epoch")
         for panel in ("acc", "loss")) + "</div>"
-    columns = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    columns = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "kept"]
     rows = [[_cell(r.get(k)) for k in columns] for r in run.history]
     body += f"<details><summary>Every epoch ({len(rows)})</summary>{table_html(columns, rows, numeric_from=2)}</details>"
     settings = [[k, _cell(v)] for k, v in run.config.to_dict().items() if k not in ("progress",)]
@@ -345,12 +348,24 @@ def training_section(run: RunFiles, classifier, images: RunImages) -> Section:
 
 
 def split_phases(rows: list[dict]) -> tuple[list[dict], dict | None]:
-    """(the rows to draw, the features head's best val row when fine-tuning followed it, else None)."""
+    """(the rows to draw, the features head's kept val row when fine-tuning followed it, else None)."""
     features = [r for r in rows if r.get("phase") == "features"]
     rest = [r for r in rows if r.get("phase") != "features"]
     if features and rest:
-        return rest, max(features, key=lambda r: r.get("val_acc") or 0)
+        marked = [r for r in features if r.get("kept")] or [r for r in features if "kept" in r][-1:]
+        return rest, marked[0] if marked else max(features, key=lambda r: r.get("val_acc") or 0)
     return rows, None
+
+
+def _kept_paragraph(kept: dict | None) -> str:
+    """What the run kept and why, with its val figures (runs from before it was recorded: nothing)."""
+    if not kept:
+        return ""
+    val = ("" if kept.get("val_accuracy") is None else
+           f" Its val accuracy is {kept['val_accuracy']:.2%} on {kept['val_images']:,} images (log loss "
+           f"{kept['val_loss']:.4f}), as `oculi evaluate` on the val images measures it.")
+    why = f" How it was chosen: {kept['decision']}." if kept.get("decision") else ""
+    return paragraph(f"Kept: {kept['words']}.{val}{why}")
 
 
 def _cell(value) -> str:
@@ -369,6 +384,9 @@ def metrics_section(run: RunFiles, classifier, images: RunImages) -> Section:
     m = run.metrics
     body = paragraph(f"On the {m['n']:,} {m['split']} images, never used for training"
                      + (" or for choosing the epoch." if m["split"] == "test" else " (there is no test split)."))
+    clean = m.get("leak_free")
+    if clean:
+        body += paragraph(f"Leaks: {leak_free_words(m, clean)}.")
     if run.config.select_by == "macro-f1":
         body += _recall_first(m)
     body += table_html(["class", "precision", "recall", "f1", "support"], metrics_table_rows(m))
@@ -396,8 +414,14 @@ def trust_section(run: RunFiles, classifier, images: RunImages) -> Section | Non
     if c is None:
         return None  # a run from before calibration
     same = " (the very images measured below, so the 'after' figures are optimistic)" if split == "val" else ""
-    fitted = (f"fitted on the val images{same}" if c["fitted_on"] else
-              "not fitted (no val images, or --calibrate off), so the probabilities are the network's own")
+    check = c.get("check") or {"applied": bool(c["fitted_on"])}
+    if c["fitted_on"] and check.get("why"):
+        fitted = f"fitted on the val images{same}; {check['why']}" + (
+            "" if check["applied"] else ", so the network's own probabilities (T = 1) are kept")
+    elif c["fitted_on"]:
+        fitted = f"fitted on the val images{same}"
+    else:
+        fitted = "not fitted (no val images, or --calibrate off), so the probabilities are the network's own"
     body = paragraph(f"Temperature scaling (Guo et al. 2017) divides the logits by T = {c['temperature']:.3f}, "
                      f"{fitted}. It never changes the predicted class; it makes the confidence mean what it says. "
                      f"On the {split} images: expected calibration error {c['before']['ece']:.4f} before, "

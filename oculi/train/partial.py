@@ -6,8 +6,8 @@ stage boundary: the bottom stays frozen and runs once per image (its output, the
 in float16 like the features), and only the last ``K`` stages and the head train, for as many epochs as they
 like, each costing the top of the network alone. Their BatchNorm layers keep their pretrained statistics
 (training them lost 1.5-5 points on hymenoptera: benchmarks/results/partial_finetune.md). Augmentation happens
-on the activation maps (a random mirror and a random window; the global pooling takes any size), since the
-cached views are fixed.
+on the activation maps, as far as the plan's allows: a random mirror when it flips, a random window (the global
+pooling takes any size) when it moves the image (translate or an affine change); --augment none: neither.
 
 Where the backbone is cut: ``models.cut``.
 """
@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
+from ..data.transforms import Augmentation
 from ..deploy.engines import model_input
 from ..models import BackboneClassifier
 from ..models.cut import BackboneSplit, split_backbone
@@ -73,20 +74,23 @@ def trainable_top(model: BackboneClassifier, split: BackboneSplit) -> None:
 
 @dataclass
 class ActivationData:
-    """The Learner's data for the top: cached activation maps [N, C, H, W] (float16, CPU), each batch mirrored
-    and cropped at random per image. With ``views`` (the cached augmented views, view-major, the plain view
-    first), each image of a batch is drawn from one of its views at random: an epoch costs N images still."""
+    """The Learner's data for the top: cached activation maps [N, C, H, W] (float16, CPU), each map of a batch
+    mirrored (``flip``) and cropped (``crop``) at random. With ``views`` (the cached augmented views, view-major,
+    the plain view first), each image of a batch is drawn from one of its views at random: an epoch costs N
+    images still."""
 
     train: FeatureSet
     val: FeatureSet
     views: FeatureSet | None = None
+    flip: bool = True
+    crop: bool = True
 
     def to(self, device: torch.device) -> ActivationData:
         return self
 
     def batches(self, order: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
         for index in batch_indices(order, batch_size):
-            maps = augment_maps(self._drawn_views(index, generator).float(), generator)
+            maps = augment_maps(self._drawn_views(index, generator).float(), generator, self.flip, self.crop)
             yield model_input(maps.to(device)), self.train.labels[index].to(device)
 
     def _drawn_views(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -103,12 +107,15 @@ class ActivationData:
         return validation_metrics(logits, self.val.labels, head)
 
 
-def augment_maps(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Each map mirrored left-right with probability 1/2, then a random window of ``CROP`` of its side (one
-    size for the batch, an offset per map)."""
+def augment_maps(maps: torch.Tensor, generator: torch.Generator, flip: bool = True, crop: bool = True) -> torch.Tensor:
+    """Each map mirrored left-right with probability 1/2 (``flip``), then a random window of ``CROP`` of its side
+    (``crop``; one size for the batch, an offset per map)."""
     n, _, h, w = maps.shape
-    mirrored = torch.rand(n, generator=generator) < 0.5
-    maps = torch.where(mirrored[:, None, None, None], maps.flip(3), maps)
+    if flip:
+        mirrored = torch.rand(n, generator=generator) < 0.5
+        maps = torch.where(mirrored[:, None, None, None], maps.flip(3), maps)
+    if not crop:
+        return maps
     ch, cw = min(h - 1, round(h * CROP)) or h, min(w - 1, round(w * CROP)) or w
     top = torch.randint(0, h - ch + 1, (n,), generator=generator)
     left = torch.randint(0, w - cw + 1, (n,), generator=generator)
@@ -168,9 +175,12 @@ class CachedTop:
         n = len(self.train) // self.views
         return FeatureSet(self.train.features[:n], self.train.labels[:n])
 
-    def data(self) -> ActivationData:
-        """The top's training data: an epoch over the images, each drawn from one of its cached views."""
-        return ActivationData(self.plain_train, self.val, self.train if self.views > 1 else None)
+    def data(self, augmentation: Augmentation | None) -> ActivationData:
+        """The top's training data: an epoch over the images, each drawn from one of its cached views, its maps
+        mirrored and moved only as far as ``augmentation`` (the plan's) mirrors and moves images."""
+        flip = augmentation is not None and augmentation.flip
+        crop = augmentation is not None and (augmentation.translate > 0 or augmentation.affine)
+        return ActivationData(self.plain_train, self.val, self.train if self.views > 1 else None, flip, crop)
 
     def features(self, device: torch.device) -> dict[str, FeatureSet]:
         """The frozen model's pooled features of train and val, for the features head."""

@@ -25,7 +25,7 @@ from ..data.loading import LoadedSource, RowView, TensorSet, load_source
 from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
-from ..defaults import imbalance
+from ..defaults import imbalance, per_process_batch, scaled_lr
 from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
@@ -141,15 +141,17 @@ def _restarted_run(cfg: TrainConfig) -> str | None:
 
 
 def _for_world(cfg: TrainConfig, world: World, reporter: Reporter) -> TrainConfig:
-    """A resumed run's config for this job's number of processes: the same global batch (so the same
-    learning rate and steps) when it divides among them."""
+    """A resumed run's config for this job's number of processes: the same step's batch shared among them
+    (when it does not divide, each takes the floor and the lr follows the smaller step, as a new run's would)."""
     if cfg.world_size == world.size:
         return cfg
     global_batch = cfg.batch_size * cfg.world_size
-    batch = global_batch // world.size if global_batch % world.size == 0 else cfg.batch_size
+    batch = per_process_batch(global_batch, world.size)
+    lr = scaled_lr(cfg.lr, cfg.optimizer, batch * world.size / global_batch)
     reporter.info(f"resuming with {world.size} process{'es' * (world.size > 1)} (the run had {cfg.world_size}): "
-                  f"batch {batch} per process, global batch {batch * world.size} (was {global_batch})")
-    return dataclasses.replace(cfg, world_size=world.size, batch_size=batch)
+                  f"batch {batch} per process, global batch {batch * world.size} (was {global_batch})"
+                  + (f", lr {lr:g} (was {cfg.lr:g})" if lr != cfg.lr else ""))
+    return dataclasses.replace(cfg, world_size=world.size, batch_size=batch, lr=lr)
 
 
 def _saved_plan(run: RunDir) -> Plan:
@@ -478,7 +480,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
     settings = dataclasses.replace(settings, phase="finetune" if plan.route != "scratch" else "train")
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
-        net, data = TopOfModel(model, top.split), top.data()
+        net, data = TopOfModel(model, top.split), top.data(plan.augmentation)
     else:
         net, data = model, ImageData(sets["train"], sets["val"], preprocessing, plan.augmentation)
     learner = Learner(net, optimizer, settings, data, device, reporter, on_epoch_start=on_epoch_start,

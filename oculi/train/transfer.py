@@ -4,7 +4,8 @@
 features becomes the starting point of fine-tuning (linear probing then fine-tuning, which distorts
 pretrained features less than fine-tuning from a random head: Kumar et al. 2022, "Fine-Tuning can
 Distort Pretrained Features and Underperform Out-of-Distribution"), and the features model stays the
-one to beat: a fine-tuned epoch is kept only if its validation accuracy is higher.
+one to beat: a fine-tuned epoch is kept only if its validation accuracy is higher by more than the val
+images can resolve (``loop.keep_with_margin``).
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
     and train ``model.head`` on them. Returns the head's training state; ``model.head`` holds its best epoch."""
     feats = feats or backbone_features(model, plan, sets, device, reporter)
     cfg = plan.config
-    # The head's epochs take milliseconds: all of them run (the best is kept, no early stop), in float32
-    # (bfloat16 saves nothing on so small a matrix), without Lookahead.
+    # The head's epochs take milliseconds: all of them run (no early stop; the last is kept unless an earlier
+    # one is significantly better), in float32 (bfloat16 saves nothing on so small a matrix), without
+    # Lookahead. Every process trains the same head alone, on the whole step's batch (the recipe's, whatever
+    # the number of processes).
     head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
-                                        batch_size=min(settings.batch_size, len(feats["train"])),
+                                        batch_size=min(cfg.batch_size * cfg.world_size, len(feats["train"])),
                                         phase="features", patience=None, lookahead=False, mixed_precision=False)
     optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, momentum=0.9)
     learner = Learner(model.head, optimizer, head_settings, FeatureData(feats["train"], feats["val"]), device,

@@ -215,27 +215,32 @@ def test_no_report_when_asked(tmp_path):
 
 def test_the_report_counts_the_stages_below_the_cut_as_frozen():
     from oculi.models import create_model
-    from oculi.report.build import _frozen_parameters, _trained
+    from oculi.report.build import _frozen_parameters
+    from oculi.route import part_words
     model, _ = create_model("test_resnet", 3, 3, (48, 48))
-    frozen = _frozen_parameters(model, "finetune", stages=1)
+    frozen = _frozen_parameters(model, "top", stages=1)
     assert frozen and all(not n.startswith(("backbone.layer4", "head")) for n in frozen)
     assert any(n.startswith("backbone.layer3") for n in frozen) and "backbone.conv1.0.weight" in frozen
-    assert _frozen_parameters(model, "finetune") == {}  # the whole network trained
-    assert _trained("finetune", 2).startswith("the last 2 stages of the backbone and the head")
+    assert _frozen_parameters(model, "whole") == {}  # the whole network trained
+    assert part_words("top", 2).startswith("the last 2 stages of the backbone and the head")
 
 
 def test_the_augmentation_section_says_when_the_model_trained_on_cached_inputs():
     from types import SimpleNamespace
 
     from oculi.config import TrainConfig
+    from oculi.data.transforms import Augmentation
     from oculi.report.build import _where_augmented
 
-    def said(training, **config):
-        return _where_augmented(SimpleNamespace(config=TrainConfig(data="x", **config), meta={"training": training}))
+    def said(training, augmentation=Augmentation(), **config):
+        return _where_augmented(SimpleNamespace(config=TrainConfig(data="x", **config), meta={"training": training},
+                                                augmentation=augmentation))
     assert said("scratch") == "applied on the fly to every training batch"
     assert said("finetune") == "applied on the fly to every training batch"  # the whole network, on images
     assert said("finetune", unfreeze_stages=2, feature_views=1).startswith("but the top stages trained on cached "
-                                                                          "activations, each map mirrored")
+                                                                          "activations, each map mirrored and cropped")
+    assert said("finetune", Augmentation(flip=False), unfreeze_stages=2).endswith("each map cropped at random")
+    assert said("finetune", None, unfreeze_stages=2).endswith("the maps neither mirrored nor cropped")
     assert said("finetune", unfreeze_stages=2, feature_views=2).startswith(
         "but the top stages trained on cached activations, drawn each epoch from the plain image and the 1 augmented "
         "view of each training image, ")

@@ -238,10 +238,13 @@ def test_sync_bn_on_the_cpu_replaces_plain_batchnorms_only():
     assert type(model[2][0]) is BatchNormAct2d  # its activation must stay: left as it is
 
 
-@pytest.mark.parametrize("saved, now, batch", [((2, 16), 1, 32), ((1, 32), 2, 16), ((2, 16), 3, 16), ((4, 8), 4, 8)])
-def test_a_resume_with_another_number_of_processes_keeps_the_global_batch_when_it_divides(saved, now, batch):
+@pytest.mark.parametrize("saved, now, batch, lr", [((2, 16), 1, 32, 0.1), ((1, 32), 2, 16, 0.1),
+                                                   ((2, 16), 3, 10, 0.1 * 30 / 32), ((4, 8), 4, 8, 0.1)])
+def test_a_resume_with_another_number_of_processes_keeps_the_global_batch_when_it_divides(saved, now, batch, lr):
+    # When it does not divide, each process takes the floor and the lr follows the smaller step (sgd: linearly).
     from oculi.config import TrainConfig
     from oculi.train.run import _for_world
     world_size, per_rank = saved
-    cfg = _for_world(TrainConfig(world_size=world_size, batch_size=per_rank), World(0, 0, now), Reporter(quiet=True))
-    assert (cfg.world_size, cfg.batch_size) == (now, batch)
+    cfg = _for_world(TrainConfig(world_size=world_size, batch_size=per_rank, lr=0.1, optimizer="sgd"),
+                     World(0, 0, now), Reporter(quiet=True))
+    assert (cfg.world_size, cfg.batch_size) == (now, batch) and cfg.lr == pytest.approx(lr)

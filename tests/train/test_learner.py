@@ -92,7 +92,8 @@ def test_early_stop_after_patience_epochs_without_a_better_val_accuracy(capsys):
     # lr 0: every epoch measures as the first, which is never beaten
     learner = _learner(_head(3), _feature_data(), Reporter(), epochs=10, lr=0.0, patience=2)
     state = learner.fit()
-    assert state.epoch == 3 and state.best_epoch == 1
+    # Stopped two epochs after the first; none was better than the last, which is kept (keep_with_margin)
+    assert state.epoch == 3 and state.best_epoch == 3 and "kept the last epoch (3)" in state.decision["words"]
     assert "early stop: no better val accuracy for 2 epochs" in capsys.readouterr().err
     assert _learner(_head(3), _feature_data(), epochs=10, lr=0.0, patience=None).fit().epoch == 10
 
@@ -109,7 +110,7 @@ def test_progress_is_a_line_an_epoch_on_images_and_one_line_for_a_head(capsys):
     state = learner.fit()
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("head   3 epochs on 42 feature vectors in ")
-    assert f"; best epoch {state.best_epoch}: train loss " in line and "  val loss " in line
+    assert f"; kept epoch {state.best_epoch}: train loss " in line and "  val loss " in line
 
 
 def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it(capsys):

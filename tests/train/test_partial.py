@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import oculi
+from oculi.data.transforms import Augmentation
 from oculi.models import create_model
 from oculi.models.cut import split_backbone
 from oculi.train import partial
@@ -74,7 +75,7 @@ def test_an_epoch_of_the_top_draws_each_image_from_one_of_its_views():
     labels = torch.tensor([0, 1, 2, 3]).repeat(views)  # each image its own label: a wrong row shows
     top = partial.CachedTop(split=None, train=FeatureSet(maps.view(-1, 1, 1, 1), labels),
                             val=FeatureSet(maps[:2].view(-1, 1, 1, 1), labels[:2]), views=views)
-    data, generator, seen = top.data(), torch.Generator().manual_seed(0), set()
+    data, generator, seen = top.data(Augmentation()), torch.Generator().manual_seed(0), set()
     for _ in range(10):
         for inputs, batch_labels in data.batches(torch.randperm(images, generator=generator), 2, generator,
                                                  torch.device("cpu")):
@@ -84,8 +85,27 @@ def test_an_epoch_of_the_top_draws_each_image_from_one_of_its_views():
                 seen.add(view)
     assert len(data.train) == images and seen == set(range(views))  # an epoch is the images; every view is drawn
     plain = partial.CachedTop(split=None, train=FeatureSet(maps[:images].view(-1, 1, 1, 1), labels[:images]),
-                              val=top.val).data()
+                              val=top.val).data(Augmentation())
     assert plain.views is None
+
+
+@pytest.mark.parametrize("augmentation, mirrors, crops", [(None, False, False), (Augmentation(flip=False), False, True),
+                                                          (Augmentation(translate=0.0), True, False),
+                                                          (Augmentation(), True, True)])
+def test_the_top_moves_its_maps_only_as_the_plans_augmentation_moves_images(augmentation, mirrors, crops):
+    # --augment none (None) and class folders whose mirror is another class (flip off) must not be mirrored
+    # on the top-stages route either (issue 25: the maps were always mirrored and cropped).
+    from oculi.train.loop import FeatureSet
+    maps = torch.arange(64 * 4 * 4, dtype=torch.float16).view(64, 1, 4, 4)  # every cell its own value
+    data = partial.CachedTop(split=None, train=FeatureSet(maps, torch.zeros(64, dtype=torch.long)),
+                             val=FeatureSet(maps[:2], torch.zeros(2, dtype=torch.long))).data(augmentation)
+    order, generator = torch.arange(64), torch.Generator().manual_seed(0)
+    [(inputs, _)] = list(data.batches(order, 64, generator, torch.device("cpu")))
+    cropped = inputs.shape[-1] < 4
+    mirrored = any(bool((row[0, 0, 1] < row[0, 0, 0]).item()) for row in inputs)  # a row read right to left
+    assert (mirrored, cropped) == (mirrors, crops)
+    if not mirrors and not crops:
+        assert torch.equal(inputs, maps.float())
 
 
 @pytest.mark.slow
