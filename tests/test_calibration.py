@@ -110,3 +110,23 @@ def test_a_temperature_at_the_end_of_its_range_is_noticed():
     assert not at_bound(fit_temperature(logits, labels))
     right = logits.argmax(1)  # every answer right: sharper is always better, down to the range's end
     assert at_bound(fit_temperature(logits * 0.01, right))
+
+
+def test_a_temperature_is_applied_only_when_images_it_was_not_fitted_on_confirm_it():
+    from oculi.calibration import checked_temperature
+    logits, labels = calibrated_logits(1000, seed=3)
+    sharp = checked_temperature(logits * 4, labels)  # four times too sure: every fold sees the gain
+    assert sharp["applied"] and sharp["temperature"] == pytest.approx(4.0, rel=0.2) and sharp["p_value"] < 0.05
+    assert sharp["temperature"] == sharp["fitted"]
+    # The cat/dog val split: 199 of 200 right and sure, one wrong. T fitted on all of them sharpens;
+    # the fold holding the error pays for it, so it is not applied.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = np.zeros((200, 2))
+    logits[np.arange(200), labels] = rng.uniform(3, 6, 200)
+    logits[0] = logits[0][::-1]  # the one mistake, as sure as the rest
+    check = checked_temperature(logits, labels)
+    assert check["fitted"] < 1 and not check["applied"] and check["temperature"] == 1.0
+    assert check["why"].startswith("not applied: fitted on 4/5 of the val images")
+    few = checked_temperature(logits[:6], labels[:6])
+    assert not few["applied"] and "too few" in few["why"]

@@ -28,3 +28,23 @@ def test_a_run_without_test_images_is_evaluated_on_its_val_split_as_training_sco
     metrics, _ = evaluate_run(oculi.load(run.run_dir), run.run_dir)
     assert run.test_metrics["split"] == metrics["split"] == "val"
     assert metrics["n"] == len(_held_out_rows(run.run_dir, "val")) == run.test_metrics["n"]
+
+
+def test_evaluate_on_the_val_folder_reproduces_the_kept_models_recorded_val_figures(tmp_path):
+    # issue 24: model.json named no val figure of the kept model; metrics.jsonl's last row could be a
+    # thrown-away epoch.
+    import json
+    from oculi.evaluate import evaluate_folder
+    from tests.conftest import make_class_folder
+    for split, seed, n in (("train", 0, 16), ("val", 1, 8), ("test", 2, 6)):
+        make_class_folder(tmp_path / "data" / split, per_class=n, seed=seed, size=(16, 16))
+    run = oculi.train(str(tmp_path / "data"), model="mlp", epochs=4, out=str(tmp_path / "run"), progress=False,
+                      report=False, cache=False)
+    kept = json.loads((run.run_dir / "model.json").read_text())["kept"]
+    assert kept == run.test_metrics["kept"] and kept["part"] == "scratch" and kept["val_images"] == 24
+    metrics, _ = evaluate_folder(oculi.load(run.run_dir), tmp_path / "data" / "val", out=tmp_path / "ev")
+    assert metrics["n"] == 24 and metrics["accuracy"] == kept["val_accuracy"]
+    assert abs(metrics["log_loss"] - kept["val_loss"]) < 1e-4
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    [marked] = [r for r in rows if r["kept"]]
+    assert marked["epoch"] == kept["epoch"] and kept["words"] == f"from scratch, epoch {kept['epoch']}"

@@ -99,3 +99,36 @@ def test_weights_that_cannot_be_had_replan_the_run_from_scratch(tmp_path, monkey
     with pytest.raises(WeightsUnavailable):  # asked for pretrained weights: no silent change of plan
         run_module.train(TrainConfig(data=str(folder), model="resnet10t", pretrained=True, epochs=1,
                                      out=str(tmp_path / "r2"), progress=False, report=False))
+
+
+@pytest.mark.parametrize("settings, route", [
+    (dict(pretrained=False, mode="scratch"), "scratch"),
+    (dict(pretrained=True, mode="features"), "features"),
+    (dict(pretrained=True, mode="finetune"), "whole"),
+    (dict(pretrained=True, mode="finetune", unfreeze_stages=2), "top"),
+    (dict(pretrained=True, mode="auto"), "features+whole"),
+    (dict(pretrained=True, mode="auto", unfreeze_stages=1), "features+top")])
+def test_the_route_is_one_value_the_plan_keeps(settings, route):
+    from oculi.models.spec import ModelSpec
+    from oculi.data.transforms import Preprocessing
+    from oculi.plan import Plan
+    from oculi.route import route_of
+    cfg = TrainConfig(data="x", **settings)
+    assert route_of(cfg) == route
+    plan = Plan(cfg, Preprocessing((8, 8), 1), None, ModelSpec("mlp", 2, 1, (8, 8), "softmax"), route)
+    saved = plan.to_dict()
+    assert saved["route"] == route and Plan.from_dict(saved).route == route
+    del saved["route"]  # a plan saved before routes: derived once, on load
+    assert Plan.from_dict(saved).route == route
+
+
+def test_no_module_but_the_route_works_out_which_way_a_run_trains():
+    # issue 25: the route was re-derived from cfg.mode, unfreeze_stages and the model's class in six places
+    import re
+    from pathlib import Path
+    import oculi
+    root = Path(oculi.__file__).parent
+    pattern = re.compile(r"cfg\.mode\s*(==|!=|in\b)|\.mode\s*==\s*\"|isinstance\([^)]*BackboneClassifier")
+    places = [f"{path.relative_to(root)}:{i}" for path in [*root.glob("train/*.py"), *root.glob("report/*.py")]
+              for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert places == [], places

@@ -101,7 +101,7 @@ def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) ->
     except WeightsUnavailable as err:
         reporter.warn(f"{err}: labels are judged on pixels")
         return None
-    if not isinstance(model, BackboneClassifier) or weights is None:
+    if weights is None:
         return None
     device = resolve_device(cfg.device)
     place_model(model, device)

@@ -22,10 +22,10 @@ def shrunk_copy(src, dest, quality=85):
         image.convert("RGB").resize((image.width * 3 // 4, image.height * 3 // 4)).save(dest, "JPEG", quality=quality)
 
 
-def pictures(root, per_class=8, classes=("red", "green", "blue")):
+def pictures(root, per_class=8, classes=("red", "green", "blue"), seed=0):
     """root/{train,val}/<class>/: smooth 64 px pictures (enough structure for a perceptual hash), one
     colour dominating each class."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
         for i in range(per_class):
             small = rng.integers(0, 120, size=(8, 8, 3))
@@ -161,3 +161,28 @@ def test_a_training_run_checks_with_the_facts_its_decoding_read_cold_and_from_th
         check, before = (json.loads(p.read_text()) for p in (run.run_dir / "check.json", tmp_path / "reread.json"))
         assert check.pop("seconds") >= 0 and before.pop("seconds") >= 0
         assert check == before and check["duplicate_counts"]["leaks"] == 1
+
+
+def test_a_test_folder_that_copies_train_and_val_gets_its_leak_free_figures_beside_the_whole(tmp_path, capsys):
+    # The insects tutorial's test/ folder is byte copies of train/ files; a test copy of a val image leaks too
+    # (val chose the model). The result line, test_metrics.json and report.html give the figures without them.
+    data = pictures(tmp_path / "pics")
+    fresh = pictures(tmp_path / "fresh", per_class=5, seed=1)  # other pictures of the same kinds
+    copies = {"train/red/red_5.png", "train/green/green_6.png", "val/blue/blue_0.png"}
+    for path in copies:
+        (data / "test" / path.split("/")[1]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / path, data / "test" / path.split("/")[1] / f"copy_{path.split('/')[-1]}")
+    for picture in (fresh / "train").glob("*/*.png"):
+        shutil.copy(picture, data / "test" / picture.parent.name / f"new_{picture.name}")
+    run = oculi.train(str(data), model="mlp", epochs=2, out=str(tmp_path / "run"), cache=False)
+    said = capsys.readouterr().err
+    metrics = json.loads((run.run_dir / "test_metrics.json").read_text())
+    clean = metrics["leak_free"]
+    assert metrics["split"] == "test" and metrics["leaks_present"] is True
+    assert (clean["images"], clean["leaked"]) == (6, 3)
+    with open(run.run_dir / "test_predictions.csv") as f:
+        rows = [r for r in csv.DictReader(f) if "/new_" in r["path"]]
+    assert clean["accuracy"] == sum(r["true"] == r["predicted"] for r in rows) / len(rows)
+    assert f"but 3 of them copy a training or val image (check.json): on the 6 that copy none " \
+           f"{clean['accuracy']:.2%}" in " ".join(said.split())
+    assert "on the 6 that copy none" in (run.run_dir / "report.html").read_text()

@@ -125,16 +125,18 @@ def _one_process(args: list[str], cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """The runs the tests compare: mlp with batch 32 on one process and 2 x 16 on two (by --nproc), and
-    fast-cnn (BatchNorm) the same way, its two-process run by torchrun."""
+    """The runs the tests compare, all with the same flags (--batch-size 32: a step's batch over all
+    processes): mlp on one process and two (2 x 16, by --nproc); fast-cnn (BatchNorm) on one, two (by
+    torchrun) and four (4 x 8, by --nproc)."""
     root = tmp_path_factory.mktemp("distributed")
     (root / "cache").mkdir()
-    bn2 = _torchrun(["train", *BN, "--batch-size", "16", "--sync-bn", "--out", "bn2"], root)
-    mlp2 = _oculi(["train", *MLP, "--batch-size", "16", "--nproc", "2", "--out", "mlp2"], root)
+    bn2 = _torchrun(["train", *BN, "--batch-size", "32", "--sync-bn", "--out", "bn2"], root)
+    mlp2 = _oculi(["train", *MLP, "--batch-size", "32", "--nproc", "2", "--out", "mlp2"], root)
     _one_process(["train", *MLP, "--batch-size", "32", "--out", "mlp1"], root)
     _one_process(["train", *BN, "-q", "--batch-size", "32", "--out", "bn1"], root)
     (root / "bn2.log").write_text("\n".join(_finished(bn2)))
     _finished(mlp2)
+    _finished(_oculi(["train", *BN, "-q", "--batch-size", "32", "--nproc", "4", "--out", "bn4"], root))
     return root
 
 
@@ -178,6 +180,16 @@ def test_sync_batchnorm_over_two_ranks_scores_as_one_process_with_their_batch(ru
     assert abs(accuracy[0] - accuracy[1]) <= 0.01
 
 
+@pytest.mark.slow
+def test_the_same_flags_on_one_two_and_four_processes_follow_one_recipe(runs):
+    # issue 24: the batch was per process, so N processes took N times the batch, 1/N of the steps, at one lr
+    plans = {n: json.loads((runs / f"bn{n}" / "config.json").read_text())["config"] for n in (1, 2, 4)}
+    assert {n: (p["batch_size"] * p["world_size"], p["lr"], p["epochs"]) for n, p in plans.items()} == {
+        n: (32, plans[1]["lr"], plans[1]["epochs"]) for n in (1, 2, 4)}
+    accuracy = {n: json.loads((runs / f"bn{n}" / "test_metrics.json").read_text())["accuracy"] for n in (1, 2, 4)}
+    assert max(accuracy.values()) - min(accuracy.values()) <= 0.01, accuracy
+
+
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     found = []
@@ -194,7 +206,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc (Linux)")
 def test_a_worker_killed_mid_training_is_restarted_and_the_run_ends_as_an_uninterrupted_one(runs):
-    job = _torchrun(["train", *BN, "--batch-size", "16", "--sync-bn", "--out", "killed"], runs, restarts=1)
+    job = _torchrun(["train", *BN, "--batch-size", "32", "--sync-bn", "--out", "killed"], runs, restarts=1)
     checkpoint = runs / "killed" / "checkpoint.safetensors"
     deadline = time.monotonic() + 240
     while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -121,3 +122,44 @@ def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it(capsys):
     over = _learner(_head(2), data, Reporter(), epochs=5, time_budget=1e-9).fit()
     assert over.epoch == 1 and over.best_state is not None  # the first epoch always runs, and is kept
     assert "time budget: stopped after epoch 1 of 5" in capsys.readouterr().err
+
+
+def _decided(labels, best, baseline=None, last=None, epochs=3, best_epoch=2):
+    """A finished fit's state with the given val predictions, settled by keep_with_margin."""
+    from oculi.train.loop import LoopState, keep_with_margin
+    rows = [{"epoch": e, "phase": "finetune", "val_acc": 0.5, "val_loss": 1.0, "val_macro_f1": 0.5}
+            for e in range(1, epochs + 1)]
+    predicted = {"best": list(best), "last": list(last if last is not None else best)}
+    state = LoopState(epoch=epochs, history=rows, best_state={"w": torch.ones(1)}, best_epoch=best_epoch,
+                      baseline=None if baseline is None else {"epoch": 60, "phase": "features", "val_acc": 0.5},
+                      baseline_state=None if baseline is None else {"w": torch.zeros(1)},
+                      predicted={**predicted, **({"baseline": list(baseline)} if baseline is not None else {})})
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(model.weight, 7.0)  # "the last epoch's" weights
+    keep_with_margin(state, model, torch.tensor(labels))
+    return state
+
+
+def test_a_fine_tune_one_image_better_than_the_head_gives_way_to_the_head():
+    labels = np.arange(200) % 2
+    head, tuned = labels.copy(), labels.copy()
+    head[[3, 77]] ^= 1
+    tuned[3] ^= 1
+    state = _decided(labels, tuned, baseline=head)
+    assert state.best_epoch == 0 and torch.equal(state.best_state["w"], torch.zeros(1))  # the head's weights
+    assert state.decision["kept"] == "the features head" and "(+1 image, p = 0.5)" in state.decision["words"]
+    head[range(10, 40, 2)] ^= 1  # now the fine-tune is 16 images better
+    state = _decided(labels, tuned, baseline=head)
+    assert state.best_epoch == 2 and state.decision["better"] and state.decision["kept"] == "fine-tuned epoch 2"
+
+
+def test_without_a_baseline_the_last_epoch_stays_unless_an_earlier_one_is_clearly_better():
+    labels = np.arange(100) % 2
+    best, last = labels.copy(), labels.copy()
+    last[[5]] ^= 1
+    state = _decided(labels, best, last=last)
+    assert state.best_epoch == 3 and state.best_state["weight"].item() == 7.0  # the model as it ended
+    assert state.decision["kept"] == "epoch 3" and state.predicted["best"] == list(last)
+    last[range(0, 60, 3)] ^= 1  # 20 images worse at the end
+    state = _decided(labels, best, last=last)
+    assert state.best_epoch == 2 and state.decision["kept"] == "epoch 2"
