@@ -156,7 +156,7 @@ def kept_figures(plan: Plan, state: LoopState, logits: np.ndarray | None, labels
     part = kept_part(plan.route, state.baseline is not None and state.best_epoch == 0)
     head_won = part == "features" and plan.route != "features"
     figures = {"part": part, "epoch": None if head_won else state.best_epoch,
-               "words": _kept_words(part, plan, state, head_won),
+               "words": _kept_words(part, plan, state),
                "decision": (state.decision or {}).get("words")}
     if logits is None:
         return {**figures, "val_images": 0, "val_accuracy": None, "val_loss": None, "val_loss_raw": None}
@@ -165,10 +165,10 @@ def kept_figures(plan: Plan, state: LoopState, logits: np.ndarray | None, labels
             "val_loss": nll(logits, labels, temperature), "val_loss_raw": nll(logits, labels)}
 
 
-def _kept_words(part: str, plan: Plan, state: LoopState, head_won: bool) -> str:
+def _kept_words(part: str, plan: Plan, state: LoopState) -> str:
     """e.g. "features head", "top 2 stages, epoch 3", "whole network, epoch 7", "from scratch, epoch 10"."""
-    if part == "features":
-        return "features head" + ("" if head_won or not state.best_epoch else f", epoch {state.best_epoch}")
+    if part == "features":  # its epoch (of the head's many quick ones) is in metrics.jsonl, marked kept
+        return "features head"
     what = {"top": f"top {stages(plan.config.unfreeze_stages or 1)}", "whole": "whole network",
             "scratch": "from scratch"}[part]
     return f"{what}, epoch {state.best_epoch}"
