@@ -120,3 +120,11 @@ def test_absurd_numbers_on_the_command_line_are_one_line_errors(tmp_path, capsys
     assert code == 2 and err.startswith("error: ") and rule.flag in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_the_python_api_parses_text_values_as_the_cli_does():
+    # issue 25: oculi.train(time_budget="2m") failed; only image_size was parsed
+    from oculi.api import _parsed
+    assert _parsed({"time_budget": "2m", "image_size": 160, "epochs": 3}) == {
+        "time_budget": 120.0, "image_size": (160, 160), "epochs": 3}
+    assert _parsed({"image_size": "96x64", "time_budget": 90.0}) == {"image_size": (96, 64), "time_budget": 90.0}
