@@ -33,3 +33,51 @@ def _parsed(options: dict) -> dict:
         if parse is not None and (isinstance(value, str) or (name == "image_size" and type(value) is int)):
             parsed[name] = parse(value)
     return parsed
+
+
+def check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,
+          device: str = "auto"):
+    """``oculi check``: duplicates, leaks, a profile of the data and (``labels``) likely label errors, written
+    to ``out`` (default checks/<data>/). Returns the ``CheckResult`` and the folder."""
+    from .check.run import run_check
+    from .train.transfer import plan_features
+    return run_check(data, labels, out, reporter or Reporter(), plan_features, device)
+
+
+def load(path: str | Path, device: str = "auto") -> Classifier:
+    """Load a trained classifier from a run folder (or its model.json)."""
+    return Classifier.load(path, device=device)
+
+
+def train_and_report(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
+    """A new run from ``cfg``, then its report.html (unless ``cfg.report`` is off)."""
+    reporter = reporter or Reporter(quiet=not cfg.progress)
+    return _reported(_train(cfg, reporter), reporter)
+
+
+def resume_and_report(run_dir: str | Path, reporter: Reporter | None = None) -> RunResult:
+    """An interrupted run finished from its checkpoint, then its report.html (as its config says)."""
+    run = _resume(run_dir, reporter)
+    return _reported(run, reporter or Reporter(quiet=not run.config.progress))
+
+
+def _reported(run: RunResult, reporter: Reporter) -> RunResult:
+    """``run``, its report.html written (by rank 0 of several processes) when its config asks for one."""
+    if run.config.report and world().main:
+        _write_report(run, reporter)
+    # The report was the last reader of the run's data: its images need not live as long as the result.
+    return dataclasses.replace(run, source=None)
+
+
+def _write_report(run: RunResult, reporter: Reporter) -> None:
+    """report.html; the model is saved by now, so a report that fails is a warning, never a lost run."""
+    if run.test_metrics is None:
+        reporter.info("report.html skipped: there are no held-out images to report on")
+        return
+    try:
+        path = write_report(run.run_dir, run.source, reporter)
+    except Exception as err:  # noqa: BLE001 - whatever went wrong, the trained model must not be lost
+        reporter.warn(f"report.html could not be written ({type(err).__name__}: {err}); "
+                      f"`oculi report {run.run_dir}` tries again")
+        return
+    reporter.info(f"[bold]report[/bold] {path}")
