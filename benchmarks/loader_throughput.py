@@ -15,7 +15,6 @@ memory: worker processes read each batch's rows ahead of the loop; peak memory i
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +33,14 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help="decode into an empty cache first (times decoding)")
     parser.add_argument("--stream", action="store_true", help="read batches from the cache file (data larger than RAM)")
     args = parser.parse_args()
-    if args.stream:
-        os.environ["OCULI_STREAM_ABOVE_MB"] = "0"
     data = args.data or extract_shared("cifar10-jpg.tar.gz", "cifar10") / "train"
 
     import torch
+    from oculi.data import loading
     from oculi.data.cache import ArrayCache
     from oculi.data.loading import decode_source
+    if args.stream:  # every split streams from the cache file
+        loading.stream_threshold = lambda: 0.0
     from oculi.data.sources import open_source
     from oculi.data.transforms import Augmentation, Preprocessing, channel_stats
     from oculi.train.loop import LoopSettings, epoch_generator, epoch_order, training_batches

@@ -116,10 +116,8 @@ class DecodedImages:
 
 
 def stream_threshold() -> float:
-    """Splits larger than half the memory available now stream from the decoded-image cache
-    (``OCULI_STREAM_ABOVE_MB`` sets another threshold)."""
-    if os.environ.get("OCULI_STREAM_ABOVE_MB"):
-        return float(os.environ["OCULI_STREAM_ABOVE_MB"]) * 2**20
+    """Splits larger than half the memory available now stream from the decoded-image cache (tests and
+    benchmarks replace this function to stream smaller ones)."""
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2
     except (ValueError, OSError, AttributeError):  # no such counters here: never stream

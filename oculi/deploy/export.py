@@ -43,7 +43,6 @@ MAX_ACCURACY_DROP = 0.005  # half a point
 CALIBRATION_IMAGES = 128  # training images that calibrate int8's activation ranges
 REFUSED_FILE = "export_refused.json"
 # Test hook: when set, the exported graph swaps its class columns, so that tests can show the gate refuses it.
-FAULT_ENV = "OCULI_EXPORT_FAULT"
 
 
 def onnx_bytes(model: nn.Module, example: torch.Tensor, output: str | tuple[str, ...] = "outputs") -> bytes:
@@ -155,7 +154,7 @@ class ProbabilityGraph(nn.Module):
         logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta).float()
         probs = logits_to_probs(logits / self.temperature, self.head)  # float32 whatever the network's precision
         energy = -torch.logsumexp(head_class_logits(logits, self.head), dim=1)
-        return (probs.roll(1, dims=1) if os.environ.get(FAULT_ENV) else probs), energy
+        return probs, energy
 
 
 def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:

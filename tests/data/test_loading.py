@@ -106,7 +106,7 @@ def test_splits_above_the_threshold_stream_from_the_cache_and_train_the_same(fol
     import oculi
     options = dict(model="fast-cnn", epochs=2, image_size=16, progress=False)
     in_memory = oculi.train(str(folder), out=str(tmp_path / "a"), **options)
-    monkeypatch.setenv("OCULI_STREAM_ABOVE_MB", "0")
+    monkeypatch.setattr(loading, "stream_threshold", lambda: 0.0)
     decoded = _decode(folder, ArrayCache("images"), Preprocessing((16, 16), 3))
     records = open_source(str(folder)).records
     view = decoded.select(records)

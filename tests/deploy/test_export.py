@@ -11,7 +11,8 @@ import oculi
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.deploy.bundle import save_bundle
-from oculi.deploy.export import FAULT_ENV, FORMATS, REFUSED_FILE, OnnxRunner, TorchScriptRunner, gate_figures
+from oculi.deploy import export
+from oculi.deploy.export import FORMATS, REFUSED_FILE, OnnxRunner, TorchScriptRunner, gate_figures
 from oculi.deploy.predict import Classifier
 from oculi.evaluate import check_images
 from oculi.models.spec import ModelSpec
@@ -67,8 +68,18 @@ def test_export_of_a_trained_run_passes_the_gate_and_gives_the_bundles_probabili
     assert not list(digits_run.glob(".*.tmp"))
 
 
+def _broken_forward(monkeypatch) -> None:
+    """Exports whose probabilities are the right ones shifted by one class: what the gate must refuse."""
+    right = export.ProbabilityGraph.forward
+
+    def shifted(self, images):
+        probs, energy = right(self, images)
+        return probs.roll(1, dims=1), energy
+    monkeypatch.setattr(export.ProbabilityGraph, "forward", shifted)
+
+
 def test_a_broken_export_fails_the_gate_and_writes_only_its_figures(digits_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(FAULT_ENV, "1")
+    _broken_forward(monkeypatch)
     folder = tmp_path / "out"
     assert main(["export", str(digits_run), "--out", str(folder)]) == 1
     error = capsys.readouterr().err.strip()
@@ -84,7 +95,7 @@ def test_a_broken_export_fails_the_gate_and_writes_only_its_figures(digits_run, 
     refused = json.loads((run / REFUSED_FILE).read_text())
     assert refused["file"] == "model.torchscript" and refused["parity"]["images"] == 6
     assert refused["parity"]["top1_agreement"] < 1 and refused["parity"]["passed"] is False
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.undo()
     assert main(["export", str(run), "--format", "torchscript", "--data", str(data)]) == 0
     assert not (run / REFUSED_FILE).exists()  # the export it spoke of exists now
 
