@@ -82,14 +82,15 @@ def test_augment_preview_shows_the_size_and_colour_training_uses(tmp_path, monke
 def test_weights_that_cannot_be_had_replan_the_run_from_scratch(tmp_path, monkeypatch):
     """Asked for nothing but a timm model, a run without its weights trains it from scratch, planned for
     that (its size and recipe), and says so."""
-    real = run_module.create_model
+    import oculi.models
+    real = oculi.models.create_model
 
     def offline(name, *args, **kwargs):
         if args[4]:  # pretrained
             raise WeightsUnavailable(f"--pretrained: could not get ImageNet weights for '{name}'")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(run_module, "create_model", offline)
+    monkeypatch.setattr(oculi.models, "create_model", offline)
     folder = _folder(tmp_path, "photos", size=(100, 100))
     result = run_module.train(TrainConfig(data=str(folder), model="resnet10t", epochs=1, out=str(tmp_path / "r"),
                                           progress=False, report=False, test_split=0.2))

@@ -30,6 +30,10 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         """The network with fresh (untrained) weights."""
+        return self.create()[0]
+
+    def create(self, pretrained: bool = False, weights_file: str | None = None):
+        """(the network, where its weights came from: None without pretrained weights)."""
         from . import create_model
-        return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head,
-                            classifier=self.classifier)[0]
+        return create_model(self.name, self.num_classes, self.in_chans, self.image_size, self.head, pretrained,
+                            self.classifier, weights_file)

@@ -29,7 +29,7 @@ from ..defaults import imbalance, per_process_batch, scaled_lr
 from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
-from ..models import Weights, count_parameters, create_model
+from ..models import Weights, count_parameters
 from ..plan import Plan, resolve_plan
 from ..route import finetune_part, head_first, plan_words, stages, trains_backbone
 from ..rundir import RunDir
@@ -338,9 +338,7 @@ def _build_model(plan: Plan, asked: TrainConfig, source: DataSource, device_type
     weights could be had and the user had not asked for them."""
     def build(p: Plan):
         torch.manual_seed(p.config.seed)  # the same initial weights on every run of this seed
-        spec, cfg = p.model, p.config
-        model, weights = create_model(spec.name, spec.num_classes, spec.in_chans, spec.image_size, spec.head,
-                                      cfg.pretrained, spec.classifier, cfg.weights)
+        model, weights = p.model.create(p.config.pretrained, p.config.weights)
         if p.route == "features":
             freeze(model.backbone)
         return model, weights, p

@@ -23,7 +23,7 @@ from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..deploy.engines import place_model, resolve_device
 from ..errors import WeightsUnavailable
-from ..models import BackboneClassifier, create_model
+from ..models import BackboneClassifier
 from ..plan import Plan
 from .features import split_features
 from .frozen import FrozenForward
@@ -91,13 +91,12 @@ def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) ->
     """The plain backbone features of every split (``oculi check --labels``), through the features cache and
     keyed as ``features_phase`` keys its first view, so a training run of ``plan`` afterwards finds them;
     None when the plan has no pretrained backbone or its weights cannot be had."""
-    cfg, spec = plan.config, plan.model
+    cfg = plan.config
     if not cfg.pretrained:
         return None
     torch.manual_seed(cfg.seed)  # as train.run builds it
     try:
-        model, weights = create_model(spec.name, spec.num_classes, spec.in_chans, spec.image_size, spec.head,
-                                      True, spec.classifier, cfg.weights)
+        model, weights = plan.model.create(True, cfg.weights)
     except WeightsUnavailable as err:
         reporter.warn(f"{err}: labels are judged on pixels")
         return None
