@@ -218,10 +218,3 @@ def describe_abstaining(figures: dict) -> str | None:
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The OOD score of each row of class logits: -T * logsumexp(logits / T); higher = less like training."""
     return -temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature)
-
-
-def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
-    """How often an out-of-distribution image scores above an in-distribution one (ties count half)."""
-    from sklearn.metrics import roc_auc_score
-    y = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    return float(roc_auc_score(y, np.r_[in_scores, out_scores]))

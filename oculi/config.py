@@ -312,6 +312,5 @@ class Setting(NamedTuple):
 
 
 SETTINGS: dict[str, Setting] = {f.name: Setting.of(f) for f in fields(TrainConfig)}
-NUMBER_RANGES = tuple(s.range for s in SETTINGS.values() if s.range is not None)
 # The knobs over the --augment preset: the fields of oculi.data.transforms.Augmentation, by the same names.
 AUGMENTATION_KNOBS: tuple[str, ...] = tuple(name for name, s in SETTINGS.items() if s.group == AUGMENTATION)

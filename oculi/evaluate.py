@@ -36,17 +36,11 @@ def evaluate_run(classifier, run_dir: str | Path, top_k: int = 5, out: str | Pat
     return _evaluate(classifier, source, top_k, folder, {"data": data, "split": split}, f"the {split} split of {data}")
 
 
-def check_images(classifier, run_dir: str | Path, data: list[str] | None = None, limit: int = 1000):
-    """Up to ``limit`` images for checking an export against its bundle, uint8 [N, C, H, W] prepared by
-    the bundle's preprocessing, and what they are: the files ``data`` names (labels are not needed), else
-    the run's own test split (val when it has none), read again as ``evaluate`` reads it."""
-    images, _, source = labelled_check_images(classifier, run_dir, data, limit)
-    return images, source
-
-
 def labelled_check_images(classifier, run_dir: str | Path, data: list[str] | None = None, limit: int = 1000):
-    """``check_images`` with their labels in the model's class order: (images, labels or None for
-    ``data``'s files, what they are)."""
+    """Up to ``limit`` images for checking an export against its bundle, uint8 [N, C, H, W] prepared by the
+    bundle's preprocessing, with their labels in the model's class order (None for ``data``'s files, which
+    need none) and what they are: the files ``data`` names, else the run's own test split (val when it has
+    none), read again as ``evaluate`` reads it."""
     if data:
         return _files_as_images(classifier, data, limit), None, "--data " + " ".join(data)
     source, where, split = _run_held_out(Path(run_dir), classifier.classes)

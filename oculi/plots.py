@@ -255,44 +255,6 @@ def plot_filters(original: "torch.Tensor", filtered: dict[str, "torch.Tensor"]) 
 _RIGHT, _WRONG = "tab:green", "tab:red"
 
 
-def plot_class_samples(images: "torch.Tensor", labels: list[int], classes: list[str], per_class: int = 8) -> Figure:
-    """One row per class: its name, then up to ``per_class`` of its images (uint8 [N, C, H, W])."""
-    rows = [c for c in range(len(classes)) if c in set(labels)]
-    fig = Figure(figsize=(1.3 * per_class + 1.6, 1.35 * max(len(rows), 1)), layout="constrained")
-    axes = fig.subplots(max(len(rows), 1), per_class, squeeze=False)
-    for r, c in enumerate(rows):
-        mine = [i for i, label in enumerate(labels) if label == c][:per_class]
-        for j, ax in enumerate(axes[r]):
-            if j < len(mine):
-                show_image(ax, images[mine[j]])
-            else:
-                ax.set_axis_off()
-        axes[r, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=10)
-    return fig
-
-
-def plot_prediction_grid(images: "torch.Tensor", true: list[int], predicted: list[int], confidence: list[float],
-                         classes: list[str], columns: int = 6) -> Figure:
-    """Images titled "true / predicted (confidence)", green when right and red when wrong."""
-    n = len(images)
-    columns = max(min(columns, n), 1)  # a few images stay tile-sized, not spread over an empty row
-    rows = max(-(-n // columns), 1)
-    fig = Figure(figsize=(1.9 * columns, 2.15 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for i, ax in enumerate(axes):
-        if i >= n:
-            ax.set_axis_off()
-            continue
-        show_image(ax, images[i])
-        right = true[i] == predicted[i]
-        colour = _RIGHT if right else _WRONG
-        ax.set_title(f"{_short(classes[true[i]])}\n→ {_short(classes[predicted[i]])} {confidence[i]:.0%}",
-                     fontsize=8.5, color=colour)
-        for spine in ax.spines.values():
-            spine.set(color=colour, linewidth=2.5)
-    return fig
-
-
 def plot_probability_bars(images: "torch.Tensor", probs: np.ndarray, true: list[int], classes: list[str],
                           top: int = 5) -> Figure:
     """Each image beside a bar chart of its ``top`` most probable classes: the true class green, a wrong

@@ -147,22 +147,6 @@ def test_curves_one_panel_at_a_time():
         plot_curves(_history(5), panels=("f1",))
 
 
-def test_class_samples_one_row_per_class():
-    from oculi.plots import plot_class_samples
-    fig = plot_class_samples(_images(7), [0, 0, 0, 2, 2, 2, 2], ["a", "b", "c"], per_class=3)
-    shown = [ax for ax in fig.axes if ax.images]
-    assert len(shown) == 6  # 3 of a, 3 of the 4 c images; b has none and gets no row
-    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()] == ["a", "c"]
-
-
-def test_prediction_grid_colours_right_and_wrong():
-    from oculi.plots import plot_prediction_grid
-    fig = plot_prediction_grid(_images(3), [0, 1, 1], [0, 0, 1], [0.9, 0.6, 0.8], ["cat", "dog"])
-    colours = [ax.title.get_color() for ax in fig.axes if ax.images]
-    assert colours == ["tab:green", "tab:red", "tab:green"]
-    assert fig.axes[1].get_title() == "dog\n→ cat 60%"
-
-
 def test_probability_bars_show_the_top_classes_in_order():
     from oculi.plots import plot_probability_bars
     probs = np.array([[0.1, 0.6, 0.3], [0.7, 0.2, 0.1]])

@@ -44,7 +44,7 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
     head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
                                         batch_size=min(cfg.batch_size * cfg.world_size, len(feats["train"])),
                                         phase="features", patience=None, lookahead=False, mixed_precision=False)
-    optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, momentum=0.9)
+    optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, cfg.momentum)
     learner = Learner(model.head, optimizer, head_settings, FeatureData(feats["train"], feats["val"]), device,
                       reporter, progress=HeadBar())
     state = learner.fit()

@@ -14,7 +14,7 @@ from oculi.deploy.bundle import save_bundle
 from oculi.deploy import export
 from oculi.deploy.export import FORMATS, REFUSED_FILE, OnnxRunner, TorchScriptRunner, gate_figures
 from oculi.deploy.predict import Classifier
-from oculi.evaluate import check_images
+from oculi.evaluate import labelled_check_images
 from oculi.models.spec import ModelSpec
 from tests.conftest import make_class_folder
 
@@ -54,7 +54,7 @@ def test_export_of_a_trained_run_passes_the_gate_and_gives_the_bundles_probabili
     assert meta["bundle_sha256"] == classifier.meta["bundle_sha256"] and meta["classes"] == classifier.classes
     assert meta["parity"]["top1_agreement"] == 1.0 and meta["parity"]["images"] > 100
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["shape"] == ["N", 1, 8, 8]
-    images, _ = check_images(classifier, digits_run)
+    images, _, _ = labelled_check_images(classifier, digits_run)
     for batch in (images[:1], images[1:8]):  # any batch size
         assert batch.dtype == torch.uint8
         probs = runner(batch).numpy()
@@ -108,7 +108,7 @@ def test_test_time_views_and_normalisation_are_in_the_graph(tmp_path):
     runner, meta = _exported(run, "onnx")
     assert meta["parity"]["images"] == 9 and meta["parity"]["source"] == f"--data {data}"
     classifier = Classifier.load(run, device="cpu")
-    images, _ = check_images(classifier, run, [str(data)])
+    images, _, _ = labelled_check_images(classifier, run, [str(data)])
     assert np.abs(runner(images).numpy() - classifier.prepared_probs(images)).max() < 1e-4
 
 
@@ -176,7 +176,7 @@ def test_int8_and_half_exports_pass_their_gate_and_serve_as_engines(served_run, 
     and the gate refused it.)"""
     run = shutil.copytree(served_run[0], tmp_path / "run")
     classifier = Classifier.load(run, device="cpu")
-    images, _ = check_images(classifier, run)
+    images, _, _ = labelled_check_images(classifier, run)
     reference = classifier.prepared_probs(images)
     for flag, precision, engine in (("--int8", "int8", "onnx-int8"), ("--half", "fp16", "onnx-fp16")):
         assert main(["export", str(run), flag]) == 0
