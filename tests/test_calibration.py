@@ -116,8 +116,8 @@ def test_a_temperature_is_applied_only_when_images_it_was_not_fitted_on_confirm_
     from oculi.calibration import checked_temperature
     logits, labels = calibrated_logits(1000, seed=3)
     sharp = checked_temperature(logits * 4, labels)  # four times too sure: every fold sees the gain
-    assert sharp["applied"] and sharp["temperature"] == pytest.approx(4.0, rel=0.2) and sharp["p_value"] < 0.05
-    assert sharp["temperature"] == sharp["fitted"]
+    assert sharp["applied"] and sharp["temperature"] == pytest.approx(4.0, rel=0.2) and sharp["held_out_gain"] > 0
+    assert sharp["temperature"] == sharp["fitted"] and sharp["fitted_on"] == "val (cross-fitted)"
     # The cat/dog val split: 199 of 200 right and sure, one wrong. T fitted on all of them sharpens;
     # the fold holding the error pays for it, so it is not applied.
     rng = np.random.default_rng(0)
@@ -130,3 +130,17 @@ def test_a_temperature_is_applied_only_when_images_it_was_not_fitted_on_confirm_
     assert check["why"].startswith("not applied: fitted on 4/5 of the val images")
     few = checked_temperature(logits[:6], labels[:6])
     assert not few["applied"] and "too few" in few["why"]
+
+
+def test_a_temperature_fitted_out_of_fold_is_applied_only_when_val_confirms_it():
+    from oculi.calibration import checked_temperature
+    logits, labels = calibrated_logits(3000, seed=4)
+    train, val = slice(0, 2000), slice(2000, None)
+    sure = {"logits": logits[train] * 3, "labels": labels[train]}  # a head three times too sure, out of fold
+    check = checked_temperature(logits[val] * 3, labels[val], fit_on=sure)
+    assert check["applied"] and check["fitted"] == pytest.approx(3.0, rel=0.15)
+    assert check["fitted_on"] == "train (out of fold)" and check["why"].startswith(
+        "fitted on the out-of-fold logits of the 2000 training images, it lowered the log loss of the 1000 val")
+    # out-of-fold logits that ask for flatter probabilities than val shows: val refuses them
+    refused = checked_temperature(logits[val], labels[val], fit_on=sure)
+    assert not refused["applied"] and refused["temperature"] == 1.0 and refused["held_out_gain"] < 0

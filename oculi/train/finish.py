@@ -36,7 +36,7 @@ def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir,
     `oculi report`, follows)."""
     cfg, val = plan.config, sets["val"]
     val_logits = _class_logits(model, plan, val, device, reporter, world, "val") if len(val) else None
-    calibration, check = _calibrate(cfg, val_logits, val.labels.numpy(), reporter)
+    calibration, check = _calibrate(cfg, val_logits, val.labels.numpy(), _fit_on(plan, state), reporter)
     kept = kept_figures(plan, state, val_logits, val.labels.numpy(), calibration.temperature)
     metrics = _evaluate(model, plan, source, sets, device, run, calibration, check, kept, reporter, world)
     if world.main:
@@ -109,11 +109,24 @@ def _bottom_stayed_frozen(plan: Plan) -> bool:
     return finetune_part(plan.route) == "top" and plan.preprocessing.tta == "none"
 
 
-def _calibrate(cfg: TrainConfig, logits: np.ndarray | None, labels: np.ndarray,
+def _fit_on(plan: Plan, state: LoopState) -> dict | None:
+    """What the temperature is fitted on when not on val: a kept features head's out-of-fold logits."""
+    oof = state.out_of_fold
+    if oof is None or _kept_part(plan, state) != "features":
+        return None
+    return {"logits": class_logits(oof["logits"], plan.config.head), "labels": oof["labels"]}
+
+
+def _kept_part(plan: Plan, state: LoopState) -> str:
+    return kept_part(plan.route, state.baseline is not None and state.best_epoch == 0)
+
+
+def _calibrate(cfg: TrainConfig, logits: np.ndarray | None, labels: np.ndarray, fit_on: dict | None,
                reporter: Reporter) -> tuple[Calibration, dict]:
-    """The temperature (--calibrate: fitted on the val logits, applied only when images it was not fitted on
-    confirm the gain: ``checked_temperature``) and the abstain threshold: --abstain-threshold, or the lowest
-    val confidence that reaches --target-precision. Without val images: T = 1, said so."""
+    """The temperature (--calibrate: fitted on logits that chose nothing, ``fit_on`` or val folds, and applied
+    only when val images it was not fitted on confirm the gain: ``checked_temperature``) and the abstain
+    threshold: --abstain-threshold, or the lowest val confidence that reaches --target-precision. Without val
+    images: T = 1, said so."""
     if logits is None:
         if cfg.calibrate or cfg.target_precision is not None:
             reporter.warn("no val images: the probabilities are not calibrated (T = 1)"
@@ -123,7 +136,7 @@ def _calibrate(cfg: TrainConfig, logits: np.ndarray | None, labels: np.ndarray,
     if not cfg.calibrate:
         check = {"applied": False, "why": "--no-calibrate"}
     else:
-        check = checked_temperature(logits, labels, cfg.seed)
+        check = checked_temperature(logits, labels, cfg.seed, fit_on)
     temperature = check.get("temperature", 1.0)
     if check["applied"] and at_bound(temperature):
         reporter.warn(f"the temperature fitted on the {len(labels)} val images stopped at the end of its range "
@@ -153,7 +166,7 @@ def kept_figures(plan: Plan, state: LoopState, logits: np.ndarray | None, labels
     """What the run kept, in model.json and test_metrics.json: the part of its route (features, top, whole,
     scratch), its epoch, the rule's words, and its val figures as ``oculi evaluate RUN --data VAL`` measures them
     (the bundle's preprocessing, test-time views included; log loss calibrated and raw)."""
-    part = kept_part(plan.route, state.baseline is not None and state.best_epoch == 0)
+    part = _kept_part(plan, state)
     head_won = part == "features" and plan.route != "features"
     figures = {"part": part, "epoch": None if head_won else state.best_epoch,
                "words": _kept_words(part, plan, state),
@@ -181,8 +194,9 @@ def _say_calibration(metrics: dict | None, reporter: Reporter) -> None:
     c, split = metrics["calibration"], metrics["split"]
     check = c.get("check") or {}
     how = ("none fitted" if not c["fitted_on"] else
-           ("fitted on val, checked on val images it was not fitted on" if check.get("applied") else
-            f"T = {check.get('fitted', 1.0):.3f} fitted on val, not applied: images it was not fitted on saw no gain")
+           (f"{check.get('fitted_on', 'val')}, confirmed on val images it was not fitted on" if check.get("applied")
+            else f"T = {check.get('fitted', 1.0):.3f} fitted on {check.get('fitted_on', 'val')}, not applied: val "
+                 f"images it was not fitted on saw no gain")
            + (": the same images, so optimistic" * (split == "val")))
     reporter.info(f"[bold]trust[/bold]  temperature {c['temperature']:.3f} ({how}): {split} ECE "
                   f"{c['before']['ece']:.4f} -> {c['after']['ece']:.4f}, log loss {c['before']['log_loss']:.4f} -> "

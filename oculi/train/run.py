@@ -454,7 +454,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
             _write_marked_log(head_state, run, world)
             return head_state
         state = LoopState(best_state=copy_state(model), baseline=head_state.best_row, prior=head_state.history,
-                          baseline_state=copy_state(model),
+                          baseline_state=copy_state(model), out_of_fold=head_state.out_of_fold,
                           predicted={"baseline": head_state.predicted["best"]} if "best" in head_state.predicted else {})
         reporter.info(_finetune_plan(state.baseline, top))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum,
