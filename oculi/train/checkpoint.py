@@ -19,11 +19,13 @@ from ..io import atomic_path
 
 
 def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: torch.optim.Optimizer,
-                    meta: dict, baseline_state: dict | None = None) -> None:
-    """``baseline_state``: the weights fine-tuning must beat (the features head's), to fall back on."""
+                    meta: dict, baseline_state: dict | None = None, out_of_fold: dict | None = None) -> None:
+    """``baseline_state``: the weights fine-tuning must beat (the features head's), to fall back on;
+    ``out_of_fold``: the head's out-of-fold logits and labels (numpy), what its temperature is fitted on."""
     tensors = {f"model/{k}": v for k, v in model_state.items()}
     tensors.update({f"best/{k}": v for k, v in best_state.items()})
     tensors.update({f"base/{k}": v for k, v in (baseline_state or {}).items()})
+    tensors.update({f"oof/{k}": torch.as_tensor(v) for k, v in (out_of_fold or {}).items()})
     optim_json, optim_tensors = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optim_tensors)
     # safetensors refuses tensors that share memory, so every entry gets its own contiguous copy.
@@ -47,6 +49,7 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict, dict]:
     model = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
     meta["baseline_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("base/")} or None
+    meta["out_of_fold"] = {k[4:]: v.numpy() for k, v in tensors.items() if k.startswith("oof/")} or None
     optim = _join_optimizer_state(meta.pop("optimizer"), tensors)
     return model, best, optim, meta
 

@@ -62,7 +62,7 @@ class LoopState:
     predicted: dict[str, list[int]] = field(default_factory=dict)
     decision: dict | None = None  # how the kept weights were chosen (keep_with_margin), once training ended
     # A features head's out-of-fold logits of the training images, and their labels (what the temperature of
-    # a kept head is fitted on: transfer.out_of_fold_logits); not checkpointed: a resumed run fits on val.
+    # a kept head is fitted on: transfer.out_of_fold_logits); checkpointed, so a resumed run fits the same T.
     out_of_fold: dict | None = None
 
     @property

@@ -470,7 +470,7 @@ def _fit(model, plan: Plan, sets, source, device, run: RunDir, reporter, restori
         save_checkpoint(run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
                          "baseline": s.baseline, "prior": s.prior, "predicted": s.predicted},
-                        s.baseline_state)
+                        s.baseline_state, s.out_of_fold)
 
     if plan.route != "scratch":
         model.frozen_norm = True
@@ -547,4 +547,5 @@ def _restore(model, optimizer, run: RunDir, device, reporter, world: World) -> L
     on_device = lambda state: None if state is None else {k: v.to(device) for k, v in state.items()}
     return LoopState(epoch=meta["epoch"], history=meta["history"], best_state=on_device(best_state),
                      best_epoch=meta["best_epoch"], baseline=meta.get("baseline"), prior=meta.get("prior", []),
-                     baseline_state=on_device(meta.get("baseline_state")), predicted=meta.get("predicted", {}))
+                     baseline_state=on_device(meta.get("baseline_state")), predicted=meta.get("predicted", {}),
+                     out_of_fold=meta.get("out_of_fold"))

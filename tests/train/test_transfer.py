@@ -104,8 +104,9 @@ def test_auto_resume_after_a_crash_in_finetuning_matches(tmp_path, colours, weig
     def crash_in_epoch_two(optimizer, lr):
         calls["n"] += 1
         # 38 train images, batch 8: 4 steps an epoch, in the head's 5 epochs as in fine-tuning (one Learner
-        # steps both); die 2 steps into fine-tuning's epoch 2
-        if calls["n"] == 5 * 4 + 4 + 2:
+        # steps both), then the 5 out-of-fold heads' 5 epochs of 3 steps (30-31 images); die 2 steps into
+        # fine-tuning's epoch 2
+        if calls["n"] == 5 * 4 + 5 * 5 * 3 + 4 + 2:
             raise KeyboardInterrupt
         real_set_lr(optimizer, lr)
 
