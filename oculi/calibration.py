@@ -139,8 +139,15 @@ def checked_temperature(logits: np.ndarray, labels: np.ndarray, seed: int = 0, f
 
 
 def _cross_fitted_gain(logits: np.ndarray, labels: np.ndarray, seed: int, folds: int) -> float:
-    """Mean per-image log loss at T = 1 minus at the T fitted on the other folds, over every image."""
-    fold = np.random.default_rng(seed).permutation(len(labels)) % folds
+    """Mean per-image log loss at T = 1 minus at the T fitted on the other folds, over every image. The folds
+    share the mistakes out evenly (each group, right and wrong, dealt round the folds in a seeded order): a
+    fold fitted without the val set's few mistakes would ask for far sharper probabilities than the data
+    allows (on 179 digit val images with 2 mistakes, unstratified folds made the held-out log loss 0.10
+    worse; the T of all val images then cut the test log loss 0.274 -> 0.043)."""
+    rng, wrong = np.random.default_rng(seed), logits.argmax(1) != labels
+    fold = np.empty(len(labels), dtype=int)
+    for group in (np.flatnonzero(wrong), np.flatnonzero(~wrong)):
+        fold[rng.permutation(group)] = np.arange(len(group)) % folds
     gain = np.empty(len(labels))
     for k in range(folds):
         held = fold == k
