@@ -67,9 +67,7 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the true classes under softmax(logits / T) (the log loss)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    labels = np.asarray(labels, dtype=int)
-    return float(np.mean(logsumexp(z) - z[np.arange(len(labels)), labels]))
+    return float(np.mean(per_image_nll(logits, labels, temperature)))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, steps: int = 60) -> float:

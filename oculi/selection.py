@@ -71,7 +71,8 @@ def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
 
 
 def macro_f1(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
-    """Unweighted mean over classes of 2 TP / (2 TP + FP + FN), 0 for a class neither predicted nor present."""
+    """Unweighted mean over classes of 2 TP / (2 TP + FP + FN), 0 for a class neither predicted nor present, as
+    sklearn's f1_score(average="macro", zero_division=0) computes it (each epoch's val score and the bootstrap)."""
     hits = np.bincount(labels[predicted == labels], minlength=classes)
     total = np.bincount(predicted, minlength=classes) + np.bincount(labels, minlength=classes)
     return float(np.mean(2 * hits / np.maximum(total, 1)))

@@ -26,6 +26,7 @@ from ..defaults import PHOTO_PRETRAINED_MODEL
 from ..models import offline_weights_file
 from ..errors import OculiError
 from ..io import atomic_write_csv, atomic_write_json, atomic_write_text
+from ..metrics import classification_metrics
 from ..plan import Plan, resolve_plan
 from ..rundir import RunDir
 from .balance import DataWarning, profile, warnings_for
@@ -181,7 +182,6 @@ def leak_free_figures(paths: list[str], labels: np.ndarray, probs: np.ndarray, l
                       classes: list[str], top_k: int) -> dict | None:
     """The headline metrics on the evaluated images that copy no image the model learnt from or was chosen
     on; None when none of them leaks."""
-    from ..metrics import classification_metrics
     clean = np.array([p not in (leaked or set()) for p in paths], dtype=bool)
     if clean.all():
         return None

@@ -21,7 +21,7 @@ from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
-from ..selection import compare
+from ..selection import compare, macro_f1
 from .distributed import SINGLE, World, broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
 
@@ -108,15 +108,8 @@ def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) ->
     nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
     predicted = probs.argmax(1)
     return {"val_loss": float(nll), "val_acc": float((predicted == labels).float().mean()),
-            "val_macro_f1": macro_f1(predicted, labels, probs.shape[1]), "val_predicted": predicted.tolist()}
-
-
-def macro_f1(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
-    """The unweighted mean over classes of F1 = 2 TP / (2 TP + FP + FN) (0 for a class never predicted
-    nor present), as sklearn's f1_score(average="macro", zero_division=0) computes it."""
-    hits = torch.bincount(labels[predicted == labels], minlength=classes).float()
-    total = torch.bincount(predicted, minlength=classes).float() + torch.bincount(labels, minlength=classes).float()
-    return float((2 * hits / total.clamp_min(1)).mean())
+            "val_macro_f1": macro_f1(predicted.cpu().numpy(), labels.cpu().numpy(), probs.shape[1]),
+            "val_predicted": predicted.tolist()}
 
 
 NO_VAL = {"val_loss": None, "val_acc": None, "val_macro_f1": None}
