@@ -416,7 +416,7 @@ def trust_section(run: RunFiles, classifier, images: RunImages) -> Section | Non
     same = " (the very images measured below, so the 'after' figures are optimistic)" if split == "val" else ""
     check = c.get("check") or {"applied": bool(c["fitted_on"])}
     if c["fitted_on"] and check.get("why"):
-        fitted = f"fitted on the val images{same}; {check['why']}" + (
+        fitted = f"{check['why']}{same}" + (
             "" if check["applied"] else ", so the network's own probabilities (T = 1) are kept")
     elif c["fitted_on"]:
         fitted = f"fitted on the val images{same}"
