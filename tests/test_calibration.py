@@ -144,3 +144,32 @@ def test_a_temperature_fitted_out_of_fold_is_applied_only_when_val_confirms_it()
     # out-of-fold logits that ask for flatter probabilities than val shows: val refuses them
     refused = checked_temperature(logits[val], labels[val], fit_on=sure)
     assert not refused["applied"] and refused["temperature"] == 1.0 and refused["held_out_gain"] < 0
+
+
+def _smoothed(n: int, seed: int, mistakes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a net trained with label smoothing: almost always right, and too soft about it (top ~0.8)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    logits = rng.normal(0, 0.3, (n, 10))
+    logits[np.arange(n), labels] += 3.5
+    for i in range(mistakes):
+        logits[i] = np.roll(logits[i], 1)
+    return logits, labels
+
+
+def test_one_val_mistake_does_not_stop_a_temperature_that_fresh_images_confirm():
+    # sklearn's digits: 179 val images, one wrong. The cross-fitting fold without that mistake must not fit a
+    # T at the range's end (all right: sharper is always better), or the check refuses a T that helps.
+    from oculi.calibration import checked_temperature
+    logits, labels = _smoothed(179, seed=0, mistakes=1)
+    check = checked_temperature(logits, labels)
+    assert check["applied"] and 0.3 < check["temperature"] < 0.6
+    fresh, fresh_labels = _smoothed(2000, seed=1, mistakes=20)
+    assert nll(fresh, fresh_labels, check["temperature"]) < 0.5 * nll(fresh, fresh_labels)
+
+
+def test_the_prior_keeps_a_fit_on_right_answers_finite_and_moves_a_pinned_fit_little():
+    logits, labels = _smoothed(150, seed=2, mistakes=0)
+    assert not at_bound(fit_temperature(logits, labels))
+    pinned, pinned_labels = calibrated_logits(2000, seed=5)
+    assert fit_temperature(pinned * 2, pinned_labels) == pytest.approx(2.0, rel=0.1)
