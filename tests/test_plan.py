@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oculi.train import run as run_module
+from oculi.training import run as run_module
 from oculi.config import TrainConfig
 from oculi.data.sources import open_source
 from oculi.data.transforms import AUGMENT_PRESETS, Augmentation
@@ -130,6 +130,6 @@ def test_no_module_but_the_route_works_out_which_way_a_run_trains():
     import oculi
     root = Path(oculi.__file__).parent
     pattern = re.compile(r"cfg\.mode\s*(==|!=|in\b)|\.mode\s*==\s*\"|isinstance\([^)]*BackboneClassifier")
-    places = [f"{path.relative_to(root)}:{i}" for path in [*root.glob("train/*.py"), *root.glob("report/*.py")]
+    places = [f"{path.relative_to(root)}:{i}" for path in [*root.glob("training/*.py"), *root.glob("report/*.py")]
               for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert places == [], places

@@ -33,8 +33,8 @@ def test_help_imports_no_heavy_library(args):
 
 
 def test_api_is_loaded_on_first_use():
-    """oculi.train is the API function, even when the subpackage oculi.train was imported first."""
-    code = ("import oculi, oculi.train.run, oculi.train.loop\n"
+    """oculi.train is the API function (the training subpackage is oculi.training), also once that was imported."""
+    code = ("import oculi, oculi.training.run, oculi.training.loop\n"
             "assert oculi.train.__module__ == 'oculi.api' and oculi.load.__module__ == 'oculi.api'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,5 +1,5 @@
 """A model as a portable graph: ONNX (run by ONNX Runtime on the CPU; training runs frozen backbones through
-it, ``oculi.train.frozen``) and TorchScript, and ``export_classifier``: a bundle as a self-contained file
+it, ``oculi.training.frozen``) and TorchScript, and ``export_classifier``: a bundle as a self-contained file
 that takes uint8 images [N, C, H, W] at the bundle's size and returns class probabilities [N, classes],
 written only once it agrees with the bundle itself on real images (the parity gate)."""
 

@@ -140,7 +140,7 @@ class ImageData:
         """Loss and accuracy on the val images (no augmentation), each rank predicting its share. Each image
         once, without the test-time views, which would double the cost of every epoch's validation (5,000
         CIFAR-10 images on a 2-core CPU under load: 6.4 s with flip views, 2.5 s without); the kept weights
-        are calibrated and tested with them (train.finish)."""
+        are calibrated and tested with them (training.finish)."""
         if len(self.val) == 0:
             return NO_VAL
         plain = replace(self.preprocessing, tta="none")

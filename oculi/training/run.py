@@ -63,7 +63,7 @@ class RunResult:
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
-    """Train a new run from ``cfg`` (on every process of a torchrun job: see train.distributed)."""
+    """Train a new run from ``cfg`` (on every process of a torchrun job: see training.distributed)."""
     cfg.validate()
     world = this_world()
     cfg = dataclasses.replace(cfg, world_size=world.size)

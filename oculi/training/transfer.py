@@ -133,7 +133,7 @@ def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) ->
     cfg = plan.config
     if not cfg.pretrained:
         return None
-    torch.manual_seed(cfg.seed)  # as train.run builds it
+    torch.manual_seed(cfg.seed)  # as training.run builds it
     try:
         model, weights = plan.model.create(True, cfg.weights)
     except WeightsUnavailable as err:

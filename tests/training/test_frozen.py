@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from oculi.deploy.export import OnnxRunner, onnx_bytes
-from oculi.train.frozen import FrozenForward
+from oculi.training.frozen import FrozenForward
 
 
 def test_onnx_runtime_matches_eager_pytorch_at_any_batch_size():
