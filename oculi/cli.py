@@ -272,7 +272,7 @@ def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size:
 
 def _rank_device(device: str, w) -> str:
     """--device for this rank: with several processes, "auto" or "cuda" is this rank's own GPU."""
-    from .deploy.engines import resolve_device
+    from .runtime.engines import resolve_device
     from .training.distributed import rank_device
     return str(rank_device(resolve_device(device), w)) if w.size > 1 else device
 

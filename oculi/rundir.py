@@ -13,9 +13,9 @@ The files, in the order a run writes them (who writes each):
 - ``test_predictions.csv``    its prediction for each of those images (training.run)
 - ``confusion_matrix.png``    their confusion matrix (training.run; ``oculi evaluate`` names its own the same)
 - ``curves.png``              loss and accuracy per epoch (training.run)
-- ``model.safetensors``       the kept weights (deploy.bundle)
+- ``model.safetensors``       the kept weights (runtime.bundle)
 - ``model.json``              what vouches for the weights; last, so a folder that has it is a finished run
-                              (deploy.bundle)
+                              (runtime.bundle)
 - ``report.html``             written after the run by its caller, and again by ``oculi report`` (report.build)
 """
 

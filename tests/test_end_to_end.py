@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import oculi
-from oculi.deploy.bundle import seal
 from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
+from oculi.runtime.bundle import seal
 from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import oculi
 from oculi.training import run as run_module
 from oculi.config import TrainConfig
 from oculi.data.sources import open_source
@@ -59,7 +60,7 @@ def test_a_run_saves_its_whole_plan_and_its_report_reads_it(tmp_path, monkeypatc
     assert plan.config == result.config and plan.augmentation.rotation == AUGMENT_PRESETS["standard"].rotation
     assert plan.preprocessing.mean != (0.5,)  # from scratch: the training set's statistics, measured
     monkeypatch.setitem(AUGMENT_PRESETS, "standard", Augmentation(rotation=33))
-    section = augmentation_section(read_run(result.run_dir), result.load(), _NoImages())
+    section = augmentation_section(read_run(result.run_dir), oculi.load(result.run_dir), _NoImages())
     rotation = re.search(r"<td>rotation</td><td[^>]*>([^<]*)</td>", section.body).group(1)
     assert float(rotation) == plan.augmentation.rotation != 33
 

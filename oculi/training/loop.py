@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
-from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
+from ..runtime.engines import autocast, logits_to_probs, model_input, predict_logits
 from ..selection import compare, macro_f1
 from .distributed import SINGLE, World, broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
@@ -42,7 +42,7 @@ class LoopSettings:
     select_by: str = "accuracy"  # which val score picks the kept epoch: accuracy or macro-f1 (is_better)
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
-    mixed_precision: bool = True  # bfloat16 autocast on CUDA and bfloat16 CPUs (deploy.engines.autocast)
+    mixed_precision: bool = True  # bfloat16 autocast on CUDA and bfloat16 CPUs (runtime.engines.autocast)
     accumulate: int = 1  # batches (of batch_size, on each rank) per optimizer step
     time_budget: float | None = None  # seconds: no epoch starts that would end past it (measured by the last)
 

@@ -26,13 +26,13 @@ from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..defaults import imbalance, per_process_batch, scaled_lr
-from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
 from ..models import Weights, count_parameters
 from ..plan import Plan, resolve_plan
 from ..route import finetune_part, head_first, plan_words, stages, trains_backbone
 from ..rundir import RunDir
+from ..runtime.engines import place_model, resolve_device
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import (World, broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn,
@@ -56,10 +56,7 @@ class RunResult:
     skipped: list[tuple[str, str]]
     # The data the run read, still open: what comes next (the report) reads its images without a new scan.
     source: DataSource | None = field(default=None, repr=False, compare=False)
-
-    def load(self, device: str = "auto"):
-        from ..deploy.predict import Classifier
-        return Classifier.load(self.run_dir, device=device)
+    # No load() here: training sits below deploy (predict), so oculi.load(result.run_dir) loads the model.
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:

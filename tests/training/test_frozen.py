@@ -4,7 +4,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from oculi.deploy.export import OnnxRunner, onnx_bytes
+from oculi.runtime.onnx import OnnxRunner, onnx_bytes
 from oculi.training.frozen import FrozenForward
 
 
