@@ -9,7 +9,7 @@ from .config import SETTINGS, TrainConfig
 from .console import Reporter
 from .deploy.predict import Classifier
 from .report.build import write_report
-from .training.distributed import world
+from .runtime.world import world
 from .training.run import RunResult, resume as _resume, train as _train
 
 

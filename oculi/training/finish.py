@@ -24,7 +24,8 @@ from ..route import finetune_part, kept_part, stages, training_word
 from ..rundir import RunDir
 from ..runtime.bundle import save_bundle
 from ..runtime.engines import predict_logits
-from .distributed import World, sharded_rows
+from ..runtime.world import World
+from .distributed import sharded_rows
 from .loop import LoopState
 from .transfer import frozen_logits
 from .partial import partial_logits

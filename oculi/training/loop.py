@@ -21,8 +21,9 @@ from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..runtime.engines import autocast, logits_to_probs, model_input, predict_logits
+from ..runtime.world import SINGLE, World
 from ..selection import compare, macro_f1
-from .distributed import SINGLE, World, broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
+from .distributed import broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
 
 

@@ -27,7 +27,8 @@ from ..models import BackboneClassifier
 from ..models.cut import BackboneSplit, split_backbone
 from ..plan import Plan
 from ..runtime.engines import model_input
-from .distributed import SINGLE, World, sharded_rows
+from ..runtime.world import SINGLE, World
+from .distributed import sharded_rows
 from .features import split_features
 from .frozen import FrozenForward
 from .loop import NO_VAL, FeatureSet, batch_indices, validation_metrics

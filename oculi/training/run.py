@@ -33,11 +33,11 @@ from ..plan import Plan, resolve_plan
 from ..route import finetune_part, head_first, plan_words, stages, trains_backbone
 from ..rundir import RunDir
 from ..runtime.engines import place_model, resolve_device
+from ..runtime.world import World, process_group, rank_device, restart_count, world as this_world
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (World, broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn,
-                          local_main_first, process_group, rank_device, restart_count, run_id, silence, use_sync_bn,
-                          world as this_world)
+from .distributed import (broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn, local_main_first,
+                          run_id, silence, use_sync_bn)
 from .finish import finish
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer

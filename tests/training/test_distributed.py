@@ -21,7 +21,8 @@ from oculi.console import Reporter
 from oculi.data.loading import TensorSet
 from oculi.data.transforms import Preprocessing
 from oculi.deploy.predict import Classifier
-from oculi.training.distributed import GlooBatchNorm, World, shard_order
+from oculi.runtime.world import World
+from oculi.training.distributed import GlooBatchNorm, shard_order
 from oculi.training.loop import ImageData, Learner, LoopSettings
 from oculi.training.optim import build_optimizer
 
