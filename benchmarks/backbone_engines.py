@@ -4,7 +4,7 @@
 
 Random input, eval mode, the offline ImageNet weights when the model is efficientnet_lite0. Engines: eager
 PyTorch, eager channels-last (how oculi trains), TorchScript traced and frozen, ONNX Runtime through
-``oculi.deploy.export`` (what ``--mode features`` uses on a CPU). Each is warmed up once, then timed over 3 batches.
+``oculi.runtime.onnx`` (what ``--mode features`` uses on a CPU). Each is warmed up once, then timed over 3 batches.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from oculi.deploy.export import OnnxRunner, onnx_bytes
+    from oculi.runtime.onnx import OnnxRunner, onnx_bytes
     from oculi.models import create_model
 
     torch.set_grad_enabled(False)

@@ -1,6 +1,6 @@
 """How fast oculi's training loader feeds a model: augmented, normalised batches per second, no model.
 
-Runs the exact batch path of the training loop (``oculi.train.loop.training_batches``: gather a batch of
+Runs the exact batch path of the training loop (``oculi.training.loop.training_batches``: gather a batch of
 cached uint8 images, augment it on the device, normalise) over a folder's decoded images, read from the
 decoded-image cache (decoding it first if needed, which is timed separately).
 
@@ -43,7 +43,7 @@ def main() -> None:
         loading.stream_threshold = lambda: 0.0
     from oculi.data.sources import open_source
     from oculi.data.transforms import Augmentation, Preprocessing, channel_stats
-    from oculi.train.loop import LoopSettings, epoch_generator, epoch_order, training_batches
+    from oculi.training.loop import LoopSettings, epoch_generator, epoch_order, training_batches
 
     source = open_source(str(data), val_split=0, test_split=0)
     cache = ArrayCache("images", root=Path(tempfile.mkdtemp()) if args.cold else None)

@@ -39,8 +39,8 @@ def main() -> None:
 
     from oculi.cli import app
 
-    api, finish, loop, run = (import_module(f"oculi.{name}") for name in ("api", "train.finish", "train.loop",
-                                                                           "train.run"))
+    api, finish, loop, run = (import_module(f"oculi.{name}") for name in ("api", "training.finish", "training.loop",
+                                                                           "training.run"))
 
     imported = time.perf_counter() - STARTED
     totals, counts = defaultdict(float), defaultdict(int)

@@ -119,9 +119,10 @@ def compare_quantisers(run: Path, photos: Path, n: int = 200) -> None:
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     from oculi.data.contained import prepare_files
-    from oculi.deploy.export import OnnxRunner, int8_bytes
+    from oculi.deploy.export import int8_bytes
     from oculi.deploy.predict import Classifier
     from oculi.evaluate import training_images
+    from oculi.runtime.onnx import OnnxRunner
 
     classifier = Classifier.load(run, device="cpu")
     images = torch.from_numpy(np.stack(list(prepare_files(sorted(photos.glob("*.jpg"))[:n],

@@ -4,7 +4,7 @@ flip-shift) and the time each takes, on the run's own test split.
     python benchmarks/tta_views.py RUN_DIR [RUN_DIR ...]
 
 The test images are read again through the run's split.csv and the bundle's preprocessing, then every
-TTA setting runs the same model over them (oculi.deploy.engines.predict_logits, as predict and evaluate do).
+TTA setting runs the same model over them (oculi.runtime.engines.predict_logits, as predict and evaluate do).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     import oculi
     from oculi.data.loading import load_split
     from oculi.data.sources import open_source
-    from oculi.deploy.engines import predict_logits
+    from oculi.runtime.engines import predict_logits
 
     print("| run | model | tta | test accuracy | seconds |\n| --- | --- | --- | --- | --- |")
     for run in args.runs:

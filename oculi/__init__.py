@@ -6,9 +6,6 @@
     clf.predict(["photo.jpg"])
 """
 
-import sys as _sys
-from types import ModuleType as _ModuleType
-
 from .version import __version__
 
 __all__ = ["train", "load", "__version__"]
@@ -29,14 +26,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(__all__) | {n for n in globals() if not n.startswith("_")})
 
-
-class _Package(_ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        # Importing the subpackage oculi.train binds it here as `train`, which would hide the API
-        # function oculi.train(...); the subpackage stays reachable through sys.modules and imports.
-        if name == "train" and isinstance(value, _ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package

@@ -9,8 +9,8 @@ from .config import SETTINGS, TrainConfig
 from .console import Reporter
 from .deploy.predict import Classifier
 from .report.build import write_report
-from .train.distributed import world
-from .train.run import RunResult, resume as _resume, train as _train
+from .runtime.world import world
+from .training.run import RunResult, resume as _resume, train as _train
 
 
 def train(data: str = "digits", resume: str | Path | None = None, **options) -> RunResult:
@@ -40,7 +40,7 @@ def check(data: str, labels: bool = False, out: str | Path | None = None, report
     """``oculi check``: duplicates, leaks, a profile of the data and (``labels``) likely label errors, written
     to ``out`` (default checks/<data>/). Returns the ``CheckResult`` and the folder."""
     from .check.run import run_check
-    from .train.transfer import plan_features
+    from .training.transfer import plan_features
     return run_check(data, labels, out, reporter or Reporter(), plan_features, device)
 
 

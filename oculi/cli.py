@@ -95,7 +95,7 @@ def _train_here(cfg: TrainConfig | None, resume: Path | None, quiet: bool, verbo
     """`oculi train` in this process (alone, or one rank of several): a new run from ``cfg``, or ``resume``."""
     from .api import resume_and_report, train_and_report
     from .console import Reporter
-    from .train.distributed import silence
+    from .training.distributed import silence
     reporter = Reporter(quiet=quiet)
     if not (verbose or _rank_zero()):
         silence(reporter)
@@ -116,9 +116,9 @@ def _rank_zero() -> bool:
 
 def _in_workers(nproc: int, max_restarts: int, command, *args):
     """``command(*args)`` in ``nproc`` worker processes started by torch.distributed's elastic launcher
-    (train.distributed.launch); rank 0's result. A user error comes back as a value (the launcher would
+    (runtime.world.launch); rank 0's result. A user error comes back as a value (the launcher would
     restart a worker that raised) and is raised here, once."""
-    from .train.distributed import launch
+    from .runtime.world import launch
     if max_restarts and command is not _train_here:
         raise OculiError("--max-restarts is for `oculi train`")
     error, result = launch(nproc, _contained, command, *args, max_restarts=max_restarts)
@@ -242,7 +242,7 @@ def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size:
     """`oculi predict` in this process: all the files, or with several processes this rank's share of
     them, rank 0 printing every rank's predictions (and unreadable files) in input order."""
     from .deploy.predict import Classifier, expand_paths
-    from .train.distributed import world
+    from .runtime.world import world
     w = world()
     classifier = _with_min_confidence(Classifier.load(run, device=_rank_device(device, w), engine=engine),
                                       min_confidence)
@@ -272,15 +272,15 @@ def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size:
 
 def _rank_device(device: str, w) -> str:
     """--device for this rank: with several processes, "auto" or "cuda" is this rank's own GPU."""
-    from .deploy.engines import resolve_device
-    from .train.distributed import rank_device
+    from .runtime.engines import resolve_device
+    from .runtime.world import rank_device
     return str(rank_device(resolve_device(device), w)) if w.size > 1 else device
 
 
 def _sharded_predictions(classifier, files: list, top_k: int, batch_size: int, w, draft: bool) -> tuple:
     """(predictions, failures) of all ``files`` in input order, on rank 0 (each rank predicts its
     contiguous share; failures stay failures, listed in input order too)."""
-    from .train.distributed import gather_objects, process_group
+    from .runtime.world import gather_objects, process_group
     with process_group(w, classifier.device):
         failures: list = []
         mine = list(classifier.predict_files(files[w.part(len(files))], top_k=top_k, batch_size=batch_size,

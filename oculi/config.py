@@ -33,7 +33,7 @@ TTAS = ("auto", "none", "flip", "flip-shift")
 FILTER_NAMES = ("sharpen", "blur", "edges", "blur+sharpen")  # oculi.data.filters.FILTERS
 FILL_MODES = ("constant", "nearest", "reflect", "wrap")
 CHANNELS = (1, 3)
-TRACKERS = ("none", "tensorboard", "mlflow", "tensorboard+mlflow")  # oculi.train.trackers
+TRACKERS = ("none", "tensorboard", "mlflow", "tensorboard+mlflow")  # oculi.training.trackers
 MAX_IMAGE_SIDE = 4096  # largest model input side (pixels): one bound for --image-size and bundles
 # Smallest: --augment's and --tta's whole-pixel shifts pad by reflection (which needs a side of 2) and
 # fast-cnn's first layer is a 2x2 patch. Models that need more (the tutorials' conv nets) say so when built.
@@ -196,7 +196,7 @@ class TrainConfig:
     cache: bool = setting(True, "Keep decoded images and backbone features on disk, for later runs.")
     seed: int = setting(0, "Random seed: same seed, data and machine give the same model.", low=0, high=MAX_SEED)
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.")
-    # several processes (oculi.train.distributed): --batch-size is a step's batch over all of them, each
+    # several processes (oculi.training.distributed): --batch-size is a step's batch over all of them, each
     # taking its share (the floor when they cannot share it evenly, the lr then scaled: defaults.scaled_lr),
     # so the recipe is the same on 1 or N processes
     nproc: int = setting(1, "Worker processes on this machine, one per GPU (torch.distributed; under torchrun "

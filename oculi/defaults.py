@@ -26,7 +26,7 @@ PHOTO_PRETRAINED_MODEL = "efficientnet_lite0"
 PHOTO_SCRATCH_MODEL, PHOTO_SCRATCH_SIZE = "simple-cnn", (128, 128)
 # After a head on features, a few epochs of fine-tuning: most of its gain comes early.
 AUTO_FINETUNE_EPOCHS = 5
-# On a CPU, auto fine-tunes the backbone's last stages only, from their cached inputs (train.partial): an epoch
+# On a CPU, auto fine-tunes the backbone's last stages only, from their cached inputs (training.partial): an epoch
 # of the whole network at 288 px costs as much as the whole features phase (~0.07 s per image forward and
 # backward on 2 cores). As many stages as the time budget affords for at least CPU_MIN_EPOCHS epochs, at most
 # CPU_MAX_STAGES: on 2,000 CIFAR images enlarged to 128 px (5 classes) one stage gained 1.4 points of test

@@ -2,20 +2,20 @@
 
 The files, in the order a run writes them (who writes each):
 
-- ``.oculi-run.lock``         held by the run for its whole life (train.run)
-- ``skipped_files.csv``       images that could not be read, and why (train.run)
-- ``split.csv``               which image went to train/val/test (train.run, via data.split)
+- ``.oculi-run.lock``         held by the run for its whole life (training.run)
+- ``skipped_files.csv``       images that could not be read, and why (training.run)
+- ``split.csv``               which image went to train/val/test (training.run, via data.split)
 - ``check.json``              the data check of the run's start: duplicates, leaks, warnings (check.run)
-- ``config.json``             the resolved settings, for ``--resume`` and the report (train.run)
-- ``metrics.jsonl``           one row per epoch, rewritten after each (train.run)
-- ``checkpoint.safetensors``  what ``--resume`` needs, rewritten after each epoch (train.checkpoint)
-- ``test_metrics.json``       scores of the kept model on the test (or val) split (train.run)
-- ``test_predictions.csv``    its prediction for each of those images (train.run)
-- ``confusion_matrix.png``    their confusion matrix (train.run; ``oculi evaluate`` names its own the same)
-- ``curves.png``              loss and accuracy per epoch (train.run)
-- ``model.safetensors``       the kept weights (deploy.bundle)
+- ``config.json``             the resolved settings, for ``--resume`` and the report (training.run)
+- ``metrics.jsonl``           one row per epoch, rewritten after each (training.run)
+- ``checkpoint.safetensors``  what ``--resume`` needs, rewritten after each epoch (training.checkpoint)
+- ``test_metrics.json``       scores of the kept model on the test (or val) split (training.run)
+- ``test_predictions.csv``    its prediction for each of those images (training.run)
+- ``confusion_matrix.png``    their confusion matrix (training.run; ``oculi evaluate`` names its own the same)
+- ``curves.png``              loss and accuracy per epoch (training.run)
+- ``model.safetensors``       the kept weights (runtime.bundle)
 - ``model.json``              what vouches for the weights; last, so a folder that has it is a finished run
-                              (deploy.bundle)
+                              (runtime.bundle)
 - ``report.html``             written after the run by its caller, and again by ``oculi report`` (report.build)
 """
 

@@ -1,7 +1,7 @@
 """The import graph of oculi points one way (issue 12): no cycles, and each part imports only the layers below.
 
 Every ``import`` counts, also one inside a function: an import hidden in a function is still a dependency,
-only a later one. A node is a package of ``oculi/`` (``oculi.train``) or a top-level module (``oculi.cli``);
+only a later one. A node is a package of ``oculi/`` (``oculi.training``) or a top-level module (``oculi.cli``);
 ``oculi`` itself is the package's ``__init__``.
 """
 
@@ -16,17 +16,19 @@ import oculi
 ROOT = Path(oculi.__file__).resolve().parent
 
 # Bottom to top: a node imports only nodes of lower layers, so the nodes of one layer never import each other
-# (train, evaluate and report are run one after the other by the CLI and the API, never by one another).
+# (evaluate and report are run one after the other by the CLI and the API, never by one another).
 LAYERS = (
     ("oculi.version", "oculi.errors", "oculi.io"),
     ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.rundir"),
     ("oculi.route", "oculi.selection"),  # which way a run trains, in words; choosing between two models on val
     ("oculi.data",),
     ("oculi.models",),
-    ("oculi.defaults", "oculi.deploy"),  # what auto means; using a trained model
+    ("oculi.defaults", "oculi.runtime"),  # what auto means; running a model: bundles, engines, ONNX
     ("oculi.plan",),  # everything a run will do, decided once
     ("oculi.check",),  # can the data be trusted: duplicates, leaks, profile, label errors (train runs its cheap part)
-    ("oculi.train", "oculi.evaluate", "oculi.report"),
+    ("oculi.training",),
+    ("oculi.deploy",),  # using a trained model: predict, explain, export, serve
+    ("oculi.evaluate", "oculi.report"),  # scores and report.html of a trained model, through deploy's Classifier
     ("oculi.api",),
     ("oculi.cli",),
     ("oculi", "oculi.__main__"),

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import oculi
-from oculi.deploy.bundle import seal
 from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
+from oculi.runtime.bundle import seal
 from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_resume_after_a_crash_mid_epoch_matches_an_uninterrupted_run(tmp_path, m
     options = dict(data="digits", epochs=4, image_size=12, progress=False, lookahead=lookahead)
     full = oculi.train(out=str(tmp_path / "full"), **options)
 
-    from oculi.train import loop
+    from oculi.training import loop
     real_set_lr, calls = loop.set_lr, {"n": 0}
 
     def crash_in_epoch_three(optimizer, lr):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oculi.train import run as run_module
+import oculi
+from oculi.training import run as run_module
 from oculi.config import TrainConfig
 from oculi.data.sources import open_source
 from oculi.data.transforms import AUGMENT_PRESETS, Augmentation
@@ -59,7 +60,7 @@ def test_a_run_saves_its_whole_plan_and_its_report_reads_it(tmp_path, monkeypatc
     assert plan.config == result.config and plan.augmentation.rotation == AUGMENT_PRESETS["standard"].rotation
     assert plan.preprocessing.mean != (0.5,)  # from scratch: the training set's statistics, measured
     monkeypatch.setitem(AUGMENT_PRESETS, "standard", Augmentation(rotation=33))
-    section = augmentation_section(read_run(result.run_dir), result.load(), _NoImages())
+    section = augmentation_section(read_run(result.run_dir), oculi.load(result.run_dir), _NoImages())
     rotation = re.search(r"<td>rotation</td><td[^>]*>([^<]*)</td>", section.body).group(1)
     assert float(rotation) == plan.augmentation.rotation != 33
 
@@ -130,6 +131,6 @@ def test_no_module_but_the_route_works_out_which_way_a_run_trains():
     import oculi
     root = Path(oculi.__file__).parent
     pattern = re.compile(r"cfg\.mode\s*(==|!=|in\b)|\.mode\s*==\s*\"|isinstance\([^)]*BackboneClassifier")
-    places = [f"{path.relative_to(root)}:{i}" for path in [*root.glob("train/*.py"), *root.glob("report/*.py")]
+    places = [f"{path.relative_to(root)}:{i}" for path in [*root.glob("training/*.py"), *root.glob("report/*.py")]
               for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert places == [], places

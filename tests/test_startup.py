@@ -15,12 +15,17 @@ from tests.conftest import make_class_folder
 HEAVY = {"torch", "timm", "sklearn", "matplotlib", "fastapi", "uvicorn"}
 
 
-def imported(*args: str) -> set[str]:
-    """Top-level names of the modules that ``python -X importtime ARGS`` imported (it must succeed)."""
+def imported_modules(*args: str) -> set[str]:
+    """Full names of the modules that ``python -X importtime ARGS`` imported (it must succeed)."""
     result = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
-    return {line.rsplit("|", 1)[1].strip().split(".")[0] for line in lines}
+    return {line.rsplit("|", 1)[1].strip() for line in lines}
+
+
+def imported(*args: str) -> set[str]:
+    """Top-level names of the modules that ``python -X importtime ARGS`` imported (it must succeed)."""
+    return {name.split(".")[0] for name in imported_modules(*args)}
 
 
 def test_import_oculi_imports_no_heavy_library():
@@ -33,8 +38,8 @@ def test_help_imports_no_heavy_library(args):
 
 
 def test_api_is_loaded_on_first_use():
-    """oculi.train is the API function, even when the subpackage oculi.train was imported first."""
-    code = ("import oculi, oculi.train.run, oculi.train.loop\n"
+    """oculi.train is the API function (the training subpackage is oculi.training), also once that was imported."""
+    code = ("import oculi, oculi.training.run, oculi.training.loop\n"
             "assert oculi.train.__module__ == 'oculi.api' and oculi.load.__module__ == 'oculi.api'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -46,5 +51,7 @@ def test_api_is_loaded_on_first_use():
 def test_predict_with_an_oculi_model_imports_torch_but_not_timm_sklearn_or_matplotlib(tmp_path):
     data = make_class_folder(tmp_path / "colours", per_class=4)
     run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), progress=False, report=False)
-    modules = imported("-m", "oculi", "predict", str(run.run_dir), str(data / "red" / "img_00.png"))
+    names = imported_modules("-m", "oculi", "predict", str(run.run_dir), str(data / "red" / "img_00.png"))
+    modules = {name.split(".")[0] for name in names}
     assert "torch" in modules and modules & HEAVY == {"torch"}
+    assert not {name for name in names if name.startswith("oculi.training")}  # predicting needs no training code

@@ -17,11 +17,11 @@ from oculi.cli import main
 from oculi.data.loading import load_split
 from oculi.data.sources import DataSource
 from oculi.data.split import Record, read_manifest
-from oculi.deploy.bundle import bundle_calibration, seal
-from oculi.deploy.engines import predict_logits
 from oculi.deploy.export import export_classifier
 from oculi.deploy.predict import Classifier
 from oculi.errors import BundleError
+from oculi.runtime.bundle import bundle_calibration, seal
+from oculi.runtime.engines import predict_logits
 
 KNOWN, HELD_OUT = range(8), (8, 9)  # the run learns digits 0-7; 8 and 9 are what it has never seen
 

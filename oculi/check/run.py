@@ -209,7 +209,7 @@ def run_check(data: str, labels: bool = False, out: str | Path | None = None, re
               features: FeatureFn | None = None, device: str = "auto") -> tuple[CheckResult, Path]:
     """The command: check ``data`` as ``oculi train DATA`` would split and decode it (so that training
     afterwards finds the decoded images, and with ``labels`` the backbone features, in the cache)."""
-    from ..deploy.engines import resolve_device
+    from ..runtime.engines import resolve_device
     reporter = reporter or Reporter()
     start = time.perf_counter()
     path = Path(data).expanduser()

@@ -1,6 +1,6 @@
-"""Using a trained model: its bundle on disk, the engines that run it, predict, explain, ONNX export, and
+"""Using a trained model: predict, explain, ONNX and TorchScript export (with its parity gate), and
 ``oculi serve`` (the service, its batching, upload decoding and metrics, the HTTP app and its web page).
 
-Training saves bundles through this package; nothing here imports training or reporting, so a program that
-only predicts loads neither.
+The bundle, the engines and the ONNX runner it builds on are in ``oculi.runtime``, which training shares;
+nothing here imports training or reporting, so a program that only predicts loads neither.
 """

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import OculiError
-from .engines import model_input
+from ..runtime.engines import model_input
 
 NO_STAGES = ("has no convolutional stages (a dense-only network such as mlp, or a vision transformer): "
              "no feature maps or Grad-CAM to show")

@@ -1,16 +1,14 @@
-"""A model as a portable graph: ONNX (run by ONNX Runtime on the CPU; training runs frozen backbones through
-it, ``oculi.train.frozen``) and TorchScript, and ``export_classifier``: a bundle as a self-contained file
-that takes uint8 images [N, C, H, W] at the bundle's size and returns class probabilities [N, classes],
-written only once it agrees with the bundle itself on real images (the parity gate)."""
+"""A model as a portable graph: ONNX (written and run by ``oculi.runtime.onnx``, which training shares) and
+TorchScript, and ``export_classifier``: a bundle as a self-contained file that takes uint8 images [N, C, H, W]
+at the bundle's size and returns class probabilities [N, classes], written only once it agrees with the
+bundle itself on real images (the parity gate)."""
 
 from __future__ import annotations
 
 import copy
 import io
 import json
-import os
-import sys
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,11 +20,11 @@ import torch.nn as nn
 
 from ..errors import OculiError
 from ..io import atomic_path, atomic_write_json
+from ..runtime.bundle import sha256_of
+from ..runtime.engines import head_class_logits, logits_to_probs, tta_logits
+from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
 from ..version import __version__
-from .bundle import sha256_of
-from .engines import head_class_logits, logits_to_probs, tta_logits
 
-OPSET = 17
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
 # ...and, in float32, the largest difference of the OOD score (energy, on the logits' scale) allowed, relative
@@ -43,43 +41,6 @@ MAX_ACCURACY_DROP = 0.005  # half a point
 CALIBRATION_IMAGES = 128  # training images that calibrate int8's activation ranges
 REFUSED_FILE = "export_refused.json"
 # Test hook: when set, the exported graph swaps its class columns, so that tests can show the gate refuses it.
-
-
-def onnx_bytes(model: nn.Module, example: torch.Tensor, output: str | tuple[str, ...] = "outputs") -> bytes:
-    """``model`` (in eval mode) as an ONNX graph with a variable batch size, input ``images``, outputs named
-    ``output`` (one name, or one per output of a model that returns a tuple)."""
-    outputs = [output] if isinstance(output, str) else list(output)
-    buffer, chatter = io.BytesIO(), io.StringIO()
-    # The TorchScript-based exporter warns (deprecation, tracer notes) and, on failure, prints its graph:
-    # the caller reports what matters.
-    with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter), _silenced_fd(1):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=outputs,
-                          dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
-                          opset_version=OPSET, dynamo=False)
-    return buffer.getvalue()
-
-
-class OnnxRunner:
-    """An ONNX Runtime CPU session that takes torch tensors (uint8 stays uint8, anything else is float32) and
-    returns its first output as a float32 tensor (``outputs``: all of them)."""
-
-    def __init__(self, graph: bytes, threads: int | None = None, spin: bool = True):
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        if not spin:  # idle threads sleep rather than spin: the cores are shared (decoding workers)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.outputs(images)[0]
-
-    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        images = images.detach().cpu()
-        array = np.ascontiguousarray((images if images.dtype == torch.uint8 else images.float()).numpy())
-        return tuple(torch.from_numpy(out) for out in self.session.run(None, {"images": array}))
 
 
 def torchscript_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
@@ -408,18 +369,3 @@ def find_export(folder: Path, bundle_meta: dict, fmt: str = "onnx", precision: s
     if sha256_of(file) != meta.get("file_sha256"):
         return None, f"{file}: checksum does not match {meta_file.name} (export again)"
     return file, ""
-
-
-@contextmanager
-def _silenced_fd(fd: int):
-    """Send what C++ code writes to file descriptor ``fd`` to /dev/null (the exporter prints its graph on
-    failure from C++, past Python's sys.stdout)."""
-    sys.stdout.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)

@@ -16,8 +16,8 @@ from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_h
 from ..data.contained import prepare_files
 from ..data.transforms import Preprocessing
 from ..errors import OculiError
-from .bundle import bundle_calibration, bundle_paths, load_bundle
-from .engines import place_model, predict_logits, resolve_device
+from ..runtime.bundle import bundle_calibration, bundle_paths, load_bundle
+from ..runtime.engines import place_model, predict_logits, resolve_device
 
 
 # --engine's choices and the precision of the export each runs (auto: fp32 when there is one, else torch).
@@ -73,7 +73,8 @@ class Classifier:
 
     def use_engine(self, engine: str, folder: Path) -> None:
         """Run predictions through an export in ``folder`` as ``engine`` asks (see ``load``)."""
-        from .export import OnnxRunner, find_export
+        from ..runtime.onnx import OnnxRunner
+        from .export import find_export
         if engine not in ENGINES:
             raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
         if engine == "torch" or (engine == "auto" and self.device.type != "cpu"):

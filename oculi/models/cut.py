@@ -1,6 +1,6 @@
 """Cutting a pretrained backbone in two at a stage boundary, and what its top costs to train.
 
-``train.partial`` trains the top on the bottom's cached output; ``defaults`` chooses how many stages the top
+``training.partial`` trains the top on the bottom's cached output; ``defaults`` chooses how many stages the top
 gets from what they cost (multiply-accumulates per image, counted on a forward pass: deterministic, so the
 same data always gets the same plan).
 

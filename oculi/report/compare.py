@@ -42,7 +42,7 @@ class ComparedRun:
 
 def load_runs(paths: list[str | Path]) -> list[ComparedRun]:
     """Each run folder, read; one that is not a finished run is a one-line OculiError naming it."""
-    from ..deploy.bundle import load_bundle
+    from ..runtime.bundle import load_bundle
     files = [read_run(p) for p in paths]
     names = run_names([f.run_dir for f in files])
     runs = []

@@ -10,12 +10,13 @@ import torch
 import oculi
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
-from oculi.deploy.bundle import save_bundle
 from oculi.deploy import export
-from oculi.deploy.export import FORMATS, REFUSED_FILE, OnnxRunner, TorchScriptRunner, gate_figures
+from oculi.deploy.export import FORMATS, REFUSED_FILE, TorchScriptRunner, gate_figures
 from oculi.deploy.predict import Classifier
 from oculi.evaluate import labelled_check_images
 from oculi.models.spec import ModelSpec
+from oculi.runtime.bundle import save_bundle
+from oculi.runtime.onnx import OnnxRunner
 from tests.conftest import make_class_folder
 
 RUNNERS = {"onnx": lambda path: OnnxRunner(path.read_bytes()), "torchscript": TorchScriptRunner}

@@ -6,9 +6,9 @@ import torch
 from oculi.data.decode import decode_image
 from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError, WeightsUnavailable
-from oculi.deploy.engines import predict_logits
 from oculi.models import create_model, offline_weights_file
 from oculi.models.pretrained import feed_size, make_head, pretrained_feed_size
+from oculi.runtime.engines import predict_logits
 
 IMAGENET_ANT, IMAGENET_BEE = 310, 309
 

@@ -16,8 +16,8 @@ from oculi.config import TrainConfig
 from oculi.console import Reporter
 from oculi.errors import OculiError
 from oculi.rundir import RunDir
-from oculi.train import trackers
-from oculi.train.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics, run_log
+from oculi.training import trackers
+from oculi.training.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics, run_log
 from tests.conftest import make_class_folder
 
 

@@ -26,18 +26,18 @@ from ..data.sources import DataSource, open_source, split_folders
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..defaults import imbalance, per_process_batch, scaled_lr
-from ..deploy.engines import place_model, resolve_device
 from ..errors import OculiError, WeightsUnavailable
 from ..io import atomic_write_csv, atomic_write_json, exclusive_lock, remove_temp_files
 from ..models import Weights, count_parameters
 from ..plan import Plan, resolve_plan
 from ..route import finetune_part, head_first, plan_words, stages, trains_backbone
 from ..rundir import RunDir
+from ..runtime.engines import place_model, resolve_device
+from ..runtime.world import World, process_group, rank_device, restart_count, world as this_world
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import (World, broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn,
-                          local_main_first, process_group, rank_device, restart_count, run_id, silence, use_sync_bn,
-                          world as this_world)
+from .distributed import (broadcast_module, broadcast_object, claimed_by_main, convert_sync_bn, local_main_first,
+                          run_id, silence, use_sync_bn)
 from .finish import finish
 from .loop import ImageData, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
@@ -56,14 +56,11 @@ class RunResult:
     skipped: list[tuple[str, str]]
     # The data the run read, still open: what comes next (the report) reads its images without a new scan.
     source: DataSource | None = field(default=None, repr=False, compare=False)
-
-    def load(self, device: str = "auto"):
-        from ..deploy.predict import Classifier
-        return Classifier.load(self.run_dir, device=device)
+    # No load() here: training sits below deploy (predict), so oculi.load(result.run_dir) loads the model.
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:
-    """Train a new run from ``cfg`` (on every process of a torchrun job: see train.distributed)."""
+    """Train a new run from ``cfg`` (on every process of a torchrun job: see training.distributed)."""
     cfg.validate()
     world = this_world()
     cfg = dataclasses.replace(cfg, world_size=world.size)

@@ -21,10 +21,10 @@ from timm.models import group_parameters
 from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
-from ..deploy.engines import place_model, resolve_device
 from ..errors import WeightsUnavailable
 from ..models import BackboneClassifier
 from ..plan import Plan
+from ..runtime.engines import place_model, resolve_device
 from .features import split_features
 from .frozen import FrozenForward
 from .loop import FeatureData, FeatureSet, HeadBar, Learner, LoopSettings, LoopState, copy_state
@@ -133,7 +133,7 @@ def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) ->
     cfg = plan.config
     if not cfg.pretrained:
         return None
-    torch.manual_seed(cfg.seed)  # as train.run builds it
+    torch.manual_seed(cfg.seed)  # as training.run builds it
     try:
         model, weights = plan.model.create(True, cfg.weights)
     except WeightsUnavailable as err:

@@ -15,9 +15,9 @@ import oculi
 from oculi.data.cache import TensorCache, cache_key
 from oculi.errors import OculiError
 from oculi.models import create_model, offline_weights_file
-from oculi.train import features as features_module
-from oculi.train.loop import LoopState, is_better
-from oculi.train.transfer import backbone_groups, gradual_unfreezing
+from oculi.training import features as features_module
+from oculi.training.loop import LoopState, is_better
+from oculi.training.transfer import backbone_groups, gradual_unfreezing
 from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow
@@ -98,7 +98,7 @@ def test_auto_resume_after_a_crash_in_finetuning_matches(tmp_path, colours, weig
     options = dict(head_epochs=5, epochs=3, batch_size=8, feature_views=1)  # 4 steps an epoch, below
     full = _train(colours, tmp_path / "full", weights_file, **options)
 
-    from oculi.train import loop
+    from oculi.training import loop
     real_set_lr, calls = loop.set_lr, {"n": 0}
 
     def crash_in_epoch_two(optimizer, lr):

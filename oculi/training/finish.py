@@ -15,8 +15,6 @@ from ..check.run import leak_free_figures, leak_free_words, leaked_paths
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.loading import TensorSet
-from ..deploy.bundle import save_bundle
-from ..deploy.engines import predict_logits
 from ..io import atomic_write_csv, atomic_write_json
 from ..metrics import classification_metrics
 from ..models import count_parameters
@@ -24,7 +22,10 @@ from ..plan import Plan
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..route import finetune_part, kept_part, stages, training_word
 from ..rundir import RunDir
-from .distributed import World, sharded_rows
+from ..runtime.bundle import save_bundle
+from ..runtime.engines import predict_logits
+from ..runtime.world import World
+from .distributed import sharded_rows
 from .loop import LoopState
 from .transfer import frozen_logits
 from .partial import partial_logits

@@ -11,9 +11,9 @@ from oculi.console import Reporter
 from oculi.data.sources import DataSource
 from oculi.data.split import Record
 from oculi.defaults import DataProbe, imbalance, resolve
-from oculi.train.loop import FeatureData, FeatureSet, Learner, LoopState, is_better, macro_f1
-from oculi.train.optim import build_optimizer
-from oculi.train.run import _describe_balance, _loop_settings
+from oculi.training.loop import FeatureData, FeatureSet, Learner, LoopState, is_better, macro_f1
+from oculi.training.optim import build_optimizer
+from oculi.training.run import _describe_balance, _loop_settings
 from oculi.data.loading import TensorSet
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..deploy.engines import autocast
-from ..deploy.export import OnnxRunner, onnx_bytes
+from ..runtime.engines import autocast
+from ..runtime.onnx import OnnxRunner, onnx_bytes
 
 
 class FrozenForward:

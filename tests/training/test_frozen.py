@@ -4,8 +4,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from oculi.deploy.export import OnnxRunner, onnx_bytes
-from oculi.train.frozen import FrozenForward
+from oculi.runtime.onnx import OnnxRunner, onnx_bytes
+from oculi.training.frozen import FrozenForward
 
 
 def test_onnx_runtime_matches_eager_pytorch_at_any_batch_size():

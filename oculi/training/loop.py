@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
-from ..deploy.engines import autocast, logits_to_probs, model_input, predict_logits
+from ..runtime.engines import autocast, logits_to_probs, model_input, predict_logits
+from ..runtime.world import SINGLE, World
 from ..selection import compare, macro_f1
-from .distributed import SINGLE, World, broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
+from .distributed import broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
 
 
@@ -42,7 +43,7 @@ class LoopSettings:
     select_by: str = "accuracy"  # which val score picks the kept epoch: accuracy or macro-f1 (is_better)
     phase: str = "train"  # recorded in metrics.jsonl: train (from scratch), features or finetune
     lookahead: bool = False  # pull the weights back to a slow average every few steps (optim.Lookahead)
-    mixed_precision: bool = True  # bfloat16 autocast on CUDA and bfloat16 CPUs (deploy.engines.autocast)
+    mixed_precision: bool = True  # bfloat16 autocast on CUDA and bfloat16 CPUs (runtime.engines.autocast)
     accumulate: int = 1  # batches (of batch_size, on each rank) per optimizer step
     time_budget: float | None = None  # seconds: no epoch starts that would end past it (measured by the last)
 
@@ -140,7 +141,7 @@ class ImageData:
         """Loss and accuracy on the val images (no augmentation), each rank predicting its share. Each image
         once, without the test-time views, which would double the cost of every epoch's validation (5,000
         CIFAR-10 images on a 2-core CPU under load: 6.4 s with flip views, 2.5 s without); the kept weights
-        are calibrated and tested with them (train.finish)."""
+        are calibrated and tested with them (training.finish)."""
         if len(self.val) == 0:
             return NO_VAL
         plain = replace(self.preprocessing, tta="none")

@@ -10,9 +10,9 @@ import torch.nn as nn
 from oculi.console import Reporter
 from oculi.data.loading import TensorSet
 from oculi.data.transforms import Preprocessing
-from oculi.train.loop import (FeatureData, FeatureSet, HeadBar, ImageData, Learner, LoopSettings, LoopState,
+from oculi.training.loop import (FeatureData, FeatureSet, HeadBar, ImageData, Learner, LoopSettings, LoopState,
                               copy_state)
-from oculi.train.optim import build_optimizer
+from oculi.training.optim import build_optimizer
 from tests.conftest import without_timing
 
 PREPROCESSING = Preprocessing((4, 4), 3, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
@@ -126,7 +126,7 @@ def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it(capsys):
 
 def _decided(labels, best, baseline=None, last=None, epochs=3, best_epoch=2):
     """A finished fit's state with the given val predictions, settled by keep_with_margin."""
-    from oculi.train.loop import LoopState, keep_with_margin
+    from oculi.training.loop import LoopState, keep_with_margin
     rows = [{"epoch": e, "phase": "finetune", "val_acc": 0.5, "val_loss": 1.0, "val_macro_f1": 0.5}
             for e in range(1, epochs + 1)]
     predicted = {"best": list(best), "last": list(last if last is not None else best)}

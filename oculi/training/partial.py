@@ -23,11 +23,12 @@ from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation
-from ..deploy.engines import model_input
 from ..models import BackboneClassifier
 from ..models.cut import BackboneSplit, split_backbone
 from ..plan import Plan
-from .distributed import SINGLE, World, sharded_rows
+from ..runtime.engines import model_input
+from ..runtime.world import SINGLE, World
+from .distributed import sharded_rows
 from .features import split_features
 from .frozen import FrozenForward
 from .loop import NO_VAL, FeatureSet, batch_indices, validation_metrics

@@ -17,9 +17,9 @@ from oculi.cli import main
 from oculi.config import TrainConfig
 from oculi.errors import OculiError
 from oculi.io import atomic_path, exclusive_lock
-from oculi.train import run as run_module
+from oculi.training import run as run_module
 from oculi.rundir import RunDir
-from oculi.train.run import next_run_dir
+from oculi.training.run import next_run_dir
 from tests.conftest import make_class_folder
 
 OCULI = [sys.executable, "-m", "oculi"]

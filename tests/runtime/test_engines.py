@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from oculi.data.transforms import Preprocessing
-from oculi.deploy.engines import shift_image, tta_logits
+from oculi.runtime.engines import shift_image, tta_logits
 
 
 def test_shift_image_moves_the_content_and_reflects_the_border():
@@ -43,7 +43,7 @@ def test_bundles_that_stored_flip_tta_still_load():
 
 
 def test_training_steps_on_a_bfloat16_cpu_run_in_bfloat16_and_prediction_stays_float32():
-    from oculi.deploy.engines import autocast, cpu_has_bfloat16
+    from oculi.runtime.engines import autocast, cpu_has_bfloat16
     conv, x, cpu = torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8), torch.device("cpu")
     with autocast(cpu):
         assert conv(x).dtype == torch.float32  # prediction: what export and evaluate compare against

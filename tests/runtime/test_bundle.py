@@ -13,12 +13,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import oculi
-from oculi.deploy.bundle import KEY_ENV, ModelSpec, save_bundle, seal, sha256_of
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.errors import BundleError, BundleWarning, OculiError
 from oculi.models import create_model
 from oculi.models.pretrained import read_state_dict
+from oculi.runtime.bundle import KEY_ENV, ModelSpec, save_bundle, seal, sha256_of
 
 CLASSES = ["ant", "bee", "wasp"]
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from oculi.train.optim import Lookahead
+from oculi.training.optim import Lookahead
 
 
 def _synced(step: int, total_steps: int, force: bool = False):

@@ -17,7 +17,7 @@ from ..console import Reporter
 from ..data.cache import TensorCache, cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation, Preprocessing
-from ..deploy.engines import model_input
+from ..runtime.engines import model_input
 from .loop import FeatureSet, epoch_generator
 
 

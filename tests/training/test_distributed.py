@@ -21,9 +21,10 @@ from oculi.console import Reporter
 from oculi.data.loading import TensorSet
 from oculi.data.transforms import Preprocessing
 from oculi.deploy.predict import Classifier
-from oculi.train.distributed import GlooBatchNorm, World, shard_order
-from oculi.train.loop import ImageData, Learner, LoopSettings
-from oculi.train.optim import build_optimizer
+from oculi.runtime.world import World
+from oculi.training.distributed import GlooBatchNorm, shard_order
+from oculi.training.loop import ImageData, Learner, LoopSettings
+from oculi.training.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 # --augment none: random crops are drawn per rank, so only unaugmented runs can equal one process's
@@ -245,7 +246,7 @@ def test_two_ranks_predict_exactly_the_one_process_csv(runs, capsys):
 
 def test_sync_bn_on_the_cpu_replaces_plain_batchnorms_only():
     from timm.layers import BatchNormAct2d
-    from oculi.train.distributed import convert_sync_bn
+    from oculi.training.distributed import convert_sync_bn
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(BatchNormAct2d(4)))
     convert_sync_bn(model, torch.device("cpu"))
     assert type(model[1]) is GlooBatchNorm
@@ -257,7 +258,7 @@ def test_sync_bn_on_the_cpu_replaces_plain_batchnorms_only():
 def test_a_resume_with_another_number_of_processes_keeps_the_global_batch_when_it_divides(saved, now, batch, lr):
     # When it does not divide, each process takes the floor and the lr follows the smaller step (sgd: linearly).
     from oculi.config import TrainConfig
-    from oculi.train.run import _for_world
+    from oculi.training.run import _for_world
     world_size, per_rank = saved
     cfg = _for_world(TrainConfig(world_size=world_size, batch_size=per_rank, lr=0.1, optimizer="sgd"),
                      World(0, 0, now), Reporter(quiet=True))

@@ -1,7 +1,7 @@
 import torch
 
-from oculi.train.checkpoint import load_checkpoint, save_checkpoint
-from oculi.train.optim import build_optimizer, lr_factor
+from oculi.training.checkpoint import load_checkpoint, save_checkpoint
+from oculi.training.optim import build_optimizer, lr_factor
 
 
 def test_checkpoint_restores_model_and_optimizer_exactly(tmp_path):

@@ -1,4 +1,4 @@
-"""Fine-tuning the top stages from cached activations (train.partial), and a run that does it.
+"""Fine-tuning the top stages from cached activations (training.partial), and a run that does it.
 
 Runs use timm's tiny ``test_resnet`` with "pretrained" weights from a local file, as test_transfer does.
 """
@@ -14,9 +14,9 @@ import oculi
 from oculi.data.transforms import Augmentation
 from oculi.models import create_model
 from oculi.models.cut import split_backbone
-from oculi.train import partial
-from oculi.train.frozen import FrozenForward
-from oculi.train.partial import TopOfModel, augment_maps, trainable_top
+from oculi.training import partial
+from oculi.training.frozen import FrozenForward
+from oculi.training.partial import TopOfModel, augment_maps, trainable_top
 
 
 def _model_and_split(stages: int = 1):
@@ -60,7 +60,7 @@ def _train(data, out, weights_file, **options):
 
 
 def test_the_top_trains_on_the_plain_view_the_head_on_every_view():
-    from oculi.train.loop import FeatureSet
+    from oculi.training.loop import FeatureSet
     maps = torch.arange(3 * 4, dtype=torch.float16).view(3 * 4, 1, 1, 1)  # 3 views of 4 images, view by view
     labels = torch.tensor([0, 1, 0, 1]).repeat(3)
     top = partial.CachedTop(split=None, train=FeatureSet(maps, labels), val=FeatureSet(maps[:2], labels[:2]), views=3)
@@ -69,7 +69,7 @@ def test_the_top_trains_on_the_plain_view_the_head_on_every_view():
 
 
 def test_an_epoch_of_the_top_draws_each_image_from_one_of_its_views():
-    from oculi.train.loop import FeatureSet
+    from oculi.training.loop import FeatureSet
     images, views = 4, 3
     maps = torch.tensor([10.0 * v + i for v in range(views) for i in range(images)], dtype=torch.float16)
     labels = torch.tensor([0, 1, 2, 3]).repeat(views)  # each image its own label: a wrong row shows
@@ -95,7 +95,7 @@ def test_an_epoch_of_the_top_draws_each_image_from_one_of_its_views():
 def test_the_top_moves_its_maps_only_as_the_plans_augmentation_moves_images(augmentation, mirrors, crops):
     # --augment none (None) and class folders whose mirror is another class (flip off) must not be mirrored
     # on the top-stages route either (issue 25: the maps were always mirrored and cropped).
-    from oculi.train.loop import FeatureSet
+    from oculi.training.loop import FeatureSet
     maps = torch.arange(64 * 4 * 4, dtype=torch.float16).view(64, 1, 4, 4)  # every cell its own value
     data = partial.CachedTop(split=None, train=FeatureSet(maps, torch.zeros(64, dtype=torch.long)),
                              val=FeatureSet(maps[:2], torch.zeros(2, dtype=torch.long))).data(augmentation)
