@@ -31,7 +31,7 @@ from oculi import calibration as cal  # noqa: E402
 def capture(data: str, seed: int, target: Path, flags: dict) -> None:
     """Train with the defaults and save the logits the finish step computed (val, out-of-fold, test)."""
     import oculi
-    from oculi.train import finish
+    from oculi.training import finish
 
     seen: dict = {}
     class_logits, calibrate = finish._class_logits, finish._calibrate
