@@ -36,8 +36,8 @@ def capture(data: str, seed: int, target: Path, flags: dict) -> None:
     seen: dict = {}
     class_logits, calibrate = finish._class_logits, finish._calibrate
 
-    def keep_logits(model, plan, data_set, device, reporter, world, name):
-        out = class_logits(model, plan, data_set, device, reporter, world, name)
+    def keep_logits(model, ctx, data_set, name):
+        out = class_logits(model, ctx, data_set, name)
         seen[f"{name}_logits"], seen[f"{name}_labels"] = out, data_set.labels.numpy()
         return out
 

@@ -21,26 +21,25 @@ from ..models import count_parameters
 from ..plan import Plan
 from ..plots import plot_confusion_matrix, plot_curves, save_figure
 from ..route import finetune_part, kept_part, stages, training_word
-from ..rundir import RunDir
 from ..runtime.bundle import save_bundle
 from ..runtime.engines import predict_logits
-from ..runtime.world import World
+from .context import RunContext
 from .distributed import sharded_rows
 from .loop import LoopState
 from .transfer import frozen_logits
 from .partial import partial_logits
 
-def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir, reporter,
-           world: World) -> dict | None:
+def finish(model, ctx: RunContext, state: LoopState) -> dict | None:
     """Calibrate and evaluate the kept weights, write the results, then the bundle; the test metrics. model.json
     is written last, so a folder that has it holds a complete run (report.html, optional and rebuilt by
     `oculi report`, follows)."""
-    cfg, val = plan.config, sets["val"]
-    val_logits = _class_logits(model, plan, val, device, reporter, world, "val") if len(val) else None
-    calibration, check = _calibrate(cfg, val_logits, val.labels.numpy(), _fit_on(plan, state), reporter)
+    plan, source, weights, run, reporter = ctx.plan, ctx.source, ctx.weights, ctx.run, ctx.reporter
+    val = ctx.sets["val"]
+    val_logits = _class_logits(model, ctx, val, "val") if len(val) else None
+    calibration, check = _calibrate(plan.config, val_logits, val.labels.numpy(), _fit_on(plan, state), reporter)
     kept = kept_figures(plan, state, val_logits, val.labels.numpy(), calibration.temperature)
-    metrics = _evaluate(model, plan, source, sets, device, run, calibration, check, kept, reporter, world)
-    if world.main:
+    metrics = _evaluate(model, ctx, calibration, check, kept)
+    if ctx.world.main:
         save_figure(plot_curves(state.history, state.best_epoch, _drawable_baseline(state)), run.curves)
         save_bundle(run.path, model.cpu(), plan.model, source.classes, plan.preprocessing,
                     {"metrics": _summary(metrics, state), "weights_source": weights.source if weights else "scratch",
@@ -49,22 +48,21 @@ def finish(model, plan: Plan, source, sets, weights, state, device, run: RunDir,
                      "calibration": calibration.to_dict()})
     _say_results(metrics, kept, run.path, reporter)
     _say_calibration(metrics, reporter)
-    _say_recall(metrics, cfg, reporter)
+    _say_recall(metrics, plan.config, reporter)
     return metrics
 
 
-def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration: Calibration, check: dict,
-              kept: dict, reporter: Reporter, world: World) -> dict | None:
+def _evaluate(model, ctx: RunContext, calibration: Calibration, check: dict, kept: dict) -> dict | None:
     """Metrics on the test set, or the val set when there is none, written (by rank 0) with their
     predictions and confusion matrix; None when neither has an image (a tiny data set trains, but cannot
     be measured). Each rank predicts its share of the images. The probabilities are calibrated;
     ``calibration`` in the metrics has ECE and log loss before and after."""
-    cfg = plan.config
+    cfg, sets, source, run = ctx.cfg, ctx.sets, ctx.source, ctx.run
     split = next((s for s in ("test", "val") if len(sets[s])), None)
     if split is None:
         return None
     data = sets[split]
-    logits = _class_logits(model, plan, data, device, reporter, world, split)
+    logits = _class_logits(model, ctx, data, split)
     labels = data.labels.numpy()
     probs = softmax(logits, calibration.temperature)
     metrics = {"split": split, **classification_metrics(labels, probs, source.classes, cfg.top_k),
@@ -73,7 +71,7 @@ def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration:
                                "fitted_on": "val" if cfg.calibrate and len(sets["val"]) else None, "check": check,
                                "if_applied": _if_applied(logits, labels, check)},
                "abstain": selective_figures(probs.max(1), probs.argmax(1) == labels, calibration.abstain_threshold)}
-    if not world.main:
+    if not ctx.world.main:
         return metrics
     leaked = leaked_paths(run.path)
     metrics["leaks_present"] = None if leaked is None else bool(leaked & set(data.paths))
@@ -86,16 +84,16 @@ def _evaluate(model, plan: Plan, source, sets, device, run: RunDir, calibration:
 
 # ---------------------------------------------------------------- trust: calibration and abstaining
 
-def _class_logits(model, plan: Plan, data: TensorSet, device, reporter: Reporter, world: World,
-                  name: str) -> np.ndarray:
+def _class_logits(model, ctx: RunContext, data: TensorSet, name: str) -> np.ndarray:
     """The class logits of ``data``'s images: of a features run, its head on the cached features (every rank
     reads them); else the whole model, each rank computing its share."""
+    plan, device, reporter = ctx.plan, ctx.device, ctx.reporter
     if _backbone_stayed_frozen(plan):
         logits = frozen_logits(model, plan, data, device, reporter, name)
     elif _bottom_stayed_frozen(plan):
         logits = partial_logits(model, plan, data, device, reporter, name)
     else:
-        logits = sharded_rows(world, lambda part: predict_logits(model, data.images[part], plan.preprocessing,
+        logits = sharded_rows(ctx.world, lambda part: predict_logits(model, data.images[part], plan.preprocessing,
                                                                  device), len(data))
     return class_logits(logits.numpy(), plan.config.head)
 

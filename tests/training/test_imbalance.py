@@ -13,7 +13,8 @@ from oculi.data.split import Record
 from oculi.defaults import DataProbe, imbalance, resolve
 from oculi.training.loop import FeatureData, FeatureSet, Learner, LoopState, is_better, macro_f1
 from oculi.training.optim import build_optimizer
-from oculi.training.run import _describe_balance, _loop_settings
+from oculi.training.fitting import loop_settings as _loop_settings
+from oculi.training.plan_line import describe_balance as _describe_balance
 from oculi.data.loading import TensorSet
 
 

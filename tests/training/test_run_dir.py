@@ -17,9 +17,9 @@ from oculi.cli import main
 from oculi.config import TrainConfig
 from oculi.errors import OculiError
 from oculi.io import atomic_path, exclusive_lock
-from oculi.training import run as run_module
 from oculi.rundir import RunDir
-from oculi.training.run import next_run_dir
+from oculi.training import fitting
+from oculi.training.folder import next_run_dir
 from tests.conftest import make_class_folder
 
 OCULI = [sys.executable, "-m", "oculi"]
@@ -236,13 +236,13 @@ def test_model_json_is_the_last_file_a_run_writes(tmp_path, monkeypatch):
 
 
 def _interrupt_after_first_checkpoint(monkeypatch):
-    real = run_module.save_checkpoint
+    real = fitting.save_checkpoint
 
     def save_then_stop(*args, **kwargs):
         real(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(run_module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(fitting, "save_checkpoint", save_then_stop)
 
 
 @pytest.mark.slow
@@ -272,7 +272,7 @@ def test_resume_before_any_checkpoint_starts_again_and_says_so(tmp_path, monkeyp
     data = make_class_folder(tmp_path / "photos", per_class=6)
     full = oculi.train(str(data), epochs=1, out=str(tmp_path / "full"), progress=False, report=False)
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        patch.setattr(fitting, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             oculi.train(str(data), epochs=1, out=str(tmp_path / "run"), progress=False, report=False)
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
