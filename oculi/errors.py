@@ -6,12 +6,17 @@ class OculiError(Exception):
 
 
 class ImageDecodeError(OculiError):
-    """A file that is not a readable image (corrupt, truncated, empty or another format)."""
+    """A file that is not a readable image (corrupt, truncated, empty or another format): ``reason`` says why
+    in words, ``kind`` as a short code (the kinds of ``oculi.data.unreadable``)."""
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path, reason: str, kind: str):
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # pickled (a child process raising it) with its three arguments, not args' one
+        return type(self), (self.path, self.reason, self.kind)
 
 
 class BundleError(OculiError):

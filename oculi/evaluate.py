@@ -76,12 +76,13 @@ def _files_as_images(classifier, data: list[str], limit: int):
     import torch
     from .deploy.predict import expand_paths
     from .data.contained import prepare_files
+    from .data.unreadable import Unreadable
 
     files, missing = expand_paths(data)
     if missing:
         raise OculiError(f"--data: no such file or folder: {missing[0]}")
     prepared = [torch.from_numpy(a) for a in prepare_files(files[:limit], classifier.preprocessing, draft=True)
-                if not isinstance(a, str)]  # a string: why the file could not be read
+                if not isinstance(a, Unreadable)]
     if not prepared:
         raise OculiError(f"--data: no readable images in {', '.join(data)}")
     return torch.stack(prepared)

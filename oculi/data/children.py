@@ -11,6 +11,11 @@ memory corrupt and the crash merely surfaced on this one.
 
 A fork is not free: 30-130 ms here for a process that has imported torch (it copies page tables of
 about 500 MB), so children take runs of items rather than one each. Linux only (fork).
+
+``worker_pool(fn, workers)`` is the other way to use forked processes: a pool that lives for many calls
+(a batch of files, a server's uploads), each worker holding ``fn``; ``pool.submit(in_worker, item)`` or
+``pool.submit(each_in_worker, items)`` run it there. A worker that dies breaks the whole pool
+(``BrokenProcessPool``): its callers recover what was in flight through ``map_in_children``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Sequence
@@ -139,6 +145,34 @@ def _lost(child: _Child, death: ChildDied, results: dict, runs: deque) -> None:
         resume += 1
     if resume < child.end:
         runs.appendleft((resume, child.end))  # first in line: the results after it wait for it
+
+
+def worker_pool(fn: Callable[[Any], Any], workers: int, setup: Callable[[], None] | None = None
+                ) -> ProcessPoolExecutor:
+    """A pool of ``workers`` forked processes, each holding ``fn`` (inherited at the fork, never pickled: only
+    the items and results travel) and quiet when it crashes; ``setup()`` runs first in each. Linux only."""
+    return ProcessPoolExecutor(workers, mp_context=_FORK, initializer=_start_worker, initargs=(fn, setup))
+
+
+_worker_fn: Callable[[Any], Any] | None = None  # worker_pool's fn, in one of its workers
+
+
+def _start_worker(fn: Callable[[Any], Any], setup: Callable[[], None] | None) -> None:
+    global _worker_fn
+    _worker_fn = fn
+    quiet_crashes()
+    if setup is not None:
+        setup()
+
+
+def in_worker(item):
+    """``fn(item)`` in a worker of ``worker_pool(fn, ...)``: what to submit to the pool."""
+    return _worker_fn(item)
+
+
+def each_in_worker(items: list) -> list:
+    """``[fn(item) for item in items]`` in a worker of ``worker_pool(fn, ...)``: one task for many items."""
+    return [_worker_fn(item) for item in items]
 
 
 def quiet_crashes() -> None:

@@ -6,8 +6,8 @@ is paid once per worker). Processes, not threads, for speed too: image headers a
 under the GIL (60,000 CIFAR JPEGs on 2 cores: 11.3 s in one thread, 14.4 s in two threads, 7.0 s in two
 processes). A worker that dies (a segmentation fault in a decoder, an abort) breaks the pool and takes
 every chunk in flight with it. Those chunks are then decoded again in fresh child processes that report
-file by file (``oculi.data.children``), so the file that kills its process is found, skipped with the
-reason "decoder crashed", and decoding goes on in a new pool.
+file by file (``oculi.data.children``), so the file that kills its process is found, skipped as
+``CRASHED`` (the reason "decoder crashed"), and decoding goes on in a new pool.
 
 Even one chunk (a folder of up to 64 images, ``oculi predict`` on one file) goes to a worker process,
 for the same guarantee. That costs the fork once per call: measured on this project's 2-core VM, where
@@ -16,6 +16,9 @@ wall time, median of 21, one thread either way: small beside a CLI command's own
 there is no fork (macOS, Windows) files are decoded in this process. So are single images given to
 ``Classifier.predict`` or ``oculi explain``: the decoders crashed on none of the 100,000 mutated files
 of ``benchmarks/fuzz_decode.py``, so the process is a second line of defence, not the first.
+
+A file that cannot be read gives an ``Unreadable`` (``oculi.data.unreadable``: its kind and the reason
+users see) in place of its pixels.
 """
 
 from __future__ import annotations
@@ -32,42 +35,47 @@ import numpy as np
 import torch
 
 from ..errors import ImageDecodeError
-from .children import ChildDied, can_fork, fork_context, map_in_children, quiet_crashes
+from .children import ChildDied, can_fork, each_in_worker, map_in_children, worker_pool
 from .decode import FileFacts, decode_image_and_facts
 from .transforms import Preprocessing
+from .unreadable import CRASHED, Unreadable
 
 DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
-DECODER_CRASHED = "decoder crashed"
 
 
-def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = False) -> np.ndarray | str:
+def prepare_file(path: str | Path, preprocessing: Preprocessing, draft: bool = False) -> np.ndarray | Unreadable:
     """One image file as the model takes it (uint8 [C, H, W], by ``preprocessing``), or why it cannot be read.
     ``draft``: a large JPEG may be decoded at a reduced scale first (``decode_image``'s ``at_least``).
     Runs in this process: see ``prepare_files`` for many files, contained."""
     prepared = _prepared(path, preprocessing, draft, facts=False)
-    return prepared if isinstance(prepared, str) else prepared[0]
+    return prepared if isinstance(prepared, Unreadable) else prepared[0]
 
 
 def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing, draft: bool = False
-                            ) -> tuple[np.ndarray, FileFacts | None] | str:
+                            ) -> tuple[np.ndarray, FileFacts | None] | Unreadable:
     """``prepare_file``, and the file's facts (``decode_image_and_facts``), or why it cannot be read."""
     return _prepared(path, preprocessing, draft, facts=True)
 
 
 def _prepared(path: str | Path, preprocessing: Preprocessing, draft: bool, facts: bool
-              ) -> tuple[np.ndarray, FileFacts | None] | str:
+              ) -> tuple[np.ndarray, FileFacts | None] | Unreadable:
     at_least = preprocessing.image_size if draft else None
     try:
         pixels, found = decode_image_and_facts(path, preprocessing.channels, at_least, facts)
         return preprocessing.prepare(pixels).contiguous().numpy(), found
     except ImageDecodeError as err:
-        return err.reason
+        return Unreadable.of(err)
+
+
+def crashed_or(outcome):
+    """A ``map_in_children`` outcome as a prepared image's: ``CRASHED`` for a child that died on it."""
+    return CRASHED if isinstance(outcome, ChildDied) else outcome
 
 
 def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,
-                  workers: int | None = None, draft: bool = False) -> Iterator[np.ndarray | str]:
+                  workers: int | None = None, draft: bool = False) -> Iterator[np.ndarray | Unreadable]:
     """``prepare_file`` of each path, in order, decoded in worker processes (see the module docstring):
-    a file that crashes its decoder gives "decoder crashed". Reads a few chunks ahead of what is consumed."""
+    a file that crashes its decoder gives ``CRASHED``. Reads a few chunks ahead of what is consumed."""
     for chunk in prepared_chunks(paths, preprocessing, workers, draft):
         yield from chunk
 
@@ -92,8 +100,7 @@ def _pooled(chunks: deque, prepare, workers: int) -> Iterator[list]:
 def _until_a_worker_dies(chunks: deque, prepare, workers: int) -> Iterator[list]:
     """Chunks taken from ``chunks`` through one pool until none is left or a worker dies; then the chunks
     in flight are recovered and the caller starts a new pool for the rest."""
-    pool = ProcessPoolExecutor(workers, mp_context=fork_context(), initializer=_start_worker,
-                               initargs=(prepare,))
+    pool = worker_pool(prepare, workers, setup=one_thread)
     in_flight: deque[tuple[list, Future]] = deque()
     try:
         while chunks or in_flight:
@@ -112,7 +119,7 @@ def _until_a_worker_dies(chunks: deque, prepare, workers: int) -> Iterator[list]
 
 def _submit(pool: ProcessPoolExecutor, chunk: list) -> Future:
     try:
-        return pool.submit(_prepare_chunk, chunk)
+        return pool.submit(each_in_worker, chunk)
     except BrokenProcessPool as e:  # broke since the last submit: this chunk is lost with the others
         lost: Future = Future()
         lost.set_exception(e)
@@ -134,23 +141,8 @@ def _recovered(flights: list[tuple[list, Future]], prepare, workers: int) -> Ite
         if not _broke(future):
             yield future.result()
         else:
-            yield [DECODER_CRASHED if isinstance(outcome, ChildDied) else outcome
-                   for _, outcome in zip(chunk, again)]  # chunk first: zip stops without taking one more
-
-
-_worker_prepare = None  # prepare_file with its preprocessing, in a worker
-
-
-def _start_worker(prepare) -> None:
-    global _worker_prepare
-    _worker_prepare = prepare
-    quiet_crashes()
-    one_thread()
+            yield [crashed_or(outcome) for _, outcome in zip(chunk, again)]  # chunk first: zip takes no more
 
 
 def one_thread() -> None:
     torch.set_num_threads(1)  # one thread per process: the processes already fill the cores
-
-
-def _prepare_chunk(chunk: list) -> list[np.ndarray | str]:
-    return [_worker_prepare(path) for path in chunk]

@@ -44,6 +44,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import ImageDecodeError, OculiError
+from .unreadable import CANNOT_READ, EMPTY_FILE, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, UNSUPPORTED_FORMAT
 
 try:
     import torchvision.io.image as _tv_image
@@ -120,7 +121,7 @@ def decode_image_and_facts(source, channels: int | None = None, at_least: tuple[
             drafted = at_least is not None and _drafted(image, channels, at_least)
             pixels = _decode_pil(image) if drafted else _decode(image, data, channels)
         except Exception as e:  # decoders raise OSError, RuntimeError, ValueError, SyntaxError... on bad data
-            raise ImageDecodeError(label, _TRUNCATED) from e
+            raise ImageDecodeError(label, _TRUNCATED, TRUNCATED) from e
     # Left in the decoders' height-width-channel memory order: a copy to contiguous [C, H, W] would
     # cost a quarter of the JPEG decode time, and the uint8 resize that follows runs 0.13 ms on it
     # against 0.22 ms on a contiguous tensor.
@@ -142,14 +143,14 @@ def read_image_size(path) -> tuple[int, int, int]:
     try:
         empty = path.stat().st_size == 0
     except OSError as e:
-        raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from e
+        raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})", CANNOT_READ) from e
     if empty:
-        raise ImageDecodeError(path, "empty file")
+        raise ImageDecodeError(path, "empty file", EMPTY_FILE)
     with _pixel_limit() as limit, _open(path, path, limit) as image:
         try:
             height, width = _upright_size(image)
         except Exception as e:  # a malformed EXIF block
-            raise ImageDecodeError(path, _TRUNCATED) from e
+            raise ImageDecodeError(path, _TRUNCATED, TRUNCATED) from e
         return (1 if image.mode in _GRAY_MODES else 3), height, width
 
 
@@ -186,7 +187,7 @@ def _pixel_limit():
 
 def _check_suffix(path: Path) -> None:
     if path.suffix and path.suffix.lower() not in IMAGE_EXTENSIONS:
-        raise ImageDecodeError(path, "unsupported format")
+        raise ImageDecodeError(path, "unsupported format", UNSUPPORTED_FORMAT)
 
 
 def _read(source) -> tuple[str, bytes]:
@@ -199,9 +200,9 @@ def _read(source) -> tuple[str, bytes]:
         try:
             label, data = str(path), path.read_bytes()
         except OSError as e:
-            raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})") from e
+            raise ImageDecodeError(path, f"cannot read file ({e.strerror or e})", CANNOT_READ) from e
     if not data:
-        raise ImageDecodeError(label, "empty file")
+        raise ImageDecodeError(label, "empty file", EMPTY_FILE)
     return label, data
 
 
@@ -212,7 +213,7 @@ def _open(label, fp, limit: int) -> Image.Image:
     except Image.DecompressionBombError as e:  # over twice PIL's limit: PIL refuses before we can look
         raise _too_large(label, _pixels_in(e), limit) from e
     except Exception as e:  # UnidentifiedImageError, or a plugin choking on a broken header
-        raise ImageDecodeError(label, "not an image") from e
+        raise ImageDecodeError(label, "not an image", NOT_AN_IMAGE) from e
     if image.width * image.height > limit:
         image.close()
         raise _too_large(label, image.width * image.height, limit)
@@ -222,7 +223,7 @@ def _open(label, fp, limit: int) -> Image.Image:
 def _too_large(label, pixels: int | None, limit: int) -> ImageDecodeError:
     size = (f"{_megapixels(pixels)} megapixels, limit {_megapixels(limit)}" if pixels
             else f"over the limit of {_megapixels(limit)} megapixels")
-    return ImageDecodeError(label, f"image too large ({size}; raise with {PIXEL_LIMIT_VARIABLE})")
+    return ImageDecodeError(label, f"image too large ({size}; raise with {PIXEL_LIMIT_VARIABLE})", TOO_LARGE)
 
 
 def _pixels_in(error: Exception) -> int | None:

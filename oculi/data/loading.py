@@ -24,6 +24,7 @@ from .decode import FileFacts
 from .sources import DataSource
 from .split import Record
 from .transforms import Preprocessing
+from .unreadable import Unreadable
 
 # Bump when decoding or resizing changes the pixels a file gives: older cache entries stop matching.
 DECODING_VERSION = 4  # 3: PNGs decoded by PIL (16-bit colour ones may differ by a level); 4: large JPEGs drafted
@@ -96,7 +97,8 @@ def streamed_batches(rows: RowView, indices: list[torch.Tensor], workers: int | 
 @dataclass
 class DecodedImages:
     """Every distinct image of a source, decoded: ``images[rows[path]]``; ``failed[path]`` says why a
-    file could not be read. ``mapped``: ``images`` lives in a memory-mapped cache file."""
+    file could not be read (an ``Unreadable``'s reason, as skipped.csv lists it: the cache's index keeps it).
+    ``mapped``: ``images`` lives in a memory-mapped cache file."""
 
     images: torch.Tensor
     rows: dict[str, int]
@@ -162,8 +164,8 @@ def _decode_into(images: np.ndarray, index: dict, source: DataSource, paths: lis
     rows, failed, facts = {}, {}, {}
     for start, results in zip(range(0, len(paths), DECODE_CHUNK), _prepared_chunks(source, paths, preprocessing)):
         for row, result in enumerate(results, start):
-            if isinstance(result, str):
-                failed[paths[row]] = result
+            if isinstance(result, Unreadable):
+                failed[paths[row]] = result.reason
                 continue
             if isinstance(result, tuple):
                 result, fact = result

@@ -15,6 +15,7 @@ from ..calibration import UNKNOWN, class_logits, energy_score, softmax
 from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from ..data.contained import prepare_files
 from ..data.transforms import Preprocessing
+from ..data.unreadable import Unreadable
 from ..errors import OculiError
 from ..runtime.bundle import bundle_calibration, bundle_paths, load_bundle
 from ..runtime.engines import place_model, predict_logits, resolve_device
@@ -128,16 +129,16 @@ class Classifier:
 
     def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
                       failures: list | None = None, draft: bool = True) -> Iterator[Prediction]:
-        """Predict files in batches as they are read; unreadable files go to ``failures``, not fatal. They
-        are read in worker processes, a few chunks ahead of the model: a file that crashes its decoder is a
-        failure too ("decoder crashed"). ``draft``: JPEGs of at least twice the model's input size are
-        decoded at 1/2-1/8 scale before the resize (faster; as training decoded them); False: at full size."""
+        """Predict files in batches as they are read; unreadable files go to ``failures`` as (path, reason),
+        not fatal. They are read in worker processes, a few chunks ahead of the model: a file that crashes its
+        decoder is a failure too ("decoder crashed"). ``draft``: JPEGs of at least twice the model's input size
+        are decoded at 1/2-1/8 scale before the resize (faster; as training decoded them); False: at full size."""
         paths = [Path(p) for p in paths]
         batch, names = [], []
         for path, image in zip(paths, prepare_files(paths, self.preprocessing, draft=draft)):
-            if isinstance(image, str):  # the reason it could not be read
+            if isinstance(image, Unreadable):
                 if failures is not None:
-                    failures.append((str(path), image))
+                    failures.append((str(path), image.reason))
             else:
                 batch.append(torch.from_numpy(image))
                 names.append(str(path))

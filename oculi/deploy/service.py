@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.contained import DECODER_CRASHED
+from ..data import unreadable
+from ..data.unreadable import Unreadable
 from ..errors import OculiError
 from .batching import Batcher, Slots
 from .explain import NO_STAGES, Explanation, cam_overlay, conv_stages, explain_prepared
@@ -34,10 +35,12 @@ from .uploads import Prepare, UploadDecoder, prepare_upload
 log = logging.getLogger("uvicorn.error")
 
 RETRY_AFTER_S = 1  # what a busy or warming-up server asks a client to wait, in seconds
-# Why an upload could not be read (oculi.data.decode's reasons, by their start) -> the error's code.
-REASON_CODES = (("not an image", "not_an_image"), ("unsupported format", "not_an_image"),
-                ("empty file", "empty_file"), ("truncated or corrupt", "corrupt_image"),
-                ("image too large", "too_many_pixels"), (DECODER_CRASHED, "decoder_crashed"))
+# The kind of an upload that could not be read (oculi.data.unreadable) -> the error's code in the answer.
+# The codes are the API's (README lists them): a kind renamed in the data layer keeps its code here.
+UNREADABLE_CODES = {unreadable.NOT_AN_IMAGE: "not_an_image", unreadable.UNSUPPORTED_FORMAT: "not_an_image",
+                    unreadable.EMPTY_FILE: "empty_file", unreadable.TRUNCATED: "corrupt_image",
+                    unreadable.TOO_LARGE: "too_many_pixels", unreadable.DECODER_CRASHED: "decoder_crashed",
+                    unreadable.CANNOT_READ: "unreadable_image"}
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,9 @@ class Upload:
     data: bytes
 
 
-def reason_code(reason: str) -> str:
-    return next((code for start, code in REASON_CODES if reason.startswith(start)), "unreadable_image")
+def unreadable_code(outcome: Unreadable) -> str:
+    """The error code of an upload that could not be read, by its kind (every kind has one: a test sees to it)."""
+    return UNREADABLE_CODES[outcome.kind]
 
 
 class Service:
@@ -172,11 +176,11 @@ class Service:
         self.check_ready()
         with self._admitted(len(uploads)):
             outcomes = await self._decoded(uploads)
-            images = [image for image in outcomes if not isinstance(image, str)]
+            images = [image for image in outcomes if not isinstance(image, Unreadable)]
             if not images:
                 raise _unreadable(uploads, outcomes)
             rows = iter(await self.batcher.run(images))
-        return [_failed_entry(upload.name, outcome) if isinstance(outcome, str)
+        return [_failed_entry(upload.name, outcome) if isinstance(outcome, Unreadable)
                 else self._answer(upload.name, next(rows), top_k) for upload, outcome in zip(uploads, outcomes)]
 
     async def explain(self, upload: Upload, class_name: str | None) -> tuple[bytes, Explanation]:
@@ -203,14 +207,14 @@ class Service:
         finally:
             self.slots.release(n)
 
-    async def _decoded(self, uploads: list[Upload]) -> list[np.ndarray | str]:
+    async def _decoded(self, uploads: list[Upload]) -> list[np.ndarray | Unreadable]:
         """Each upload decoded and prepared for the model, or the reason it could not be."""
         return await asyncio.gather(*(self.decoder.prepare(u.data) for u in uploads))
 
     async def _prepared(self, uploads: list[Upload]) -> list[np.ndarray]:
         """Every upload decoded and prepared for the model, or a ServeError naming each one that is not."""
         outcomes = await self._decoded(uploads)
-        if any(isinstance(outcome, str) for outcome in outcomes):
+        if any(isinstance(outcome, Unreadable) for outcome in outcomes):
             raise _unreadable(uploads, outcomes)
         return outcomes
 
@@ -236,14 +240,14 @@ class Service:
                 "ood_score": p.ood_score, "top_k": p.to_dict()["top_k"]}
 
 
-def _failed_entry(name: str, reason: str) -> dict:
+def _failed_entry(name: str, outcome: Unreadable) -> dict:
     """A file's place in a prediction list when it could not be read."""
-    return {"file": name, "error": {"code": reason_code(reason), "message": reason}}
+    return {"file": name, "error": {"code": unreadable_code(outcome), "message": outcome.reason}}
 
 
 def _unreadable(uploads: list[Upload], outcomes: list) -> ServeError:
     """The 400 for uploads that could not be read: the first one's code, every one in ``details``."""
-    failed = [{"file": u.name, **_failed_entry(u.name, reason)["error"]}
-              for u, reason in zip(uploads, outcomes) if isinstance(reason, str)]
+    failed = [{"file": u.name, **_failed_entry(u.name, outcome)["error"]}
+              for u, outcome in zip(uploads, outcomes) if isinstance(outcome, Unreadable)]
     return ServeError(400, failed[0]["code"], "; ".join(f"{f['file']}: {f['message']}" for f in failed),
                       details=failed)

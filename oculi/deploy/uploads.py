@@ -7,9 +7,9 @@ small machine (see ``oculi.data.contained``). A worker prepares an image as ``oc
 
 A worker that dies (a segmentation fault in a native decoder, an abort, the OOM killer) breaks the pool and
 loses every upload in flight with it. Each of those is then decoded again alone, in a fresh child process
-(``oculi.data.children``): the one that kills its decoder again is "decoder crashed", the others get their
-pixels, and a new pool takes over. Where there is no fork (macOS, Windows) uploads are decoded in threads
-of this process.
+(``oculi.data.children``): the one that kills its decoder again is ``CRASHED`` ("decoder crashed"), the
+others get their pixels, and a new pool takes over. Where there is no fork (macOS, Windows) uploads are
+decoded in threads of this process. The pool is ``oculi.data.children.worker_pool``, as for a batch of files.
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..data.children import ChildDied, can_fork, fork_context, map_in_children, quiet_crashes
-from ..data.contained import DECODER_CRASHED, one_thread, prepare_file
+from ..data.children import can_fork, in_worker, map_in_children, worker_pool
+from ..data.contained import crashed_or, one_thread, prepare_file
 from ..data.transforms import Preprocessing
+from ..data.unreadable import Unreadable
 
-# prepare(data, preprocessing=...) -> uint8 [C, H, W] array, or the reason the upload cannot be read
-Prepare = Callable[..., "np.ndarray | str"]
+# prepare(data, preprocessing=...) -> uint8 [C, H, W] array, or why the upload cannot be read
+Prepare = Callable[..., "np.ndarray | Unreadable"]
 
 
-def prepare_upload(data: bytes, preprocessing: Preprocessing) -> np.ndarray | str:
+def prepare_upload(data: bytes, preprocessing: Preprocessing) -> np.ndarray | Unreadable:
     """An upload as a run's files were decoded for training (``prepare_file``, a large JPEG drafted)."""
     return prepare_file(data, preprocessing, draft=True)
 
@@ -54,20 +55,18 @@ class UploadDecoder:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def prepare(self, data: bytes) -> np.ndarray | str:
+    async def prepare(self, data: bytes) -> np.ndarray | Unreadable:
         pool = self._pool
         if pool is None:
             return await asyncio.to_thread(self._prepare, data)
         try:
-            return await asyncio.wrap_future(pool.submit(_prepare_in_worker, data))
+            return await asyncio.wrap_future(pool.submit(in_worker, data))
         except BrokenProcessPool:
             self._replace(pool)
             return await asyncio.to_thread(self._alone, data)
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # Forked workers inherit the initializer's arguments: nothing here needs to be picklable.
-        return ProcessPoolExecutor(self.workers, mp_context=fork_context(), initializer=_start_worker,
-                                   initargs=(self._prepare,))
+        return worker_pool(self._prepare, self.workers, setup=one_thread)
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         """A new pool for the broken one, once, though every upload that was in flight asks."""
@@ -76,24 +75,9 @@ class UploadDecoder:
             self._pool = self._new_pool()
             self.restarts += 1
 
-    def _alone(self, data: bytes) -> np.ndarray | str:
+    def _alone(self, data: bytes) -> np.ndarray | Unreadable:
         """Decode in a child process of its own: a crash there is surely this upload's."""
-        outcome = next(map_in_children(self._prepare, [data], setup=one_thread))
-        return DECODER_CRASHED if isinstance(outcome, ChildDied) else outcome
-
-
-_worker_prepare: Callable[[bytes], "np.ndarray | str"] | None = None
-
-
-def _start_worker(prepare) -> None:
-    global _worker_prepare
-    _worker_prepare = prepare
-    quiet_crashes()
-    one_thread()
-
-
-def _prepare_in_worker(data: bytes) -> np.ndarray | str:
-    return _worker_prepare(data)
+        return crashed_or(next(map_in_children(self._prepare, [data], setup=one_thread)))
 
 
 def _ready() -> None:

@@ -140,11 +140,12 @@ def test_a_training_run_checks_with_the_facts_its_decoding_read_cold_and_from_th
     and from a cache entry; they equal what reading each file again gives (check.json the same)."""
     from oculi.check import run as check_run
     from oculi.data import contained
+    from oculi.data.unreadable import Unreadable
     data = planted(tmp_path)
     with monkeypatch.context() as patch:  # decoding as before: pixels only, so the check reads each file
         prepare = contained.prepare_file
         patch.setattr(contained, "prepare_file_with_facts",
-                      lambda path, preprocessing, draft: (lambda r: r if isinstance(r, str) else (r, None))(
+                      lambda path, preprocessing, draft: (lambda r: r if isinstance(r, Unreadable) else (r, None))(
                           prepare(path, preprocessing, draft)))
         oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "reread"), progress=False,
                     report=False, cache=False, test_split=0, drop_leaks=True)

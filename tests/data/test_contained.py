@@ -13,7 +13,8 @@ from PIL import Image
 import oculi
 from oculi.data import decode
 from oculi.data.children import ChildDied, can_fork, map_in_children
-from oculi.data.contained import DECODER_CRASHED, prepare_file, prepare_files
+from oculi.data.contained import prepare_file, prepare_files
+from oculi.data.unreadable import CRASHED, DECODER_CRASHED, Unreadable
 from oculi.data.loading import decode_source
 from oculi.data.sources import open_source
 from oculi.data.transforms import Preprocessing
@@ -59,7 +60,7 @@ def test_a_decoder_crash_skips_that_file_and_decodes_the_rest(tmp_path, crashing
     root = make_class_folder(tmp_path / "data", per_class=per_class)
     write_crasher(root / "green" / "img_00b.png")  # sorted among the others, mid-folder
     decoded = decode_source(open_source(str(root)), PREP)
-    assert decoded.failed == {"green/img_00b.png": DECODER_CRASHED}
+    assert decoded.failed == {"green/img_00b.png": "decoder crashed"}
     assert len(decoded.rows) == 3 * per_class
     for path, row in decoded.rows.items():  # every other file has its own pixels
         assert np.array_equal(decoded.images[row].numpy(), prepare_file(root / path, PREP))
@@ -72,8 +73,8 @@ def test_crashes_at_chunk_edges_and_side_by_side_cost_only_those_files(tmp_path,
     for i in crashers:
         paths[i] = write_crasher(tmp_path / "bad" / f"{i}.png")
     results = list(prepare_files(paths, PREP, workers=2))
-    assert [i for i, r in enumerate(results) if isinstance(r, str)] == sorted(crashers)
-    assert {results[i] for i in crashers} == {DECODER_CRASHED}
+    assert [i for i, r in enumerate(results) if isinstance(r, Unreadable)] == sorted(crashers)
+    assert {results[i] for i in crashers} == {CRASHED} == {Unreadable(DECODER_CRASHED, "decoder crashed")}
     assert all(isinstance(r, np.ndarray) and r.shape == (3, 8, 8) for i, r in enumerate(results) if i not in crashers)
 
 
@@ -84,7 +85,7 @@ def test_prediction_reports_the_crasher_and_predicts_the_rest(tmp_path, crashing
     failures = []
     predictions = list(oculi.load(run.run_dir).predict_files(files, failures=failures))
     assert [p.source for p in predictions] == [str(files[0]), str(files[2])]
-    assert failures == [(str(files[1]), DECODER_CRASHED)]
+    assert failures == [(str(files[1]), "decoder crashed")]
 
 
 # ---- map_in_children --------------------------------------------------------------------------------

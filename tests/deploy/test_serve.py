@@ -14,9 +14,12 @@ import pytest
 from PIL import Image
 
 from oculi.cli import main
+from oculi.data import unreadable
 from oculi.data.contained import prepare_file
+from oculi.data.unreadable import KINDS, Unreadable
 from oculi.deploy.predict import Classifier
-from oculi.deploy.serve import FORM_PART_LIMIT
+from oculi.deploy.serve import ERROR_CODES, FORM_PART_LIMIT
+from oculi.deploy.service import unreadable_code
 from tests.deploy.conftest import make_service, serving
 
 
@@ -154,6 +157,39 @@ def test_an_unreadable_upload_is_a_400_with_the_reason(client, name, data, code,
     error = error_of(response)
     assert error["code"] == code and error["message"].startswith(f"{name}: {reason}")
     assert error["details"] == [{"file": name, "code": code, "message": error["message"][len(name) + 2:]}]
+
+
+# Each kind of unreadable upload (oculi.data.unreadable) and its error code in the answer.
+KIND_CODES = [(unreadable.NOT_AN_IMAGE, "not_an_image"), (unreadable.UNSUPPORTED_FORMAT, "not_an_image"),
+              (unreadable.EMPTY_FILE, "empty_file"), (unreadable.TRUNCATED, "corrupt_image"),
+              (unreadable.TOO_LARGE, "too_many_pixels"), (unreadable.DECODER_CRASHED, "decoder_crashed"),
+              (unreadable.CANNOT_READ, "unreadable_image")]
+
+
+def test_every_kind_of_unreadable_upload_has_its_documented_code():
+    assert sorted(kind for kind, _ in KIND_CODES) == sorted(KINDS)
+    documented = ERROR_CODES[400].split(", ")
+    for kind, code in KIND_CODES:
+        assert unreadable_code(Unreadable(kind, "any words")) == code and code in documented
+
+
+MISLEADING = "not an image, say the words; the kind says otherwise"
+
+
+def unreadable_as_named(data, preprocessing):
+    """An upload whose bytes name a kind gives an Unreadable of that kind, with words that name another."""
+    return Unreadable(data.decode(), MISLEADING)
+
+
+def test_the_code_of_an_unreadable_upload_comes_from_its_kind_not_its_words(served_run):
+    with serving(make_service(served_run[0], prepare=unreadable_as_named, workers=1)) as client:
+        for kind, code in KIND_CODES:
+            response = client.post("/v1/predict", files=files((f"{kind}.png", kind.encode())))
+            assert response.status_code == 400, kind
+            assert error_of(response) == {"code": code, "message": f"{kind}.png: {MISLEADING}",
+                                          "details": [{"file": f"{kind}.png", "code": code, "message": MISLEADING}]}
+        both = client.post("/v1/predict", files=files(("a.png", b"truncated"), ("b.png", b"too_large")))
+        assert [d["code"] for d in error_of(both)["details"]] == ["corrupt_image", "too_many_pixels"]
 
 
 def test_one_bad_file_gets_an_error_entry_and_the_others_are_predicted(client):
