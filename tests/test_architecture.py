@@ -8,6 +8,7 @@ only a later one. A node is a package of ``oculi/`` (``oculi.training``) or a to
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -129,3 +130,19 @@ def test_imports_point_down_the_layers():
     edges = import_edges()
     upward = [(s, t) for s, t in edges if s in LAYER and t in LAYER and LAYER[t] >= LAYER[s]]
     assert not upward, f"imports of a layer at or above the importer's own:\n{_listed(edges, upward)}"
+
+
+# Where the route is decided (defaults fills "auto", plan saves it, route gives its words) and where the setting
+# itself is defined: every other module reads ``plan.route``.
+ROUTE_DECIDERS = {"defaults.py", "plan.py", "route.py", "config.py"}
+ROUTE_REDERIVATION = re.compile(r"\.mode\s*(==|!=|in\b)|isinstance\([^)]*BackboneClassifier")
+
+
+def test_the_route_is_decided_in_one_place():
+    """No module outside the deciders works out which way a run trains again from ``cfg.mode`` or from the
+    model's class: the six re-derivations that once let the top-stages route ignore ``--augment none``."""
+    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+             for path in sorted(ROOT.rglob("*.py")) if path.relative_to(ROOT).as_posix() not in ROUTE_DECIDERS
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if ROUTE_REDERIVATION.search(line) and "image.mode" not in line]
+    assert not found, "route worked out outside plan.route:\n" + "\n".join(found)
