@@ -18,6 +18,7 @@ from ..data.children import ChildDied, can_fork, map_in_children
 from ..data.contained import one_thread
 from ..data.decode import FileFacts, bytes_digest, read_image_size
 from ..data.sources import DataSource, builtin_row
+from ..data.unreadable import CANNOT_READ, DECODER_CRASHED, Unreadable
 from ..errors import ImageDecodeError
 
 HASH_SIDE = 32  # pHash: the image is shrunk to 32x32 gray and the lowest 8x8 DCT frequencies are kept
@@ -25,20 +26,20 @@ HASH_FREQS = 8
 FILES_PER_CHILD = 2048  # a child reads this many headers: a fork costs 30-130 ms here
 
 
-def file_facts(path: Path) -> FileFacts | str:
+def file_facts(path: Path) -> FileFacts | Unreadable:
     """The facts of one file, or why it cannot be read."""
     try:
         channels, height, width = read_image_size(path)
         digest = bytes_digest(path.read_bytes())
     except ImageDecodeError as err:
-        return err.reason
+        return Unreadable.of(err)
     except OSError as err:
-        return f"cannot read file ({err.strerror or err})"
+        return Unreadable(CANNOT_READ, f"cannot read file ({err.strerror or err})")
     return FileFacts(digest, channels, height, width)
 
 
 def source_facts(source: DataSource, paths: list[str], advance: Callable[[int], None] = lambda n: None
-                 ) -> Iterator[tuple[str, FileFacts | str]]:
+                 ) -> Iterator[tuple[str, FileFacts | Unreadable]]:
     """(path, facts or why not) for every path of ``source``: a folder's files read in child processes,
     a built-in set's rows hashed here."""
     if source.arrays is not None:
@@ -55,8 +56,9 @@ def source_facts(source: DataSource, paths: list[str], advance: Callable[[int], 
     else:
         outcomes = map(file_facts, files)
     for path, outcome in zip(paths, outcomes):
-        yield path, (f"header reader {outcome.reason} ({outcome.detail})" if isinstance(outcome, ChildDied)
-                     else outcome)
+        # A header reader that died or hung (and was killed) is a crash of that file's reader, as in decoding.
+        yield path, (Unreadable(DECODER_CRASHED, f"header reader {outcome.reason} ({outcome.detail})")
+                     if isinstance(outcome, ChildDied) else outcome)
         advance(1)
 
 

@@ -104,3 +104,15 @@ def test_a_worker_pool_holds_a_function_that_could_not_be_pickled():
         assert [v for v, _ in pool.submit(each_in_worker, [1, 2, 3]).result()] == [11, 12, 13]
     finally:
         pool.shutdown()
+
+
+def test_a_header_that_cannot_be_read_is_unreadable_with_its_kind(tmp_path):
+    from oculi.check.hashing import file_facts
+
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(b"\x89PNG\r\n\x1a\n")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not pixels")
+    outcomes = [file_facts(cut), file_facts(text), file_facts(tmp_path / "gone.png")]
+    assert all(isinstance(o, Unreadable) for o in outcomes)
+    assert outcomes[2].kind == "cannot_read" and "cannot read file" in outcomes[2].reason
