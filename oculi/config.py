@@ -102,9 +102,16 @@ def knob(help: str, **limits):
 @dataclass
 class TrainConfig:
     # data
-    data: str = setting("digits", "Folder of class folders (or train/ val/ test/), or digits, cifar10, mnist, "
-                        "fashion-mnist.", cli=False)  # the CLI's DATA argument
+    data: str = setting("digits", "Folder of class folders (or train/ val/ test/), a table of labels (.csv, .tsv, "
+                        "or a folder with labels.csv), or digits, cifar10, mnist, fashion-mnist.",
+                        cli=False)  # the CLI's DATA argument
     data_dir: str | None = setting(None, "Folder holding a built-in dataset's archives.")
+    images: str | None = setting(None, "A table's images folder: its paths are relative to it (default: the "
+                                 "table's folder).")
+    path_column: str = setting("path", "A table's column of image paths.")
+    label_column: str = setting("label", "A table's column of labels.")
+    split_column: str = setting("split", "A table's column of splits (train, val, test, or empty: split by "
+                                "--val-split and --test-split); optional.")
     val_split: float = setting(0.1, "Fraction of images held out for validation.", low=0, high=1, excluded="high")
     test_split: float = setting(0.1, "Fraction held out for the final test.", low=0, high=1, excluded="high")
     split_manifest: str | None = setting(None, "Reuse a run's split.csv.")

@@ -20,7 +20,7 @@ from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
 from ..data.loading import LoadedSource, TensorSet, load_source
-from ..data.sources import DataSource, open_source
+from ..data.sources import DataSource, open_configured
 from ..data.split import Record
 from ..defaults import PHOTO_PRETRAINED_MODEL
 from ..models import offline_weights_file
@@ -214,7 +214,7 @@ def run_check(data: str, labels: bool = False, out: str | Path | None = None, re
     start = time.perf_counter()
     path = Path(data).expanduser()
     cfg = TrainConfig(data=str(path.resolve()) if path.exists() else data, device=device)
-    source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, data_dir=cfg.data_dir)
+    source = open_configured(cfg)
     for warning in source.warnings:
         reporter.warn(warning)
     plan = resolve_plan(cfg, source, resolve_device(device).type)

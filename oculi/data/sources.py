@@ -1,5 +1,6 @@
 """Where labelled images come from: a folder of class folders, a folder already split into
-train/val/test, or a built-in dataset name. Everything becomes a ``DataSource``: class names and a
+train/val/test, a table of labels (a CSV or TSV, or a folder holding labels.csv: ``data.table``), or a
+built-in dataset name. Everything becomes a ``DataSource``: class names and a
 list of records (path, label, split), with the files that were passed over and why."""
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..config import IMBALANCE_RATIO
+from ..config import IMBALANCE_RATIO, TrainConfig
 from ..errors import OculiError
 from .builtin import is_builtin, load_builtin
 from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from .split import Record, read_manifest, stratified_split
+from .table import TableColumns, is_table, read_label_table, table_in, table_name
 
 # Why stat() fails on a symbolic link: the names a user can act on.
 LINK_ERRORS = {errno.ELOOP: "symbolic link loop", errno.ENOENT: "broken symbolic link",
@@ -63,15 +65,24 @@ class DataSource:
 
 def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed: int = 0,
                 split_manifest: str | None = None, data_dir: str | None = None,
-                download_progress: Callable[[int, int | None], None] | None = None) -> DataSource:
-    """Open ``data`` (a folder or a built-in name) and assign every image a split."""
+                download_progress: Callable[[int, int | None], None] | None = None,
+                images: str | None = None, columns: TableColumns = TableColumns()) -> DataSource:
+    """Open ``data`` (a folder, a table of labels with its ``images`` folder, or a built-in name) and assign
+    every image a split."""
     path = Path(data).expanduser()
+    table = path if is_table(path) else table_in(path) if path.is_dir() else None
+    if images is not None and table is None:
+        raise OculiError(f"--images {images}: only a table of labels (.csv, .tsv) names its images folder; "
+                         f"{data} is not one")
     if not path.exists() and is_builtin(data):
         source = _builtin_source(data, data_dir, download_progress)
     elif not path.exists():
         raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
+    elif table is not None:
+        source = _table_source(table, images, columns)
     elif not path.is_dir():
-        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class")
+        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class, or a table of labels "
+                         f"(.csv or .tsv)")
     elif split_folders(path):
         source = _presplit_source(path)
     else:
@@ -87,6 +98,14 @@ def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed
     _check_usable(source)
     _check_held_out(source, asked=bool(split_manifest) or val_split + test_split > 0)
     return source
+
+
+def open_configured(cfg: TrainConfig, download_progress: Callable[[int, int | None], None] | None = None,
+                    split_manifest: str | None = None) -> DataSource:
+    """``open_source`` with the data settings of ``cfg``: where the images are, how they are labelled and split."""
+    return open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, split_manifest, cfg.data_dir,
+                       download_progress, cfg.images, TableColumns(cfg.path_column, cfg.label_column,
+                                                                   cfg.split_column))
 
 
 def digit_classes(classes: list[str]) -> bool:
@@ -191,6 +210,13 @@ def _presplit_source(root: Path) -> DataSource:
     return source
 
 
+def _table_source(table: Path, images: str | None, columns: TableColumns) -> DataSource:
+    """The images a table of labels lists."""
+    read = read_label_table(table, Path(images) if images else None, columns)
+    return DataSource(table_name(table), read.classes, read.records, root=read.root, skipped=read.skipped,
+                      warnings=read.warnings)
+
+
 # ---- built-in sets ---------------------------------------------------------------------------------
 
 def _builtin_source(name: str, data_dir: str | None, progress) -> DataSource:
@@ -265,10 +291,10 @@ def _check_usable(source: DataSource) -> None:
         raise OculiError(f"{source.root or source.name}: no images found")
     if len(source.classes) < 2:
         raise OculiError(f"{source.root or source.name}: only one class ({source.classes[0]}); "
-                         f"a classifier needs at least two class folders")
+                         f"a classifier needs at least two classes")
     empty = [c for c, n in zip(source.classes, train_counts) if n == 0]
     if empty:
-        raise OculiError(f"{source.root or source.name}: class folder '{empty[0]}' has no training images")
+        raise OculiError(f"{source.root or source.name}: class '{empty[0]}' has no training images")
     largest, smallest = train_counts.max(), train_counts.min()
     if largest >= IMBALANCE_RATIO * smallest:
         source.warnings.append(

@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..check.run import leak_free_words
 from ..config import TrainConfig
 from ..console import Reporter
-from ..data.sources import DataSource, open_source
+from ..data.sources import DataSource, open_configured
 from ..data.split import Record, read_manifest
 from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
@@ -90,8 +90,7 @@ class RunImages:
         if source is None:
             try:
                 cfg = run.config
-                source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed,
-                                     str(RunDir(run.run_dir).split), cfg.data_dir)
+                source = open_configured(cfg, split_manifest=str(RunDir(run.run_dir).split))
             except OculiError as err:
                 self.unavailable = f"The images could not be read again ({err}); this section needs them."
         self.source = source

@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 from ..config import TrainConfig
 from ..errors import OculiError
 from ..io import exclusive_lock
+from ..data.table import is_table, table_name
 from ..plan import Plan
 from ..rundir import RunDir
 from ..runtime.world import restart_count
@@ -102,4 +103,8 @@ def _busy_message(run_dir: Path) -> Callable[[str], OculiError]:
 
 
 def data_name(data: str) -> str:
-    return Path(data).expanduser().resolve().name if Path(data).expanduser().exists() else data
+    """The name of a run's data, which its folder under runs/ takes: a folder's, a table's, a built-in set's."""
+    path = Path(data).expanduser()
+    if not path.exists():
+        return data
+    return table_name(path) if is_table(path) else path.resolve().name

@@ -26,7 +26,7 @@ from ..config import TrainConfig
 from ..console import Reporter
 from ..data.cache import ArrayCache
 from ..data.loading import LoadedSource, RowView, TensorSet, load_source
-from ..data.sources import DataSource, open_source
+from ..data.sources import DataSource, open_configured
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..defaults import per_process_batch, scaled_lr
@@ -147,8 +147,7 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
     device = rank_device(resolve_device(cfg.device), world)
     # A built-in set is downloaded by one process per machine; the others then find it there.
     with local_main_first(world), reporter.download(f"downloading {cfg.data}") as progress:
-        source = open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, cfg.split_manifest,
-                             cfg.data_dir, progress)
+        source = open_configured(cfg, progress, cfg.split_manifest)
     for warning in source.warnings:
         reporter.warn(warning)
     plan = saved or resolve_plan(cfg, source, device.type)
@@ -212,7 +211,7 @@ def _checked(source: DataSource, loaded: LoadedSource, drop_leaks: bool, run_dir
 def _with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with its paths made absolute, so that config.json still finds them when ``--resume`` runs
     from another working directory."""
-    return dataclasses.replace(cfg, data=_absolute(cfg.data), data_dir=_absolute(cfg.data_dir),
+    return dataclasses.replace(cfg, data=_absolute(cfg.data), data_dir=_absolute(cfg.data_dir), images=_absolute(cfg.images),
                                weights=_absolute(cfg.weights), split_manifest=_absolute(cfg.split_manifest))
 
 

@@ -1,0 +1,144 @@
+"""Labels from a table instead of class folders: a CSV or TSV with a path and a label column (and, optionally,
+a split column), as fastai's ``from_csv`` and Keras's ``flow_from_dataframe`` read them.
+
+    path,label,split
+    photos/001.jpg,beetle,train
+    photos/002.jpg,dragonfly,
+
+Paths are relative to the images folder (``--images``; else the table's own folder), or absolute; a path that
+leaves the images folder (``../``) is an error, as are a missing column, an empty label, an unknown split and a
+path given twice with two labels. A listed file that is missing or is not an image is skipped and listed, as a
+folder's stray files are. The records come out in the order a folder of the same images gives (by class, then
+path), so a table made from a folder splits exactly as the folder does.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from ..errors import OculiError
+from .decode import IMAGE_EXTENSIONS
+from .split import Record
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+TABLE_NAMES = ("labels.csv", "labels.tsv")  # a folder holding one of these is read through it
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test", "": ""}
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """The names of the table's columns: the image path, its label, and its split (optional)."""
+
+    path: str = "path"
+    label: str = "label"
+    split: str = "split"
+
+
+@dataclass
+class LabelTable:
+    """What a table says: class names (sorted, as class folders are), records (split "" where it gives none),
+    the folder the paths are relative to, and the rows passed over with why."""
+
+    classes: list[str]
+    records: list[Record]
+    root: Path
+    skipped: list[tuple[str, str]]
+    warnings: list[str]
+
+
+def table_name(table: Path) -> str:
+    """What a table's data is called (its runs too): the folder of a labels.csv, else the table's own name."""
+    return table.resolve().parent.name if table.name in TABLE_NAMES else table.stem
+
+
+def is_table(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+
+
+def table_in(folder: Path) -> Path | None:
+    """The labels table a folder holds (labels.csv or labels.tsv), if any."""
+    return next((folder / name for name in TABLE_NAMES if (folder / name).is_file()), None)
+
+
+def read_label_table(table: Path, images: Path | None = None, columns: TableColumns = TableColumns()) -> LabelTable:
+    """The labelled images ``table`` lists, their paths relative to ``images`` (default: the table's folder)."""
+    root = (images or table.parent).expanduser().resolve()
+    if not root.is_dir():
+        raise OculiError(f"--images {root}: no such folder")
+    rows = _rows(table, columns)
+    labels, splits, skipped = {}, {}, []
+    for line, row in rows:
+        path, label, split = _cells(table, line, row, columns)
+        rel = _relative(table, line, path, root)
+        if rel in labels and labels[rel] != label:
+            raise OculiError(f"{table}: {rel} is listed twice with two labels, '{labels[rel]}' and '{label}' "
+                             f"(line {line})")
+        problem = _file_problem(root / rel)
+        if problem:
+            skipped.append((rel, problem))
+            continue
+        labels[rel], splits[rel] = label, split
+    repeated = len(rows) - len(labels) - len(skipped)
+    warnings = [f"{table}: {repeated} rows repeat an earlier row (same path and label), read once"] if repeated else []
+    classes = sorted(set(labels.values()))
+    order = sorted(labels, key=lambda p: (classes.index(labels[p]), p))
+    records = [Record(p, classes.index(labels[p]), splits[p]) for p in order]
+    return LabelTable(classes, records, root, skipped, warnings)
+
+
+def _rows(table: Path, columns: TableColumns) -> list[tuple[int, dict]]:
+    """(line number, row) of every non-blank row, after checking the header names the columns."""
+    delimiter = TABLE_SUFFIXES.get(table.suffix.lower(), ",")
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            missing = [c for c in (columns.path, columns.label) if c not in header]
+            if missing:
+                found = ", ".join(header) if header else "no header"
+                raise OculiError(f"{table}: no '{missing[0]}' column (found: {found}); name the columns with "
+                                 f"--path-column and --label-column")
+            rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
+    except UnicodeDecodeError as err:
+        raise OculiError(f"{table}: not UTF-8 text (byte {err.start}); save the table as UTF-8") from None
+    except csv.Error as err:
+        raise OculiError(f"{table}: not a readable table ({err})") from None
+    if not rows:
+        raise OculiError(f"{table}: no rows below the header")
+    return rows
+
+
+def _cells(table: Path, line: int, row: dict, columns: TableColumns) -> tuple[str, str, str]:
+    path, label = (row.get(columns.path) or "").strip(), (row.get(columns.label) or "").strip()
+    split = (row.get(columns.split) or "").strip()
+    if not path:
+        raise OculiError(f"{table}: line {line} has no path")
+    if not label:
+        raise OculiError(f"{table}: line {line} ({path}) has an empty label")
+    if split.lower() not in SPLIT_NAMES:
+        raise OculiError(f"{table}: line {line} ({path}) has the split '{split}'; use train, val, test or leave "
+                         f"it empty")
+    return path, label, SPLIT_NAMES[split.lower()]
+
+
+def _relative(table: Path, line: int, path: str, root: Path) -> str:
+    """``path`` as the records name it: relative to ``root`` (an absolute path inside it too), or absolute
+    when it is elsewhere; a relative path that climbs out of ``root`` is refused."""
+    given = PurePosixPath(path.replace("\\", "/"))
+    if given.is_absolute():
+        resolved = Path(given).resolve()
+        return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else resolved.as_posix()
+    if ".." in given.parts and not (root / given).resolve().is_relative_to(root):
+        raise OculiError(f"{table}: line {line}: {path} leaves the images folder {root}")
+    return given.as_posix()
+
+
+def _file_problem(path: Path) -> str | None:
+    """Why a listed file cannot be one of the images (None when it can be)."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({path.suffix or 'no extension'})"
+    if not path.is_file():
+        return "listed in the table, but no such file" if not path.exists() else "not a regular file"
+    return None

@@ -1,0 +1,144 @@
+"""Labels from a table (data/table.py through open_source): the same images a folder gives, and each bad input a
+one-line error naming the table and line, or a file skipped and listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import oculi
+from oculi.data.sources import open_source
+from oculi.data.table import TableColumns, read_label_table
+from oculi.errors import OculiError
+from tests.conftest import make_class_folder
+
+
+def table_of(folder: Path, target: Path, delimiter: str = ",", prefix: str = "", extra: list | None = None) -> Path:
+    """A table listing every image of a class folder, path relative to ``folder`` (shuffled, so the reader's
+    order is its own), plus ``extra`` rows."""
+    rows = sorted((p.relative_to(folder).as_posix(), p.parent.name) for p in folder.rglob("*.png"))
+    rows = rows[1::2] + rows[::2]
+    with open(target, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(["path", "label"])
+        writer.writerows([(prefix + p, label) for p, label in rows] + (extra or []))
+    return target
+
+
+def write_table(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_a_table_of_a_folder_gives_the_folders_classes_records_and_split(tmp_path):
+    folder = make_class_folder(tmp_path / "colours")
+    table = table_of(folder, tmp_path / "colours.csv")
+    from_folder = open_source(str(folder), seed=3)
+    from_table = open_source(str(table), seed=3, images=str(folder))
+    assert from_table.classes == from_folder.classes
+    assert [(r.path, r.label, r.split) for r in from_table.records] == \
+           [(r.path, r.label, r.split) for r in from_folder.records]
+    assert from_table.name == "colours" and from_table.root == folder.resolve()
+
+
+def test_a_tsv_and_a_folder_holding_labels_csv_are_read_relative_to_their_folder(tmp_path):
+    folder = make_class_folder(tmp_path / "shots", per_class=4)
+    table_of(folder, folder / "labels.csv")
+    tsv = table_of(folder, folder / "more.tsv", delimiter="\t")
+    assert len(open_source(str(folder), 0, 0).records) == 12
+    source = open_source(str(tsv), 0, 0)
+    assert len(source.records) == 12 and source.name == "more"
+    assert source.read(source.records[0]).shape[0] == 3  # the paths find the files
+
+
+def test_a_split_column_places_rows_and_empty_cells_are_split_as_usual(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=10, classes=("a", "b"))
+    rows = [f"{c}/img_{i:02d}.png,{c},{'test' if i < 3 else ''}" for c in "ab" for i in range(10)]
+    table = write_table(tmp_path / "t.csv", "path,label,split\n" + "\n".join(rows) + "\n")
+    source = open_source(str(table), val_split=0.2, test_split=0.5, images=str(folder))
+    tests = {r.path for r in source.records if r.split == "test"}
+    assert tests == {f"{c}/img_{i:02d}.png" for c in "ab" for i in range(3)}  # --test-split 0.5 not applied
+    assert sum(r.split == "val" for r in source.records) == 2  # round(20% of 7) = 1 of each class
+
+
+def test_other_column_names_are_read_with_the_column_settings(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=3, classes=("a", "b"))
+    table = write_table(tmp_path / "t.csv", "file,species\n" + "".join(f"{c}/img_0{i}.png,{c}\n"
+                                                                       for c in "ab" for i in range(3)))
+    with pytest.raises(OculiError, match=r"t\.csv: no 'path' column \(found: file, species\); name the columns"):
+        read_label_table(table, folder)
+    read = read_label_table(table, folder, TableColumns(path="file", label="species"))
+    assert read.classes == ["a", "b"] and len(read.records) == 6
+
+
+@pytest.mark.parametrize("body, message", [
+    ("a/img_00.png,\n", r"line 2 \(a/img_00\.png\) has an empty label"),
+    ("a/img_00.png,a,holdout\n", r"line 2 \(a/img_00\.png\) has the split 'holdout'; use train, val, test"),
+    ("../outside.png,a\n", r"line 2: \.\./outside\.png leaves the images folder"),
+    ("a/img_00.png,a\na/img_00.png,b\n", r"a/img_00\.png is listed twice with two labels, 'a' and 'b' \(line 3\)"),
+    ("", r"no rows below the header"),
+])
+def test_each_bad_row_is_a_one_line_error_naming_the_table_and_line(tmp_path, body, message):
+    folder = make_class_folder(tmp_path / "c", per_class=2, classes=("a", "b"))
+    table = write_table(tmp_path / "t.csv", "path,label,split\n" + body)
+    with pytest.raises(OculiError, match=message) as err:
+        read_label_table(table, folder)
+    assert "\n" not in str(err.value) and "t.csv" in str(err.value)
+
+
+def test_a_table_that_is_not_utf8_is_refused_by_name(tmp_path):
+    table = write_table(tmp_path / "t.csv", "path,label\ncafé/1.png,crème\n", encoding="latin-1")
+    with pytest.raises(OculiError, match=r"t\.csv: not UTF-8 text \(byte \d+\); save the table as UTF-8"):
+        read_label_table(table, tmp_path)
+
+
+def test_missing_files_and_non_images_are_skipped_and_listed_and_repeats_read_once(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=3, classes=("a", "b"))
+    (folder / "notes.txt").write_text("x")
+    table = table_of(folder, tmp_path / "t.csv", extra=[("a/gone.png", "a"), ("notes.txt", "a"),
+                                                        ("a/img_00.png", "a")])
+    source = open_source(str(table), 0, 0, images=str(folder))
+    assert len(source.records) == 6
+    assert dict(source.skipped) == {"a/gone.png": "listed in the table, but no such file",
+                                    "notes.txt": "not an image file (.txt)"}
+    assert any("1 rows repeat an earlier row" in w for w in source.warnings)
+
+
+def test_absolute_paths_inside_the_images_folder_become_relative_and_others_stay_absolute(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=2, classes=("a", "b"))
+    elsewhere = make_class_folder(tmp_path / "elsewhere", per_class=1, classes=("b",))
+    inside, outside = (folder / "a" / "img_00.png").resolve(), (elsewhere / "b" / "img_00.png").resolve()
+    table = write_table(tmp_path / "t.csv", f"path,label\n{inside},a\n{outside},b\na/img_01.png,a\n")
+    source = open_source(str(table), 0, 0, images=str(folder))
+    paths = {r.path for r in source.records}
+    assert paths == {"a/img_00.png", "a/img_01.png", outside.as_posix()}
+    assert all(source.read(r).shape[0] == 3 for r in source.records)
+
+
+def test_images_is_refused_for_data_that_is_not_a_table(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=2)
+    with pytest.raises(OculiError, match=r"^--images .*: only a table of labels \(\.csv, \.tsv\) names its images"):
+        open_source(str(folder), images=str(folder))
+    with pytest.raises(OculiError, match=r"--images .*nowhere: no such folder"):
+        open_source(str(table_of(folder, tmp_path / "t.csv")), images=str(tmp_path / "nowhere"))
+
+
+def test_training_from_a_table_gives_the_folders_split_metrics_and_weights(tmp_path):
+    folder = make_class_folder(tmp_path / "colours", per_class=16)
+    table = table_of(folder, tmp_path / "colours.csv")
+    settings = dict(model="mlp", epochs=2, seed=1, report=False, progress=False)
+    runs = [oculi.train(str(folder), out=str(tmp_path / "from-folder"), **settings),
+            oculi.train(str(table), images=str(folder), out=str(tmp_path / "from-table"), **settings)]
+    split, metrics, weights = [[(r.run_dir / name).read_text() if name != "model.safetensors" else
+                                load_file(r.run_dir / name) for r in runs]
+                               for name in ("split.csv", "test_metrics.json", "model.safetensors")]
+    assert split[0] == split[1]
+    drop = lambda m: {k: v for k, v in json.loads(m).items() if k != "leak_free"}
+    assert drop(metrics[0])["accuracy"] == drop(metrics[1])["accuracy"]
+    assert drop(metrics[0])["confusion_matrix"] == drop(metrics[1])["confusion_matrix"]
+    assert weights[0].keys() == weights[1].keys()
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
