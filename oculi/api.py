@@ -7,20 +7,27 @@ from pathlib import Path
 
 from .config import SETTINGS, TrainConfig
 from .console import Reporter
+from .data.cache import cache_root
+from .data.table import frame_as_table, is_data_frame
 from .deploy.predict import Classifier
 from .report.build import write_report
 from .runtime.world import world
 from .training.run import RunResult, resume as _resume, train as _train
 
 
-def train(data: str = "digits", resume: str | Path | None = None, **options) -> RunResult:
-    """Train a classifier on a folder or built-in dataset; options are ``TrainConfig`` fields.
+def train(data="digits", resume: str | Path | None = None, **options) -> RunResult:
+    """Train a classifier on a folder, a table of labels (a .csv/.tsv file, or a pandas DataFrame with
+    ``images=`` the folder its paths are relative to; default: the working folder) or a built-in dataset;
+    options are ``TrainConfig`` fields.
 
     >>> run = oculi.train("path/to/insects", epochs=5)
     >>> run.test_metrics["accuracy"], run.run_dir
     """
     if resume is not None:
         return resume_and_report(resume)
+    if is_data_frame(data):  # saved as a CSV the run's config.json can name
+        data = frame_as_table(data, cache_root() / "tables")
+        options.setdefault("images", str(Path.cwd()))
     return train_and_report(TrainConfig(data=str(data), **_parsed(options)))
 
 

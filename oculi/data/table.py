@@ -15,10 +15,12 @@ path), so a table made from a folder splits exactly as the folder does.
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import OculiError
+from ..io import atomic_write_text
 from .decode import IMAGE_EXTENSIONS
 from .split import Record
 
@@ -60,6 +62,22 @@ def is_table(path: Path) -> bool:
 def table_in(folder: Path) -> Path | None:
     """The labels table a folder holds (labels.csv or labels.tsv), if any."""
     return next((folder / name for name in TABLE_NAMES if (folder / name).is_file()), None)
+
+
+def is_data_frame(data) -> bool:
+    """Whether ``data`` is a pandas DataFrame, told without importing pandas (it is needed only then)."""
+    return type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas")
+
+
+def frame_as_table(frame, folder: Path) -> Path:
+    """A DataFrame of labels as a CSV in ``folder``, named by its content: a run's config.json names a file,
+    so that ``--resume`` and ``oculi report`` read the very rows the run was trained on."""
+    text = frame.to_csv(index=False)
+    path = folder / f"table-{hashlib.sha256(text.encode()).hexdigest()[:16]}.csv"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path
 
 
 def read_label_table(table: Path, images: Path | None = None, columns: TableColumns = TableColumns()) -> LabelTable:

@@ -142,3 +142,16 @@ def test_training_from_a_table_gives_the_folders_split_metrics_and_weights(tmp_p
     assert drop(metrics[0])["confusion_matrix"] == drop(metrics[1])["confusion_matrix"]
     assert weights[0].keys() == weights[1].keys()
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
+def test_a_data_frame_trains_as_its_csv_does_and_resume_finds_its_rows(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    folder = make_class_folder(tmp_path / "colours", per_class=8)
+    table = table_of(folder, tmp_path / "colours.csv")
+    frame = pandas.read_csv(table)
+    settings = dict(model="mlp", epochs=1, seed=2, report=False, progress=False)
+    from_csv = oculi.train(str(table), images=str(folder), out=str(tmp_path / "csv"), **settings)
+    from_frame = oculi.train(frame, images=str(folder), out=str(tmp_path / "frame"), **settings)
+    assert (from_frame.run_dir / "split.csv").read_text() == (from_csv.run_dir / "split.csv").read_text()
+    saved = Path(json.loads((from_frame.run_dir / "config.json").read_text())["config"]["data"])
+    assert saved.is_file() and pandas.read_csv(saved).equals(frame)  # what --resume and the report read
