@@ -43,12 +43,13 @@ def _parsed(options: dict) -> dict:
 
 
 def check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,
-          device: str = "auto"):
+          device: str = "auto", **table):
     """``oculi check``: duplicates, leaks, a profile of the data and (``labels``) likely label errors, written
-    to ``out`` (default checks/<data>/). Returns the ``CheckResult`` and the folder."""
+    to ``out`` (default checks/<data>/). Returns the ``CheckResult`` and the folder. ``table``: a table of
+    labels' ``images``, ``path_column``, ``label_column``, ``split_column``, as ``train`` takes them."""
     from .check.run import run_check
     from .training.transfer import plan_features
-    return run_check(data, labels, out, reporter or Reporter(), plan_features, device)
+    return run_check(data, labels, out, reporter or Reporter(), plan_features, device, table)
 
 
 def load(path: str | Path, device: str = "auto") -> Classifier:

@@ -35,6 +35,8 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 _click = sys.modules[typer.BadParameter.__module__]
 
 
+# The settings that say how a table of labels is read: train has them among all others; check takes them too.
+TABLE_SETTINGS = ["images", "path_column", "label_column", "split_column"]
 # What typer parses each kind of setting as; a setting of another type (image_size) is text with a parse function.
 CLI_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -140,17 +142,19 @@ MIN_CONFIDENCE_HELP = ("Answer 'unknown' below this calibrated confidence, 0 to 
 
 
 @app.command()
+@setting_options(TABLE_SETTINGS)
 def check(
-    data: str = typer.Argument(..., help="Folder of class folders (or train/ val/ test/), or a built-in dataset name."),
+    data: str = typer.Argument(..., help="Folder of class folders (or train/ val/ test/), a table of labels (.csv, .tsv), or a built-in dataset name."),
     labels: bool = typer.Option(False, "--labels", help="Also rank the images most likely mislabelled (label_issues.csv; computes backbone features, cached for training)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write duplicates.csv, label_issues.csv, check.json, check.html (default checks/<data>/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    settings: dict | None = None,
 ) -> None:
     """Trust the data: duplicates, train/test leaks, class balance, sizes and colour, likely label errors."""
     from .api import check as check_data
     from .console import Reporter
-    result, written = check_data(data, labels, out_dir, Reporter(quiet=as_json), device)
+    result, written = check_data(data, labels, out_dir, Reporter(quiet=as_json), device, **settings)
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return

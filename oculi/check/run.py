@@ -206,14 +206,16 @@ def leak_free_words(metrics: dict, clean: dict) -> str:
 # ---- `oculi check DATA` ---------------------------------------------------------------------------------
 
 def run_check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,
-              features: FeatureFn | None = None, device: str = "auto") -> tuple[CheckResult, Path]:
+              features: FeatureFn | None = None, device: str = "auto", table: dict | None = None
+              ) -> tuple[CheckResult, Path]:
     """The command: check ``data`` as ``oculi train DATA`` would split and decode it (so that training
-    afterwards finds the decoded images, and with ``labels`` the backbone features, in the cache)."""
+    afterwards finds the decoded images, and with ``labels`` the backbone features, in the cache). ``table``:
+    a table's settings (images, path_column, label_column, split_column), as train takes them."""
     from ..runtime.engines import resolve_device
     reporter = reporter or Reporter()
     start = time.perf_counter()
     path = Path(data).expanduser()
-    cfg = TrainConfig(data=str(path.resolve()) if path.exists() else data, device=device)
+    cfg = TrainConfig(data=str(path.resolve()) if path.exists() else data, device=device, **(table or {}))
     source = open_configured(cfg)
     for warning in source.warnings:
         reporter.warn(warning)
