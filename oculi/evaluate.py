@@ -160,17 +160,14 @@ def _split_records(manifest: Path, classes: list[str], split: str) -> list:
 
 
 def _images_of(data: str, data_dir: str | None, records: list, classes: list[str], run_dir: Path):
-    """A source reading ``records`` from the run's data: a folder, else a built-in set."""
-    from .data.builtin import is_builtin, load_builtin
-    from .data.sources import DataSource
+    """A source reading ``records`` from the run's data (a folder, else a built-in set, by training's rule)."""
+    from .data.sources import data_folder, records_source
 
-    folder = Path(data).expanduser()
-    if folder.is_dir():  # a folder wins over a built-in name, as in training
-        return DataSource(folder.name, list(classes), records, root=folder)
-    if is_builtin(data):  # no files: the records are rows of the set's arrays
-        dataset = load_builtin(data, data_dir=data_dir)
-        return DataSource(dataset.name, list(classes), records, arrays=dataset.images)
-    raise OculiError(f"the data of {run_dir} is gone: no such folder {folder} (give --data FOLDER)")
+    try:
+        data_folder(data)
+    except OculiError as err:  # moved or deleted since the run (a built-in set that cannot be had says why)
+        raise OculiError(f"the data of {run_dir} is gone: {err}; give --data FOLDER") from None
+    return records_source(data, classes, records, data_dir)
 
 
 def _model_label(class_name: str, classes: list[str], where) -> int:

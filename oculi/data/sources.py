@@ -65,13 +65,9 @@ def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed
                 split_manifest: str | None = None, data_dir: str | None = None,
                 download_progress: Callable[[int, int | None], None] | None = None) -> DataSource:
     """Open ``data`` (a folder or a built-in name) and assign every image a split."""
-    path = Path(data).expanduser()
-    if not path.exists() and is_builtin(data):
+    path = data_folder(data)
+    if path is None:
         source = _builtin_source(data, data_dir, download_progress)
-    elif not path.exists():
-        raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
-    elif not path.is_dir():
-        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class")
     elif split_folders(path):
         source = _presplit_source(path)
     else:
@@ -87,6 +83,31 @@ def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed
     _check_usable(source)
     _check_held_out(source, asked=bool(split_manifest) or val_split + test_split > 0)
     return source
+
+
+def data_folder(data: str) -> Path | None:
+    """The folder ``data`` names, or None when it names a built-in set: a path that exists is the user's
+    (a folder called "digits" is read, not the built-in set), a built-in name that is no path is the set.
+    Anything else is a one-line OculiError."""
+    path = Path(data).expanduser()
+    if not path.exists() and is_builtin(data):
+        return None
+    if not path.exists():
+        raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
+    if not path.is_dir():
+        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class")
+    return path
+
+
+def records_source(data: str, classes: list[str], records: list[Record], data_dir: str | None = None) -> DataSource:
+    """A source that reads ``records`` (paths as a run's split.csv names them, labels indexing ``classes``)
+    from ``data``, found as ``open_source`` finds it: without scanning the folder or splitting anything."""
+    folder = data_folder(data)
+    if folder is not None:
+        return DataSource(folder.name, list(classes), records, root=folder)
+    dataset = load_builtin(data, data_dir=data_dir)  # no files: the records are rows of the set's arrays
+    return DataSource(dataset.name, list(classes), records, arrays=dataset.images,
+                      flips_keep_class=dataset.flips_keep_class)
 
 
 def digit_classes(classes: list[str]) -> bool:
