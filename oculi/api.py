@@ -32,14 +32,10 @@ def train(data="digits", resume: str | Path | None = None, **options) -> RunResu
 
 
 def _parsed(options: dict) -> dict:
-    """``options`` with each value given as the CLI takes it ("2m", "160x120"; an image size also as an int)
-    parsed as the CLI parses it."""
-    parsed = dict(options)
-    for name, value in options.items():
-        parse = getattr(SETTINGS.get(name), "parse", None)
-        if parse is not None and (isinstance(value, str) or (name == "image_size" and type(value) is int)):
-            parsed[name] = parse(value)
-    return parsed
+    """``options`` with every value of a setting that has a ``parse`` function parsed as the CLI parses it:
+    "2m", "160x120" and "160" as the flags take them (a value given as the setting's own type is kept)."""
+    return {name: SETTINGS[name].parse(value) if name in SETTINGS and SETTINGS[name].parse else value
+            for name, value in options.items()}
 
 
 def check(data: str, labels: bool = False, out: str | Path | None = None, reporter: Reporter | None = None,

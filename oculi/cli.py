@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import AUGMENTATION_KNOBS, SETTINGS, Setting, TrainConfig, parse_image_size
+from .config import AUGMENTATION_KNOBS, SETTINGS, Setting, TrainConfig
 from .errors import BundleWarning, OculiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -62,11 +62,19 @@ def setting_options(names):
 
 
 def _option(s: Setting) -> inspect.Parameter:
-    """The typer option of setting ``s``: ``--flag`` (``--flag/--no-flag`` for a yes-or-no setting)."""
+    """The typer option of setting ``s``, as a parameter of the command."""
     kind = str if s.parse else CLI_TYPES[s.kind]
-    decl = f"{s.flag}/--no-{s.flag[2:]}" if kind is bool else s.flag
     return inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[kind],
-                             default=typer.Option(s.default, decl, help=s.help))
+                             default=setting_option(s.name))
+
+
+def setting_option(name: str):
+    """The typer option of TrainConfig setting ``name``, with the flag, default and help that oculi.config
+    declares for it: ``--flag`` (``--flag/--no-flag`` for a yes-or-no setting). For a command that takes
+    one setting as it is (``device: str = setting_option("device")``); ``setting_options`` also parses."""
+    s = SETTINGS[name]
+    decl = f"{s.flag}/--no-{s.flag[2:]}" if s.kind == "bool" and not s.parse else s.flag
+    return typer.Option(s.default, decl, help=s.help)
 
 
 def _parsed(s: Setting, value):
@@ -144,11 +152,11 @@ MIN_CONFIDENCE_HELP = ("Answer 'unknown' below this calibrated confidence, 0 to 
 @app.command()
 @setting_options(TABLE_SETTINGS)
 def check(
-    data: str = typer.Argument(..., help="Folder of class folders (or train/ val/ test/), a table of labels (.csv, .tsv), or a built-in dataset name."),
+    data: str = typer.Argument(..., help=SETTINGS["data"].help),
     labels: bool = typer.Option(False, "--labels", help="Also rank the images most likely mislabelled (label_issues.csv; computes backbone features, cached for training)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write duplicates.csv, label_issues.csv, check.json, check.html (default checks/<data>/)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as one JSON object."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = setting_option("device"),
     settings: dict | None = None,
 ) -> None:
     """Trust the data: duplicates, train/test leaks, class balance, sizes and colour, likely label errors."""
@@ -170,10 +178,10 @@ def check(
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
     data: Optional[str] = typer.Option(None, help="Folder of class folders to evaluate on (default: the run's own test split, read again from its data)."),
-    top_k: int = typer.Option(5, help="k of the top-k accuracy."),
+    top_k: int = setting_option("top_k"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = setting_option("device"),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
     engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
@@ -223,7 +231,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="JSON lines, one per image."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = setting_option("device"),
     engine: str = typer.Option("auto", help=ENGINE_HELP),
     draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster), pixel for pixel as training, `evaluate`, `serve` and the Python API read them; --no-draft: at full size."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
@@ -357,21 +365,19 @@ def _print_predictions(predictions, fmt: str) -> None:
 
 
 @app.command("augment-preview")
-@setting_options(AUGMENTATION_KNOBS)
+@setting_options(("augment", "image_size") + AUGMENTATION_KNOBS)
 def augment_preview(
-    data: str = typer.Argument(..., help="Folder of class folders, or a built-in dataset name."),
+    data: str = typer.Argument(..., help=SETTINGS["data"].help),
     n: int = typer.Option(20, "--n", help="Augmented versions of each image."),
     images: int = typer.Option(3, help="How many images (one per class, in class order)."),
-    augment: str = typer.Option("auto", help="none, light, standard or strong; auto: what train uses (light)."),
-    image_size: Optional[str] = typer.Option(None, help="N or HxW; default: small images at their size, photos at 160."),
-    seed: int = typer.Option(0, help="Seed of the random augmentations."),
+    seed: int = typer.Option(0, help="Seed of the random augmentations (and of the split they are drawn from)."),
     out_file: str = typer.Option("augment_preview.png", "--out", help="The PNG to write (a folder: augment_preview.png in it)."),
     settings: dict | None = None,
 ) -> None:
     """A grid of augmented versions of a few images, as training would see them."""
     from .plots import save_figure
     from .report.augment import augmentation_preview
-    figure = augmentation_preview(data, n, images, augment, parse_image_size(image_size), seed, **settings)
+    figure = augmentation_preview(data, n, images, seed=seed, **settings)
     out.print(f"wrote {save_figure(figure, _png_path(out_file, 'augment_preview.png'))}")
 
 
@@ -429,7 +435,7 @@ def explain(
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
     channels: int = typer.Option(16, help="Feature-map channels shown per stage (the most active ones)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the PNGs (default RUN/explain-<image name>)."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = setting_option("device"),
 ) -> None:
     """What the model looks at: feature maps of each convolutional stage and a Grad-CAM heat map."""
     from .deploy.explain import explain_image
@@ -470,7 +476,7 @@ def serve(
     queue: int = typer.Option(256, help="Most images in flight (decoding, waiting, in the model); beyond: 503."),
     max_upload_mb: float = typer.Option(20.0, help="Largest request body, in MB (all its files together)."),
     max_files: int = typer.Option(32, help="Most images per request."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = setting_option("device"),
     engine: str = typer.Option("auto", help=ENGINE_HELP),
 ) -> None:
     """Serve a trained model over HTTP: a JSON API (/v1/predict, /v1/explain, /v1/model; /docs), a web page

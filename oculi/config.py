@@ -44,10 +44,13 @@ MAX_SEED = 2**32 - 1
 AUGMENTATION = "augmentation"  # the group of the knobs that override the --augment preset
 
 
-def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
-    """'224' -> (224, 224); '224x256' -> (224, 256) (height x width)."""
-    if text is None or isinstance(text, int):
+def parse_image_size(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """'224' -> (224, 224); '224x256' -> (224, 256) (height x width). A value given as the Python API takes
+    it (224, or (224, 256)) is taken as it is; so is None."""
+    if text is None or (isinstance(text, int) and not isinstance(text, bool)):
         return None if text is None else (text, text)
+    if isinstance(text, (tuple, list)):
+        return tuple(text)
     try:
         parts = [int(p) for p in str(text).lower().split("x")]
     except ValueError:
@@ -58,7 +61,7 @@ def parse_image_size(text: str | int | None) -> tuple[int, int] | None:
 
 
 def parse_duration(text: str | float | None) -> float | None:
-    """Seconds from '90', '90s', '2m' or '1.5h' (a number is seconds already)."""
+    """Seconds from '90', '90s', '2m' or '1.5h' (a number is seconds already, and None none)."""
     if text is None or isinstance(text, (int, float)):
         return text
     units = {"s": 1, "m": 60, "h": 3600}
@@ -87,7 +90,8 @@ def setting(default, help: str, *, choices: tuple | None = None, low: float | No
     to ``high`` (``excluded`` names an end left out: "low" or "high"); None is accepted where the field's
     type allows it. ``group``: AUGMENTATION for the knobs over the --augment preset. ``cli=False``: no
     generated option (API only, or written by hand). ``parse``: for a setting the CLI takes as text, the
-    function from that text to the value. The flag is always ``--field-name``."""
+    function from that text to the value; the CLI and the Python API (``oculi.train``) both apply it, so it
+    must also take a value already parsed (and None) as it is. The flag is always ``--field-name``."""
     return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
                                             "excluded": excluded, "group": group, "cli": cli, "parse": parse})
 

@@ -17,7 +17,8 @@ def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Pat
                     run_dir: str | Path | None = None) -> tuple[dict, Path]:
     """Metrics of ``classifier`` on a labelled folder; writes metrics, confusion matrix and predictions.
 
-    ``data`` is a folder of class folders, or a split folder (its test/, else val/, is used). The
+    ``data`` is a folder of class folders, a split folder (its test/, else val/, is used), or a table of
+    labels (its test rows, else val rows, else all; paths relative to the table's folder). The
     images go through the bundle's own preprocessing, exactly as ``predict`` does.
     """
     source, root = _labelled_folder(Path(data).expanduser(), classifier.classes)
@@ -59,7 +60,7 @@ def training_images(classifier, run_dir: str | Path, limit: int):
         raise OculiError(f"{run.split}: no training images to calibrate on")
     records = records[::max(1, len(records) // limit)][:limit]
     settings = _run_settings(run)
-    source = _images_of(settings["data"], settings.get("data_dir"), records, classifier.classes, Path(run_dir))
+    source = _images_of(settings, records, classifier.classes, Path(run_dir))
     return _read_records(classifier, source, records)[0]
 
 
@@ -132,7 +133,7 @@ def _run_held_out(run_dir: Path, classes: list[str]):
     if not records:
         raise OculiError(f"{run_dir}: the run held no images out for testing; give --data FOLDER")
     settings = _run_settings(run)
-    source = _images_of(settings["data"], settings.get("data_dir"), records, classes, run_dir)
+    source = _images_of(settings, records, classes, run_dir)
     return source, settings["data"], records[0].split
 
 
@@ -160,18 +161,30 @@ def _split_records(manifest: Path, classes: list[str], split: str) -> list:
             if s == split]
 
 
-def _images_of(data: str, data_dir: str | None, records: list, classes: list[str], run_dir: Path):
-    """A source reading ``records`` from the run's data: a folder, else a built-in set."""
-    from .data.builtin import is_builtin, load_builtin
-    from .data.sources import DataSource
+def _images_of(settings: dict, records: list, classes: list[str], run_dir: Path):
+    """A source reading ``records`` from the run's data (``settings``: its config's; a folder or table, else a
+    built-in set, by training's rule)."""
+    from .data.sources import data_folder, records_source
 
-    folder = Path(data).expanduser()
-    if folder.is_dir():  # a folder wins over a built-in name, as in training
-        return DataSource(folder.name, list(classes), records, root=folder)
-    if is_builtin(data):  # no files: the records are rows of the set's arrays
-        dataset = load_builtin(data, data_dir=data_dir)
-        return DataSource(dataset.name, list(classes), records, arrays=dataset.images)
-    raise OculiError(f"the data of {run_dir} is gone: no such folder {folder} (give --data FOLDER)")
+    try:
+        data_folder(settings["data"])
+    except OculiError as err:  # moved or deleted since the run (a built-in set that cannot be had says why)
+        raise OculiError(f"the data of {run_dir} is gone: {err}; give --data FOLDER") from None
+    return records_source(settings["data"], classes, records, settings.get("data_dir"), settings.get("images"))
+
+
+def _labelled_table(table: Path, classes: list[str]):
+    """The rows of a table of labels to evaluate on (its test rows, else its val rows, else all), with their
+    labels mapped to the model's classes."""
+    from .data.sources import DataSource
+    from .data.split import Record
+    from .data.table import read_label_table
+
+    read = read_label_table(table)
+    split = next((s for s in ("test", "val") if any(r.split == s for r in read.records)), None)
+    records = [Record(r.path, _model_label(read.classes[r.label], classes, f"--data {table}"), r.split)
+               for r in read.records if split is None or r.split == split]
+    return DataSource(table.stem, list(classes), records, root=read.root, skipped=read.skipped)
 
 
 def _model_label(class_name: str, classes: list[str], where) -> int:
@@ -182,9 +195,13 @@ def _model_label(class_name: str, classes: list[str], where) -> int:
 
 
 def _labelled_folder(path: Path, classes: list[str]):
-    """The class-folder source to evaluate on, with its labels mapped to the model's classes."""
+    """The class-folder (or table) source to evaluate on, with its labels mapped to the model's classes."""
     from .data.sources import scan_class_folders, split_folders
+    from .data.table import is_table, table_in
 
+    table = path if is_table(path) else table_in(path) if path.is_dir() else None
+    if table is not None:
+        return _labelled_table(table, classes), table
     if not path.is_dir():
         raise OculiError(f"--data: no such folder: {path}")
     splits = split_folders(path)

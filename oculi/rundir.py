@@ -4,19 +4,20 @@ The files, in the order a run writes them (who writes each):
 
 - ``.oculi-run.lock``         held by the run for its whole life (training.run)
 - ``skipped_files.csv``       images that could not be read, and why (training.run)
-- ``split.csv``               which image went to train/val/test (training.run, via data.split)
 - ``check.json``              the data check of the run's start: duplicates, leaks, warnings (check.run)
+- ``split.csv``               which image went to train/val/test (training.run, via data.split)
 - ``config.json``             the resolved settings, for ``--resume`` and the report (training.run)
-- ``metrics.jsonl``           one row per epoch, rewritten after each (training.run)
-- ``checkpoint.safetensors``  what ``--resume`` needs, rewritten after each epoch (training.checkpoint)
-- ``test_metrics.json``       scores of the kept model on the test (or val) split (training.run)
-- ``test_predictions.csv``    its prediction for each of those images (training.run)
-- ``confusion_matrix.png``    their confusion matrix (training.run; ``oculi evaluate`` names its own the same)
-- ``curves.png``              loss and accuracy per epoch (training.run)
-- ``model.safetensors``       the kept weights (runtime.bundle)
+- ``metrics.jsonl``           one row per epoch, rewritten after each (training.run, through ``RunDir``)
+- ``checkpoint.safetensors``  what ``--resume`` needs, rewritten after each epoch (training.run, via
+                              training.checkpoint)
+- ``test_metrics.json``       scores of the kept model on the test (or val) split (training.finish)
+- ``test_predictions.csv``    its prediction for each of those images (training.finish)
+- ``confusion_matrix.png``    their confusion matrix (training.finish; ``oculi evaluate`` names its own the same)
+- ``curves.png``              loss and accuracy per epoch (training.finish)
+- ``model.safetensors``       the kept weights (runtime.bundle, called by training.finish)
 - ``model.json``              what vouches for the weights; last, so a folder that has it is a finished run
                               (runtime.bundle)
-- ``report.html``             written after the run by its caller, and again by ``oculi report`` (report.build)
+- ``report.html``             written after the run by its caller (api), and again by ``oculi report`` (report.build)
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ ROOT = Path(oculi.__file__).resolve().parent
 # (evaluate and report are run one after the other by the CLI and the API, never by one another).
 LAYERS = (
     ("oculi.version", "oculi.errors", "oculi.io"),
-    ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.rundir"),
+    ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.pages",
+     "oculi.rundir"),  # pages: the HTML kit of report.html, compare.html and check.html
     ("oculi.route", "oculi.selection"),  # which way a run trains, in words; choosing between two models on val
     ("oculi.data",),
     ("oculi.models",),

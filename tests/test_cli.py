@@ -166,7 +166,7 @@ def test_evaluate_without_data_scores_the_runs_own_test_split_again(tmp_path, ca
     shutil.rmtree(data)
     code, _, err = run_cli(capsys, "evaluate", run)
     assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
-    assert f"no such folder {data}" in err and "--data" in err
+    assert f"the data of {run} is gone: no such folder: {data}" in err and "--data FOLDER" in err
 
 
 @pytest.mark.parametrize("name, text, message", [

@@ -131,3 +131,24 @@ def test_the_python_api_parses_text_values_as_the_cli_does():
     assert _parsed({"time_budget": "2m", "image_size": 160, "epochs": 3}) == {
         "time_budget": 120.0, "image_size": (160, 160), "epochs": 3}
     assert _parsed({"image_size": "96x64", "time_budget": 90.0}) == {"image_size": (96, 64), "time_budget": 90.0}
+
+
+@pytest.mark.parametrize("name", [name for name, s in SETTINGS.items() if s.parse])
+def test_every_parse_takes_a_parsed_value_as_it_is(name):
+    """The Python API applies every setting's ``parse`` to what it is given, text or the value itself."""
+    from oculi.api import _parsed
+    parse = SETTINGS[name].parse
+    assert parse(None) is None and parse(SETTINGS[name].default) == SETTINGS[name].default
+    value = {"image_size": (48, 64), "time_budget": 120.0}[name]  # a new parse= setting: add its value here
+    assert parse(value) == value and _parsed({name: value}) == {name: value}
+
+
+@pytest.mark.parametrize("image_size, size", [("16", (16, 16)), ("16x12", (16, 12)), (16, (16, 16)),
+                                              ((16, 12), (16, 12))])
+def test_oculi_train_takes_the_flags_text_for_every_parsed_setting(tmp_path, image_size, size):
+    import oculi
+    data = make_class_folder(tmp_path / "colours", per_class=6)
+    run = oculi.train(str(data), model="mlp", epochs=1, time_budget="2m", image_size=image_size,
+                      out=str(tmp_path / "run"), progress=False, report=False, cache=False)
+    assert run.config.time_budget == 120.0 and run.config.image_size == size
+    assert oculi.load(run.run_dir).preprocessing.image_size == size

@@ -1,6 +1,7 @@
 """Evaluating a run again on its own held-out split."""
 
 import csv
+from pathlib import Path
 
 import oculi
 from oculi.evaluate import evaluate_run
@@ -48,3 +49,26 @@ def test_evaluate_on_the_val_folder_reproduces_the_kept_models_recorded_val_figu
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     [marked] = [r for r in rows if r["kept"]]
     assert marked["epoch"] == kept["epoch"] and kept["words"] == f"from scratch, epoch {kept['epoch']}"
+
+
+def test_evaluate_finds_the_runs_data_by_trainings_rule(tmp_path, monkeypatch):
+    """One rule (data.sources.data_folder) for training and evaluate: a folder named like a built-in set is
+    the user's folder; a built-in name that is no path is the set; a file is neither."""
+    import pytest
+    from oculi.data.sources import open_source
+    from oculi.data.split import Record
+    from oculi.errors import OculiError
+    from oculi.evaluate import _images_of
+    from tests.conftest import make_class_folder
+    monkeypatch.chdir(tmp_path)
+    records = [Record("red/img_00.png", 0, "test")]
+    builtin = _images_of("digits", None, records, ["red", "green", "blue"], tmp_path)
+    assert builtin.arrays is not None and builtin.root is None and not builtin.flips_keep_class
+    make_class_folder(tmp_path / "digits", per_class=2)
+    assert open_source("digits", val_split=0, test_split=0).root == Path("digits")
+    folder = _images_of("digits", None, records, ["red", "green", "blue"], tmp_path)
+    assert folder.root == Path("digits") and folder.arrays is None and folder.read(records[0]).shape[0] == 3
+    (tmp_path / "mnist").write_text("not a folder")
+    for rule in (lambda: open_source("mnist"), lambda: _images_of("mnist", None, records, ["red"], tmp_path)):
+        with pytest.raises(OculiError, match="mnist is a file"):
+            rule()

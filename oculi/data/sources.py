@@ -69,20 +69,15 @@ def open_source(data: str, val_split: float = 0.1, test_split: float = 0.1, seed
                 images: str | None = None, columns: TableColumns = TableColumns()) -> DataSource:
     """Open ``data`` (a folder, a table of labels with its ``images`` folder, or a built-in name) and assign
     every image a split."""
-    path = Path(data).expanduser()
-    table = path if is_table(path) else table_in(path) if path.is_dir() else None
+    path = data_folder(data)
+    table = None if path is None else path if is_table(path) else table_in(path)
     if images is not None and table is None:
         raise OculiError(f"--images {images}: only a table of labels (.csv, .tsv) names its images folder; "
                          f"{data} is not one")
-    if not path.exists() and is_builtin(data):
+    if path is None:
         source = _builtin_source(data, data_dir, download_progress)
-    elif not path.exists():
-        raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
     elif table is not None:
         source = _table_source(table, images, columns)
-    elif not path.is_dir():
-        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class, or a table of labels "
-                         f"(.csv or .tsv)")
     elif split_folders(path):
         source = _presplit_source(path)
     else:
@@ -106,6 +101,38 @@ def open_configured(cfg: TrainConfig, download_progress: Callable[[int, int | No
     return open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, split_manifest, cfg.data_dir,
                        download_progress, cfg.images, TableColumns(cfg.path_column, cfg.label_column,
                                                                    cfg.split_column))
+
+
+def data_folder(data: str) -> Path | None:
+    """The folder (or table of labels) ``data`` names, or None when it names a built-in set: a path that exists is the user's
+    (a folder called "digits" is read, not the built-in set), a built-in name that is no path is the set.
+    Anything else is a one-line OculiError."""
+    path = Path(data).expanduser()
+    if not path.exists() and is_builtin(data):
+        return None
+    if not path.exists():
+        raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
+    if not path.is_dir() and not is_table(path):
+        raise OculiError(f"{data} is a file; give a folder with one sub-folder per class, or a table of labels "
+                         f"(.csv or .tsv)")
+    return path
+
+
+def records_source(data: str, classes: list[str], records: list[Record], data_dir: str | None = None,
+                   images: str | None = None) -> DataSource:
+    """A source that reads ``records`` (paths as a run's split.csv names them, labels indexing ``classes``)
+    from ``data``, found as ``open_source`` finds it: without scanning the folder or splitting anything.
+    A table's records are read from its ``images`` folder (default: the table's own)."""
+    folder = data_folder(data)
+    if folder is not None and is_table(folder):
+        return DataSource(table_name(folder), list(classes), records,
+                          root=Path(images).expanduser().resolve() if images else folder.resolve().parent)
+    if folder is not None:
+        root = Path(images).expanduser().resolve() if images and table_in(folder) else folder
+        return DataSource(folder.name, list(classes), records, root=root)
+    dataset = load_builtin(data, data_dir=data_dir)  # no files: the records are rows of the set's arrays
+    return DataSource(dataset.name, list(classes), records, arrays=dataset.images,
+                      flips_keep_class=dataset.flips_keep_class)
 
 
 def digit_classes(classes: list[str]) -> bool:

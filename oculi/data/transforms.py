@@ -26,7 +26,7 @@ class Preprocessing:
     resize: str = "squash"  # squash: ignore aspect | pad: letterbox | crop: centre crop
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
-    tta: str = "none"  # test-time views averaged: none | flip (and the mirror) | flip-shift (oculi.inference)
+    tta: str = "none"  # test-time views averaged: none | flip (and the mirror) | flip-shift (runtime.engines.tta_logits)
     filter: str | None = None  # an image filter applied after resizing (oculi.data.filters): edges, blur...
 
     def to_dict(self) -> dict:

@@ -27,10 +27,11 @@ from ..errors import OculiError
 from ..io import atomic_write_text
 from ..models.cut import bottom_children
 from ..models.summary import layer_rows
+from ..pages import paragraph, table_html
 from ..plan import Plan
 from ..route import legacy_part, part_words
 from ..rundir import RunDir
-from .html import Section, figure_html, image_tile, paragraph, render_page, table_html, tiles_html
+from .html import Section, figure_html, image_tile, render_page, tiles_html
 
 SAMPLES_PER_CLASS = 8
 MAX_SAMPLE_CLASSES = 20  # rows of the per-class sample grid

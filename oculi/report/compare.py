@@ -18,8 +18,9 @@ from matplotlib.ticker import MaxNLocator
 from ..errors import OculiError
 from ..io import atomic_write_text
 from ..metrics import headline_figures
+from ..pages import paragraph, table_html
 from .build import RunFiles, read_run, training_seconds
-from .html import Section, figure_html, paragraph, render_page, table_html
+from .html import Section, figure_html, render_page
 
 MISSING = "—"
 HEADERS = ["run", "data", "model", "parameters", "split", "accuracy", "macro-F1", "log loss", "ECE",

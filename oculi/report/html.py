@@ -1,9 +1,8 @@
-"""HTML building blocks for ``report.html``: one self-contained page (images embedded as data URIs,
-styles inline, no script, no network), readable from a phone's width up to a laptop's."""
+"""HTML building blocks of ``report.html`` (and ``compare.html``), over the pages' common kit
+(``oculi.pages``): one self-contained page, readable from a phone's width up to a laptop's."""
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 from dataclasses import dataclass
@@ -12,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
+from ..pages import data_uri, image_uri, page, webp_bytes
 from ..plots import close_figure
 
 if TYPE_CHECKING:  # for the annotations only
     import PIL.Image
     import torch
-
 
 @dataclass
 class Section:
@@ -40,29 +39,19 @@ def figure_html(fig: Figure, alt: str, caption: str = "", photos: bool = False) 
     width = round(fig.get_figwidth() * 100)
     close_figure(fig)
     png = buffer.getvalue()
-    src = _data_uri("png", png)
+    src = data_uri("png", png)
     if photos:
-        lossy = _webp(_decode(png).convert("RGB"), _FIGURE_QUALITY)
-        src = min(src, _data_uri("webp", lossy), key=len)
+        lossy = webp_bytes(_decode(png).convert("RGB"), _FIGURE_QUALITY)
+        src = min(src, data_uri("webp", lossy), key=len)
     note = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return f'<figure><img src="{src}" alt="{escape(alt)}" style="width:{width}px">{note}</figure>'
 
 
 def image_tile(image: "torch.Tensor", caption: str = "", verdict: str = "") -> str:
     """One uint8 [C, H, W] image as a tile of a ``tiles_html`` grid; ``caption`` is HTML; ``verdict``
-    ("right" or "wrong") colours its frame.
-
-    Images under 64 px stay lossless PNG: the browser enlarges them pixel by pixel, which would magnify
-    any compression artefact. Larger ones (photos) are WebP, shrunk to at most TILE_PIXELS a side."""
-    from PIL import Image
-    pixels = image.permute(1, 2, 0).numpy()
-    picture = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
-    small = max(picture.size) < _SMALL_TILE
-    if small:
-        src = _data_uri("png", _png(picture))
-    else:
-        picture.thumbnail((TILE_PIXELS, TILE_PIXELS), Image.Resampling.LANCZOS)
-        src = _data_uri("webp", _webp(picture, _TILE_QUALITY))
+    ("right" or "wrong") colours its frame. Encoded by the pages' rule (``pages.image_uri``): small images
+    lossless, drawn pixelated; photos WebP, shrunk to at most TILE_PIXELS a side."""
+    src, small = image_uri(image, TILE_PIXELS)
     note = f"<figcaption>{caption}</figcaption>" if caption else ""
     return (f'<figure class="tile {verdict}{" small" * small}"><img src="{src}" alt="{escape(_text_of(caption))}">'
             f"{note}</figure>")
@@ -70,33 +59,15 @@ def image_tile(image: "torch.Tensor", caption: str = "", verdict: str = "") -> s
 
 # A tile is shown 104-150 CSS px wide (the grid's columns); twice that is sharp on a high-density screen.
 TILE_PIXELS = 224
-_SMALL_TILE = 64
 _FIGURE_DPI = 150
-# Lossy qualities that show no difference to the eye at the size the page shows the images (checked
-# side by side on photo runs): the figures' higher one keeps their text and thin lines clean.
-_TILE_QUALITY = 80
+# A lossy quality for figures of photos, higher than the pages' (pages.IMAGE_QUALITY): it keeps their text
+# and thin lines clean (checked side by side on photo runs).
 _FIGURE_QUALITY = 90
-
-
-def _png(picture: "PIL.Image.Image") -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _webp(picture: "PIL.Image.Image", quality: int) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="WEBP", quality=quality)
-    return buffer.getvalue()
 
 
 def _decode(data: bytes) -> "PIL.Image.Image":
     from PIL import Image
     return Image.open(io.BytesIO(data))
-
-
-def _data_uri(kind: str, data: bytes) -> str:
-    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def tiles_html(tiles: list[str]) -> str:
@@ -109,29 +80,11 @@ def _text_of(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html).strip() or "image"
 
 
-def table_html(headers: list[str] | None, rows: list[list], numeric_from: int = 1) -> str:
-    """A table that scrolls sideways on its own when the screen is narrower than it is; columns from
-    ``numeric_from`` on are right-aligned. ``headers`` None: a two-column list of facts, no header row."""
-    head = "" if headers is None else "<thead><tr>" + "".join(
-        f"<th{_num(i, numeric_from)}>{escape(str(h))}</th>" for i, h in enumerate(headers)) + "</tr></thead>"
-    body = "".join("<tr>" + "".join(f"<td{_num(i, numeric_from)}>{escape(str(v))}</td>" for i, v in enumerate(row))
-                   + "</tr>" for row in rows)
-    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
-
-
-def _num(column: int, numeric_from: int) -> str:
-    return ' class="num"' if column >= numeric_from else ""
-
-
 def facts_html(facts: list[tuple[str, str]]) -> str:
     """Headline figures as a row of cards that wraps on narrow screens."""
     cards = "".join(f'<div class="card"><div class="value">{escape(v)}</div><div class="label">{escape(k)}</div></div>'
                     for k, v in facts)
     return f'<div class="cards">{cards}</div>'
-
-
-def paragraph(text: str) -> str:
-    return f"<p>{escape(text)}</p>"
 
 
 def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], sections: list[Section],
@@ -140,22 +93,10 @@ def render_page(title: str, subtitle: str, facts: list[tuple[str, str]], section
     is HTML."""
     toc = "".join(f'<li><a href="#{s.id}">{n}. {escape(s.title)}</a></li>' for n, s in enumerate(sections, 1))
     body = "".join(f'<section id="{s.id}"><h2>{escape(s.title)}</h2>{s.body}</section>' for s in sections)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(title)}</title>
-<style>{_STYLE}</style>
-</head>
-<body>
-<header id="summary"><h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>{facts_html(facts)}
+    return page(title, _STYLE, f"""<header id="summary"><h1>{escape(title)}</h1><p class="sub">{escape(subtitle)}</p>{facts_html(facts)}
 <nav><ol>{toc}</ol></nav></header>
 <main>{body}</main>
-<footer>{footer}</footer>
-</body>
-</html>
-"""
+<footer>{footer}</footer>""")
 
 
 _STYLE = """

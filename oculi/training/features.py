@@ -21,6 +21,12 @@ from ..runtime.engines import model_input
 from .loop import FeatureSet, epoch_generator
 
 
+def features_cache(config, kind: str = "features") -> TensorCache | None:
+    """The on-disk cache of a frozen backbone's outputs that a run of ``config`` (a TrainConfig) reads and adds
+    to: "features" (pooled features) or "activations" (a cut backbone's bottom's maps); None with --no-cache."""
+    return TensorCache(kind) if config.cache else None
+
+
 @torch.no_grad()
 def extract_features(backbone: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                      preprocessing: Preprocessing, device: torch.device, augmentation: Augmentation | None = None,

@@ -1,6 +1,7 @@
 """The training loop: one Learner for every way oculi trains (from scratch, a head on cached features,
-fine-tuning), over either kind of data: uint8 images, augmented and normalised on the device, or the
-feature vectors of a frozen backbone.
+fine-tuning, the top of a cut backbone), over three kinds of data: uint8 images, augmented and normalised on
+the device (``ImageData``); the feature vectors of a frozen backbone (``FeatureData``); the cached activation
+maps of a cut backbone's frozen bottom (``ActivationData``, in training.partial).
 
 Every random draw of epoch ``e`` comes from generators seeded with (seed, e), so a run resumed from
 the checkpoint of epoch ``e - 1`` repeats exactly what the uninterrupted run would have done.
@@ -115,9 +116,10 @@ def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) ->
 
 NO_VAL = {"val_loss": None, "val_acc": None, "val_macro_f1": None}
 
-# ---------------------------------------------------------------- the two kinds of data
-# What the Learner asks of its data: ``train`` (its length and labels), ``to(device)``, the batches of
-# one epoch's order, and the val metrics of a model.
+# ---------------------------------------------------------------- the kinds of data
+# ImageData and FeatureData here, ActivationData in training.partial. What the Learner asks of its data:
+# ``train`` (its length and labels), ``to(device)``, the batches of one epoch's order, and the val metrics
+# of a model.
 
 
 @dataclass
@@ -228,7 +230,7 @@ class FeatureData:
 
 @dataclass
 class Learner:
-    """Trains ``model`` on ``data`` (ImageData or FeatureData) as ``settings`` say.
+    """Trains ``model`` on ``data`` (ImageData, FeatureData or ActivationData) as ``settings`` say.
 
     ``progress`` shows it (EpochBars or HeadBar); ``on_epoch_start(epoch)`` may change what is trainable
     (gradual unfreezing); ``on_epoch_end(state)`` saves what must survive a restart (metrics.jsonl, the

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..console import Reporter
-from ..data.cache import TensorCache, cache_key
+from ..data.cache import cache_key
 from ..data.loading import TensorSet
 from ..data.transforms import Augmentation
 from ..models import BackboneClassifier
@@ -29,7 +29,7 @@ from ..plan import Plan
 from ..runtime.engines import model_input
 from ..runtime.world import SINGLE, World
 from .distributed import sharded_rows
-from .features import split_features
+from .features import features_cache, split_features
 from .frozen import FrozenForward
 from .loop import NO_VAL, FeatureSet, batch_indices, validation_metrics
 
@@ -138,13 +138,14 @@ def top_logits(model: nn.Module, maps: torch.Tensor, device: torch.device, batch
 
 
 def split_activations(split: BackboneSplit, identity: dict, plan: Plan, data: TensorSet, device: torch.device,
-                      cache: TensorCache | None, reporter: Reporter, name: str, views: int = 1) -> FeatureSet:
+                      reporter: Reporter, name: str, views: int = 1) -> FeatureSet:
     """The bottom's output (float16) for every image of ``data``, plain and in ``views - 1`` augmented views
-    as the features phase draws them, from the cache or computed (through ONNX Runtime on a CPU, see
-    ``FrozenForward``) and added to it."""
+    as the features phase draws them, from the activations cache (unless the run does not cache) or computed
+    (through ONNX Runtime on a CPU, see ``FrozenForward``) and added to it."""
     return split_features(FrozenForward(split.bottom, device), data, plan.preprocessing, device,
-                          {**identity, "cut": split.cut}, views, plan.augmentation, plan.config.seed, cache, reporter,
-                          name, what="activations", dtype=torch.float16)
+                          {**identity, "cut": split.cut}, views, plan.augmentation, plan.config.seed,
+                          features_cache(plan.config, "activations"), reporter, name, what="activations",
+                          dtype=torch.float16)
 
 
 @torch.no_grad()
@@ -195,9 +196,8 @@ def cached_top(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet]
     train and val images at the cut (cached)."""
     split = cut_model(model, plan, sets["train"], device)
     identity = activation_identity(split, plan)
-    cache = TensorCache("activations") if plan.config.cache else None
     views = {"train": plan.config.feature_views, "val": 1}
-    train, val = (split_activations(split, identity, plan, sets[name], device, cache, reporter, name, views[name])
+    train, val = (split_activations(split, identity, plan, sets[name], device, reporter, name, views[name])
                   for name in ("train", "val"))
     return CachedTop(split, train, val, views["train"])
 
@@ -221,6 +221,5 @@ def partial_logits(model: BackboneClassifier, plan: Plan, data: TensorSet, devic
     split = cut_model(model, plan, data, device) if len(data) else None
     if split is None:
         return torch.empty(0, 0)
-    cache = TensorCache("activations") if plan.config.cache else None
-    maps = split_activations(split, activation_identity(split, plan), plan, data, device, cache, reporter, name)
+    maps = split_activations(split, activation_identity(split, plan), plan, data, device, reporter, name)
     return top_logits(TopOfModel(model, split), maps.features, device)

@@ -19,13 +19,14 @@ import torch.nn as nn
 from timm.models import group_parameters
 
 from ..console import Reporter
-from ..data.cache import TensorCache, cache_key
+from ..data.cache import cache_key
 from ..data.loading import TensorSet
+from ..data.transforms import Augmentation
 from ..errors import WeightsUnavailable
 from ..models import BackboneClassifier
 from ..plan import Plan
 from ..runtime.engines import place_model, resolve_device
-from .features import split_features
+from .features import features_cache, split_features
 from .frozen import FrozenForward
 from .loop import FeatureData, FeatureSet, HeadBar, Learner, LoopSettings, LoopState, copy_state
 from .optim import build_optimizer
@@ -91,21 +92,36 @@ def out_of_fold_logits(head: nn.Module, initial: dict, train: FeatureSet, views:
     return {"logits": logits.numpy(), "labels": train.labels[:n].numpy()}
 
 
+class BackboneFeatures:
+    """A frozen backbone's features of a run's images, through the features cache: keyed by the backbone's
+    name and exact weights and the plan's pixels, so that every phase that asks for the same images' features
+    (the head, the kept model's logits, ``oculi check --labels`` before a run) finds the same entries."""
+
+    def __init__(self, backbone: nn.Module, plan: Plan, device: torch.device):
+        self.forward = FrozenForward(backbone, device)  # through ONNX Runtime on a CPU where it can
+        self.identity = {"backbone": plan.config.model, "weights": backbone_digest(backbone)}
+        self.cache = features_cache(plan.config)
+        self.plan, self.device = plan, device
+
+    def of(self, data: TensorSet, reporter: Reporter, name: str, views: int = 1,
+           augmentation: Augmentation | None = None) -> FeatureSet:
+        """``data``'s features: the plain view, then ``views - 1`` views augmented by ``augmentation``."""
+        return split_features(self.forward, data, self.plan.preprocessing, self.device, self.identity, views,
+                              augmentation, self.plan.config.seed, self.cache, reporter, name)
+
+
 def backbone_features(model: BackboneClassifier, plan: Plan, sets: dict[str, TensorSet], device: torch.device,
                       reporter: Reporter) -> dict[str, FeatureSet]:
     """The frozen backbone's features of train (``--feature-views`` of each image) and val, cached."""
-    cfg, preprocessing, augmentation = plan.config, plan.preprocessing, plan.augmentation
-    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
-    cache = TensorCache("features") if cfg.cache else None
-    backbone = FrozenForward(model.backbone, device)
-    feats = {split: split_features(backbone, data, preprocessing, device, identity,
-                                   cfg.feature_views if split == "train" else 1, augmentation, cfg.seed, cache,
-                                   reporter, split)
+    cfg = plan.config
+    features = BackboneFeatures(model.backbone, plan, device)
+    feats = {split: features.of(data, reporter, split, cfg.feature_views if split == "train" else 1,
+                                plan.augmentation)
              for split, data in sets.items() if split in ("train", "val")}
-    if backbone.runner is not None:
+    if features.forward.runner is not None:
         reporter.info("features computed with ONNX Runtime (the frozen backbone exported to ONNX)")
-    elif backbone.fallback_reason and device.type == "cpu":
-        reporter.info(f"features computed with PyTorch: {backbone.fallback_reason}")
+    elif features.forward.fallback_reason and device.type == "cpu":
+        reporter.info(f"features computed with PyTorch: {features.forward.fallback_reason}")
     return feats
 
 
@@ -114,11 +130,7 @@ def frozen_logits(model: BackboneClassifier, plan: Plan, data: TensorSet, device
     """Logits (float32, CPU) of a model whose backbone stayed frozen: its head on the backbone's plain
     features, read from the features cache under ``features_phase``'s keys (or computed through ONNX Runtime
     on a CPU, and added). The whole model in eager PyTorch recomputes what the cache holds, 3x slower."""
-    cfg = plan.config
-    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
-    cache = TensorCache("features") if cfg.cache else None
-    features = split_features(FrozenForward(model.backbone, device), data, plan.preprocessing, device, identity,
-                              1, None, cfg.seed, cache, reporter, name).features
+    features = BackboneFeatures(model.backbone, plan, device).of(data, reporter, name).features
     was_training = model.head.training
     with torch.no_grad():
         logits = model.head.eval()(features.to(device)).float().cpu()
@@ -143,12 +155,8 @@ def plan_features(plan: Plan, sets: dict[str, TensorSet], reporter: Reporter) ->
         return None
     device = resolve_device(cfg.device)
     place_model(model, device)
-    preprocessing = plan.with_statistics(weights.mean, weights.std).preprocessing
-    identity = {"backbone": cfg.model, "weights": backbone_digest(model.backbone)}
-    cache = TensorCache("features") if cfg.cache else None
-    backbone = FrozenForward(model.backbone, device)
-    return {split: split_features(backbone, data, preprocessing, device, identity, 1, None, cfg.seed, cache,
-                                  reporter, split).features for split, data in sets.items()}
+    features = BackboneFeatures(model.backbone, plan.with_statistics(weights.mean, weights.std), device)
+    return {split: features.of(data, reporter, split).features for split, data in sets.items()}
 
 
 def backbone_digest(backbone: nn.Module) -> str:

@@ -223,9 +223,9 @@ def test_the_default_stage_is_the_last_with_a_map_of_7x7_or_more():
 # ---------------------------------------------------------------- a saved classifier
 
 def _bundle(folder, name, size=(16, 16), channels=3):
-    model = _model(name, size, classes=3, in_chans=channels)
-    save_bundle(folder, model, ModelSpec(name, 3, channels, size, "softmax"), ["ant", "bee", "wasp"],
-                Preprocessing(image_size=size, channels=channels))
+    torch.manual_seed(0)
+    spec = ModelSpec(name, 3, channels, size, "softmax")
+    save_bundle(folder, spec.build(), spec, ["ant", "bee", "wasp"], Preprocessing(image_size=size, channels=channels))
     return folder
 
 

@@ -16,7 +16,6 @@ import oculi
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.errors import BundleError, BundleWarning, OculiError
-from oculi.models import create_model
 from oculi.models.pretrained import read_state_dict
 from oculi.runtime.bundle import KEY_ENV, ModelSpec, save_bundle, seal, sha256_of
 
@@ -25,9 +24,8 @@ CLASSES = ["ant", "bee", "wasp"]
 
 def _save(folder, classes=CLASSES, head="softmax"):
     """A real bundle without training: an untrained mlp for 8x8 gray images, saved as training saves it."""
-    model, _ = create_model("mlp", len(classes), 1, (8, 8), head)
-    save_bundle(folder, model, ModelSpec("mlp", len(classes), 1, (8, 8), head), classes,
-                Preprocessing((8, 8), 1), {"data": "test"})
+    spec = ModelSpec("mlp", len(classes), 1, (8, 8), head)
+    save_bundle(folder, spec.build(), spec, classes, Preprocessing((8, 8), 1), {"data": "test"})
     return folder
 
 
