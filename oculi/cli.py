@@ -175,15 +175,17 @@ def check(
 
 
 @app.command()
+@setting_options(TABLE_SETTINGS)
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
-    data: Optional[str] = typer.Option(None, help="Folder of class folders to evaluate on (default: the run's own test split, read again from its data)."),
+    data: Optional[str] = typer.Option(None, help="Folder of class folders, or a table of labels, to evaluate on (default: the run's own test split, read again from its data)."),
     top_k: int = setting_option("top_k"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write metrics and plots (default RUN/evaluate-<data>, or RUN/evaluate-test)."),
     device: str = setting_option("device"),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
     engine: str = typer.Option("auto", help=ENGINE_HELP),
+    settings: dict | None = None,
 ) -> None:
     """Accuracy, top-k, per-class precision/recall/F1, log loss, calibration error and a confusion matrix on
     labelled images (--data, or the run's own test split); with a confidence threshold, the share answered
@@ -196,7 +198,7 @@ def evaluate(
     if data is None:
         metrics, written = evaluate_run(classifier, run_dir, top_k=top_k, out=out_dir)
     else:
-        metrics, written = evaluate_folder(classifier, data, top_k=top_k, out=out_dir, run_dir=run_dir)
+        metrics, written = evaluate_folder(classifier, data, top_k=top_k, out=out_dir, run_dir=run_dir, table=settings)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return

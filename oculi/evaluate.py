@@ -14,15 +14,19 @@ from .rundir import RunDir
 
 
 def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Path | None = None,
-                    run_dir: str | Path | None = None) -> tuple[dict, Path]:
+                    run_dir: str | Path | None = None, table: dict | None = None) -> tuple[dict, Path]:
     """Metrics of ``classifier`` on a labelled folder; writes metrics, confusion matrix and predictions.
 
     ``data`` is a folder of class folders, a split folder (its test/, else val/, is used), or a table of
-    labels (its test rows, else val rows, else all; paths relative to the table's folder). The
+    labels (its test rows, else val rows, else all; ``table``: its images folder and column names, as train
+    takes them). The
     images go through the bundle's own preprocessing, exactly as ``predict`` does.
     """
-    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes)
-    name = Path(data).expanduser().resolve().name
+    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes, table or {})
+    from .data.table import is_table, table_name
+
+    given = Path(data).expanduser()
+    name = table_name(given) if is_table(given) else given.resolve().name
     folder = Path(out) if out else Path(run_dir or ".") / f"evaluate-{name}"
     return _evaluate(classifier, source, top_k, folder, {"data": str(root)}, f"--data {data}")
 
@@ -173,14 +177,16 @@ def _images_of(settings: dict, records: list, classes: list[str], run_dir: Path)
     return records_source(settings["data"], classes, records, settings.get("data_dir"), settings.get("images"))
 
 
-def _labelled_table(table: Path, classes: list[str]):
+def _labelled_table(table: Path, classes: list[str], settings: dict):
     """The rows of a table of labels to evaluate on (its test rows, else its val rows, else all), with their
     labels mapped to the model's classes."""
     from .data.sources import DataSource
     from .data.split import Record
-    from .data.table import read_label_table
+    from .data.table import TableColumns, read_label_table
 
-    read = read_label_table(table)
+    images = settings.get("images")
+    columns = TableColumns(*(settings.get(f"{c}_column", c) for c in ("path", "label", "split")))
+    read = read_label_table(table, Path(images) if images else None, columns)
     split = next((s for s in ("test", "val") if any(r.split == s for r in read.records)), None)
     records = [Record(r.path, _model_label(read.classes[r.label], classes, f"--data {table}"), r.split)
                for r in read.records if split is None or r.split == split]
@@ -194,14 +200,14 @@ def _model_label(class_name: str, classes: list[str], where) -> int:
     return classes.index(class_name)
 
 
-def _labelled_folder(path: Path, classes: list[str]):
+def _labelled_folder(path: Path, classes: list[str], table_settings: dict):
     """The class-folder (or table) source to evaluate on, with its labels mapped to the model's classes."""
     from .data.sources import scan_class_folders, split_folders
     from .data.table import is_table, table_in
 
     table = path if is_table(path) else table_in(path) if path.is_dir() else None
     if table is not None:
-        return _labelled_table(table, classes), table
+        return _labelled_table(table, classes, table_settings), table
     if not path.is_dir():
         raise OculiError(f"--data: no such folder: {path}")
     splits = split_folders(path)

@@ -62,13 +62,13 @@ def test_evaluate_finds_the_runs_data_by_trainings_rule(tmp_path, monkeypatch):
     from tests.conftest import make_class_folder
     monkeypatch.chdir(tmp_path)
     records = [Record("red/img_00.png", 0, "test")]
-    builtin = _images_of("digits", None, records, ["red", "green", "blue"], tmp_path)
+    builtin = _images_of({"data": "digits"}, records, ["red", "green", "blue"], tmp_path)
     assert builtin.arrays is not None and builtin.root is None and not builtin.flips_keep_class
     make_class_folder(tmp_path / "digits", per_class=2)
     assert open_source("digits", val_split=0, test_split=0).root == Path("digits")
-    folder = _images_of("digits", None, records, ["red", "green", "blue"], tmp_path)
+    folder = _images_of({"data": "digits"}, records, ["red", "green", "blue"], tmp_path)
     assert folder.root == Path("digits") and folder.arrays is None and folder.read(records[0]).shape[0] == 3
     (tmp_path / "mnist").write_text("not a folder")
-    for rule in (lambda: open_source("mnist"), lambda: _images_of("mnist", None, records, ["red"], tmp_path)):
+    for rule in (lambda: open_source("mnist"), lambda: _images_of({"data": "mnist"}, records, ["red"], tmp_path)):
         with pytest.raises(OculiError, match="mnist is a file"):
             rule()

@@ -155,3 +155,20 @@ def test_a_data_frame_trains_as_its_csv_does_and_resume_finds_its_rows(tmp_path)
     assert (from_frame.run_dir / "split.csv").read_text() == (from_csv.run_dir / "split.csv").read_text()
     saved = Path(json.loads((from_frame.run_dir / "config.json").read_text())["config"]["data"])
     assert saved.is_file() and pandas.read_csv(saved).equals(frame)  # what --resume and the report read
+
+
+def test_a_run_from_a_table_is_evaluated_again_from_it_and_from_a_table_given_to_evaluate(tmp_path):
+    from oculi.evaluate import evaluate_folder, evaluate_run
+
+    folder = make_class_folder(tmp_path / "colours", per_class=12)
+    table = table_of(folder, tmp_path / "listed.csv")
+    run = oculi.train(str(table), images=str(folder), model="mlp", epochs=1, out=str(tmp_path / "run"),
+                      report=False, progress=False)
+    model = oculi.load(run.run_dir)
+    again, _ = evaluate_run(model, run.run_dir)
+    assert again["accuracy"] == run.test_metrics["accuracy"] and again["n"] == run.test_metrics["n"]
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(table.read_text().replace("path,label", "file,kind", 1))
+    whole, written = evaluate_folder(model, renamed, run_dir=run.run_dir,
+                                     table={"images": str(folder), "path_column": "file", "label_column": "kind"})
+    assert whole["n"] == 36 and written.name == "evaluate-renamed"
