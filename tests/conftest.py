@@ -1,7 +1,9 @@
-"""Shared fixtures: small image folders made by the tests, and the real data in ../shared when present."""
+"""Shared fixtures: small image folders made by the tests, tiny trained runs shared by the whole session
+(``tiny_data``, ``tiny_run``), and the real data in ../shared when present."""
 
 from __future__ import annotations
 
+import random
 import tarfile
 from pathlib import Path
 
@@ -35,6 +37,62 @@ def make_class_folder(root: Path, per_class: int = 12, classes=("red", "green", 
 @pytest.fixture
 def colour_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "colours")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """``tiny_data(**make_class_folder's arguments)``: the class folder (named ``colours``) made once per
+    distinct arguments for the whole session. Shared, so read only: a test that adds, damages or deletes
+    images makes its own folder with ``make_class_folder``."""
+    made: dict[tuple, Path] = {}
+
+    def get(per_class: int = 12, classes=("red", "green", "blue"), seed: int = 0, size=(24, 20)) -> Path:
+        key = (per_class, tuple(classes), seed, tuple(size))
+        if key not in made:
+            root = tmp_path_factory.mktemp("tiny-data") / "colours"
+            made[key] = make_class_folder(root, per_class=per_class, classes=classes, seed=seed, size=size)
+        return made[key]
+    return get
+
+
+# What a tiny run leaves out unless a test asks for it: nothing printed, no report.html, nothing cached.
+TINY_RUN_DEFAULTS = {"progress": False, "report": False, "cache": False}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``tiny_run(data="digits", name="run", **settings)``: ``oculi.train(data, **settings)`` run once per
+    distinct (data, name, settings) for the whole session, its RunResult kept; the folder is
+    ``<session tmp>/tiny-runN/<name>`` (``name`` shows in its report's title and its trackers' run name).
+    Settings start from ``TINY_RUN_DEFAULTS``. Two modules that ask for the same settings share one run,
+    so the folder is read only: a test that writes in it (export, edits of model.json or the metrics)
+    works on ``shutil.copytree(run.run_dir, tmp_path / ...)``.
+
+    Training runs in a folder of its own, with a cache of its own (never the user's ~/.cache/oculi,
+    whichever test or fixture asks first), and leaves the random state of torch, numpy and random as it
+    found it: whether a run was trained now or earlier for another test changes nothing for the caller."""
+    runs: dict[tuple, object] = {}
+    cache = tmp_path_factory.mktemp("tiny-run-cache")
+
+    def get(data="digits", name: str = "run", **settings):
+        import oculi
+        import torch
+
+        settings = {**TINY_RUN_DEFAULTS, **settings}
+        key = (str(data), name, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        if key not in runs:
+            folder = tmp_path_factory.mktemp("tiny-run")
+            numpy_state, python_state = np.random.get_state(), random.getstate()
+            try:
+                with pytest.MonkeyPatch.context() as patch, torch.random.fork_rng(devices=[]):
+                    patch.chdir(folder)
+                    patch.setenv("OCULI_CACHE_DIR", str(cache))
+                    runs[key] = oculi.train(str(data), out=str(folder / name), **settings)
+            finally:
+                np.random.set_state(numpy_state)
+                random.setstate(python_state)
+        return runs[key]
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -29,10 +29,10 @@ def train_small(data, run_dir):
 
 
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-run")
-    data = make_class_folder(root / "colours", per_class=6)
-    return data, train_small(data, root / "run")
+def colour_run(tiny_data, tiny_run):
+    """(data, run folder) of the session's tiny mlp run: read only (a test that damages it takes a copy)."""
+    data = tiny_data(per_class=6)
+    return data, tiny_run(data, model="mlp", epochs=1).run_dir
 
 
 @pytest.mark.parametrize("args, message", [

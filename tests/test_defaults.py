@@ -105,6 +105,7 @@ def _photos_plan(n_train: int, device: str = "cpu", **flags) -> TrainConfig:
                    DataProbe((256, 256), False), device)
 
 
+@pytest.mark.slow
 def test_auto_on_a_cpu_fine_tunes_the_top_stages_within_a_time_budget():
     cfg = _photos_plan(200)
     assert cfg.mode == "auto" and cfg.unfreeze_stages >= 1 and cfg.time_budget == CPU_TIME_BUDGET
@@ -116,6 +117,7 @@ def test_auto_on_a_cpu_fine_tunes_the_top_stages_within_a_time_budget():
     assert _photos_plan(200, epochs=4).patience == 10  # epochs asked for are trained as asked
 
 
+@pytest.mark.slow
 def test_more_images_get_fewer_stages_and_epochs_never_fewer_than_one():
     plans = [_photos_plan(n) for n in (200, 2_000, 5_000, 20_000)]
     stages = [p.unfreeze_stages for p in plans]
@@ -128,6 +130,7 @@ def test_activations_that_would_not_fit_in_memory_leave_the_features_head_alone(
     assert _photos_plan(100_000).mode == "features"
 
 
+@pytest.mark.slow
 def test_a_small_set_gets_augmented_feature_views_up_to_about_2000_vectors():
     views = {n: _photos_plan(n).feature_views for n in (100, 221, 500, 1_000, 1_999, 2_000, 50_000)}
     assert views == {100: 8, 221: 8, 500: 4, 1_000: 2, 1_999: 1, 2_000: 1, 50_000: 1}
@@ -136,6 +139,7 @@ def test_a_small_set_gets_augmented_feature_views_up_to_about_2000_vectors():
     assert _photos_plan(221, "cuda", mode="finetune").feature_views == 1  # no features head
 
 
+@pytest.mark.slow
 def test_the_views_activations_count_against_memory_but_not_against_an_epoch():
     plain, views = _photos_plan(1_000, feature_views=1), _photos_plan(1_000)
     assert views.feature_views == 2 and (views.unfreeze_stages, views.epochs) == (plain.unfreeze_stages, plain.epochs)
@@ -144,6 +148,7 @@ def test_the_views_activations_count_against_memory_but_not_against_an_epoch():
     assert _photos_plan(35_000, feature_views=2).mode == "features"
 
 
+@pytest.mark.slow
 def test_unfreeze_stages_asked_for_is_kept_and_checked():
     assert _photos_plan(20_000, unfreeze_stages=3).unfreeze_stages == 3
     with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7 for efficientnet_lite0; got 9"):

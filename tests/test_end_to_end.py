@@ -7,18 +7,16 @@ import pytest
 import torch
 
 import oculi
-from oculi.errors import BundleError
 from oculi.evaluate import evaluate_folder
-from oculi.runtime.bundle import seal
 from tests.conftest import make_class_folder, without_timing
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """The README's main job: `oculi train digits`, all defaults."""
-    return oculi.train("digits", out=str(tmp_path_factory.mktemp("runs") / "digits"), progress=False)
+def digits_run(tiny_run):
+    """The README's main job: `oculi train digits`, all defaults (its report and cache too)."""
+    return tiny_run("digits", name="digits", report=True, cache=True)
 
 
 def test_digits_default_reaches_95_percent(digits_run):
@@ -94,7 +92,7 @@ def test_folder_run_with_bad_files_skips_and_reports_them(tmp_path):
     assert len(listed) == 4 and listed[0] == "path,reason"
 
 
-def test_predict_matches_evaluate_and_tampering_is_refused(tmp_path):
+def test_predict_matches_evaluate(tmp_path):
     data = make_class_folder(tmp_path / "photos", per_class=10)
     run = oculi.train(str(data), epochs=3, out=str(tmp_path / "run"), progress=False)
     clf = oculi.load(run.run_dir)
@@ -103,10 +101,6 @@ def test_predict_matches_evaluate_and_tampering_is_refused(tmp_path):
     predicted = [clf.classes.index(p.label) for p in clf.predict(files)]
     truth = [clf.classes.index(f.parent.name) for f in files]
     assert metrics["accuracy"] == pytest.approx(np.mean(np.array(predicted) == np.array(truth)))
-    weights = run.run_dir / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
-    with pytest.raises(BundleError, match="checksum"):
-        oculi.load(run.run_dir)
 
 
 def test_sigmoid_head_balanced_sampler_and_class_weights(tmp_path):
@@ -118,21 +112,6 @@ def test_sigmoid_head_balanced_sampler_and_class_weights(tmp_path):
     assert clf.model.head[-1].out_features == 1
     probs = clf.predict_proba(sorted(data.rglob("*.png")))
     assert probs.shape == (24, 2) and np.allclose(probs.sum(1), 1)
-
-
-def test_a_bundle_whose_weights_do_not_fit_its_architecture_is_refused(tmp_path):
-    data = make_class_folder(tmp_path / "photos", per_class=6)
-    run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), progress=False)
-    meta_path = run.run_dir / "model.json"
-    meta = json.loads(meta_path.read_text())
-    meta["model"]["num_classes"] = 5
-    meta["classes"] += ["x", "y"]
-    meta_path.write_text(json.dumps(seal(meta)))  # its checksums match: the weights' shapes catch it
-    with pytest.raises(BundleError, match="does not match the architecture"):
-        oculi.load(run.run_dir)
-    meta_path.write_text("{not json")
-    with pytest.raises(BundleError, match="not valid JSON"):
-        oculi.load(run.run_dir)
 
 
 def test_kill_9_mid_run_then_resume_gives_the_same_model(tmp_path):

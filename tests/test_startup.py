@@ -10,7 +10,6 @@ import sys
 import pytest
 
 import oculi
-from tests.conftest import make_class_folder
 
 HEAVY = {"torch", "timm", "sklearn", "matplotlib", "fastapi", "uvicorn"}
 
@@ -48,9 +47,9 @@ def test_api_is_loaded_on_first_use():
         oculi.nothing
 
 
-def test_predict_with_an_oculi_model_imports_torch_but_not_timm_sklearn_or_matplotlib(tmp_path):
-    data = make_class_folder(tmp_path / "colours", per_class=4)
-    run = oculi.train(str(data), model="mlp", epochs=1, out=str(tmp_path / "run"), progress=False, report=False)
+def test_predict_with_an_oculi_model_imports_torch_but_not_timm_sklearn_or_matplotlib(tiny_data, tiny_run):
+    data = tiny_data(per_class=6)
+    run = tiny_run(data, model="mlp", epochs=1)  # tests/test_cli.py's run
     names = imported_modules("-m", "oculi", "predict", str(run.run_dir), str(data / "red" / "img_00.png"))
     modules = {name.split(".")[0] for name in names}
     assert "torch" in modules and modules & HEAVY == {"torch"}

@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import oculi
 from oculi.calibration import (Calibration, class_logits, expected_calibration_error, fit_temperature, nll,
                                softmax)
 from oculi.cli import main
@@ -41,15 +40,14 @@ def write_digits(root, labels, per_class=None):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """fast-cnn on digits 0-7 with an abstain threshold chosen for 99% precision on val."""
+def digits_run(tmp_path_factory, tiny_run):
+    """fast-cnn on digits 0-7 with an abstain threshold chosen for 99% precision on val. Read only: the
+    tests that edit its model.json take a copy."""
     root = tmp_path_factory.mktemp("trust")
     data = write_digits(root / "known", KNOWN)
-    # cache=False: a module fixture runs before the per-test private cache exists. Flipped (class folders 0-7
-    # are not by default): a model that still errs, whose calibration has something to fix (unflipped, its
-    # test ECE is 0.03 at 5x too sharp, within the noise of ~140 images).
-    run = oculi.train(str(data), model="fast-cnn", epochs=6, target_precision=0.99, out=str(root / "run"),
-                      progress=False, report=False, cache=False, flip=True, tta="flip")
+    # Flipped (class folders 0-7 are not by default): a model that still errs, whose calibration has something
+    # to fix (unflipped, its test ECE is 0.03 at 5x too sharp, within the noise of ~140 images).
+    run = tiny_run(data, model="fast-cnn", epochs=6, target_precision=0.99, flip=True, tta="flip")
     return run, root
 
 
@@ -63,6 +61,7 @@ def resealed(run_dir, **calibration):
     path.write_text(json.dumps(seal(meta)))
 
 
+@pytest.mark.slow
 def test_the_run_fits_a_temperature_and_keeps_it_with_its_threshold(digits_run):
     run, _ = digits_run
     metrics = json.loads((run.run_dir / "test_metrics.json").read_text())
@@ -75,6 +74,7 @@ def test_the_run_fits_a_temperature_and_keeps_it_with_its_threshold(digits_run):
     assert metrics["log_loss"] == pytest.approx(c["after"]["log_loss"], rel=1e-6)  # headline: calibrated
 
 
+@pytest.mark.slow
 def test_temperature_scaling_fixes_a_deliberately_overconfident_model(digits_run):
     run, root = digits_run
     clf = Classifier.load(run.run_dir, device="cpu")
@@ -95,6 +95,7 @@ def test_temperature_scaling_fixes_a_deliberately_overconfident_model(digits_run
     assert nll(logits[test], labels[test], t) < nll(logits[test], labels[test])
 
 
+@pytest.mark.slow
 def test_min_confidence_answers_unknown_and_evaluate_agrees_with_a_hand_count(digits_run, tmp_path, capsys):
     run, _ = digits_run
     folder = write_digits(tmp_path / "eval", KNOWN, per_class=10)
@@ -117,12 +118,14 @@ def test_min_confidence_answers_unknown_and_evaluate_agrees_with_a_hand_count(di
     assert abstain["selective_accuracy"] == pytest.approx(right / len(answered))
 
 
+@pytest.mark.slow
 def test_min_confidence_out_of_range_is_one_error_line(digits_run, capsys):
     run, _ = digits_run
     assert main(["predict", str(run.run_dir), str(run.run_dir), "--min-confidence", "1.5"]) == 2
     assert capsys.readouterr().err.strip() == "error: --min-confidence must be between 0 and 1, got 1.5"
 
 
+@pytest.mark.slow
 def test_the_ood_score_ranks_a_held_out_class_above_the_known_ones(digits_run, tmp_path):
     run, _ = digits_run
     known = write_digits(tmp_path / "known", KNOWN, per_class=20)
@@ -137,6 +140,7 @@ def test_the_ood_score_ranks_a_held_out_class_above_the_known_ones(digits_run, t
     assert area > 0.65  # chance is 0.5; this run measures 0.74
 
 
+@pytest.mark.slow
 def test_a_bundle_without_calibration_loads_with_t_1_and_no_threshold(digits_run, tmp_path):
     run, _ = digits_run
     copy = shutil.copytree(run.run_dir, tmp_path / "old")
@@ -149,6 +153,7 @@ def test_a_bundle_without_calibration_loads_with_t_1_and_no_threshold(digits_run
 @pytest.mark.parametrize("calibration, message", [({"temperature": -1}, "calibration.temperature"),
                                                   ({"temperature": 1, "abstain_threshold": 2}, "abstain_threshold"),
                                                   ({"temperature": 1, "bias": 0}, "calibration.bias")])
+@pytest.mark.slow
 def test_a_bad_calibration_is_refused(digits_run, tmp_path, calibration, message):
     run, _ = digits_run
     copy = shutil.copytree(run.run_dir, tmp_path / "bad")
@@ -157,6 +162,7 @@ def test_a_bad_calibration_is_refused(digits_run, tmp_path, calibration, message
         Classifier.load(copy, device="cpu")
 
 
+@pytest.mark.slow
 def test_the_exported_graph_divides_by_the_temperature(digits_run, tmp_path):
     run, root = digits_run
     copy = shutil.copytree(run.run_dir, tmp_path / "hot")

@@ -8,9 +8,6 @@ from contextlib import contextmanager
 
 import pytest
 
-import oculi
-from tests.conftest import make_class_folder
-
 from fastapi.testclient import TestClient
 
 from oculi.deploy.predict import Classifier
@@ -19,14 +16,11 @@ from oculi.deploy.service import ServeSettings, Service
 
 
 @pytest.fixture(scope="session")
-def served_run(tmp_path_factory):
-    """A CNN (so Grad-CAM works) trained for an epoch on red, green and blue images: (run folder, data)."""
-    root = tmp_path_factory.mktemp("served")
-    data = make_class_folder(root / "colours", per_class=12)
-    # cache=False: a session fixture runs before the per-test private cache exists.
-    run = oculi.train(str(data), model="simple-cnn", epochs=1, out=str(root / "run"), progress=False,
-                      report=False, cache=False)
-    return run.run_dir, data
+def served_run(tiny_data, tiny_run):
+    """A CNN (so Grad-CAM works) trained for an epoch on red, green and blue images: (run folder, data).
+    Read only: a test that exports into it takes a copy."""
+    data = tiny_data(per_class=12)
+    return tiny_run(data, model="simple-cnn", epochs=1).run_dir, data
 
 
 def make_service(run_dir, prepare=None, **settings) -> Service:

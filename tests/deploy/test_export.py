@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import oculi
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.deploy import export
@@ -23,13 +22,12 @@ RUNNERS = {"onnx": lambda path: OnnxRunner(path.read_bytes()), "torchscript": To
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(tmp_path_factory, tiny_run):
     """fast-cnn trained on the built-in digits (its test split is read back for the gate). Three epochs: after
-    one its probabilities are still nearly uniform, too easy to match."""
-    # cache=False: a module fixture runs before the per-test private cache exists.
-    run = oculi.train("digits", model="fast-cnn", epochs=3, out=str(tmp_path_factory.mktemp("export") / "run"),
-                      progress=False, report=False, cache=False)
-    return run.run_dir
+    one its probabilities are still nearly uniform, too easy to match. The session's run that
+    tests/report/test_build.py reads; this module's own copy of it, since the tests export into it."""
+    run = tiny_run("digits", name="digits", model="fast-cnn", epochs=3, report=True)
+    return shutil.copytree(run.run_dir, tmp_path_factory.mktemp("export") / "run")
 
 
 def _bundle(folder, name, size, tta="none"):
@@ -47,6 +45,7 @@ def _exported(folder, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.slow
 def test_export_of_a_trained_run_passes_the_gate_and_gives_the_bundles_probabilities(digits_run, fmt, capsys):
     assert main(["export", str(digits_run), "--format", fmt]) == 0
     assert "top-1 agreement 100.00%" in capsys.readouterr().out
@@ -79,6 +78,7 @@ def _broken_forward(monkeypatch) -> None:
     monkeypatch.setattr(export.ProbabilityGraph, "forward", shifted)
 
 
+@pytest.mark.slow
 def test_a_broken_export_fails_the_gate_and_writes_only_its_figures(digits_run, tmp_path, monkeypatch, capsys):
     _broken_forward(monkeypatch)
     folder = tmp_path / "out"
@@ -113,6 +113,7 @@ def test_test_time_views_and_normalisation_are_in_the_graph(tmp_path):
     assert np.abs(runner(images).numpy() - classifier.prepared_probs(images)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_timm_backbone_exports(tmp_path):
     run = _bundle(tmp_path / "run", "efficientnet_lite0", (32, 32), tta="flip")
     data = make_class_folder(tmp_path / "colours", per_class=2)

@@ -8,15 +8,13 @@ from PIL import Image
 import oculi
 from oculi.errors import OculiError
 from oculi.deploy.predict import Classifier, expand_paths
-from tests.conftest import make_class_folder
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    data = make_class_folder(root / "colours", per_class=6)
-    run = oculi.train(str(data), model="mlp", epochs=1, out=str(root / "run"), progress=False)
-    return data, oculi.load(run.run_dir)
+def trained(tiny_data, tiny_run):
+    """The session's tiny mlp run (tests/test_cli.py's too), loaded."""
+    data = tiny_data(per_class=6)
+    return data, oculi.load(tiny_run(data, model="mlp", epochs=1).run_dir)
 
 
 def test_every_input_type_gives_the_same_probabilities(trained):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import oculi
 from oculi.rundir import RunDir
-from tests.conftest import make_class_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install -e .[dev])")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium (.ci/run does)")
+# slow: a trained, reported run and a browser's start, over 5 s before the first page.
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install chromium (.ci/run does)"),
+              pytest.mark.slow]
 
 # Chromium as root in a container, with no network: without these it tries (and fails) to reach Google.
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
@@ -34,11 +34,10 @@ BROKEN_IMAGES_JS = """() => [...document.images]
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def report(tiny_data, tiny_run) -> Path:
     """The report of a small run with long class names (which must wrap, not widen the page)."""
     classes = ("red", "green", "a_class_name_long_enough_to_overflow_a_phone_screen_if_nothing_wraps_it")
-    root = make_class_folder(tmp_path_factory.mktemp("data") / "colours", per_class=12, classes=classes)
-    run = oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "run"), epochs=2, progress=False)
+    run = tiny_run(tiny_data(per_class=12, classes=classes), epochs=2, report=True)
     return RunDir(run.run_dir).report
 
 

@@ -24,11 +24,11 @@ SECTIONS = ("data", "check", "augmentation", "model", "training", "metrics", "pr
 
 
 @pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    """A small run whose data holds one corrupt image."""
+def colour_run(tmp_path_factory, tiny_run):
+    """A small run whose data holds one corrupt image. Read only: the tests that change it take a copy."""
     root = make_class_folder(tmp_path_factory.mktemp("data") / "colours", per_class=16)
     (root / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "colours"), epochs=2, progress=False)
+    return tiny_run(root, name="colours", epochs=2, report=True)
 
 
 def embedded_images(page: str) -> list[Image.Image]:
@@ -41,6 +41,7 @@ def _decode(source: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1])))
 
 
+@pytest.mark.slow
 def test_every_run_writes_a_self_contained_report(colour_run):
     page = RunDir(colour_run.run_dir).report.read_text()
     for section in SECTIONS:
@@ -54,6 +55,7 @@ def test_every_run_writes_a_self_contained_report(colour_run):
     assert f"{colour_run.test_metrics['accuracy']:.2%}" in page
 
 
+@pytest.mark.slow
 def test_report_names_skipped_files_and_the_classes(colour_run):
     page = RunDir(colour_run.run_dir).report.read_text()
     assert "broken.png" in page and "1 file could not be used" in page
@@ -61,6 +63,7 @@ def test_report_names_skipped_files_and_the_classes(colour_run):
         assert name in page
 
 
+@pytest.mark.slow
 def test_report_rebuilds_the_same_page_later(colour_run, capsys, tmp_path):
     # A name with a "-", which base64 never holds: replacing it cannot touch an embedded image.
     run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "colours-copy")
@@ -73,6 +76,7 @@ def test_report_rebuilds_the_same_page_later(colour_run, capsys, tmp_path):
     assert rebuilt.replace("colours-copy", "colours") == first
 
 
+@pytest.mark.slow
 def test_report_without_the_data_keeps_what_needs_no_images(colour_run, tmp_path):
     run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "moved")
     data = tmp_path / "gone"
@@ -90,6 +94,7 @@ def _section(page: str, name: str) -> str:
     return re.search(rf'<section id="{name}">(.*?)</section>', page, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_a_failed_write_keeps_the_previous_report(colour_run, tmp_path, monkeypatch):
     run_dir = shutil.copytree(colour_run.run_dir, tmp_path / "copy")
     before, files = RunDir(run_dir).report.read_bytes(), sorted(p.name for p in run_dir.iterdir())
@@ -110,10 +115,14 @@ def test_a_failed_write_keeps_the_previous_report(colour_run, tmp_path, monkeypa
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    return oculi.train("digits", out=str(tmp_path_factory.mktemp("runs") / "digits"), epochs=1, progress=False)
+def digits_run(tiny_run):
+    """fast-cnn on digits, reported: the session's run that tests/test_rundir_layout.py and
+    tests/deploy/test_export.py read too (three epochs: export's gate needs probabilities that are no longer
+    uniform)."""
+    return tiny_run("digits", name="digits", model="fast-cnn", epochs=3, report=True)
 
 
+@pytest.mark.slow
 def test_sample_rows_follow_the_class_order(digits_run):
     # The digits split lists images in the data's own order, classes mixed; the rows must not follow it.
     classes = read_run(digits_run.run_dir).meta["classes"]
@@ -123,6 +132,7 @@ def test_sample_rows_follow_the_class_order(digits_run):
     assert re.findall(r'<div class="class-row"><h3>([^<]*)</h3>', page) == classes
 
 
+@pytest.mark.slow
 def test_grad_cam_of_digits_is_taken_at_a_7x7_map_and_says_so(digits_run):
     # fast-cnn's last blocks shrink an 8x8 digit to 3x3 and 1x1: a heat map from those shows nothing.
     explain = _section(RunDir(digits_run.run_dir).report.read_text(), "explain")
@@ -142,17 +152,17 @@ def _write_photo(path: Path, rng: np.random.Generator, side: int, colour: int) -
 
 
 @pytest.fixture(scope="module")
-def photo_page(tmp_path_factory) -> str:
+def photo_page(tmp_path_factory, tiny_run) -> str:
     root = tmp_path_factory.mktemp("data") / "photos"
     rng = np.random.default_rng(0)
     for c, name in enumerate(("red", "green", "blue")):
         for i in range(8):
             _write_photo(root / name / f"img_{i}.png", rng, 160, c)
-    run = oculi.train(str(root), out=str(tmp_path_factory.mktemp("runs") / "photos"), model="simple-cnn",
-                      image_size=160, epochs=1, progress=False)
+    run = tiny_run(root, name="photos", model="simple-cnn", image_size=160, epochs=1, report=True)
     return RunDir(run.run_dir).report.read_text()
 
 
+@pytest.mark.slow
 def test_a_photo_report_embeds_photos_as_webp_and_stays_light(photo_page):
     tiles = re.findall(r'<figure class="tile[^"]*"><img src="([^"]+)"', photo_page)
     assert len(tiles) >= 20 and all(t.startswith("data:image/webp;") for t in tiles)

@@ -10,25 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import oculi
 from oculi.cli import main
 from oculi.errors import OculiError
 from oculi.report.compare import (HEADERS, differing_settings, images_per_second, load_runs, plot_run_curves,
                                   run_names, table_rows, write_comparison, _phase_segments)
 from oculi.rundir import RunDir
-from tests.conftest import make_class_folder
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> list[Path]:
+def runs(tmp_path_factory, tiny_data, tiny_run) -> list[Path]:
     """Two small runs that differ in epochs and in the split they were scored on (test; val: no test split).
-    The first is given an ECE, as runs that measure calibration have; the second none, as older runs."""
+    The first is given an ECE, as runs that measure calibration have; the second none, as older runs: both
+    are this module's copies of the session's runs, edited."""
     root = tmp_path_factory.mktemp("compare")
-    data = make_class_folder(root / "colours", per_class=8)
-    first = oculi.train(str(data), model="mlp", epochs=2, out=str(root / "two"), progress=False, report=False,
-                        cache=False).run_dir
-    second = oculi.train(str(data), model="mlp", epochs=3, test_split=0.0, out=str(root / "three"), progress=False,
-                         report=False, cache=False).run_dir
+    data = tiny_data(per_class=8)
+    first = shutil.copytree(tiny_run(data, model="mlp", epochs=2).run_dir, root / "two")
+    second = shutil.copytree(tiny_run(data, model="mlp", epochs=3, test_split=0.0).run_dir, root / "three")
     _edit_metrics(first, lambda m: {**m, "calibration": {"before": {"ece": 0.3}, "after": {"ece": 0.0123}}})
     _edit_metrics(second, lambda m: {k: v for k, v in m.items() if k != "calibration"})
     return [first, second]

@@ -74,6 +74,12 @@ def test_reformatting_model_json_keeps_it_valid(run):
     assert oculi.load(run).classes == CLASSES
 
 
+def test_a_model_json_that_is_not_json_is_a_clear_error(run):
+    (run / "model.json").write_text("{not json")
+    with pytest.raises(BundleError, match=r"model\.json: not valid JSON"):
+        oculi.load(run)
+
+
 @pytest.mark.parametrize("change", [
     lambda m: m.update(classes=["bee", "ant", "wasp"]),  # silently swapped labels before bundle_sha256
     lambda m: m.update(classes=["ant", "bee"]),

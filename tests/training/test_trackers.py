@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import oculi
 from oculi.cli import main
 from oculi.config import TrainConfig
 from oculi.console import Reporter
@@ -18,7 +17,6 @@ from oculi.errors import OculiError
 from oculi.rundir import RunDir
 from oculi.training import trackers
 from oculi.training.trackers import RunLog, Tracker, check_trackers, epoch_metrics, mlflow_uri, result_metrics, run_log
-from tests.conftest import make_class_folder
 
 
 class Recorder(Tracker):
@@ -152,15 +150,13 @@ def test_mlflow_defaults_to_the_environment_then_a_local_mlruns_folder(tmp_path,
 # ---------------------------------------------------------------- a real run, read back
 
 @pytest.fixture(scope="module")
-def logged_run(tmp_path_factory):
-    """A two-epoch run logging to TensorBoard and to a local MLflow store at once."""
+def logged_run(tmp_path_factory, tiny_data, tiny_run):
+    """A two-epoch run logging to TensorBoard and to a local MLflow store at once (the data and settings of
+    tests/report/test_compare.py's first run, and the trackers)."""
     pytest.importorskip("tensorboard", reason="needs tensorboard (pip install -e .[dev])")
     pytest.importorskip("mlflow", reason="needs mlflow-skinny (pip install -e .[dev])")
-    root = tmp_path_factory.mktemp("tracked")
-    data = make_class_folder(root / "colours", per_class=8)
-    store = (root / "mlruns").as_uri()
-    run = oculi.train(str(data), model="mlp", epochs=2, out=str(root / "run"), progress=False, report=False,
-                      cache=False, log="tensorboard+mlflow", mlflow_uri=store)
+    store = (tmp_path_factory.mktemp("tracked") / "mlruns").as_uri()
+    run = tiny_run(tiny_data(per_class=8), model="mlp", epochs=2, log="tensorboard+mlflow", mlflow_uri=store)
     return run, store
 
 

@@ -1,118 +1,29 @@
-"""The run folder: one process at a time, complete or plainly not, resumable from anywhere."""
+"""A run folder's life: claimed by one process at a time (tests/test_io.py tests the lock itself), complete
+or plainly not, resumable from anywhere, and what a run that could hold no images out leaves in it."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 import oculi
 from oculi.cli import main
 from oculi.config import TrainConfig
 from oculi.errors import OculiError
-from oculi.io import atomic_path, exclusive_lock
 from oculi.rundir import RunDir
 from oculi.training import fitting
 from oculi.training.folder import next_run_dir
 from tests.conftest import make_class_folder
+from tests.test_io import hold_lock_in_child
 
 OCULI = [sys.executable, "-m", "oculi"]
-# A child that takes the lock on argv[1] (with "fork", also starts a worker that lives a minute, as
-# training's decoding workers may), prints "<worker pid or 0> held", then waits for stdin to close.
-HOLD_LOCK = """
-import os, sys, time
-from oculi.io import exclusive_lock
-with exclusive_lock(sys.argv[1], RuntimeError):
-    worker = os.fork() if sys.argv[2:] == ["fork"] else 0
-    if worker == 0 and sys.argv[2:] == ["fork"]:
-        time.sleep(60)
-        os._exit(0)
-    print(worker, "held", flush=True)
-    sys.stdin.read()
-"""
 
 
-def _busy(holder):
-    return OculiError(f"busy: {holder}")
-
-
-def _hold_in_child(path: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    """The child process holding ``path``'s lock, and its forked worker's pid (0: none)."""
-    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path), *args], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
-    worker, said = child.stdout.readline().split()
-    assert said == "held"
-    return child, int(worker)
-
-
-# ---------------------------------------------------------------- the lock
-
-
-def test_a_lock_held_by_another_process_is_refused_naming_it(tmp_path):
-    child, _ = _hold_in_child(tmp_path / "lock")
-    try:
-        with pytest.raises(OculiError, match=f"busy: pid {child.pid} on "):
-            with exclusive_lock(tmp_path / "lock", _busy):
-                pass
-    finally:
-        child.communicate("")
-    with exclusive_lock(tmp_path / "lock", _busy):  # released when its holder ended
-        pass
-
-
-# A holder that has locked the file but not yet written its name (the moment a second run can hit).
-LOCK_THEN_NAME = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("locked", flush=True)
-time.sleep(0.3)
-os.pwrite(fd, b"pid 4242 on elsewhere", 0)
-sys.stdin.read()
-"""
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks")
-def test_a_refused_process_waits_for_the_holder_to_write_its_name(tmp_path):
-    child = subprocess.Popen([sys.executable, "-c", LOCK_THEN_NAME, str(tmp_path / "lock")],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(OculiError, match="busy: pid 4242 on elsewhere"):
-            with exclusive_lock(tmp_path / "lock", _busy):
-                pass
-    finally:
-        child.communicate("")
-
-
-def test_a_lock_held_in_this_process_is_refused_too(tmp_path):
-    with exclusive_lock(tmp_path / "lock", _busy):
-        with pytest.raises(OculiError, match="this process"):
-            with exclusive_lock(tmp_path / "lock", _busy):
-                pass
-    with exclusive_lock(tmp_path / "lock", _busy):
-        pass
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked workers exist where fork does")
-def test_a_killed_holder_releases_the_lock_though_its_forked_workers_live_on(tmp_path):
-    # Training forks image-decoding workers while it holds its folder; a flock would stay held by them
-    # after the run is killed -9, and the folder could not be resumed until they went away.
-    child, worker = _hold_in_child(tmp_path / "lock", "fork")
-    try:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-        os.kill(worker, 0)  # the worker is still alive...
-        with exclusive_lock(tmp_path / "lock", _busy):  # ...and the lock is free all the same
-            pass
-    finally:
-        os.kill(worker, signal.SIGKILL)
+# ---------------------------------------------------------------- claiming a folder
 
 
 def test_next_run_dir_never_gives_two_callers_the_same_folder(tmp_path):
@@ -134,7 +45,7 @@ def test_next_run_dir_never_gives_two_callers_the_same_folder(tmp_path):
 def test_resume_of_a_folder_another_process_is_training_in_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text("{}")
-    child, _ = _hold_in_child(RunDir(tmp_path / "run").lock)
+    child, _ = hold_lock_in_child(RunDir(tmp_path / "run").lock)
     try:
         with pytest.raises(OculiError, match=f"in use by another oculi run \\(pid {child.pid} on "):
             oculi.train(resume=tmp_path / "run")
@@ -147,7 +58,7 @@ def test_a_new_run_into_a_folder_another_process_is_training_in_says_in_use(tmp_
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
     run.checkpoint.write_bytes(b"")
-    child, _ = _hold_in_child(run.lock)
+    child, _ = hold_lock_in_child(run.lock)
     try:
         with pytest.raises(OculiError, match=f"in use by another oculi run \\(pid {child.pid} on "):
             oculi.train("digits", out=tmp_path / "run")
@@ -204,18 +115,9 @@ def test_resume_of_a_finished_run_says_so(tmp_path):
         oculi.train(resume=tmp_path / "run")
 
 
-# ---------------------------------------------------------------- files
+# ---------------------------------------------------------------- the files a run writes
 
 
-def test_atomic_files_are_readable_like_any_other_even_when_the_writer_replaces_the_temp_file(tmp_path):
-    umask = os.umask(0)
-    os.umask(umask)
-    with atomic_path(tmp_path / "w.safetensors") as tmp:
-        save_file({"w": torch.zeros(2)}, str(tmp))  # safetensors writes a new, private file
-    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
-
-
-@pytest.mark.slow
 def test_model_json_is_the_last_file_a_run_writes(tmp_path, monkeypatch):
     published = []
     real_replace = os.replace
@@ -288,7 +190,6 @@ def test_resume_before_any_checkpoint_starts_again_and_says_so(tmp_path, monkeyp
 # ---------------------------------------------------------------- tiny data and wording
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("per_class", [1, 2])
 def test_too_few_images_to_hold_any_out_still_trains_and_says_so(tmp_path, capsys, per_class):
     data = make_class_folder(tmp_path / "tiny", per_class=per_class, classes=("cats", "dogs"))
@@ -303,7 +204,6 @@ def test_too_few_images_to_hold_any_out_still_trains_and_says_so(tmp_path, capsy
     assert [p.label in ("cats", "dogs") for p in clf.predict(sorted(data.rglob("*.png")))] == [True] * 2 * per_class
 
 
-@pytest.mark.slow
 def test_a_train_folder_without_test_says_where_the_test_images_came_from(tmp_path, capsys):
     data = make_class_folder(tmp_path / "photos" / "train", per_class=10).parent
     run = oculi.train(str(data), epochs=1, out=str(tmp_path / "run"), report=False)

@@ -20,8 +20,9 @@ def names() -> set[str]:
     return {getattr(RunDir(Path()), file).name for file in FILES}
 
 
-def test_a_run_writes_exactly_the_files_rundir_names(tmp_path):
-    run = oculi.train("digits", epochs=1, out=str(tmp_path / "run"), report=True, progress=False)
+@pytest.mark.slow
+def test_a_run_writes_exactly_the_files_rundir_names(tiny_run):
+    run = tiny_run("digits", name="digits", model="fast-cnn", epochs=3, report=True)  # test_build.py's run too
     files = RunDir(run.run_dir)
     written = {p.name for p in run.run_dir.iterdir()}
     assert written <= names(), f"files no RunDir property names: {sorted(written - names())}"
