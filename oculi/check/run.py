@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..console import Reporter
-from ..data.cache import ArrayCache
-from ..data.loading import LoadedSource, TensorSet, load_source
+from ..data.loading import LoadedSource, TensorSet, load_with_progress
 from ..data.sources import DataSource, open_configured
 from ..data.split import Record
 from ..defaults import PHOTO_PRETRAINED_MODEL
@@ -262,9 +261,7 @@ def _label_issues(result: CheckResult, features: torch.Tensor) -> list[dict]:
 def _decoded(source: DataSource, plan: Plan, reporter: Reporter) -> LoadedSource:
     """Every image decoded as the training run of ``plan`` decodes it (through the same cache); empty
     splits left out."""
-    cache = ArrayCache("images") if plan.config.cache else None
-    with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        loaded = load_source(source, plan.preprocessing, advance, cache)
+    loaded = load_with_progress(source, plan.preprocessing, reporter, plan.config.cache)
     return dataclasses.replace(loaded, sets={split: s for split, s in loaded.sets.items() if len(s)})
 
 

@@ -18,6 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from ..console import Reporter
 from .cache import ArrayCache, cache_key, file_identity
 from .contained import DECODE_CHUNK, prepared_chunks
 from .decode import FileFacts
@@ -204,6 +205,14 @@ class LoadedSource:
     sets: dict[str, TensorSet]
     skipped: list[tuple[str, str]]
     facts: dict[str, FileFacts]
+
+
+def load_with_progress(source: DataSource, preprocessing: Preprocessing, reporter: Reporter,
+                       cache: bool = True) -> LoadedSource:
+    """``load_source`` under a "decoding images" bar, through the decoded-image cache unless ``cache`` is off:
+    training and ``oculi check`` both load this way, so that each finds what the other decoded."""
+    with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
+        return load_source(source, preprocessing, advance, ArrayCache("images") if cache else None)
 
 
 def load_source(source: DataSource, preprocessing: Preprocessing, advance: Callable[[int], None] = lambda n: None,

@@ -24,8 +24,7 @@ import torch
 from ..check.run import check_at_train_start, without
 from ..config import TrainConfig
 from ..console import Reporter
-from ..data.cache import ArrayCache
-from ..data.loading import LoadedSource, RowView, TensorSet, load_source
+from ..data.loading import LoadedSource, RowView, TensorSet, load_with_progress
 from ..data.sources import DataSource, open_configured
 from ..data.split import Record, write_manifest
 from ..data.transforms import Preprocessing, channel_stats
@@ -224,8 +223,7 @@ def _absolute(path: str | None) -> str | None:
 
 def _load_sets(source: DataSource, preprocessing: Preprocessing, cache: bool, reporter: Reporter) -> LoadedSource:
     """Decode and prepare every image once; bad files are collected, not fatal."""
-    with reporter.bar("decoding images", len({r.path for r in source.records})) as advance:
-        loaded = load_source(source, preprocessing, advance, ArrayCache("images") if cache else None)
+    loaded = load_with_progress(source, preprocessing, reporter, cache)
     for split, data in loaded.sets.items():
         if isinstance(data.images, RowView):
             reporter.info(f"{split} images ({data.images.nbytes / 2**30:.1f} GiB, more than half the free memory) "
