@@ -69,8 +69,21 @@ def _reported(run: RunResult, reporter: Reporter) -> RunResult:
     """``run``, its report.html written (by rank 0 of several processes) when its config asks for one."""
     if run.config.report and world().main:
         _write_report(run, reporter)
+        _write_card(run, reporter)
     # The report was the last reader of the run's data: its images need not live as long as the result.
     return dataclasses.replace(run, source=None)
+
+
+def _write_card(run: RunResult, reporter: Reporter) -> None:
+    """README.md, the model card; like the report, a card that fails is a warning, never a lost run."""
+    from .report.card import write_card
+    if run.test_metrics is None:
+        return
+    try:
+        reporter.info(f"[bold]card[/bold]   {write_card(run.run_dir)}")
+    except Exception as err:  # noqa: BLE001 - the trained model must not be lost to its card
+        reporter.warn(f"README.md (the model card) could not be written ({type(err).__name__}: {err}); "
+                      f"`oculi card {run.run_dir}` tries again")
 
 
 def _write_report(run: RunResult, reporter: Reporter) -> None:

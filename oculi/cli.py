@@ -392,6 +392,15 @@ def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
 
 
 @app.command()
+def card(run: Path = typer.Argument(..., help="Run folder."),
+         out_file: Optional[Path] = typer.Option(None, "--out", help="Where to write it (default RUN/README.md).")) -> None:
+    """Write the model card of a run: README.md in the Hugging Face format (data, training, test figures with
+    their uncertainty, calibration, exports and their agreement, limits)."""
+    from .report.card import write_card
+    out.print(f"wrote {write_card(run, out_file)}")
+
+
+@app.command()
 def compare(
     runs: List[Path] = typer.Argument(..., help="Run folders."),
     out_file: Path = typer.Option(Path("compare.html"), "--out", help="The page to write (a folder: compare.html in it)."),

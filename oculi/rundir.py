@@ -18,6 +18,7 @@ The files, in the order a run writes them (who writes each):
 - ``model.json``              what vouches for the weights; last, so a folder that has it is a finished run
                               (runtime.bundle)
 - ``report.html``             written after the run by its caller (api), and again by ``oculi report`` (report.build)
+- ``README.md``               the model card, after report.html (api), and again by ``oculi card`` (report.card)
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.path / "report.html"
+
+    @property
+    def card(self) -> Path:
+        return self.path / "README.md"
 
     # ------------------------------------------------------------ reading back
 
