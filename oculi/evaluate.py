@@ -184,13 +184,12 @@ def _labelled_table(table: Path, classes: list[str], settings: dict):
     from .data.split import Record
     from .data.table import TableColumns, read_label_table
 
-    images = settings.get("images")
     columns = TableColumns(*(settings.get(f"{c}_column", c) for c in ("path", "label", "split")))
-    read = read_label_table(table, Path(images) if images else None, columns)
+    read = read_label_table(table, settings.get("images"), columns)
     split = next((s for s in ("test", "val") if any(r.split == s for r in read.records)), None)
     records = [Record(r.path, _model_label(read.classes[r.label], classes, f"--data {table}"), r.split)
                for r in read.records if split is None or r.split == split]
-    return DataSource(table.stem, list(classes), records, root=read.root, skipped=read.skipped)
+    return DataSource(table.stem, list(classes), records, root=read.root, skipped=read.skipped, table=table)
 
 
 def _model_label(class_name: str, classes: list[str], where) -> int:

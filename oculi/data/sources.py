@@ -19,7 +19,7 @@ from ..errors import OculiError
 from .builtin import is_builtin, load_builtin
 from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from .split import Record, read_manifest, stratified_split
-from .table import TableColumns, is_table, read_label_table, table_in, table_name
+from .table import TABLE_SUFFIXES, TableColumns, images_root, is_table, read_label_table, table_in, table_name
 
 # Why stat() fails on a symbolic link: the names a user can act on.
 LINK_ERRORS = {errno.ELOOP: "symbolic link loop", errno.ENOENT: "broken symbolic link",
@@ -44,6 +44,7 @@ class DataSource:
     # flip unless asked to. A property of the data (built-in digit sets; folders whose classes are the digits,
     # ``digit_classes``), not of a name: a user's folder called "mnist" is judged by its classes.
     flips_keep_class: bool = True
+    table: Path | None = None  # the table of labels the records come from (None: folders or a built-in set)
 
     def read(self, record: Record, channels: int | None = None) -> torch.Tensor:
         """The image of one record as uint8 [C, H, W]; raises ImageDecodeError for a bad file."""
@@ -111,7 +112,8 @@ def data_folder(data: str) -> Path | None:
     if not path.exists() and is_builtin(data):
         return None
     if not path.exists():
-        raise OculiError(f"no such folder: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
+        what = "table" if path.suffix.lower() in TABLE_SUFFIXES else "folder"
+        raise OculiError(f"no such {what}: {data} (built-in datasets: digits, cifar10, mnist, fashion-mnist)")
     if not path.is_dir() and not is_table(path):
         raise OculiError(f"{data} is a file; give a folder with one sub-folder per class, or a table of labels "
                          f"(.csv or .tsv)")
@@ -124,12 +126,11 @@ def records_source(data: str, classes: list[str], records: list[Record], data_di
     from ``data``, found as ``open_source`` finds it: without scanning the folder or splitting anything.
     A table's records are read from its ``images`` folder (default: the table's own)."""
     folder = data_folder(data)
-    if folder is not None and is_table(folder):
-        return DataSource(table_name(folder), list(classes), records,
-                          root=Path(images).expanduser().resolve() if images else folder.resolve().parent)
+    table = None if folder is None else folder if is_table(folder) else table_in(folder)
+    if table is not None:
+        return DataSource(table_name(table), list(classes), records, root=images_root(table, images), table=table)
     if folder is not None:
-        root = Path(images).expanduser().resolve() if images and table_in(folder) else folder
-        return DataSource(folder.name, list(classes), records, root=root)
+        return DataSource(folder.name, list(classes), records, root=folder)
     dataset = load_builtin(data, data_dir=data_dir)  # no files: the records are rows of the set's arrays
     return DataSource(dataset.name, list(classes), records, arrays=dataset.images,
                       flips_keep_class=dataset.flips_keep_class)
@@ -239,9 +240,9 @@ def _presplit_source(root: Path) -> DataSource:
 
 def _table_source(table: Path, images: str | None, columns: TableColumns) -> DataSource:
     """The images a table of labels lists."""
-    read = read_label_table(table, Path(images) if images else None, columns)
+    read = read_label_table(table, images, columns)
     return DataSource(table_name(table), read.classes, read.records, root=read.root, skipped=read.skipped,
-                      warnings=read.warnings)
+                      warnings=read.warnings, table=table)
 
 
 # ---- built-in sets ---------------------------------------------------------------------------------

@@ -80,9 +80,15 @@ def frame_as_table(frame, folder: Path) -> Path:
     return path
 
 
-def read_label_table(table: Path, images: Path | None = None, columns: TableColumns = TableColumns()) -> LabelTable:
+def images_root(table: Path, images: str | Path | None = None) -> Path:
+    """The folder a table's relative paths start from: ``images`` (--images), else the table's own folder."""
+    return (Path(images) if images else table.parent).expanduser().resolve()
+
+
+def read_label_table(table: Path, images: str | Path | None = None,
+                     columns: TableColumns = TableColumns()) -> LabelTable:
     """The labelled images ``table`` lists, their paths relative to ``images`` (default: the table's folder)."""
-    root = (images or table.parent).expanduser().resolve()
+    root = images_root(table, images)
     if not root.is_dir():
         raise OculiError(f"--images {root}: no such folder")
     rows = _rows(table, columns)

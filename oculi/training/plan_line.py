@@ -53,8 +53,9 @@ def _describe_batch(cfg: TrainConfig) -> str:
 
 def _train_folder_split_for_test(source: DataSource) -> str | None:
     """The name of the train/ folder the test images were taken out of, when the data has one but no
-    test/ folder (the user may expect every image in train/ to be trained on)."""
-    folders = split_folders(source.root) if source.root is not None else {}
+    test/ folder (the user may expect every image in train/ to be trained on). A table's rows are not
+    folders: its data line gives the split."""
+    folders = split_folders(source.root) if source.root is not None and source.table is None else {}
     if "train" not in folders or "test" in folders or not source.split_records("test"):
         return None
     return folders["train"].name

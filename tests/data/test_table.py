@@ -172,3 +172,15 @@ def test_a_run_from_a_table_is_evaluated_again_from_it_and_from_a_table_given_to
     whole, written = evaluate_folder(model, renamed, run_dir=run.run_dir,
                                      table={"images": str(folder), "path_column": "file", "label_column": "kind"})
     assert whole["n"] == 36 and written.name == "evaluate-renamed"
+
+
+def test_a_missing_table_is_named_as_a_table_and_a_tables_split_is_not_called_a_folders(tmp_path):
+    from oculi.training.plan_line import _train_folder_split_for_test
+
+    with pytest.raises(OculiError, match=r"^no such table: .*gone\.csv \(built-in datasets"):
+        open_source(str(tmp_path / "gone.csv"))
+    folder = make_class_folder(tmp_path / "data" / "train", per_class=10, classes=("a", "b"))
+    as_folder = open_source(str(folder.parent))
+    assert _train_folder_split_for_test(as_folder) == "train"  # "no test/ folder: 10% of train/ held out"
+    table = table_of(folder.parent, tmp_path / "t.csv")
+    assert _train_folder_split_for_test(open_source(str(table), images=str(folder.parent))) is None
