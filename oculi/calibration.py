@@ -50,7 +50,8 @@ class Calibration:
 
 
 def class_logits(logits: np.ndarray, head: str) -> np.ndarray:
-    """[N, outputs] network outputs -> [N, classes] logits whose softmax is the head's probabilities."""
+    """[N, outputs] network outputs -> [N, classes] logits whose softmax is the head's probabilities (a
+    multi-label head's are its own: one sigmoid each)."""
     logits = np.asarray(logits, dtype=np.float64)
     if head == "sigmoid":
         z = logits[:, :1]

@@ -36,7 +36,7 @@ _click = sys.modules[typer.BadParameter.__module__]
 
 
 # The settings that say how a table of labels is read: train has them among all others; check takes them too.
-TABLE_SETTINGS = ["images", "path_column", "label_column", "split_column"]
+TABLE_SETTINGS = ["images", "path_column", "label_column", "split_column", "multi_label", "label_sep", "label_columns"]
 # What typer parses each kind of setting as; a setting of another type (image_size) is text with a parse function.
 CLI_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 

@@ -17,11 +17,11 @@ from .errors import OculiError
 
 OPTIMIZERS = ("auto", "adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("auto", "cosine", "onecycle", "constant")
-HEADS = ("auto", "softmax", "sigmoid")
+HEADS = ("auto", "softmax", "sigmoid", "multilabel")
 RESIZE_MODES = ("squash", "pad", "crop")
 AUGMENTS = ("auto", "none", "light", "standard", "strong")
 CLASS_WEIGHTS = ("none", "auto")
-SELECT_BY = ("auto", "accuracy", "macro-f1")
+SELECT_BY = ("auto", "accuracy", "macro-f1", "map")
 # Training data whose largest class has at least this many times the images of its smallest is imbalanced:
 # the run warns, and --select-by auto keeps the epoch with the best val macro-F1, which counts every class
 # equally, instead of accuracy (which a model that ignores a 1-in-20 class still scores 95% on).
@@ -116,6 +116,11 @@ class TrainConfig:
     label_column: str = setting("label", "A table's column of labels.")
     split_column: str = setting("split", "A table's column of splits (train, val, test, or empty: split by "
                                 "--val-split and --test-split); optional.")
+    multi_label: bool | None = setting(None, "Several labels an image (a sigmoid per class): --multi-label also "
+                                       "joins a path's rows; default: when a table's row has two labels.")
+    label_sep: str = setting(";", "Between the labels of one table cell (e.g. 'cat;dog').")
+    label_columns: str | None = setting(None, "A table's 0/1 columns, one per class (e.g. cat,dog,bird): "
+                                        "multi-label, instead of a label column.")
     val_split: float = setting(0.1, "Fraction of images held out for validation.", low=0, high=1, excluded="high")
     test_split: float = setting(0.1, "Fraction held out for the final test.", low=0, high=1, excluded="high")
     split_manifest: str | None = setting(None, "Reuse a run's split.csv.")
@@ -144,7 +149,8 @@ class TrainConfig:
     # model
     model: str = setting("auto", "Model name (see `oculi models`; any timm name).")
     pretrained: bool | None = setting(None, "ImageNet weights (default: when available).")
-    head: str = setting("auto", "auto, softmax or sigmoid (binary, one output).", choices=HEADS)
+    head: str = setting("auto", "auto, softmax, sigmoid (binary, one output) or multilabel (a sigmoid per class: "
+                        "label sets, chosen by --multi-label or the data).", choices=HEADS)
     weights: str | None = setting(None, "Local weights file for a timm backbone (safetensors or a state dict).")
     classifier: str = setting("linear", "Layers on a backbone's features: linear or mlp (Dense 100/50, LeakyReLU, "
                               "dropout).", choices=CLASSIFIERS)
@@ -190,8 +196,9 @@ class TrainConfig:
                                  "(for imbalanced data).", choices=CLASS_WEIGHTS)
     sampler: str = setting("shuffle", "shuffle (each image once per epoch) or balanced (draw every class equally "
                            "often, with replacement).", choices=SAMPLERS)
-    select_by: str = setting("auto", "Which epoch is kept, by its val score: accuracy or macro-f1; auto: macro-f1 "
-                             f"when the largest class has {IMBALANCE_RATIO}x the training images of the smallest.",
+    select_by: str = setting("auto", "Which epoch is kept, by its val score: accuracy, macro-f1 or map (multi-label); "
+                             f"auto: map for label sets, macro-f1 when the largest class has {IMBALANCE_RATIO}x the "
+                             "training images of the smallest.",
                              choices=SELECT_BY)
     # trust: calibration and abstaining (oculi.calibration)
     calibrate: bool = setting(True, "Fit a temperature on the val images after training, so that confidence "

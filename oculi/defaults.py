@@ -15,6 +15,7 @@ import torch
 from .config import IMBALANCE_RATIO, TrainConfig
 from .data.decode import read_image_size
 from .data.sources import DataSource
+from .data.split import label_counts
 from .errors import ImageDecodeError, OculiError
 from .models import create_model, default_head, get_model_info, is_timm_model, offline_weights_file
 from .models.cut import TopCost, top_costs
@@ -151,7 +152,7 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
     lr = scaled_lr(lr, optimizer, batch_size * cfg.world_size / asked_batch)
     return dataclasses.replace(
         cfg, model=model, pretrained=pretrained, mode=mode, channels=channels, image_size=tuple(image_size),
-        head=cfg.head if cfg.head != "auto" else default_head(model, len(source.classes)),
+        head=_head(cfg, source, model),
         epochs=max(1, epochs), feature_views=views, optimizer=optimizer, lr=lr, patience=patience,
         unfreeze_stages=unfreeze,
         time_budget=budget,
@@ -168,12 +169,33 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
 
 def imbalance(source: DataSource) -> float:
     """Training images of the largest class over those of the smallest (inf when a class has none)."""
-    counts = np.bincount([r.label for r in source.records if r.split == "train"], minlength=len(source.classes))
+    counts = label_counts(source.split_records("train"), len(source.classes))
     return float(counts.max() / counts.min()) if counts.min() else float("inf")
 
 
 def _auto_select_by(source: DataSource) -> str:
+    if source.multi_label:
+        return "map"
     return "macro-f1" if imbalance(source) >= IMBALANCE_RATIO else "accuracy"
+
+
+def _head(cfg: TrainConfig, source: DataSource, model: str) -> str:
+    """The model's head: a sigmoid per class for label sets (the only head they can have), else --head or the
+    model's default."""
+    if source.multi_label:
+        if cfg.head not in ("auto", "multilabel"):
+            raise OculiError(f"--head {cfg.head}: the data has label sets (multi-label); its head is multilabel")
+        if cfg.sampler == "balanced":
+            raise OculiError("--sampler balanced: draws by class cannot balance label sets; use --class-weights "
+                             "auto (each class's positives weighed against its negatives)")
+        if cfg.select_by in ("accuracy", "macro-f1"):
+            raise OculiError(f"--select-by {cfg.select_by}: a multi-label run keeps the epoch by val mAP (map)")
+        return "multilabel"
+    if cfg.head == "multilabel" or cfg.select_by == "map":
+        flag = "--head multilabel" if cfg.head == "multilabel" else "--select-by map"
+        raise OculiError(f"{flag}: the data has one label an image; label sets come from a table "
+                         f"(--multi-label, --label-sep, --label-columns)")
+    return cfg.head if cfg.head != "auto" else default_head(model, len(source.classes))
 
 
 def _auto_tta(recipe: dict, flips_keep_class: bool, device_type: str) -> str:

@@ -118,25 +118,67 @@ def _mark_best(ax_acc, ax_loss, epochs: np.ndarray, val_acc: np.ndarray, best_ep
 def plot_confusion_matrix(matrix, classes: list[str], normalize: bool = False) -> Figure:
     """Confusion matrix (rows true, columns predicted), optionally row-normalised."""
     counts = np.asarray(matrix, dtype=float)
-    k = len(classes)
     values = _row_normalise(counts) if normalize else counts
+    return _class_matrix(values, classes, "Confusion matrix", ("predicted", "true"),
+                         "fraction of true class" if normalize else "images", normalize)
+
+
+def plot_co_occurrence(matrix, classes: list[str]) -> Figure:
+    """How often two labels are on one image (the diagonal: images with each label), of a multi-label set."""
+    return _class_matrix(np.asarray(matrix, dtype=float), classes, "Labels on the same image", ("label", "label"),
+                         "images", False)
+
+
+def _class_matrix(values: np.ndarray, classes: list[str], title: str, axes: tuple[str, str], bar: str,
+                  fractions: bool) -> Figure:
+    """A classes x classes matrix of counts (or fractions) with its cells written in while they are legible."""
+    k = len(classes)
     side = float(np.clip(0.42 * k + 3.0, 4.5, 18.0))
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else max(values.max(), 1))
-    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "images")
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if fractions else max(values.max(), 1))
+    fig.colorbar(im, ax=ax, shrink=0.8, label=bar)
     # The figure grows with k, so each cell stays ~0.4 inch: fonts need only shrink a little.
     label_font = float(np.clip(13 - 0.15 * k, 8, 11))
     ticks = np.arange(k)
     names = [_short(c, _LABEL_CHARS) for c in classes]
     ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=label_font)
     ax.set_yticks(ticks, names, fontsize=label_font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Confusion matrix")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
     if k <= _MAX_CELL_TEXT:
-        _cell_text(ax, im, values, normalize, float(np.clip(12 - 0.2 * k, 7, 11)))
+        _cell_text(ax, im, values, fractions, float(np.clip(12 - 0.2 * k, 7, 11)))
     return fig
+
+
+def plot_pr_curves(targets: np.ndarray, probs: np.ndarray, classes: list[str], thresholds) -> Figure:
+    """Each class's precision-recall curve (its AP in the legend) and the point its threshold gives."""
+    from sklearn.metrics import precision_recall_curve  # the report's and training's end only
+    fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+    ax = fig.subplots()
+    y, p = np.asarray(targets).astype(bool), np.asarray(probs, dtype=float)
+    for c, name in enumerate(classes):
+        if not y[:, c].any():
+            continue
+        precision, recall, _ = precision_recall_curve(y[:, c], p[:, c])
+        line, = ax.step(recall, precision, where="post", lw=1.5,
+                        label=f"{_short(name, _LABEL_CHARS)} (AP {_ap(precision, recall):.2f})")
+        chosen = p[:, c] >= thresholds[c]
+        hits = (chosen & y[:, c]).sum()
+        ax.plot(hits / y[:, c].sum(), hits / max(chosen.sum(), 1), "o", color=line.get_color(), ms=6)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall per class (dot: its threshold)")
+    ax.legend(fontsize=8, loc="lower left", ncol=2 if len(classes) > 8 else 1)
+    return fig
+
+
+def _ap(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Average precision from a precision-recall curve, as scikit-learn sums it."""
+    return float(-np.sum(np.diff(recall) * precision[:-1]))
 
 
 def _row_normalise(counts: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ The files, in the order a run writes them (who writes each):
 - ``test_predictions.csv``    its prediction for each of those images (training.finish)
 - ``confusion_matrix.png``    their confusion matrix (training.finish; ``oculi evaluate`` names its own the same)
 - ``curves.png``              loss and accuracy per epoch (training.finish)
+- ``pr_curves.png``, ``co_occurrence.png``  a multi-label run's precision-recall per class and label pairs
+  (training.label_sets), in place of the confusion matrix
 - ``model.safetensors``       the kept weights (runtime.bundle, called by training.finish)
 - ``model.json``              what vouches for the weights; last, so a folder that has it is a finished run
                               (runtime.bundle)
@@ -79,6 +81,14 @@ class RunDir:
     @property
     def curves(self) -> Path:
         return self.path / "curves.png"
+
+    @property
+    def pr_curves(self) -> Path:
+        return self.path / "pr_curves.png"
+
+    @property
+    def co_occurrence(self) -> Path:
+        return self.path / "co_occurrence.png"
 
     @property
     def weights(self) -> Path:

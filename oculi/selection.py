@@ -47,7 +47,7 @@ class Verdict:
     def words(self, a: str, b: str) -> str:
         """e.g. "fine-tuned epoch 3 99.50% vs features head 99.00% on 200 val images (+1 image, p = 0.50):
         not a significant gain, kept the features head"."""
-        name = "accuracy" if self.metric == "accuracy" else "macro-F1"
+        name = {"accuracy": "accuracy", "map": "mAP"}.get(self.metric, "macro-F1")
         gain = (f"{self.gained:+d} image{'s' * (abs(self.gained) != 1)}, p = {self.p_value:.2g}"
                 + (f" < {self.level:.2g}" if self.better else ""))
         if self.better:
@@ -93,8 +93,8 @@ def compare(a_predicted, b_predicted, labels, metric: str = "accuracy", candidat
             classes: int | None = None) -> Verdict:
     """Is A (the val predictions ``a_predicted``, the best of ``candidates`` tried) better than B beyond what
     the val images can resolve? ``metric``: accuracy (McNemar) or macro-f1 (paired bootstrap)."""
-    a, b, y = (np.asarray(x, dtype=np.int64) for x in (a_predicted, b_predicted, labels))
     level = ALPHA / max(1, candidates)
+    a, b, y = (np.asarray(x, dtype=np.int64) for x in (a_predicted, b_predicted, labels))
     gained = int(((a == y) & (b != y)).sum() - ((a != y) & (b == y)).sum())
     if metric == "macro-f1":
         k = classes or int(max(a.max(initial=0), b.max(initial=0), y.max(initial=0))) + 1
@@ -104,3 +104,4 @@ def compare(a_predicted, b_predicted, labels, metric: str = "accuracy", candidat
         score_a, score_b = float((a == y).mean()), float((b == y).mean())
         p = mcnemar_p(a == y, b == y)
     return Verdict(score_a > score_b and p < level, score_a, score_b, len(y), gained, p, level, metric)
+

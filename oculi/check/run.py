@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..console import Reporter
-from ..data.loading import LoadedSource, TensorSet, load_with_progress
+from ..data.loading import LoadedSource, TensorSet, load_with_progress, tensor_records
 from ..data.sources import DataSource, open_configured
 from ..data.split import Record
 from ..defaults import PHOTO_PRETRAINED_MODEL
@@ -117,8 +117,7 @@ def _hashable(sets: dict[str, TensorSet]) -> bool:
 
 def set_records(sets: dict[str, TensorSet]) -> list[Record]:
     """The readable images of ``sets``, in the sets' row order."""
-    return [Record(path, label, split) for split, s in sets.items()
-            for path, label in zip(s.paths, s.labels.tolist())]
+    return [record for split, s in sets.items() for record in tensor_records(s, split)]
 
 
 def label_issue_rows(result: CheckResult, features: torch.Tensor, seed: int = 0) -> list[dict]:

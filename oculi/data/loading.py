@@ -33,7 +33,8 @@ DECODING_VERSION = 4  # 3: PNGs decoded by PIL (16-bit colour ones may differ by
 
 @dataclass
 class TensorSet:
-    """Prepared images of one split: uint8 [N, C, H, W], labels int64 [N], and where each came from."""
+    """Prepared images of one split: uint8 [N, C, H, W], labels int64 [N] (multi-label: float32 0/1 [N, classes],
+    ``label_tensor``), and where each came from."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -107,15 +108,45 @@ class DecodedImages:
     mapped: bool = False
     facts: dict[str, FileFacts] = field(default_factory=dict)  # of the files whose decoding read them
 
-    def select(self, records: list[Record]) -> TensorSet:
+    def select(self, records: list[Record], num_classes: int = 0) -> TensorSet:
         """The readable ``records``, in order: a copy in memory, or a ``RowView`` of the mapped file when
-        the copy would take more than ``stream_threshold()`` bytes."""
+        the copy would take more than ``stream_threshold()`` bytes. ``num_classes``: of a multi-label set."""
         kept = [r for r in records if r.path in self.rows]
         index = torch.tensor([self.rows[r.path] for r in kept], dtype=torch.long)
         images = RowView(self.images, index)
         if not (self.mapped and images.nbytes > stream_threshold()):
             images = self.images[index]
-        return TensorSet(images, torch.tensor([r.label for r in kept], dtype=torch.long), [r.path for r in kept])
+        return TensorSet(images, label_tensor(kept, num_classes), [r.path for r in kept])
+
+
+def label_tensor(records: list[Record], num_classes: int = 0) -> torch.Tensor:
+    """The labels of ``records``: class indices int64 [N], or, when ``num_classes`` is given (a multi-label
+    set), each image's label set as 0/1 float32 [N, num_classes], what binary cross-entropy takes."""
+    if not num_classes:
+        return torch.tensor([r.label for r in records], dtype=torch.long)
+    targets = torch.zeros(len(records), num_classes)
+    for row, record in enumerate(records):
+        targets[row, list(record.label_set)] = 1.0
+    return targets
+
+
+def label_sets(labels: torch.Tensor) -> list[tuple[int, ...]]:
+    """The label set of each row of a 0/1 [N, classes] tensor (``label_tensor``'s inverse)."""
+    return [tuple(torch.nonzero(row).flatten().tolist()) for row in labels]
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Images per class of a split's labels (class indices, or a multi-label set's 0/1 rows)."""
+    if labels.dim() == 2:
+        return labels.sum(0).long()
+    return torch.bincount(labels, minlength=num_classes)
+
+
+def tensor_records(data: TensorSet, split: str) -> list[Record]:
+    """The records of a split's readable images, in its row order (a multi-label image under its first label)."""
+    if data.labels.dim() == 2:
+        return [Record(path, labels[0], split, labels) for path, labels in zip(data.paths, label_sets(data.labels))]
+    return [Record(path, label, split) for path, label in zip(data.paths, data.labels.tolist())]
 
 
 def stream_threshold() -> float:
@@ -221,7 +252,8 @@ def load_source(source: DataSource, preprocessing: Preprocessing, advance: Calla
     decoded = decode_source(source, preprocessing, advance, cache)
     skipped = list(source.skipped) + [(r.path, decoded.failed[r.path]) for r in source.records
                                       if r.path in decoded.failed]
-    sets = {split: decoded.select(source.split_records(split)) for split in ("train", "val", "test")}
+    width = len(source.classes) if source.multi_label else 0
+    sets = {split: decoded.select(source.split_records(split), width) for split in ("train", "val", "test")}
     return LoadedSource(sets, skipped, decoded.facts)
 
 
@@ -232,4 +264,4 @@ def load_split(source: DataSource, records: list[Record], preprocessing: Preproc
     decoded = decode_source(DataSource(source.name, source.classes, records, source.root, source.arrays),
                             preprocessing, advance, cache)
     skipped += [(r.path, decoded.failed[r.path]) for r in records if r.path in decoded.failed]
-    return decoded.select(records)
+    return decoded.select(records, len(source.classes) if source.multi_label else 0)

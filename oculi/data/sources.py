@@ -18,7 +18,7 @@ from ..config import IMBALANCE_RATIO, TrainConfig
 from ..errors import OculiError
 from .builtin import is_builtin, load_builtin
 from .decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
-from .split import Record, read_manifest, stratified_split
+from .split import LABEL_SEP, Record, label_counts, read_manifest, stratified_split
 from .table import TABLE_SUFFIXES, TableColumns, images_root, is_table, read_label_table, table_in, table_name
 
 # Why stat() fails on a symbolic link: the names a user can act on.
@@ -45,6 +45,7 @@ class DataSource:
     # ``digit_classes``), not of a name: a user's folder called "mnist" is judged by its classes.
     flips_keep_class: bool = True
     table: Path | None = None  # the table of labels the records come from (None: folders or a built-in set)
+    multi_label: bool = False  # records carry label sets (Record.labels); the model has a sigmoid per class
 
     def read(self, record: Record, channels: int | None = None) -> torch.Tensor:
         """The image of one record as uint8 [C, H, W]; raises ImageDecodeError for a bad file."""
@@ -58,9 +59,8 @@ class DataSource:
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         """{split: {class: count}} for the class-count chart and the imbalance check."""
-        counts = {s: {c: 0 for c in self.classes} for s in ("train", "val", "test")}
-        for r in self.records:
-            counts[r.split][self.classes[r.label]] += 1
+        counts = {s: dict(zip(self.classes, label_counts(self.split_records(s), len(self.classes)).tolist()))
+                  for s in ("train", "val", "test")}
         return {s: c for s, c in counts.items() if sum(c.values())}
 
 
@@ -100,8 +100,16 @@ def open_configured(cfg: TrainConfig, download_progress: Callable[[int, int | No
                     split_manifest: str | None = None) -> DataSource:
     """``open_source`` with the data settings of ``cfg``: where the images are, how they are labelled and split."""
     return open_source(cfg.data, cfg.val_split, cfg.test_split, cfg.seed, split_manifest, cfg.data_dir,
-                       download_progress, cfg.images, TableColumns(cfg.path_column, cfg.label_column,
-                                                                   cfg.split_column))
+                       download_progress, cfg.images, table_columns(cfg))
+
+
+def table_columns(cfg: TrainConfig) -> TableColumns:
+    """How ``cfg`` says a table gives its labels."""
+    label_columns = tuple(c.strip() for c in cfg.label_columns.split(",") if c.strip()) if cfg.label_columns else ()
+    if cfg.label_columns is not None and len(label_columns) < 2:
+        raise OculiError(f"--label-columns {cfg.label_columns}: name at least two columns, separated by commas")
+    return TableColumns(cfg.path_column, cfg.label_column, cfg.split_column, cfg.label_sep, label_columns,
+                        cfg.multi_label)
 
 
 def data_folder(data: str) -> Path | None:
@@ -128,7 +136,8 @@ def records_source(data: str, classes: list[str], records: list[Record], data_di
     folder = data_folder(data)
     table = None if folder is None else folder if is_table(folder) else table_in(folder)
     if table is not None:
-        return DataSource(table_name(table), list(classes), records, root=images_root(table, images), table=table)
+        return DataSource(table_name(table), list(classes), records, root=images_root(table, images), table=table,
+                          multi_label=any(r.labels is not None for r in records))
     if folder is not None:
         return DataSource(folder.name, list(classes), records, root=folder)
     dataset = load_builtin(data, data_dir=data_dir)  # no files: the records are rows of the set's arrays
@@ -242,7 +251,7 @@ def _table_source(table: Path, images: str | None, columns: TableColumns) -> Dat
     """The images a table of labels lists."""
     read = read_label_table(table, images, columns)
     return DataSource(table_name(table), read.classes, read.records, root=read.root, skipped=read.skipped,
-                      warnings=read.warnings, table=table)
+                      warnings=read.warnings, table=table, multi_label=read.multi_label)
 
 
 # ---- built-in sets ---------------------------------------------------------------------------------
@@ -292,13 +301,24 @@ def _apply_manifest(source: DataSource, manifest: str) -> None:
     known = {_manifest_key(source, r.path) for r in source.records}
     records = []
     for path, label, split in read_manifest(manifest):
-        if label not in source.classes:
-            raise OculiError(f"--split-manifest: class '{label}' of {path} is not in {source.name}")
+        names = label.split(LABEL_SEP) if source.multi_label else [label]
+        unknown = next((name for name in names if name not in source.classes), None)
+        if unknown is not None:
+            raise OculiError(f"--split-manifest: class '{unknown}' of {path} is not in {source.name}")
         if _manifest_key(source, path) not in known:
             source.warnings.append(f"--split-manifest: {path} is no longer in {source.name}")
             continue
-        records.append(Record(path, source.classes.index(label), split))
+        records.append(_manifest_record(source, path, names, split))
     source.records = records
+
+
+def _manifest_record(source: DataSource, path: str, names: list[str], split: str) -> Record:
+    """The record a manifest row gives: one class, or a label set under its rarest class (as the table had it)."""
+    if not source.multi_label:
+        return Record(path, source.classes.index(names[0]), split)
+    labels = tuple(sorted(source.classes.index(n) for n in names))
+    counts = label_counts(source.records, len(source.classes))
+    return Record(path, min(labels, key=lambda c: (counts[c], c)), split, labels)
 
 
 def _manifest_key(source: DataSource, path: str) -> str | int:
@@ -313,8 +333,7 @@ def _manifest_key(source: DataSource, path: str) -> str | int:
 
 
 def _check_usable(source: DataSource) -> None:
-    train_counts = np.bincount([r.label for r in source.records if r.split == "train"],
-                               minlength=len(source.classes))
+    train_counts = label_counts(source.split_records("train"), len(source.classes))
     if len(source.records) == 0:
         raise OculiError(f"{source.root or source.name}: no images found")
     if len(source.classes) < 2:

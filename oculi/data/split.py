@@ -16,11 +16,36 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Record:
-    """One labelled image: a file path relative to the data root, or a built-in set's key."""
+    """One labelled image: a file path relative to the data root, or a built-in set's key. A multi-label
+    image has its set of classes in ``labels`` (sorted indices) and, in ``label``, the rarest of them: the
+    class it is stratified by (``rarest_labels``)."""
 
     path: str
     label: int
     split: str
+    labels: tuple[int, ...] | None = None  # None: one label, ``label``
+
+    @property
+    def label_set(self) -> tuple[int, ...]:
+        return self.labels if self.labels is not None else (self.label,)
+
+
+def label_counts(records: list[Record], num_classes: int) -> np.ndarray:
+    """Images per class (an image with several labels counts for each of them)."""
+    counts = np.zeros(num_classes, dtype=int)
+    for record in records:
+        counts[list(record.label_set)] += 1
+    return counts
+
+
+def rarest_labels(label_sets: list[tuple[int, ...]], num_classes: int) -> list[int]:
+    """For each image, its label that fewest images carry (ties: the lower index): what a multi-label image is
+    stratified by, so that every rare class is divided in the split's fractions (the common first step of
+    iterative stratification, Sechidis et al. 2011), while frequent classes follow from their many images."""
+    counts = np.zeros(num_classes, dtype=int)
+    for labels in label_sets:
+        counts[list(labels)] += 1
+    return [min(labels, key=lambda c: (counts[c], c)) for labels in label_sets]
 
 
 def stratified_split(labels: list[int], fractions: dict[str, float], seed: int) -> list[str]:
@@ -45,8 +70,16 @@ def stratified_split(labels: list[int], fractions: dict[str, float], seed: int) 
 
 
 def write_manifest(path: Path, records: list[Record], classes: list[str]) -> None:
-    """CSV with one row per image: path, label (class name), split."""
-    atomic_write_csv(path, ["path", "label", "split"], [(r.path, classes[r.label], r.split) for r in records])
+    """CSV with one row per image: path, label (class name; a multi-label image's names joined by
+    LABEL_SEP), split."""
+    atomic_write_csv(path, ["path", "label", "split"], [(r.path, label_names(r, classes), r.split) for r in records])
+
+
+LABEL_SEP = ";"  # between the class names of a multi-label image, in split.csv and predictions
+
+
+def label_names(record: Record, classes: list[str]) -> str:
+    return LABEL_SEP.join(classes[c] for c in record.label_set) if record.labels is not None else classes[record.label]
 
 
 def read_manifest(path: str | Path) -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from ..errors import OculiError
 from ..io import atomic_write_text
 from .decode import IMAGE_EXTENSIONS
-from .split import Record
+from .split import Record, rarest_labels
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 TABLE_NAMES = ("labels.csv", "labels.tsv")  # a folder holding one of these is read through it
@@ -31,11 +31,17 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 
 @dataclass(frozen=True)
 class TableColumns:
-    """The names of the table's columns: the image path, its label, and its split (optional)."""
+    """How the table gives its labels: the names of the path, label and (optional) split columns; for
+    several labels an image, the separator inside a label cell, or one 0/1 column per class
+    (``label_columns``); ``multi_label`` True forces label sets, None decides from the rows (any row with
+    two labels)."""
 
     path: str = "path"
     label: str = "label"
     split: str = "split"
+    label_sep: str = ";"
+    label_columns: tuple[str, ...] = ()
+    multi_label: bool | None = None
 
 
 @dataclass
@@ -48,6 +54,7 @@ class LabelTable:
     root: Path
     skipped: list[tuple[str, str]]
     warnings: list[str]
+    multi_label: bool = False
 
 
 def table_name(table: Path) -> str:
@@ -92,24 +99,42 @@ def read_label_table(table: Path, images: str | Path | None = None,
     if not root.is_dir():
         raise OculiError(f"--images {root}: no such folder")
     rows = _rows(table, columns)
-    labels, splits, skipped = {}, {}, []
-    for line, row in rows:
-        path, label, split = _cells(table, line, row, columns)
+    cells = [(line, *_cells(table, line, row, columns)) for line, row in rows]
+    multi = columns.multi_label if columns.multi_label is not None else (
+        bool(columns.label_columns) or any(len(labels) > 1 for _, _, labels, _ in cells))
+    labels, splits, skipped, lines = {}, {}, [], {}
+    for line, path, cell, split in cells:
         rel = _relative(table, line, path, root)
-        if rel in labels and labels[rel] != label:
-            raise OculiError(f"{table}: {rel} is listed twice with two labels, '{labels[rel]}' and '{label}' "
-                             f"(line {line})")
+        if rel in labels and labels[rel] != cell:
+            if not multi:
+                raise OculiError(f"{table}: {rel} is listed twice with two labels, '{labels[rel][0]}' and "
+                                 f"'{cell[0]}' (line {line}; --multi-label reads them as one image's labels)")
+            cell = tuple(sorted(set(labels[rel]) | set(cell)))  # multi-label: two rows, one image's set
         problem = _file_problem(root / rel)
         if problem:
             skipped.append((rel, problem))
             continue
-        labels[rel], splits[rel] = label, split
-    repeated = len(rows) - len(labels) - len(skipped)
-    warnings = [f"{table}: {repeated} rows repeat an earlier row (same path and label), read once"] if repeated else []
-    classes = sorted(set(labels.values()))
-    order = sorted(labels, key=lambda p: (classes.index(labels[p]), p))
-    records = [Record(p, classes.index(labels[p]), splits[p]) for p in order]
-    return LabelTable(classes, records, root, skipped, warnings)
+        labels[rel], splits[rel], lines[rel] = cell, split, lines.get(rel, 0) + 1
+    repeated = len(rows) - len(skipped) - len(labels)
+    warnings = [f"{table}: {repeated} rows repeat an earlier row's path, read once"
+                + (" (their labels joined)" if multi else " (same path and label)")] if repeated else []
+    classes = sorted({name for cell in labels.values() for name in cell})
+    if columns.label_columns:
+        classes = list(columns.label_columns)  # the columns' order, as the user gave them
+    records = _records(labels, splits, classes, multi)
+    return LabelTable(classes, records, root, skipped, warnings, multi)
+
+
+def _records(labels: dict[str, tuple[str, ...]], splits: dict[str, str], classes: list[str],
+             multi: bool) -> list[Record]:
+    """Records in a folder's order (by class, then path); a multi-label image under its rarest class."""
+    index = {name: i for i, name in enumerate(classes)}
+    sets = {p: tuple(sorted(index[n] for n in cell)) for p, cell in labels.items()}
+    if not multi:
+        return [Record(p, sets[p][0], splits[p]) for p in sorted(sets, key=lambda p: (sets[p][0], p))]
+    paths = list(sets)
+    rarest = dict(zip(paths, rarest_labels([sets[p] for p in paths], len(classes))))
+    return [Record(p, rarest[p], splits[p], sets[p]) for p in sorted(paths, key=lambda p: (rarest[p], p))]
 
 
 def _rows(table: Path, columns: TableColumns) -> list[tuple[int, dict]]:
@@ -119,11 +144,13 @@ def _rows(table: Path, columns: TableColumns) -> list[tuple[int, dict]]:
         with open(table, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             header = reader.fieldnames or []
-            missing = [c for c in (columns.path, columns.label) if c not in header]
+            wanted = (columns.path, *(columns.label_columns or (columns.label,)))
+            missing = [c for c in wanted if c not in header]
             if missing:
                 found = ", ".join(header) if header else "no header"
+                flag = "--label-columns" if columns.label_columns else "--path-column and --label-column"
                 raise OculiError(f"{table}: no '{missing[0]}' column (found: {found}); name the columns with "
-                                 f"--path-column and --label-column")
+                                 f"{flag}")
             rows = [(reader.line_num, row) for row in reader if any((v or "").strip() for v in row.values())]
     except UnicodeDecodeError as err:
         raise OculiError(f"{table}: not UTF-8 text (byte {err.start}); save the table as UTF-8") from None
@@ -134,17 +161,41 @@ def _rows(table: Path, columns: TableColumns) -> list[tuple[int, dict]]:
     return rows
 
 
-def _cells(table: Path, line: int, row: dict, columns: TableColumns) -> tuple[str, str, str]:
-    path, label = (row.get(columns.path) or "").strip(), (row.get(columns.label) or "").strip()
-    split = (row.get(columns.split) or "").strip()
+def _cells(table: Path, line: int, row: dict, columns: TableColumns) -> tuple[str, tuple[str, ...], str]:
+    """(path, the row's labels, split) of one row."""
+    path, split = (row.get(columns.path) or "").strip(), (row.get(columns.split) or "").strip()
     if not path:
         raise OculiError(f"{table}: line {line} has no path")
-    if not label:
-        raise OculiError(f"{table}: line {line} ({path}) has an empty label")
+    labels = _column_labels(table, line, path, row, columns) if columns.label_columns else \
+        _cell_labels(table, line, path, row, columns)
     if split.lower() not in SPLIT_NAMES:
         raise OculiError(f"{table}: line {line} ({path}) has the split '{split}'; use train, val, test or leave "
                          f"it empty")
-    return path, label, SPLIT_NAMES[split.lower()]
+    return path, labels, SPLIT_NAMES[split.lower()]
+
+
+def _cell_labels(table: Path, line: int, path: str, row: dict, columns: TableColumns) -> tuple[str, ...]:
+    """The label cell's names: one, or several split at ``label_sep`` (sorted, each once)."""
+    cell = (row.get(columns.label) or "").strip()
+    names = [n.strip() for n in cell.split(columns.label_sep)] if columns.label_sep else [cell]
+    if not cell or not all(names):
+        raise OculiError(f"{table}: line {line} ({path}) has an empty label" + (
+            f" (labels separated by '{columns.label_sep}')" if cell else ""))
+    return tuple(sorted(set(names)))
+
+
+def _column_labels(table: Path, line: int, path: str, row: dict, columns: TableColumns) -> tuple[str, ...]:
+    """The classes whose 0/1 column is 1 in this row."""
+    values = {c: (row.get(c) or "").strip() for c in columns.label_columns}
+    bad = next((c for c, v in values.items() if v not in ("0", "1")), None)
+    if bad is not None:
+        raise OculiError(f"{table}: line {line} ({path}) has '{values[bad]}' in the column '{bad}'; "
+                         f"--label-columns take 0 or 1")
+    labels = tuple(c for c, v in values.items() if v == "1")
+    if not labels:
+        raise OculiError(f"{table}: line {line} ({path}) has no label (every --label-columns column is 0); "
+                         f"give images with no class a column of their own, e.g. 'none'")
+    return labels
 
 
 def _relative(table: Path, line: int, path: str, root: Path) -> str:

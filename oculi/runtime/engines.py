@@ -61,6 +61,8 @@ def cpu_has_bfloat16() -> bool:
 def logits_to_probs(logits: torch.Tensor, head: str) -> torch.Tensor:
     """[N, outputs] logits -> [N, classes] probabilities; a sigmoid head's one output is P(class 1)."""
     logits = logits.float()
+    if head == "multilabel":  # one independent probability a class
+        return torch.sigmoid(logits)
     if head == "sigmoid":
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)

@@ -69,4 +69,4 @@ def split_features(backbone: Callable[[torch.Tensor], torch.Tensor], data: Tenso
         if cache is not None:
             cache.put(key, {"features": features})
         parts.append(features)
-    return FeatureSet(torch.cat(parts), data.labels.repeat(views))
+    return FeatureSet(torch.cat(parts), data.labels.repeat(views, *[1] * (data.labels.dim() - 1)))

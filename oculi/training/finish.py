@@ -25,6 +25,7 @@ from ..runtime.bundle import save_bundle
 from ..runtime.engines import predict_logits
 from .context import RunContext
 from .distributed import sharded_rows
+from .label_sets import finish_label_sets
 from .loop import LoopState
 from .transfer import frozen_logits
 from .partial import partial_logits
@@ -34,6 +35,9 @@ def finish(model, ctx: RunContext, state: LoopState) -> dict | None:
     is written last, so a folder that has it holds a complete run (report.html, optional and rebuilt by
     `oculi report`, follows)."""
     plan, source, weights, run, reporter = ctx.plan, ctx.source, ctx.weights, ctx.run, ctx.reporter
+    if plan.config.head == "multilabel":
+        kept = kept_figures(plan, state, None, np.empty(0), 1.0)
+        return finish_label_sets(model, ctx, state, _class_logits, kept, _fit_on(plan, state))
     val = ctx.sets["val"]
     val_logits = _class_logits(model, ctx, val, "val") if len(val) else None
     calibration, check = _calibrate(plan.config, val_logits, val.labels.numpy(), _fit_on(plan, state), reporter)

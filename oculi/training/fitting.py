@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from ..config import TrainConfig
-from ..data.loading import TensorSet
+from ..data.loading import TensorSet, class_counts
 from ..plan import Plan
 from ..route import finetune_part, head_first, stages, trains_backbone
 from ..runtime.engines import place_model
@@ -28,8 +28,11 @@ from .transfer import features_phase, gradual_unfreezing
 def loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) -> LoopSettings:
     """The Learner's settings; the batch is each process's (every process has at least one image)."""
     weights = None
-    if cfg.class_weights == "auto":
-        counts = torch.bincount(train.labels, minlength=num_classes).float().clamp_min(1)
+    if cfg.class_weights == "auto" and cfg.head == "multilabel":  # each class's positives against its negatives
+        positives = class_counts(train.labels, num_classes).float().clamp_min(1)
+        weights = ((len(train) - positives).clamp_min(1) / positives).to(device)
+    elif cfg.class_weights == "auto":
+        counts = class_counts(train.labels, num_classes).float().clamp_min(1)
         weights = (len(train) / (num_classes * counts)).to(device)
     return LoopSettings(epochs=cfg.epochs, batch_size=max(1, min(cfg.batch_size, len(train) // cfg.world_size)),
                         lr=cfg.lr, accumulate=cfg.accumulate,

@@ -17,12 +17,14 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sklearn.metrics import f1_score
 
 from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
 from ..data.transforms import Augmentation, Preprocessing
 from ..runtime.engines import autocast, logits_to_probs, model_input, predict_logits
 from ..runtime.world import SINGLE, World
+from ..multilabel import compare_map, mean_ap
 from ..selection import compare, macro_f1
 from .distributed import broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
 from .optim import Lookahead, lr_factor, set_lr
@@ -83,7 +85,7 @@ def epoch_order(labels: torch.Tensor, settings: LoopSettings, generator: torch.G
     """Indices of one epoch: a permutation, or with --sampler balanced, draws weighted so that every
     class is seen equally often. Drawn on the CPU, so that every device gets the same order."""
     labels = labels.cpu()
-    if settings.sampler == "balanced":
+    if settings.sampler == "balanced" and labels.dim() == 1:  # multi-label sets refuse it in the plan
         counts = torch.bincount(labels).float()
         weights = (1.0 / counts)[labels]
         return torch.multinomial(weights, len(labels), replacement=True, generator=generator)
@@ -97,6 +99,12 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
+    """Cross-entropy for one class an image; binary cross-entropy of each output for a sigmoid head and for
+    multi-label sets (one sigmoid a class; ``class_weights`` there weigh each class's positives,
+    ``pos_weight``), label smoothing pulling every target towards 1/2."""
+    if settings.head == "multilabel":
+        target = labels * (1 - settings.label_smoothing) + 0.5 * settings.label_smoothing
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=settings.class_weights)
     if settings.head == "sigmoid":
         target = labels.float() * (1 - settings.label_smoothing) + 0.5 * settings.label_smoothing
         weight = None if settings.class_weights is None else settings.class_weights[labels]
@@ -106,12 +114,42 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) 
 
 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
+    if head == "multilabel":
+        return multilabel_validation(logits, labels)
     probs = logits_to_probs(logits, head)
     nll = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-7)).mean()
     predicted = probs.argmax(1)
     return {"val_loss": float(nll), "val_acc": float((predicted == labels).float().mean()),
             "val_macro_f1": macro_f1(predicted.cpu().numpy(), labels.cpu().numpy(), probs.shape[1]),
             "val_predicted": predicted.tolist()}
+
+
+def multilabel_validation(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """A multi-label model's val row: mean BCE, mAP (what picks the epoch), and at thresholds 0.5 subset accuracy
+    (as val_acc) and macro-F1; its probabilities (4 decimals) are what the kept-epoch test compares."""
+    probs = torch.sigmoid(logits.float())
+    loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+    targets, scores = labels.cpu().numpy(), probs.cpu().numpy()
+    predicted = scores >= 0.5
+    return {"val_loss": float(loss), "val_acc": float((predicted == targets.astype(bool)).all(1).mean()),
+            "val_map": mean_ap(targets, scores),
+            "val_macro_f1": float(f1_score(targets, predicted, average="macro", zero_division=0)),
+            "val_predicted": probs.round(decimals=4).tolist()}
+
+
+def batch_hits(logits: torch.Tensor, labels: torch.Tensor, head: str) -> int:
+    """Images of a training batch the model gets right: its class, or (multi-label) its whole set at 0.5."""
+    if head == "multilabel":
+        return int(((logits.detach() >= 0) == (labels >= 0.5)).all(1).sum())
+    return int((logits_to_probs(logits.detach(), head).argmax(1) == labels).sum())
+
+
+SCORE_KEYS = {"accuracy": ("val_acc", "accuracy"), "macro-f1": ("val_macro_f1", "macro-F1"), "map": ("val_map", "mAP")}
+
+
+def score_key(select_by: str) -> tuple[str, str]:
+    """The val row's key and the words for the score ``select_by`` keeps an epoch by ("auto": old plans)."""
+    return SCORE_KEYS.get(select_by, SCORE_KEYS["accuracy"])
 
 
 NO_VAL = {"val_loss": None, "val_acc": None, "val_macro_f1": None}
@@ -277,7 +315,7 @@ class Learner:
         patience = self.settings.patience
         if patience is None or state.epochs_since_best() < patience:
             return False
-        score = "macro-F1" if self.settings.select_by == "macro-f1" else "accuracy"
+        score = score_key(self.settings.select_by)[1]
         self.reporter.info(f"early stop: no better val {score} for {patience} epochs")
         return True
 
@@ -336,9 +374,8 @@ class Learner:
                 optimizer.step()
                 if lookahead is not None:
                     lookahead.step(model, epoch * steps + step, total_steps, force=step == steps - 1)
-            predicted = logits_to_probs(logits.detach(), s.head).argmax(1)
             loss_sum += float(loss.detach()) * len(labels)
-            correct += int((predicted == labels).sum())
+            correct += batch_hits(logits, labels, s.head)
             seen += len(labels)
             rate = speed.add(len(labels)) * world.size
             if stepping:
@@ -373,7 +410,7 @@ def keep_with_margin(state: LoopState, model: nn.Module, labels: torch.Tensor, s
     best was 147 right, the last also 147). Sets ``state.decision``."""
     if not state.history or state.history[-1]["val_acc"] is None or "last" not in state.predicted:
         return  # no val images: the last epoch, which record already holds as the best
-    labels, metric = labels.cpu().numpy(), select_by if select_by == "macro-f1" else "accuracy"
+    labels, metric = labels.cpu().numpy(), select_by if select_by in SCORE_KEYS else "accuracy"
     if state.baseline is not None:
         state.decision = _against_baseline(state, labels, metric)
         if not state.decision["better"] and state.best_epoch:
@@ -386,7 +423,7 @@ def keep_with_margin(state: LoopState, model: nn.Module, labels: torch.Tensor, s
 
 
 def _against_baseline(state: LoopState, labels, metric: str) -> dict:
-    key, name = ("val_macro_f1", "macro-F1") if metric == "macro-f1" else ("val_acc", "accuracy")
+    key, name = score_key(metric)
     if not state.best_epoch:
         top = max(state.history, key=lambda r: r[key])
         return {"better": False, "kept": "the features head",
@@ -396,7 +433,7 @@ def _against_baseline(state: LoopState, labels, metric: str) -> dict:
     if base is None:  # a checkpoint written before val predictions were kept: the rule it trained under
         return {"better": True, "kept": f"fine-tuned epoch {state.best_epoch}",
                 "words": f"kept fine-tuned epoch {state.best_epoch} (no val predictions of the head to test it on)"}
-    verdict = compare(state.predicted["best"], base, labels, metric, candidates=len(state.history))
+    verdict = _compare(state.predicted["best"], base, labels, metric, candidates=len(state.history))
     kept = f"fine-tuned epoch {state.best_epoch}" if verdict.better else "the features head"
     return {**verdict.to_dict(), "kept": kept,
             "words": verdict.words(f"fine-tuned epoch {state.best_epoch}", "the features head")}
@@ -406,11 +443,18 @@ def _against_last(state: LoopState, labels, metric: str) -> dict:
     if state.best_epoch == state.epoch:
         return {"better": False, "kept": f"epoch {state.epoch}", "words": f"kept the last epoch ({state.epoch}), "
                 "also the best on val"}
-    verdict = compare(state.predicted["best"], state.predicted["last"], labels, metric,
-                      candidates=len(state.history) - 1)
+    verdict = _compare(state.predicted["best"], state.predicted["last"], labels, metric,
+                       candidates=len(state.history) - 1)
     kept = f"epoch {state.best_epoch}" if verdict.better else f"epoch {state.epoch}"
     return {**verdict.to_dict(), "kept": kept,
             "words": verdict.words(f"epoch {state.best_epoch}", f"the last epoch ({state.epoch})")}
+
+
+def _compare(a, b, labels, metric: str, candidates: int):
+    """``selection.compare``, or for multi-label models (``metric`` "map") ``multilabel.compare_map``."""
+    if metric == "map":
+        return compare_map(a, b, labels, candidates)
+    return compare(a, b, labels, metric, candidates=candidates)
 
 
 def is_better(row: dict, state: LoopState, select_by: str = "accuracy") -> bool:
@@ -419,7 +463,7 @@ def is_better(row: dict, state: LoopState, select_by: str = "accuracy") -> bool:
     best = state.best_row
     if row["val_acc"] is None or best is None:
         return True
-    key = "val_macro_f1" if select_by == "macro-f1" else "val_acc"
+    key = score_key(select_by)[0]
     return (row[key], -row["val_loss"]) > (best[key], -best["val_loss"])
 
 
@@ -464,7 +508,7 @@ class HeadBar:
         with learner.reporter.bar("training the head", learner.settings.epochs) as self.advance:
             yield
         best = state.best_row
-        val = "" if best["val_acc"] is None else f"  val loss {best['val_loss']:.4f} acc {best['val_acc']:.2%}"
+        val = "" if best["val_acc"] is None else f"  val loss {best['val_loss']:.4f} {val_score(best)}"
         learner.reporter.info(f"head   {state.epoch} epochs on {len(learner.data.train)} feature vectors in "
                               f"{time.perf_counter() - started:.1f}s; kept epoch {state.best_epoch}: train loss "
                               f"{best['train_loss']:.4f} acc {best['train_acc']:.2%}{val}")
@@ -474,11 +518,20 @@ class HeadBar:
         yield lambda n=1, **fields: None
 
     def epoch_end(self, learner: Learner, state: LoopState) -> None:
-        self.advance(1, val_acc=f"{state.history[-1]['val_acc'] or 0:.1%}")
+        row = state.history[-1]
+        self.advance(1, **{"val_mAP": f"{row['val_map']:.1%}"} if "val_map" in row else
+                     {"val_acc": f"{row['val_acc'] or 0:.1%}"})
+
+
+def val_score(row: dict) -> str:
+    """"acc 96.08%", or for a multi-label model "mAP 91.20% (sets 80.00%)"."""
+    if row.get("val_map") is not None:
+        return f"mAP {row['val_map']:.2%} (sets {row['val_acc']:.2%})"
+    return f"acc {row['val_acc']:.2%}"
 
 
 def summary_line(row: dict, epochs: int, best: bool) -> str:
-    val = "" if row["val_acc"] is None else f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}"
+    val = "" if row["val_acc"] is None else f"  val loss {row['val_loss']:.4f} {val_score(row)}"
     mark = "  [green]best[/green]" if best else ""
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}"
             f"{val}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s{mark}")

@@ -21,12 +21,12 @@ from typing import Callable, ContextManager
 
 import torch
 
-from ..check.run import check_at_train_start, without
+from ..check.run import check_at_train_start, set_records, without
 from ..config import TrainConfig
 from ..console import Reporter
-from ..data.loading import LoadedSource, RowView, TensorSet, load_with_progress
+from ..data.loading import LoadedSource, RowView, TensorSet, class_counts, load_with_progress
 from ..data.sources import DataSource, open_configured
-from ..data.split import Record, write_manifest
+from ..data.split import write_manifest
 from ..data.transforms import Preprocessing, channel_stats
 from ..defaults import per_process_batch, scaled_lr
 from ..errors import OculiError, WeightsUnavailable
@@ -192,7 +192,7 @@ def _train_in(run_dir: Path, plan: Plan, model, weights: Weights | None, source:
 
 def _write_plan(ctx: RunContext, given: str | None) -> None:
     """split.csv (the records a resume reuses) and config.json (the whole plan), written once by a new run."""
-    write_manifest(ctx.run.split, _used_records(ctx.sets), ctx.source.classes)
+    write_manifest(ctx.run.split, set_records(ctx.sets), ctx.source.classes)
     job = {"torchrun_job": run_id()} if ctx.world.size > 1 else {}  # how a restarted job finds its run
     atomic_write_json(ctx.run.config, {"oculi_version": __version__, "data_as_given": given, **job,
                                        **ctx.plan.to_dict()})
@@ -241,7 +241,7 @@ def _report_skipped(skipped: list[tuple[str, str]], run: RunDir, reporter: Repor
 
 
 def _check_trainable(train: TensorSet, source: DataSource) -> None:
-    counts = torch.bincount(train.labels, minlength=len(source.classes))
+    counts = class_counts(train.labels, len(source.classes))
     empty = [c for c, n in zip(source.classes, counts.tolist()) if n == 0]
     if empty:
         raise OculiError(f"class '{empty[0]}' has no readable training images")
@@ -277,7 +277,3 @@ def _init_from_data(model, train: TensorSet, preprocessing: Preprocessing, seed:
     model.init_from_data(preprocessing.normalize(train.images[index]))
 
 
-def _used_records(sets: dict[str, TensorSet]) -> list[Record]:
-    """The records that were actually decoded, in order: the split manifest a resume reuses."""
-    return [Record(path, label, split) for split, s in sets.items()
-            for path, label in zip(s.paths, s.labels.tolist())]
