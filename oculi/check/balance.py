@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.split import Record
+from ..data.split import Record, label_counts
 from .duplicates import Duplicate, summarize
 from .hashing import FileFacts
 
@@ -28,9 +28,8 @@ class DataWarning:
 
 def profile(classes: list[str], records: list[Record], facts: dict[str, FileFacts]) -> dict:
     """Counts per split and class, imbalance, sizes, aspect ratios and colour of the readable images."""
-    counts = {s: {c: 0 for c in classes} for s in ("train", "val", "test")}
-    for r in records:
-        counts[r.split][classes[r.label]] += 1
+    counts = {s: dict(zip(classes, label_counts([r for r in records if r.split == s], len(classes)).tolist()))
+              for s in ("train", "val", "test")}
     train = np.array(list(counts["train"].values()))
     shapes = np.array([(f.channels, f.height, f.width) for f in facts.values()] or [(3, 0, 0)])
     short = shapes[:, 1:].min(1)
@@ -42,7 +41,25 @@ def profile(classes: list[str], records: list[Record], facts: dict[str, FileFact
                                                                          int(np.median(shapes[:, 2]))],
                      "max": _side(shapes, np.argmax(short))},
             "aspect": {"min": round(float(aspect.min()), 2), "max": round(float(aspect.max()), 2)},
-            "grayscale": int((shapes[:, 0] == 1).sum()) if facts else 0}
+            "grayscale": int((shapes[:, 0] == 1).sum()) if facts else 0,
+            **label_set_profile(classes, records)}
+
+
+def label_set_profile(classes: list[str], records: list[Record], shown: int = 10) -> dict:
+    """Of multi-label data (records with label sets): labels per image, and the label pairs most often on one
+    image; nothing for one label an image."""
+    sets = [r.labels for r in records if r.labels is not None]
+    if not sets:
+        return {}
+    pairs: dict[tuple[int, int], int] = {}
+    for labels in sets:
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                pairs[a, b] = pairs.get((a, b), 0) + 1
+    top = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:shown]
+    return {"label_sets": {"labels_per_image": round(float(np.mean([len(s) for s in sets])), 3),
+                           "most_labels": int(max(len(s) for s in sets)),
+                           "pairs": [{"labels": [classes[a], classes[b]], "images": n} for (a, b), n in top]}}
 
 
 def _side(shapes: np.ndarray, i: int) -> list[int]:
@@ -144,8 +161,8 @@ def _colour_mix(known: list[tuple[Record, FileFacts]], classes: list[str]) -> li
     gray = [r for r, f in known if f.channels == 1]
     if not gray or len(gray) == len(known):
         return []
-    per_class = np.bincount([r.label for r in gray], minlength=len(classes))
-    totals = np.bincount([r.label for r, _ in known], minlength=len(classes))
+    per_class = label_counts(gray, len(classes))
+    totals = label_counts([r for r, _ in known], len(classes))
     share = per_class / np.maximum(totals, 1)
     top = int(share.argmax())
     skew = (f" {share[top]:.0%} of '{classes[top]}' are grayscale against {len(gray) / len(known):.0%} overall: "

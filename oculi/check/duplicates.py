@@ -94,7 +94,7 @@ def _group_rows(records: list[Record], digests: list[str], members: list[int]) -
     head = min(members, key=lambda i: (SPLIT_ORDER.get(records[i].split, 3), records[i].path))
     splits = {records[i].split for i in members}
     return [Duplicate(records[i].path, records[head].path, "exact" if digests[i] == digests[head] else "near",
-                      records[i].split != records[head].split, records[i].label != records[head].label,
+                      records[i].split != records[head].split, records[i].label_set != records[head].label_set,
                       records[i].split, _leaks(records[i].split, splits))
             for i in members if i != head]
 

@@ -61,7 +61,9 @@ class CheckResult:
     def summary(self) -> str:
         counts = summarize(self.duplicates)
         issues = "" if self.label_issues is None else f", {len(self.label_issues)} likely label errors"
-        return (f"{self.profile['images']} images: {counts['exact']} exact + {counts['near']} near duplicates, "
+        sets = self.profile.get("label_sets")
+        per_image = "" if sets is None else f" ({sets['labels_per_image']:.2f} labels an image)"
+        return (f"{self.profile['images']} images{per_image}: {counts['exact']} exact + {counts['near']} near duplicates, "
                 f"val/test leaks {counts['leaks']}, under two labels {counts['across_classes']}, imbalance "
                 f"{self.profile['imbalance_ratio']:g}:1, {len(self.warnings)} warning"
                 f"{'s' * (len(self.warnings) != 1)}{issues}")
@@ -215,6 +217,9 @@ def run_check(data: str, labels: bool = False, out: str | Path | None = None, re
     path = Path(data).expanduser()
     cfg = TrainConfig(data=str(path.resolve()) if path.exists() else data, device=device, **(table or {}))
     source = open_configured(cfg)
+    if labels and source.multi_label:  # confident learning ranks one given class against the others
+        raise OculiError(f"--labels: {data} has label sets (multi-label); ranking their label errors is not "
+                         f"supported, the rest of the check is")
     for warning in source.warnings:
         reporter.warn(warning)
     plan = resolve_plan(cfg, source, resolve_device(device).type)

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 
 from ..calibration import UNKNOWN, class_logits, energy_score, softmax
+from ..multilabel import sigmoid
 from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
 from ..data.contained import prepare_files
+from ..data.split import LABEL_SEP
 from ..data.transforms import Preprocessing
 from ..data.unreadable import Unreadable
 from ..errors import OculiError
-from ..runtime.bundle import bundle_calibration, bundle_paths, load_bundle
+from ..runtime.bundle import bundle_calibration, bundle_paths, bundle_thresholds, load_bundle
 from ..runtime.engines import place_model, predict_logits, resolve_device
 
 
@@ -38,11 +40,13 @@ class Prediction:
     top_k: list[tuple[str, float]]
     top_label: str = ""
     ood_score: float | None = None
+    labels: list[str] | None = None  # a multi-label model's answer: every class over its threshold
 
     def to_dict(self) -> dict:
         return {"source": self.source, "label": self.label, "confidence": self.confidence,
                 "top_label": self.top_label, "ood_score": self.ood_score,
-                "top_k": [{"label": c, "probability": p} for c, p in self.top_k]}
+                "top_k": [{"label": c, "probability": p} for c, p in self.top_k],
+                **({} if self.labels is None else {"labels": self.labels})}
 
 
 class Classifier:
@@ -56,6 +60,7 @@ class Classifier:
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.head: str = meta["model"]["head"]
         self.calibration = bundle_calibration(meta)
+        self.thresholds = bundle_thresholds(meta)  # a multi-label model's, one a class; else None
         # Below this confidence the answer is "unknown": the bundle's threshold unless the caller sets another.
         self.min_confidence: float | None = self.calibration.abstain_threshold
         self.runner = None  # an exported graph that ``prepared_probs`` runs instead of the model
@@ -116,6 +121,8 @@ class Classifier:
             return run_batches(self.runner, batch, batch_size)
         logits = class_logits(predict_logits(self.model, batch, self.preprocessing, self.device, batch_size).numpy(),
                               self.head)
+        if self.head == "multilabel":  # independent classes: no energy score over them
+            return sigmoid(logits, self.calibration.temperature).astype(np.float32), None
         # Energy at T = 1, as Liu et al. define it: the temperature only sharpens or softens every row alike.
         return softmax(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
 
@@ -158,9 +165,20 @@ class Classifier:
         "unknown" when the top probability is below ``min_confidence``."""
         order = np.argsort(-row, kind="stable")[: max(1, min(top_k, len(self.classes)))]
         top, confidence = self.classes[order[0]], float(row[order[0]])
+        if self.thresholds is not None:
+            return self._label_set(source, row, order, ood_score)
         answered = self.min_confidence is None or confidence >= self.min_confidence
         return Prediction(source, top if answered else UNKNOWN, confidence,
                           [(self.classes[i], float(row[i])) for i in order], top, ood_score)
+
+
+    def _label_set(self, source: str, row: np.ndarray, order: np.ndarray, ood_score) -> Prediction:
+        """A multi-label answer: every class whose probability reaches its threshold (``label``: their names
+        joined by ';', "unknown" when there is none); ``confidence`` is the top class's probability."""
+        labels = [c for c, p, t in zip(self.classes, row, self.thresholds) if p >= t]
+        top = self.classes[order[0]]
+        return Prediction(source, LABEL_SEP.join(labels) if labels else UNKNOWN, float(row[order[0]]),
+                          [(self.classes[i], float(row[i])) for i in order], top, ood_score, labels)
 
 
 def _at(scores: np.ndarray | None, i: int) -> float | None:

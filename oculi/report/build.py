@@ -21,7 +21,7 @@ from ..check.run import leak_free_words
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.sources import DataSource, open_configured
-from ..data.split import Record, read_manifest
+from ..data.split import LABEL_SEP, Record, read_manifest
 from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
 from ..io import atomic_write_text
@@ -32,6 +32,9 @@ from ..plan import Plan
 from ..route import legacy_part, part_words
 from ..rundir import RunDir
 from .html import Section, figure_html, image_tile, render_page, tiles_html
+from .label_sets import (label_set_explain_section, label_set_facts, label_set_metrics_section,
+                         label_set_predictions_section)
+from .rows import load_rows, sample_rows
 
 SAMPLES_PER_CLASS = 8
 MAX_SAMPLE_CLASSES = 20  # rows of the per-class sample grid
@@ -82,6 +85,18 @@ def _saved_augmentation(saved: dict) -> Augmentation | None | str:
 
 # ---------------------------------------------------------------- images of the run
 
+def is_multi_label(run: RunFiles) -> bool:
+    return run.meta["model"]["head"] == "multilabel"
+
+
+def split_record(path: str, names: str, split: str, classes: list[str], multi_label: bool) -> Record:
+    """The record of a split.csv or test_predictions.csv row: its class, or its label set (names joined by ';')."""
+    if not multi_label:
+        return Record(path, classes.index(names), split)
+    labels = tuple(sorted(classes.index(n) for n in names.split(LABEL_SEP) if n))
+    return Record(path, labels[0] if labels else 0, split, labels)
+
+
 class RunImages:
     """Reads the run's images again, by path, through the bundle's preprocessing (what the model saw)."""
 
@@ -96,9 +111,10 @@ class RunImages:
                 self.unavailable = f"The images could not be read again ({err}); this section needs them."
         self.source = source
         self.classes = source.classes if source else list(run.meta["classes"])
+        self.multi_label = is_multi_label(run)
 
     def record(self, path: str, class_name: str, split: str) -> Record:
-        return Record(path, self.classes.index(class_name), split)
+        return split_record(path, class_name, split, self.classes, self.multi_label)
 
     def load(self, records: list[Record]) -> tuple[torch.Tensor, list[Record]]:
         """Prepared uint8 images [N, C, H, W] of the readable ``records``, and those records."""
@@ -123,6 +139,8 @@ def write_report(run_dir: str | Path, source: DataSource | None = None, reporter
     images = RunImages(run, classifier.preprocessing, source)
     builders = [data_section, check_section, augmentation_section, model_section, training_section, metrics_section,
                 trust_section, predictions_section, explain_section]
+    if is_multi_label(run):  # label sets: their scores, thresholds and images in place of one class's
+        builders = [*builders[:5], label_set_metrics_section, label_set_predictions_section, label_set_explain_section]
     sections = []
     with _bar(reporter, len(builders)) as advance:
         for build in builders:
@@ -148,7 +166,7 @@ def _subtitle(run: RunFiles) -> str:
 
 def _facts(run: RunFiles) -> list[tuple[str, str]]:
     m = run.metrics
-    facts = [(f"{m['split']} accuracy", f"{m['accuracy']:.2%}"), (f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.2%}"),
+    facts = label_set_facts(m) if is_multi_label(run) else [(f"{m['split']} accuracy", f"{m['accuracy']:.2%}"), (f"top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.2%}"),
              ("log loss", f"{m['log_loss']:.4f}"), (f"{m['split']} images", f"{m['n']:,}")]
     seconds = training_seconds(run.history)
     if seconds is not None:
@@ -169,8 +187,8 @@ def data_section(run: RunFiles, classifier, images: RunImages) -> Section:
     from ..plots import plot_class_counts
     classes = list(run.meta["classes"])
     # What the run used (split.csv), counted as the data source counts: readable even if the data moved.
-    label = {c: i for i, c in enumerate(classes)}
-    used = DataSource(run.config.data, classes, [Record(p, label[c], s) for p, c, s in run.split])
+    multi = is_multi_label(run)
+    used = DataSource(run.config.data, classes, [split_record(p, c, s, classes, multi) for p, c, s in run.split])
     counts = used.class_counts()
     sizes = ", ".join(f"{sum(c.values()):,} {s}" for s, c in counts.items())
     body = [paragraph(f"{run.meta.get('data', run.config.data)}: {len(classes)} classes, {sizes} images "
@@ -446,8 +464,8 @@ def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section
     title = f"Predictions on the {run.metrics['split']} set"
     if images.unavailable:
         return Section("predictions", title, paragraph(images.unavailable))
-    rows = _sample(run.predictions, GRID_IMAGES, run.config.seed)
-    pixels, records, rows = _load_rows(images, rows, run.metrics["split"])
+    rows = sample_rows(run.predictions, GRID_IMAGES, run.config.seed)
+    pixels, records, rows = load_rows(images, rows, run.metrics["split"])
     right = sum(r["true"] == r["predicted"] for r in rows)
     body = paragraph(f"{len(rows)} images drawn at random: {right} right (green), {len(rows) - right} wrong (red). "
                      "Each reads: true class, → predicted class and its probability.")
@@ -465,18 +483,6 @@ def predictions_section(run: RunFiles, classifier, images: RunImages) -> Section
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'s' * (n != 1)}"
-
-
-def _sample(rows: list[dict], n: int, seed: int) -> list[dict]:
-    order = np.random.default_rng(seed).permutation(len(rows))[:n]
-    return [rows[i] for i in sorted(order)]
-
-
-def _load_rows(images: RunImages, rows: list[dict], split: str):
-    """The prepared images of prediction rows, with their records; rows whose image is unreadable now drop."""
-    pixels, records = images.load([images.record(r["path"], r["true"], split) for r in rows])
-    kept = {r.path for r in records}
-    return pixels, records, [r for r in rows if r["path"] in kept]
 
 
 def _right_and_wrong(rows: list[dict], n: int) -> list[int]:
@@ -497,7 +503,7 @@ def _mistakes_html(run: RunFiles, images: RunImages) -> str:
     wrong = sorted((r for r in run.predictions if r["true"] != r["predicted"]), key=lambda r: -float(r["confidence"]))
     if not wrong:
         return paragraph("None: every image was classified right.")
-    pixels, _, rows = _load_rows(images, wrong[:MISTAKES], run.metrics["split"])
+    pixels, _, rows = load_rows(images, wrong[:MISTAKES], run.metrics["split"])
     return (paragraph(f"The {_count(len(rows), 'wrong prediction')} made with the highest probability, of "
                       f"{_count(len(wrong), 'mistake')} in all: often a mislabelled image or a class pair the "
                       "model confuses.") + _prediction_tiles(pixels, rows))
@@ -512,7 +518,7 @@ def explain_section(run: RunFiles, classifier, images: RunImages) -> Section:
     title = "What the model looks at"
     if images.unavailable:
         return Section("explain", title, paragraph(images.unavailable))
-    rows = _sample(run.predictions, GRID_IMAGES, run.config.seed)
+    rows = sample_rows(run.predictions, GRID_IMAGES, run.config.seed)
     record = images.record(rows[0]["path"], rows[0]["true"], run.metrics["split"])
     try:
         e = explain_image(classifier, images.raw(record))

@@ -33,8 +33,9 @@ def write_card(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def model_card(run: RunFiles) -> str:
     """The card's text: the YAML header, then its sections."""
-    sections = [_title(run), _data(run), _training(run), _results(run), _trust(run), _exports(run), _use(run),
-                _limits(run)]
+    multi = run.meta["model"]["head"] == "multilabel"
+    sections = [_title(run), _data(run), _training(run), _set_results(run) if multi else _results(run),
+                _thresholds(run) if multi else _trust(run), _exports(run), _use(run), _limits(run)]
     return "---\n" + yaml.safe_dump(_header(run), sort_keys=False) + "---\n\n" + "\n\n".join(sections) + "\n"
 
 
@@ -51,11 +52,14 @@ def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
 
 def _header(run: RunFiles) -> dict:
     m, model = run.metrics, run.meta["model"]["name"]
-    metrics = [{"type": "accuracy", "value": round(m["accuracy"], 4), "name": f"{m['split']} accuracy"},
-               {"type": "f1", "value": round(m["macro_avg"]["f1"], 4), "name": f"{m['split']} macro-F1"},
-               {"type": "log_loss", "value": round(m["log_loss"], 4), "name": f"{m['split']} log loss (calibrated)"}]
+    multi = bool(m.get("multi_label"))
+    first = ({"type": "mAP", "value": round(m["mAP"], 4), "name": f"{m['split']} mAP"} if multi else
+             {"type": "accuracy", "value": round(m["accuracy"], 4), "name": f"{m['split']} accuracy"})
+    metrics = [first, {"type": "f1", "value": round(m["macro_avg"]["f1"], 4), "name": f"{m['split']} macro-F1"},
+               {"type": "log_loss", "value": round(m["log_loss"], 4),
+                "name": f"{m['split']} log loss" + (" (mean binary cross-entropy)" if multi else " (calibrated)")}]
     return {"library_name": "oculi", "pipeline_tag": "image-classification",
-            "tags": ["image-classification", "oculi", model],
+            "tags": ["image-classification", "oculi", model] + ["multi-label-classification"] * multi,
             "model-index": [{"name": run.run_dir.name, "results": [{
                 "task": {"type": "image-classification", "name": "Image Classification"},
                 "dataset": {"name": run.meta["data"], "type": run.meta["data"], "split": m["split"]},
@@ -122,6 +126,25 @@ def _results(run: RunFiles) -> str:
     lines += [f"| {c['class']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |"
               for c in m["per_class"]]
     return "\n".join(lines)
+
+
+def _set_results(run: RunFiles) -> str:
+    """A multi-label model's results: mAP and the set scores, then each class's AP and scores at its threshold."""
+    m = run.metrics
+    lines = [f"## Results ({m['split']} split)", "",
+             f"Multi-label: each image gets every class whose probability reaches its threshold. mAP "
+             f"{m['mAP']:.2%} (micro {m['micro_mAP']:.2%}) on {m['n']:,} images; macro-F1 {m['macro_avg']['f1']:.3f}, "
+             f"micro-F1 {m['micro_avg']['f1']:.3f}, every label right on {m['subset_accuracy']:.2%} of the images, "
+             f"Hamming loss {m['hamming_loss']:.4f}.", "",
+             "| class | AP | threshold | precision | recall | F1 | images |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['class']} | {'-' if c['ap'] is None else format(c['ap'], '.3f')} | {c['threshold']:.2f} | "
+              f"{c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |" for c in m["per_class"]]
+    return "\n".join(lines)
+
+
+def _thresholds(run: RunFiles) -> str:
+    from .label_sets import threshold_words
+    return "## Thresholds\n\n" + threshold_words(run.metrics.get("thresholds") or {})
 
 
 def _trust(run: RunFiles) -> str:

@@ -178,6 +178,7 @@ def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
         fields.fail("classes", f"has {len(classes)} names but model.num_classes is {spec.num_classes}")
     if spec.head == "sigmoid" and spec.num_classes != 2:
         fields.fail("model.head", f"is \"sigmoid\", which takes exactly 2 classes, not {spec.num_classes}")
+    bundle_thresholds(meta, meta_path)
     if spec.in_chans != preprocessing.channels:
         fields.fail("model.in_chans", f"is {spec.in_chans} but preprocessing.channels is {preprocessing.channels}")
     if spec.image_size != preprocessing.image_size:
@@ -201,6 +202,22 @@ def bundle_calibration(meta: dict, meta_path: Path | str = "the bundle") -> Cali
     return Calibration(float(temperature), threshold if threshold is None else float(threshold))
 
 
+def bundle_thresholds(meta: dict, meta_path: Path | str = "the bundle") -> list[float] | None:
+    """A multi-label bundle's per-class thresholds (``thresholds``: one number in [0, 1] a class, required with
+    the multilabel head, refused with any other); None for a one-label model."""
+    fields = _Fields(Path(meta_path), "", meta)
+    multi = (meta.get("model") or {}).get("head") == "multilabel"
+    if not multi:
+        if "thresholds" in meta:
+            fields.fail("thresholds", "belongs to a multilabel head only")
+        return None
+    value = fields.get("thresholds", "a list of one threshold a class")
+    if not (isinstance(value, list) and len(value) == len(meta.get("classes") or ())
+            and all(type(v) in (int, float) and 0 <= v <= 1 for v in value)):
+        fields.wrong("thresholds", value, f"a list of {len(meta.get('classes') or ())} numbers from 0 to 1")
+    return [float(v) for v in value]
+
+
 def _classes(fields: "_Fields") -> list[str]:
     classes = fields.get("classes", "a list of class names")
     if not isinstance(classes, list) or not all(isinstance(c, str) and c.strip() for c in classes):
@@ -216,7 +233,7 @@ def _classes(fields: "_Fields") -> list[str]:
 def _model_spec(model: "_Fields") -> ModelSpec:
     model.only(MODEL_FIELDS)
     return ModelSpec(model.text("name"), model.integer("num_classes", 2, MAX_CLASSES), model.pick("in_chans", (1, 3)),
-                     model.size("image_size"), model.pick("head", ("softmax", "sigmoid")),
+                     model.size("image_size"), model.pick("head", ("softmax", "sigmoid", "multilabel")),
                      model.pick("classifier", CLASSIFIERS, default="linear"))
 
 
