@@ -203,7 +203,12 @@ def evaluate(
         print(json.dumps(metrics, indent=2))
         return
     split = f" (the run's {metrics['split']} split)" if "split" in metrics else ""
-    table = Table("class", "precision", "recall", "f1", "support", title=f"{metrics['n']} images from {metrics['data']}{split}")
+    title = f"{metrics['n']} images from {metrics['data']}{split}"
+    if metrics.get("multi_label"):
+        _print_label_set_metrics(metrics, title)
+        out.print(f"written to {written}/")
+        return
+    table = Table("class", "precision", "recall", "f1", "support", title=title)
     for row in metrics_table_rows(metrics):
         table.add_row(*row)
     out.print(table)
@@ -214,6 +219,18 @@ def evaluate(
     if abstaining:
         out.print(abstaining)
     out.print(f"written to {written}/")
+
+
+def _print_label_set_metrics(metrics: dict, title: str) -> None:
+    """A multi-label model's evaluation: each class's AP and scores at its threshold, then the set scores."""
+    table = Table("class", "AP", "threshold", "precision", "recall", "f1", "support", title=title)
+    for c in metrics["per_class"]:
+        table.add_row(c["class"], "-" if c["ap"] is None else f"{c['ap']:.3f}", f"{c['threshold']:.2f}",
+                      f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+    out.print(table)
+    out.print(f"mAP {metrics['mAP']:.2%} (micro {metrics['micro_mAP']:.2%})   macro-F1 {metrics['macro_avg']['f1']:.3f}   "
+              f"micro-F1 {metrics['micro_avg']['f1']:.3f}   every label right {metrics['subset_accuracy']:.2%}   "
+              f"Hamming loss {metrics['hamming_loss']:.4f}")
 
 
 def _with_min_confidence(classifier, value: float | None):
@@ -359,7 +376,7 @@ def _print_predictions(predictions, fmt: str) -> None:
     else:
         table = Table("image", "prediction", "confidence", "top-k", "ood score")
         for p in predictions:
-            shown = p.label if p.label == p.top_label else f"{p.label} (top: {p.top_label})"
+            shown = p.label if p.label == p.top_label or p.labels is not None else f"{p.label} (top: {p.top_label})"
             table.add_row(p.source, shown, f"{p.confidence:.1%}",
                           ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]),
                           "" if p.ood_score is None else f"{p.ood_score:.2f}")

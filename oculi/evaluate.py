@@ -10,6 +10,7 @@ import numpy as np
 from .errors import OculiError
 from .calibration import expected_calibration_error, selective_figures
 from .metrics import classification_metrics
+from .data.split import named_record
 from .rundir import RunDir
 
 
@@ -22,7 +23,8 @@ def evaluate_folder(classifier, data: str | Path, top_k: int = 5, out: str | Pat
     takes them). The
     images go through the bundle's own preprocessing, exactly as ``predict`` does.
     """
-    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes, table or {})
+    source, root = _labelled_folder(Path(data).expanduser(), classifier.classes, table or {},
+                                    classifier.thresholds is not None)
     from .data.table import is_table, table_name
 
     given = Path(data).expanduser()
@@ -107,6 +109,8 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     # through the engine the classifier was loaded with; calibrated, as predict gives them
     probs = classifier.prepared_probs(images.images).astype(np.float64)
     labels = images.labels.numpy()
+    if classifier.thresholds is not None:
+        return _evaluate_label_sets(classifier, probs, labels, folder, {**about, "skipped": [list(s) for s in skipped]})
     metrics = {**classification_metrics(labels, probs, classifier.classes, top_k), **_trust(classifier, probs, labels),
                **about, "skipped": [list(s) for s in skipped]}
     atomic_write_json(folder / "metrics.json", metrics)
@@ -115,6 +119,21 @@ def _evaluate(classifier, source, top_k: int, folder: Path, about: dict, what: s
     # named as a run names its own, so that the two read alike
     save_figure(plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classifier.classes),
                 RunDir(folder).confusion)
+    return metrics, folder
+
+
+def _evaluate_label_sets(classifier, probs: np.ndarray, targets: np.ndarray, folder: Path,
+                         about: dict) -> tuple[dict, Path]:
+    """A multi-label model's scores at its thresholds (``multilabel.multilabel_metrics``), written with the
+    precision-recall curves and the labels' co-occurrence."""
+    from .io import atomic_write_json
+    from .multilabel import multilabel_metrics
+    from .plots import plot_co_occurrence, plot_pr_curves, save_figure
+
+    metrics = {**multilabel_metrics(targets, probs, classifier.classes, classifier.thresholds), **about}
+    atomic_write_json(folder / "metrics.json", metrics)
+    save_figure(plot_pr_curves(targets, probs, classifier.classes, classifier.thresholds), RunDir(folder).pr_curves)
+    save_figure(plot_co_occurrence(metrics["co_occurrence"], classifier.classes), RunDir(folder).co_occurrence)
     return metrics, folder
 
 
@@ -159,10 +178,19 @@ def _held_out_records(manifest: Path, classes: list[str]) -> list:
 
 def _split_records(manifest: Path, classes: list[str], split: str) -> list:
     """The manifest's records of ``split``, labelled in the model's class order."""
-    from .data.split import Record, read_manifest
+    from .data.split import read_manifest
 
-    return [Record(path, _model_label(label, classes, manifest), s) for path, label, s in read_manifest(manifest)
+    multi = _is_multi_label(manifest.parent)
+    return [named_record(path, label, s, classes, multi, manifest) for path, label, s in read_manifest(manifest)
             if s == split]
+
+
+def _is_multi_label(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` learned label sets (its saved plan's head)."""
+    try:
+        return RunDir(run_dir).read_config()["config"].get("head") == "multilabel"
+    except (OculiError, KeyError, TypeError):
+        return False
 
 
 def _images_of(settings: dict, records: list, classes: list[str], run_dir: Path):
@@ -177,19 +205,23 @@ def _images_of(settings: dict, records: list, classes: list[str], run_dir: Path)
     return records_source(settings["data"], classes, records, settings.get("data_dir"), settings.get("images"))
 
 
-def _labelled_table(table: Path, classes: list[str], settings: dict):
+def _labelled_table(table: Path, classes: list[str], settings: dict, multi_label: bool):
     """The rows of a table of labels to evaluate on (its test rows, else its val rows, else all), with their
     labels mapped to the model's classes."""
-    from .data.sources import DataSource
-    from .data.split import Record
-    from .data.table import TableColumns, read_label_table
+    import dataclasses
+    from .config import TrainConfig
+    from .data.sources import DataSource, table_columns
+    from .data.split import label_names
+    from .data.table import read_label_table
 
-    columns = TableColumns(*(settings.get(f"{c}_column", c) for c in ("path", "label", "split")))
+    columns = table_columns(TrainConfig(data=str(table), **settings))
+    columns = dataclasses.replace(columns, multi_label=True) if multi_label else columns
     read = read_label_table(table, settings.get("images"), columns)
     split = next((s for s in ("test", "val") if any(r.split == s for r in read.records)), None)
-    records = [Record(r.path, _model_label(read.classes[r.label], classes, f"--data {table}"), r.split)
+    records = [named_record(r.path, label_names(r, read.classes), r.split, classes, multi_label, f"--data {table}")
                for r in read.records if split is None or r.split == split]
-    return DataSource(table.stem, list(classes), records, root=read.root, skipped=read.skipped, table=table)
+    return DataSource(table.stem, list(classes), records, root=read.root, skipped=read.skipped, table=table,
+                      multi_label=multi_label)
 
 
 def _model_label(class_name: str, classes: list[str], where) -> int:
@@ -199,14 +231,15 @@ def _model_label(class_name: str, classes: list[str], where) -> int:
     return classes.index(class_name)
 
 
-def _labelled_folder(path: Path, classes: list[str], table_settings: dict):
-    """The class-folder (or table) source to evaluate on, with its labels mapped to the model's classes."""
+def _labelled_folder(path: Path, classes: list[str], table_settings: dict, multi_label: bool = False):
+    """The class-folder (or table) source to evaluate on, with its labels mapped to the model's classes (of a
+    multi-label model: as label sets, a class folder's images each with the one label)."""
     from .data.sources import scan_class_folders, split_folders
     from .data.table import is_table, table_in
 
     table = path if is_table(path) else table_in(path) if path.is_dir() else None
     if table is not None:
-        return _labelled_table(table, classes, table_settings), table
+        return _labelled_table(table, classes, table_settings, multi_label), table
     if not path.is_dir():
         raise OculiError(f"--data: no such folder: {path}")
     splits = split_folders(path)
@@ -215,4 +248,6 @@ def _labelled_folder(path: Path, classes: list[str], table_settings: dict):
     labels = [_model_label(name, classes, f"--data {root}") for name in source.classes]
     for record in source.records:
         record.label = labels[record.label]
+        record.labels = (record.label,) if multi_label else None
+    source.classes, source.multi_label = list(classes), multi_label
     return source, root

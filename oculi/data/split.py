@@ -78,6 +78,17 @@ def write_manifest(path: Path, records: list[Record], classes: list[str]) -> Non
 LABEL_SEP = ";"  # between the class names of a multi-label image, in split.csv and predictions
 
 
+def named_record(path: str, names: str, split: str, classes: list[str], multi_label: bool, where) -> Record:
+    """The record of a row that names its class (split.csv, test_predictions.csv, a table read for another
+    model), labelled in ``classes``' order: a multi-label row's names are joined by LABEL_SEP."""
+    wanted = [n for n in names.split(LABEL_SEP) if n] if multi_label else [names]
+    unknown = next((n for n in wanted if n not in classes), None)
+    if unknown is not None:
+        raise OculiError(f"{where}: class '{unknown}' is not one the model knows ({', '.join(classes)})")
+    labels = tuple(sorted(classes.index(n) for n in wanted))
+    return Record(path, labels[0] if labels else 0, split, labels if multi_label else None)
+
+
 def label_names(record: Record, classes: list[str]) -> str:
     return LABEL_SEP.join(classes[c] for c in record.label_set) if record.labels is not None else classes[record.label]
 

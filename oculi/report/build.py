@@ -21,7 +21,7 @@ from ..check.run import leak_free_words
 from ..config import TrainConfig
 from ..console import Reporter
 from ..data.sources import DataSource, open_configured
-from ..data.split import LABEL_SEP, Record, read_manifest
+from ..data.split import Record, named_record, read_manifest
 from ..data.transforms import Augmentation, Preprocessing
 from ..errors import OculiError
 from ..io import atomic_write_text
@@ -91,10 +91,7 @@ def is_multi_label(run: RunFiles) -> bool:
 
 def split_record(path: str, names: str, split: str, classes: list[str], multi_label: bool) -> Record:
     """The record of a split.csv or test_predictions.csv row: its class, or its label set (names joined by ';')."""
-    if not multi_label:
-        return Record(path, classes.index(names), split)
-    labels = tuple(sorted(classes.index(n) for n in names.split(LABEL_SEP) if n))
-    return Record(path, labels[0] if labels else 0, split, labels)
+    return named_record(path, names, split, classes, multi_label, "split.csv")
 
 
 class RunImages:

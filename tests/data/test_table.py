@@ -79,7 +79,7 @@ def test_other_column_names_are_read_with_the_column_settings(tmp_path):
     ("a/img_00.png,\n", r"line 2 \(a/img_00\.png\) has an empty label"),
     ("a/img_00.png,a,holdout\n", r"line 2 \(a/img_00\.png\) has the split 'holdout'; use train, val, test"),
     ("../outside.png,a\n", r"line 2: \.\./outside\.png leaves the images folder"),
-    ("a/img_00.png,a\na/img_00.png,b\n", r"a/img_00\.png is listed twice with two labels, 'a' and 'b' \(line 3\)"),
+    ("a/img_00.png,a\na/img_00.png,b\n", r"a/img_00\.png is listed twice with two labels, 'a' and 'b' \(line 3"),
     ("", r"no rows below the header"),
 ])
 def test_each_bad_row_is_a_one_line_error_naming_the_table_and_line(tmp_path, body, message):
@@ -184,3 +184,70 @@ def test_a_missing_table_is_named_as_a_table_and_a_tables_split_is_not_called_a_
     assert _train_folder_split_for_test(as_folder) == "train"  # "no test/ folder: 10% of train/ held out"
     table = table_of(folder.parent, tmp_path / "t.csv")
     assert _train_folder_split_for_test(open_source(str(table), images=str(folder.parent))) is None
+
+
+# ---------------------------------------------------------------- label sets (multi-label)
+
+def test_a_label_cell_with_the_separator_makes_label_sets_stratified_by_the_rarest_label(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=4, classes=("a", "b", "c"))
+    rows = "".join(f"{n}/img_{i:02d}.png,{n};c\n" if n != "c" else f"c/img_{i:02d}.png,c\n"
+                   for n in ("a", "b", "c") for i in range(4))
+    read = read_label_table(write_table(tmp_path / "t.csv", "path,label\n" + rows), folder)
+    assert read.multi_label and read.classes == ["a", "b", "c"]
+    by_path = {r.path: r for r in read.records}
+    assert by_path["a/img_00.png"].labels == (0, 2) and by_path["a/img_00.png"].label == 0  # a: rarer than c
+    assert by_path["c/img_01.png"].labels == (2,)
+
+
+def test_another_separator_and_one_label_rows_stay_single_label(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=2, classes=("a", "b"))
+    single = read_label_table(table_of(folder, tmp_path / "t.csv"), folder)
+    assert not single.multi_label and all(r.labels is None for r in single.records)
+    text = "path,label\na/img_00.png,a|b\nb/img_00.png,b\n"
+    read = read_label_table(write_table(tmp_path / "p.csv", text), folder, TableColumns(label_sep="|"))
+    assert read.multi_label and {r.path: r.labels for r in read.records}["a/img_00.png"] == (0, 1)
+
+
+def test_zero_one_columns_give_label_sets_in_the_columns_order(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=2, classes=("a", "b"))
+    text = "path,dog,cat\na/img_00.png,1,1\na/img_01.png,0,1\nb/img_00.png,1,0\n"
+    read = read_label_table(write_table(tmp_path / "t.csv", text), folder, TableColumns(label_columns=("dog", "cat")))
+    assert read.classes == ["dog", "cat"] and read.multi_label
+    assert {r.path: r.labels for r in read.records} == {"a/img_00.png": (0, 1), "a/img_01.png": (1,),
+                                                          "b/img_00.png": (0,)}
+
+
+@pytest.mark.parametrize("text, columns, message", [
+    ("path,dog,cat\na/img_00.png,1,2\n", ("dog", "cat"), r"line 2 \(a/img_00\.png\) has '2' in the column 'cat'"),
+    ("path,dog,cat\na/img_00.png,0,0\n", ("dog", "cat"), r"line 2 \(a/img_00\.png\) has no label"),
+    ("path,dog\na/img_00.png,1\n", ("dog", "cat"), r"no 'cat' column .*--label-columns"),
+    ("path,label\na/img_00.png,a;\n", (), r"line 2 \(a/img_00\.png\) has an empty label \(labels separated by ';'\)"),
+])
+def test_bad_label_sets_are_one_line_errors(tmp_path, text, columns, message):
+    folder = make_class_folder(tmp_path / "c", per_class=1, classes=("a", "b"))
+    with pytest.raises(OculiError, match=message) as err:
+        read_label_table(write_table(tmp_path / "t.csv", text), folder, TableColumns(label_columns=columns))
+    assert "\n" not in str(err.value)
+
+
+def test_multi_label_joins_the_rows_of_one_path_and_without_it_they_are_an_error(tmp_path):
+    folder = make_class_folder(tmp_path / "c", per_class=2, classes=("a", "b"))
+    table = write_table(tmp_path / "t.csv", "path,label\na/img_00.png,a\na/img_00.png,b\nb/img_00.png,b\n")
+    with pytest.raises(OculiError, match=r"listed twice with two labels, 'a' and 'b'.*--multi-label"):
+        read_label_table(table, folder)
+    read = read_label_table(table, folder, TableColumns(multi_label=True))
+    assert {r.path: r.labels for r in read.records} == {"a/img_00.png": (0, 1), "b/img_00.png": (1,)}
+    assert "labels joined" in read.warnings[0]
+
+
+def test_a_multi_label_split_manifest_reads_back_its_label_sets(tmp_path):
+    from oculi.data.split import write_manifest
+    folder = make_class_folder(tmp_path / "c", per_class=6, classes=("a", "b"))
+    rows = "".join(f"a/img_{i:02d}.png,{'a;b' if i % 2 else 'a'}\nb/img_{i:02d}.png,b\n" for i in range(6))
+    table = write_table(tmp_path / "t.csv", "path,label\n" + rows)
+    source = open_source(str(table), images=str(folder), val_split=0.2, test_split=0.2)
+    write_manifest(tmp_path / "split.csv", source.records, source.classes)
+    again = open_source(str(table), images=str(folder), split_manifest=str(tmp_path / "split.csv"))
+    assert [(r.path, r.labels, r.split) for r in again.records] == [(r.path, r.labels, r.split) for r in source.records]
+    assert source.class_counts()["train"]["b"] + source.class_counts().get("val", {}).get("b", 0) \
+        + source.class_counts().get("test", {}).get("b", 0) == 9  # six b images and three a;b
