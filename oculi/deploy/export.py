@@ -24,6 +24,7 @@ from ..runtime.bundle import sha256_of
 from ..runtime.engines import head_class_logits, logits_to_probs, tta_logits
 from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
 from ..version import __version__
+from .exported import FILES, export_file, find_export, run_batches  # noqa: F401 (find_export: callers import it here)
 
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
@@ -80,15 +81,10 @@ class Format:
 
 
 FORMATS = {
-    "onnx": Format("onnx", "model.onnx", lambda m, x: onnx_bytes(m, x, output=("probabilities", "energy")),
+    "onnx": Format("onnx", FILES["onnx"], lambda m, x: onnx_bytes(m, x, output=("probabilities", "energy")),
                    lambda path: OnnxRunner(path.read_bytes())),
-    "torchscript": Format("torchscript", "model.torchscript", torchscript_bytes, TorchScriptRunner),
+    "torchscript": Format("torchscript", FILES["torchscript"], torchscript_bytes, TorchScriptRunner),
 }
-
-
-def export_file(fmt: str, precision: str = "fp32") -> str:
-    """The file an export writes: model.onnx, model.int8.onnx, model.fp16.onnx, model.torchscript."""
-    return FORMATS[fmt].file if precision == "fp32" else f"model.{precision}.onnx"
 
 
 class ParityError(OculiError):
@@ -129,17 +125,6 @@ def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
     model = copy.deepcopy(classifier.model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     model = model.half() if half else model
     return ProbabilityGraph(model, pre, classifier.head, classifier.calibration.temperature).eval()
-
-
-@torch.no_grad()
-def run_batches(runner, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """``runner`` (an OnnxRunner or TorchScriptRunner) over uint8 images in batches: (probabilities [N, classes],
-    energy [N], float32 arrays; energy None from a file exported before graphs gave it)."""
-    parts = [runner.outputs(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32), None
-    probs = torch.cat([p[0] for p in parts]).numpy()
-    return probs, (torch.cat([p[1] for p in parts]).numpy() if len(parts[0]) > 1 else None)
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -350,22 +335,3 @@ def _export_meta(classifier, form: Format, file: str, file_sha256: str, figures:
             "calibration": classifier.calibration.to_dict(),  # the temperature is in the graph; the threshold is not
             **({"opset": OPSET} if form.name == "onnx" else {}),
             "parity": figures}
-
-
-def find_export(folder: Path, bundle_meta: dict, fmt: str = "onnx", precision: str = "fp32") -> tuple[Path | None, str]:
-    """(the ``fmt`` file in ``folder``, "") when it was exported from this very bundle and is unchanged,
-    else (None, why not)."""
-    file = Path(folder) / export_file(fmt, precision)
-    meta_file = file.with_name(file.name + ".json")
-    if not (file.is_file() and meta_file.is_file()):
-        flag = {"int8": " --int8", "fp16": " --half"}.get(precision, "")
-        return None, f"no {file.name} in {folder} (`oculi export{flag}` makes one)"
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (ValueError, OSError):
-        return None, f"{meta_file}: not valid JSON"
-    if not isinstance(meta, dict) or any(meta.get(k) != bundle_meta.get(k) for k in ("bundle_sha256", "weights_sha256")):
-        return None, f"{file} was exported from another bundle (export again)"
-    if sha256_of(file) != meta.get("file_sha256"):
-        return None, f"{file}: checksum does not match {meta_file.name} (export again)"
-    return file, ""
