@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleWarning, OculiError
-from ..runtime.bundle import bundle_calibration, verified_meta
+from ..runtime.bundle import bundle_calibration, verified_meta, warn_of_format
 from ..runtime.onnx import OnnxSession
 from .answers import Answering
 from .exported import ENGINES, find_export, run_batches
@@ -43,9 +43,10 @@ def load_classifier(path: str | Path, device: str = "auto", engine: str = "auto"
     if engine not in ENGINES:
         raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
     if engine != "torch" and (engine != "auto" or _runs_on_cpu(device)):
-        meta, meta_path, _ = verified_meta(path)
+        meta, meta_path, _ = verified_meta(path, warn=False)  # Classifier.load warns again: only one of them
         file, why_not = find_export(meta_path.parent, meta, "onnx", ENGINES[engine])
         if file is not None:
+            warn_of_format(meta, meta_path)
             return ExportClassifier(meta, file, "onnx" if engine == "auto" else engine)
         if engine != "auto":
             raise OculiError(f"--engine {engine}: {why_not}")

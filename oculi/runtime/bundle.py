@@ -144,7 +144,7 @@ def load_bundle(path: str | Path) -> tuple["nn.Module", dict]:
     model.json says is checked; a one-line BundleError otherwise. Format 1 bundles load with a BundleWarning."""
     meta, meta_path, weights_path = verified_meta(path, warn=False)
     model = _build(meta, meta_path, weights_path)
-    _warn_of_format(meta, meta_path)
+    warn_of_format(meta, meta_path)
     return model.eval(), meta
 
 
@@ -157,11 +157,11 @@ def verified_meta(path: str | Path, warn: bool = True) -> tuple[dict, Path, Path
     _check_integrity(meta, meta_path, weights_path)
     check_meta(meta, meta_path)
     if warn:
-        _warn_of_format(meta, meta_path)
+        warn_of_format(meta, meta_path)
     return meta, meta_path, weights_path
 
 
-def _warn_of_format(meta: dict, meta_path: Path) -> None:
+def warn_of_format(meta: dict, meta_path: Path) -> None:
     if meta["format_version"] < 2:
         # Warned only once everything else passed, so that a refused bundle gets a single line.
         warnings.warn(f"{meta_path}: bundle format {meta['format_version']} checks its weights but not "
