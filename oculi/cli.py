@@ -213,6 +213,8 @@ def evaluate(
     abstaining = describe_abstaining(metrics["abstain"])
     if abstaining:
         out.print(abstaining)
+    from .deploy.lite import describe_engine
+    out.print(f"engine: {describe_engine(classifier)}")
     out.print(f"written to {written}/")
 
 
