@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # --compare-int8 imports this checkout's oculi
 HYMENOPTERA = Path("/tmp/hym/hymenoptera_data")
 WORK = Path("/tmp/oculi-predict-bench")
-ENGINES = ("torch", "onnx", "onnx-int8", "onnx-fp16")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8", "onnx-fp16")
 
 
 def make_photos(n: int, sizes: tuple[int, int] = (300, 500), source: Path = HYMENOPTERA, seed: int = 0) -> Path:
@@ -181,7 +181,10 @@ def compare_draft(run: Path, photos: Path, n: int = 200) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000, help="photos to predict (default 1000)")
-    parser.add_argument("--engines", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=ENGINES)
+    parser.add_argument("--engines", nargs="+", default=["torch", "auto", "onnx-int8"], choices=ENGINES,
+                        help="auto: the default engine (model.onnx, which a CPU run writes, without torch)")
+    parser.add_argument("--one", type=int, default=5, metavar="K",
+                        help="also time predicting one photo, K times per engine (the median; 0: not)")
     parser.add_argument("--no-draft", action="store_true", help="also time each engine with --no-draft (first)")
     parser.add_argument("--sizes", type=int, nargs=2, default=[300, 500], metavar=("LO", "HI"),
                         help="longer side of the photos, px (default 300 500; draft decoding needs twice the "
@@ -205,6 +208,8 @@ def main() -> int:
                 seconds, labels = time_predict(run, photos, engine, draft, args.n)
                 times.append(seconds)
             rows.append((engine + ("" if draft else " --no-draft"), statistics.median(times), labels))
+    ones = {engine: statistics.median(time_predict(run, photos / "photo_00000.jpg", engine, True, 1)[0]
+                                      for _ in range(args.one)) for engine in args.engines} if args.one else {}
     base = rows[0]
     print(f"\n{args.n} photos ({args.sizes[0]}-{args.sizes[1]} px JPEGs, q90) from {photos}; bundle {run}; "
           f"{os.cpu_count()} CPUs")
@@ -212,6 +217,8 @@ def main() -> int:
     for name, seconds, labels in rows:
         same = sum(labels[k] == base[2][k] for k in labels) / len(labels)
         print(f"{name:<24}{seconds:>9.1f}{args.n / seconds:>10.1f}  {base[1] / seconds:>19.2f}x{same:>12.2%}")
+    for engine, seconds in ones.items():
+        print(f"one photo, --engine {engine}: {seconds:.2f} s wall (median of {args.one})")
     if args.compare_draft:
         compare_draft(run, photos, min(200, args.n))
     if args.compare_int8:

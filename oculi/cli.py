@@ -26,9 +26,9 @@ from .errors import BundleWarning, OculiError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
 # --engine of predict, evaluate and serve (the choice itself: deploy.predict.Classifier.load)
-ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (from "
-               "`oculi export`, --int8, --half; of this very bundle); auto: model.onnx when there is one and "
-               "the device is the CPU, else torch.")
+ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (training "
+               "on the CPU writes model.onnx; `oculi export` makes any, with --int8, --half; of this very bundle); "
+               "auto: model.onnx when there is one and the device is the CPU, else torch.")
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 # Recent typer versions vendor click: take the exception classes from wherever typer's come from.
@@ -218,6 +218,8 @@ def evaluate(
     abstaining = describe_abstaining(metrics["abstain"])
     if abstaining:
         out.print(abstaining)
+    from .deploy.lite import describe_engine
+    out.print(f"engine: {describe_engine(classifier)}")
     out.print(f"written to {written}/")
 
 
@@ -271,19 +273,27 @@ def predict(
 def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size: int, device: str,
                   engine: str, min_confidence: float | None, draft: bool) -> int:
     """`oculi predict` in this process: all the files, or with several processes this rank's share of
-    them, rank 0 printing every rank's predictions (and unreadable files) in input order."""
-    from .deploy.predict import Classifier, expand_paths
-    from .runtime.world import world
-    w = world()
-    classifier = _with_min_confidence(Classifier.load(run, device=_rank_device(device, w), engine=engine),
-                                      min_confidence)
+    them, rank 0 printing every rank's predictions (and unreadable files) in input order. Alone, it imports
+    torch only when the engine is torch (``deploy.lite.load_classifier``)."""
+    from .deploy.answers import expand_paths
+    from .deploy.lite import describe_engine, load_classifier
+    w = _ranks() if _launched() else None
+    if w is None:
+        classifier = load_classifier(run, device=device, engine=engine)
+    else:
+        from .deploy.predict import Classifier
+        classifier = Classifier.load(run, device=_rank_device(device, w), engine=engine)
+    classifier = _with_min_confidence(classifier, min_confidence)
+    main = w is None or w.main
     files, missing = expand_paths(paths)
-    for item in missing if w.main else ():
+    for item in missing if main else ():
         _warn(f"no such file or folder: {item}")
     if not files:
         raise OculiError("predict: no image files found in " + ", ".join(paths))
+    if main:  # on stderr: --json and --csv keep stdout for the predictions alone
+        print(f"engine: {describe_engine(classifier)}", file=sys.stderr)
     failures: list = []
-    if w.size == 1:
+    if w is None:
         predictions = classifier.predict_files(files, top_k=top_k, batch_size=batch_size, failures=failures,
                                                draft=draft)
     else:
@@ -299,6 +309,12 @@ def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size:
         print(f"error: predict: none of the {len(files)} image files could be read", file=sys.stderr)
         return 1
     return 0
+
+
+def _ranks():
+    """This process's place among several (torch's world: only a job of several processes needs it)."""
+    from .runtime.world import world
+    return world()
 
 
 def _rank_device(device: str, w) -> str:

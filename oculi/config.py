@@ -233,6 +233,9 @@ class TrainConfig:
     top_k: int = setting(5, "k of the top-k accuracy.", low=1, high=1000)
     progress: bool = setting(True, "Show progress as the run goes.", cli=False)  # the CLI's --quiet turns it off
     report: bool = setting(True, "Write report.html in the run folder.")
+    export: str = setting("auto", "After training, write model.onnx beside the bundle once it agrees with the "
+                          "bundle on the test images, so that `oculi predict` runs on ONNX Runtime without torch: "
+                          "auto (runs trained on the CPU), onnx (always), none.", choices=("auto", "onnx", "none"))
     log: str = setting("none", "Also log the settings and every epoch to a tracker: tensorboard (event files in the "
                        "run folder), mlflow or tensorboard+mlflow.", choices=TRACKERS)
     mlflow_uri: str | None = setting(None, "MLflow tracking URI for --log mlflow, e.g. a server's http://host:5000 "

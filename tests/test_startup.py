@@ -47,10 +47,13 @@ def test_api_is_loaded_on_first_use():
         oculi.nothing
 
 
-def test_predict_with_an_oculi_model_imports_torch_but_not_timm_sklearn_or_matplotlib(tiny_data, tiny_run):
+def test_predict_with_an_oculi_model_imports_no_heavy_library_and_torch_only_for_the_torch_engine(tiny_data, tiny_run):
     data = tiny_data(per_class=6)
-    run = tiny_run(data, model="mlp", epochs=1)  # tests/test_cli.py's run
-    names = imported_modules("-m", "oculi", "predict", str(run.run_dir), str(data / "red" / "img_00.png"))
+    run = tiny_run(data, model="mlp", epochs=1)  # tests/test_cli.py's run, exported at the end of training
+    image = str(data / "red" / "img_00.png")
+    names = imported_modules("-m", "oculi", "predict", str(run.run_dir), image)
+    assert {name.split(".")[0] for name in names} & (HEAVY | {"torchvision"}) == set()
+    names = imported_modules("-m", "oculi", "predict", str(run.run_dir), image, "--engine", "torch")
     modules = {name.split(".")[0] for name in names}
     assert "torch" in modules and modules & HEAVY == {"torch"}
     assert not {name for name in names if name.startswith("oculi.training")}  # predicting needs no training code

@@ -24,6 +24,7 @@ users see) in place of its pixels.
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,12 +33,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from ..errors import ImageDecodeError
 from .children import ChildDied, can_fork, each_in_worker, map_in_children, worker_pool
-from .decode import FileFacts, decode_image_and_facts
-from .transforms import Preprocessing
+from .pixels import FileFacts, prepare_array
+from .preprocessing import Preprocessing
 from .unreadable import CRASHED, Unreadable
 
 DECODE_CHUNK = 64  # files per task: a task costs more than decoding one small JPEG
@@ -59,10 +59,20 @@ def prepare_file_with_facts(path: str | Path, preprocessing: Preprocessing, draf
 
 def _prepared(path: str | Path, preprocessing: Preprocessing, draft: bool, facts: bool
               ) -> tuple[np.ndarray, FileFacts | None] | Unreadable:
+    from .decode import decode_image_and_facts  # torch: not for a torch-free caller (prepare_files' torch_free)
     at_least = preprocessing.image_size if draft else None
     try:
         pixels, found = decode_image_and_facts(path, preprocessing.channels, at_least, facts)
         return preprocessing.prepare(pixels).contiguous().numpy(), found
+    except ImageDecodeError as err:
+        return Unreadable.of(err)
+
+
+def prepare_file_without_torch(path: str | Path, preprocessing: Preprocessing, draft: bool = False
+                               ) -> np.ndarray | Unreadable:
+    """``prepare_file`` with PIL and numpy alone (``pixels.prepare_array``; no image filter)."""
+    try:
+        return prepare_array(path, preprocessing.image_size, preprocessing.channels, preprocessing.resize, draft)
     except ImageDecodeError as err:
         return Unreadable.of(err)
 
@@ -72,21 +82,23 @@ def crashed_or(outcome):
     return CRASHED if isinstance(outcome, ChildDied) else outcome
 
 
-def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing,
-                  workers: int | None = None, draft: bool = False) -> Iterator[np.ndarray | Unreadable]:
+def prepare_files(paths: Iterable[str | Path], preprocessing: Preprocessing, workers: int | None = None,
+                  draft: bool = False, torch_free: bool = False) -> Iterator[np.ndarray | Unreadable]:
     """``prepare_file`` of each path, in order, decoded in worker processes (see the module docstring):
-    a file that crashes its decoder gives ``CRASHED``. Reads a few chunks ahead of what is consumed."""
-    for chunk in prepared_chunks(paths, preprocessing, workers, draft):
+    a file that crashes its decoder gives ``CRASHED``. Reads a few chunks ahead of what is consumed.
+    ``torch_free``: by ``prepare_file_without_torch``, in processes that never import torch."""
+    for chunk in prepared_chunks(paths, preprocessing, workers, draft, torch_free=torch_free):
         yield from chunk
 
 
 def prepared_chunks(paths: Iterable[str | Path], preprocessing: Preprocessing, workers: int | None = None,
-                    draft: bool = False, facts: bool = False) -> Iterator[list]:
+                    draft: bool = False, facts: bool = False, torch_free: bool = False) -> Iterator[list]:
     """``prepare_files``, a list per chunk of ``DECODE_CHUNK`` paths; ``workers`` defaults to every core.
     ``facts``: each readable file gives (pixels, facts), as ``prepare_file_with_facts``."""
     paths = list(paths)
     chunks = deque(paths[i:i + DECODE_CHUNK] for i in range(0, len(paths), DECODE_CHUNK))
-    prepare = partial(prepare_file_with_facts if facts else prepare_file, preprocessing=preprocessing, draft=draft)
+    function = prepare_file_without_torch if torch_free else prepare_file_with_facts if facts else prepare_file
+    prepare = partial(function, preprocessing=preprocessing, draft=draft)
     if not can_fork():
         return ([prepare(path) for path in chunk] for chunk in chunks)
     return _pooled(chunks, prepare, min(workers or os.cpu_count() or 1, max(1, len(chunks))))
@@ -145,4 +157,8 @@ def _recovered(flights: list[tuple[list, Future]], prepare, workers: int) -> Ite
 
 
 def one_thread() -> None:
-    torch.set_num_threads(1)  # one thread per process: the processes already fill the cores
+    """One thread per process: the processes already fill the cores. Only torch needs telling, and only where
+    it is loaded: a torch-free prediction's workers must not import it (seconds each)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)

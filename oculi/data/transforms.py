@@ -1,4 +1,5 @@
-"""The one preprocessing definition (stored in every bundle) and the training augmentation.
+"""The preprocessing's torch half (resizing uint8 tensors) and the training augmentation; the definition
+itself, stored in every bundle, is ``oculi.data.preprocessing.Preprocessing``.
 
 Preprocessing is split in two so that it runs where it is cheapest:
 - ``prepare``: per image, on the CPU, once: channel conversion and resize to the model's input size,
@@ -17,50 +18,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from .filters import FILTERS
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    image_size: tuple[int, int]  # (height, width)
-    channels: int
-    resize: str = "squash"  # squash: ignore aspect | pad: letterbox | crop: centre crop
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    tta: str = "none"  # test-time views averaged: none | flip (and the mirror) | flip-shift (runtime.engines.tta_logits)
-    filter: str | None = None  # an image filter applied after resizing (oculi.data.filters): edges, blur...
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(image_size=tuple(d["image_size"]), channels=int(d["channels"]), resize=d["resize"],
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), tta=d.get("tta") or _legacy_tta(d),
-                   filter=d.get("filter"))
-
-    def prepare(self, image: torch.Tensor) -> torch.Tensor:
-        """uint8 [C, H, W] (already ``channels`` channels) -> uint8 [C, *image_size], filtered if asked."""
-        image = resize_image(image, self.image_size, self.resize)
-        if self.filter is None:
-            return image
-        filtered = FILTERS[self.filter](image)
-        return filtered.expand(image.shape[0], -1, -1).contiguous()  # edges give one channel
-
-    def pixel_settings(self) -> dict:
-        """What ``prepare`` depends on: the key of its cached output (normalisation and TTA come later)."""
-        return {"image_size": list(self.image_size), "channels": self.channels, "resize": self.resize,
-                "filter": self.filter}
-
-    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, C, H, W] -> float32 normalised, on the batch's device."""
-        mean = torch.tensor(self.mean, device=batch.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=batch.device).view(1, -1, 1, 1) * 255
-        return (batch.float() - mean) / std
-
-
-def _legacy_tta(d: dict) -> str:
-    """Bundles from before --tta flip-shift stored a flag, ``flip_tta``."""
-    return "flip" if d.get("flip_tta") else "none"
+from .preprocessing import Preprocessing  # noqa: F401 (where callers have long found it)
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

@@ -24,6 +24,7 @@ from ..runtime.bundle import sha256_of
 from ..runtime.engines import head_class_logits, logits_to_probs, tta_logits
 from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
 from ..version import __version__
+from .exported import FILES, export_file, find_export, run_batches  # noqa: F401 (find_export: callers import it here)
 
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
@@ -80,15 +81,10 @@ class Format:
 
 
 FORMATS = {
-    "onnx": Format("onnx", "model.onnx", lambda m, x: onnx_bytes(m, x, output=("probabilities", "energy")),
+    "onnx": Format("onnx", FILES["onnx"], lambda m, x: onnx_bytes(m, x, output=m.output_names),
                    lambda path: OnnxRunner(path.read_bytes())),
-    "torchscript": Format("torchscript", "model.torchscript", torchscript_bytes, TorchScriptRunner),
+    "torchscript": Format("torchscript", FILES["torchscript"], torchscript_bytes, TorchScriptRunner),
 }
-
-
-def export_file(fmt: str, precision: str = "fp32") -> str:
-    """The file an export writes: model.onnx, model.int8.onnx, model.fp16.onnx, model.torchscript."""
-    return FORMATS[fmt].file if precision == "fp32" else f"model.{precision}.onnx"
 
 
 class ParityError(OculiError):
@@ -106,16 +102,25 @@ class ProbabilityGraph(nn.Module):
     ``Classifier.prepared_outputs`` applies them, and its out-of-distribution score (``energy_score`` of the
     class logits at T = 1: higher = less like the training images)."""
 
-    def __init__(self, model: nn.Module, preprocessing, head: str, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, preprocessing, head: str, temperature: float = 1.0,
+                 thresholds: list[float] | None = None):
         super().__init__()
         self.model, self.preprocessing, self.head, self.temperature = model, preprocessing, head, temperature
+        # A multi-label graph also answers with each image's label set: 1 where a class reaches its threshold.
+        self.register_buffer("thresholds", None if thresholds is None else torch.tensor(thresholds))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("probabilities", "energy") + ("labels",) * (self.thresholds is not None)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.preprocessing.normalize(images)
         logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta).float()
         probs = logits_to_probs(logits / self.temperature, self.head)  # float32 whatever the network's precision
         energy = -torch.logsumexp(head_class_logits(logits, self.head), dim=1)
-        return probs, energy
+        if self.thresholds is None:
+            return probs, energy
+        return probs, energy, (probs >= self.thresholds).to(torch.uint8)
 
 
 def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
@@ -128,26 +133,30 @@ def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
                          f"exported graph cannot do for its consumers")
     model = copy.deepcopy(classifier.model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     model = model.half() if half else model
-    return ProbabilityGraph(model, pre, classifier.head, classifier.calibration.temperature).eval()
+    return ProbabilityGraph(model, pre, classifier.head, classifier.calibration.temperature,
+                            classifier.thresholds).eval()
 
 
-@torch.no_grad()
-def run_batches(runner, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """``runner`` (an OnnxRunner or TorchScriptRunner) over uint8 images in batches: (probabilities [N, classes],
-    energy [N], float32 arrays; energy None from a file exported before graphs gave it)."""
-    parts = [runner.outputs(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32), None
-    probs = torch.cat([p[0] for p in parts]).numpy()
-    return probs, (torch.cat([p[1] for p in parts]).numpy() if len(parts[0]) > 1 else None)
+def parity(reference: np.ndarray, candidate: np.ndarray, thresholds=None) -> dict:
+    """How closely ``candidate`` probabilities follow ``reference``: top-1 agreement (of a multi-label model,
+    ``thresholds`` given: the share of images given the very same label set, ``set_agreement``) and the
+    largest difference of any probability."""
+    figures = {"images": len(reference), "top1_agreement": float(np.mean(reference.argmax(1) == candidate.argmax(1))),
+               "max_abs_diff": float(np.abs(reference - candidate).max())}
+    if thresholds is not None:
+        figures["set_agreement"] = float(np.mean(~changed_sets(reference, candidate, thresholds)))
+    return figures
 
 
-def parity(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """How closely ``candidate`` probabilities follow ``reference``: top-1 agreement and the largest
-    difference of any probability."""
-    return {"images": len(reference),
-            "top1_agreement": float(np.mean(reference.argmax(1) == candidate.argmax(1))),
-            "max_abs_diff": float(np.abs(reference - candidate).max())}
+def changed_sets(reference: np.ndarray, candidate: np.ndarray, thresholds) -> np.ndarray:
+    """Which images a multi-label model gives another label set."""
+    t = np.asarray(thresholds)[None, :]
+    return ((reference >= t) != (candidate >= t)).any(1)
+
+
+def agreement(figures: dict) -> float:
+    """The agreement the gate holds an export to: of label sets for a multi-label model, else of the top class."""
+    return figures.get("set_agreement", figures["top1_agreement"])
 
 
 def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | Path, source: str,
@@ -178,7 +187,8 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     with _made_for(target.parent), atomic_path(target) as tmp:
         tmp.write_bytes(_serialised(form, graph, example, precision, calibration))
         candidate, energy = run_batches(form.runner(tmp), images)
-        figures = gate_figures(reference, candidate, labels, source, precision, (reference_energy, energy))
+        figures = gate_figures(reference, candidate, labels, source, precision, (reference_energy, energy),
+                               classifier.thresholds)
         if not figures["passed"]:
             raise ParityError(f"export: {target.name} disagrees with the bundle on {describe_parity(figures)} "
                               f"(needs {describe_gate(precision)}); nothing written",
@@ -197,10 +207,12 @@ def check_precision(fmt: str, precision: str) -> None:
 
 
 def gate_figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, source: str,
-                 precision: str = "fp32", energies: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict:
-    """``parity``'s figures, the accuracy of both on ``labels`` when given, the OOD scores' largest difference
-    (``energies``: the bundle's and the export's), and whether the gate passes."""
-    figures = {**parity(reference, candidate), "source": source, "precision": precision}
+                 precision: str = "fp32", energies: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 thresholds=None) -> dict:
+    """``parity``'s figures, the accuracy of both on ``labels`` when given (a multi-label model's: of whole
+    label sets at ``thresholds``), the OOD scores' largest difference (``energies``: the bundle's and the
+    export's), and whether the gate passes."""
+    figures = {**parity(reference, candidate, thresholds), "source": source, "precision": precision}
     energy_ok = True
     if energies is not None:
         expected, got = energies
@@ -209,19 +221,27 @@ def gate_figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarra
             figures["energy_max_abs_diff"] = float(np.abs(expected - got).max())
             energy_ok = figures["energy_max_abs_diff"] <= ENERGY_TOLERANCE * (1 + float(np.abs(expected).max()))
     if labels is not None and precision != "fp32":
-        labels = np.asarray(labels)
-        figures["accuracy_bundle"] = float(np.mean(reference.argmax(1) == labels))
-        figures["accuracy_export"] = float(np.mean(candidate.argmax(1) == labels))
+        right = _right_answers(np.asarray(labels), thresholds)
+        figures["accuracy_bundle"] = float(np.mean(right(reference)))
+        figures["accuracy_export"] = float(np.mean(right(candidate)))
         figures["accuracy_change"] = figures["accuracy_export"] - figures["accuracy_bundle"]
     if precision == "fp32":
-        passed = figures["top1_agreement"] >= MIN_AGREEMENT and energy_ok
+        passed = agreement(figures) >= MIN_AGREEMENT and energy_ok
     else:
-        changed = int(np.sum(reference.argmax(1) != candidate.argmax(1)))
+        changed = int(np.sum(changed_sets(reference, candidate, thresholds) if thresholds is not None
+                             else reference.argmax(1) != candidate.argmax(1)))
         figures["changed"] = changed
         # 1e-9: a float tolerance, so that a drop of exactly the limit passes
         passed = (changed <= max(1, int(REDUCED_MAX_CHANGED * len(reference)))
                   and figures.get("accuracy_change", 0.0) >= -MAX_ACCURACY_DROP - 1e-9)
     return {**figures, "passed": bool(passed)}
+
+
+def _right_answers(labels: np.ndarray, thresholds):
+    """probabilities -> whether each image's answer is right: its class, or (multi-label) its whole label set."""
+    if thresholds is None:
+        return lambda probs: probs.argmax(1) == labels
+    return lambda probs: ((probs >= np.asarray(thresholds)[None, :]) == labels.astype(bool)).all(1)
 
 
 def describe_gate(precision: str) -> str:
@@ -322,7 +342,9 @@ def _made_for(folder: Path):
 
 def describe_parity(figures: dict) -> str:
     """``parity``'s figures in one line (with the accuracy change, when measured)."""
-    line = (f"{figures['images']} images: top-1 agreement {figures['top1_agreement']:.2%}, "
+    agreed = (f"label-set agreement {figures['set_agreement']:.2%}" if "set_agreement" in figures
+              else f"top-1 agreement {figures['top1_agreement']:.2%}")
+    line = (f"{figures['images']} images: {agreed}, "
             f"max |probability difference| {figures['max_abs_diff']:.2e}")
     if "energy_max_abs_diff" in figures:
         line += f", max |OOD score difference| {figures['energy_max_abs_diff']:.2e}"
@@ -348,24 +370,9 @@ def _export_meta(classifier, form: Format, file: str, file_sha256: str, figures:
                            "note": "-logsumexp of the class logits at T = 1 (oculi predict's ood_score): higher = "
                                    "less like the training images"},
             "calibration": classifier.calibration.to_dict(),  # the temperature is in the graph; the threshold is not
+            **({} if classifier.thresholds is None else {
+                "thresholds": classifier.thresholds,
+                "labels_output": {"name": "labels", "dtype": "uint8", "shape": ["N", len(classifier.classes)],
+                                  "note": "multi-label: 1 where a class's probability reaches its threshold"}}),
             **({"opset": OPSET} if form.name == "onnx" else {}),
             "parity": figures}
-
-
-def find_export(folder: Path, bundle_meta: dict, fmt: str = "onnx", precision: str = "fp32") -> tuple[Path | None, str]:
-    """(the ``fmt`` file in ``folder``, "") when it was exported from this very bundle and is unchanged,
-    else (None, why not)."""
-    file = Path(folder) / export_file(fmt, precision)
-    meta_file = file.with_name(file.name + ".json")
-    if not (file.is_file() and meta_file.is_file()):
-        flag = {"int8": " --int8", "fp16": " --half"}.get(precision, "")
-        return None, f"no {file.name} in {folder} (`oculi export{flag}` makes one)"
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (ValueError, OSError):
-        return None, f"{meta_file}: not valid JSON"
-    if not isinstance(meta, dict) or any(meta.get(k) != bundle_meta.get(k) for k in ("bundle_sha256", "weights_sha256")):
-        return None, f"{file} was exported from another bundle (export again)"
-    if sha256_of(file) != meta.get("file_sha256"):
-        return None, f"{file}: checksum does not match {meta_file.name} (export again)"
-    return file, ""

@@ -2,69 +2,29 @@
 
 from __future__ import annotations
 
-import glob
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from ..calibration import UNKNOWN, class_logits, energy_score, softmax
-from ..multilabel import sigmoid
-from ..data.decode import IMAGE_EXTENSIONS, convert_channels, decode_image, is_hidden
-from ..data.contained import prepare_files
-from ..data.split import LABEL_SEP
-from ..data.transforms import Preprocessing
-from ..data.unreadable import Unreadable
+from ..calibration import class_logits, energy_score, softmax
+from ..data.decode import convert_channels, decode_image
 from ..errors import OculiError
-from ..runtime.bundle import bundle_calibration, bundle_paths, bundle_thresholds, load_bundle
+from ..multilabel import sigmoid
+from ..runtime.bundle import bundle_calibration, bundle_paths, load_bundle
 from ..runtime.engines import place_model, predict_logits, resolve_device
+from .answers import Answering, Prediction, expand_paths, score_at  # noqa: F401 (Prediction, expand_paths: imported from here)
+from .exported import ENGINES, find_export
 
 
-# --engine's choices and the precision of the export each runs (auto: fp32 when there is one, else torch).
-ENGINES = {"auto": "fp32", "torch": None, "onnx": "fp32", "onnx-int8": "int8", "onnx-fp16": "fp16"}
-
-
-@dataclass
-class Prediction:
-    """One image's answer: ``label`` is the top class, or "unknown" when its (calibrated) ``confidence`` is
-    below the classifier's ``min_confidence``; ``top_label`` is the top class either way. ``ood_score``:
-    the energy score (oculi.calibration; higher = less like the training images); None only from a file
-    exported before exported graphs gave it."""
-
-    source: str
-    label: str
-    confidence: float
-    top_k: list[tuple[str, float]]
-    top_label: str = ""
-    ood_score: float | None = None
-    labels: list[str] | None = None  # a multi-label model's answer: every class over its threshold
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "label": self.label, "confidence": self.confidence,
-                "top_label": self.top_label, "ood_score": self.ood_score,
-                "top_k": [{"label": c, "probability": p} for c, p in self.top_k],
-                **({} if self.labels is None else {"labels": self.labels})}
-
-
-class Classifier:
+class Classifier(Answering):
     """The model with its classes and preprocessing; predicts on files, PIL images, arrays or tensors."""
 
     def __init__(self, model: torch.nn.Module, meta: dict, device: str = "auto"):
+        super().__init__(meta, bundle_calibration(meta))
         self.device = resolve_device(device)
         self.model = place_model(model, self.device).eval()
-        self.meta = meta
-        self.classes: list[str] = list(meta["classes"])
-        self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
-        self.head: str = meta["model"]["head"]
-        self.calibration = bundle_calibration(meta)
-        self.thresholds = bundle_thresholds(meta)  # a multi-label model's, one a class; else None
-        # Below this confidence the answer is "unknown": the bundle's threshold unless the caller sets another.
-        self.min_confidence: float | None = self.calibration.abstain_threshold
         self.runner = None  # an exported graph that ``prepared_probs`` runs instead of the model
-        self.engine = "torch"
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", engine: str = "torch") -> "Classifier":
@@ -78,22 +38,29 @@ class Classifier:
         return classifier
 
     def use_engine(self, engine: str, folder: Path) -> None:
-        """Run predictions through an export in ``folder`` as ``engine`` asks (see ``load``)."""
+        """Run predictions through an export in ``folder`` as ``engine`` asks (see ``load``); ``engine_note``
+        says why auto stayed with torch."""
         from ..runtime.onnx import OnnxRunner
-        from .export import find_export
         if engine not in ENGINES:
             raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
-        if engine == "torch" or (engine == "auto" and self.device.type != "cpu"):
+        if engine == "torch":
+            return
+        if engine == "auto" and self.device.type != "cpu":
+            self.engine_note = f"on {self.device.type}"
             return
         file, why_not = find_export(folder, self.meta, "onnx", ENGINES[engine])
         if file is None:
             if engine != "auto":
                 raise OculiError(f"--engine {engine}: {why_not}")
+            self.engine_note = why_not
             return
         # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
         # No spinning threads: predict's decoding workers and serve's batcher share the cores with it.
         self.runner = OnnxRunner(file.read_bytes(), spin=False)
         self.engine = "onnx" if engine == "auto" else engine
+
+    def stacked(self, images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images))
 
     def prepare(self, image) -> torch.Tensor:
         """Any supported image -> the model's uint8 input [C, H, W], by the bundle's preprocessing (a large JPEG
@@ -117,12 +84,12 @@ class Classifier:
         """(calibrated probabilities [N, classes], OOD scores [N]) of prepared images. An exported graph
         applies the temperature itself and gives both (one exported before graphs gave the OOD score: None)."""
         if self.runner is not None:
-            from .export import run_batches
+            from .exported import run_batches
             return run_batches(self.runner, batch, batch_size)
         logits = class_logits(predict_logits(self.model, batch, self.preprocessing, self.device, batch_size).numpy(),
                               self.head)
-        if self.head == "multilabel":  # independent classes: no energy score over them
-            return sigmoid(logits, self.calibration.temperature).astype(np.float32), None
+        if self.head == "multilabel":  # independent classes: a sigmoid each (energy of the same logits)
+            return sigmoid(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
         # Energy at T = 1, as Liu et al. define it: the temperature only sharpens or softens every row alike.
         return softmax(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
 
@@ -132,57 +99,7 @@ class Classifier:
         if not images:
             return []
         probs, ood = self.prepared_outputs(torch.stack([self.prepare(im) for im in images]), batch_size)
-        return [self.prediction(_describe(im), row, top_k, _at(ood, i)) for i, (im, row) in enumerate(zip(images, probs))]
-
-    def predict_files(self, paths: Iterable[str | Path], top_k: int = 5, batch_size: int = 64,
-                      failures: list | None = None, draft: bool = True) -> Iterator[Prediction]:
-        """Predict files in batches as they are read; unreadable files go to ``failures`` as (path, reason),
-        not fatal. They are read in worker processes, a few chunks ahead of the model: a file that crashes its
-        decoder is a failure too ("decoder crashed"). ``draft``: JPEGs of at least twice the model's input size
-        are decoded at 1/2-1/8 scale before the resize (faster; as training decoded them); False: at full size."""
-        paths = [Path(p) for p in paths]
-        batch, names = [], []
-        for path, image in zip(paths, prepare_files(paths, self.preprocessing, draft=draft)):
-            if isinstance(image, Unreadable):
-                if failures is not None:
-                    failures.append((str(path), image.reason))
-            else:
-                batch.append(torch.from_numpy(image))
-                names.append(str(path))
-            if len(batch) == batch_size:
-                yield from self._predict_batch(batch, names, top_k)
-                batch, names = [], []
-        if batch:
-            yield from self._predict_batch(batch, names, top_k)
-
-    def _predict_batch(self, batch, names, top_k) -> Iterator[Prediction]:
-        probs, ood = self.prepared_outputs(torch.stack(batch))
-        for i, (name, row) in enumerate(zip(names, probs)):
-            yield self.prediction(name, row, top_k, _at(ood, i))
-
-    def prediction(self, source: str, row: np.ndarray, top_k: int, ood_score: float | None = None) -> Prediction:
-        """The top-k classes of one row of probabilities (k capped at the number of classes); the label is
-        "unknown" when the top probability is below ``min_confidence``."""
-        order = np.argsort(-row, kind="stable")[: max(1, min(top_k, len(self.classes)))]
-        top, confidence = self.classes[order[0]], float(row[order[0]])
-        if self.thresholds is not None:
-            return self._label_set(source, row, order, ood_score)
-        answered = self.min_confidence is None or confidence >= self.min_confidence
-        return Prediction(source, top if answered else UNKNOWN, confidence,
-                          [(self.classes[i], float(row[i])) for i in order], top, ood_score)
-
-
-    def _label_set(self, source: str, row: np.ndarray, order: np.ndarray, ood_score) -> Prediction:
-        """A multi-label answer: every class whose probability reaches its threshold (``label``: their names
-        joined by ';', "unknown" when there is none); ``confidence`` is the top class's probability."""
-        labels = [c for c, p, t in zip(self.classes, row, self.thresholds) if p >= t]
-        top = self.classes[order[0]]
-        return Prediction(source, LABEL_SEP.join(labels) if labels else UNKNOWN, float(row[order[0]]),
-                          [(self.classes[i], float(row[i])) for i in order], top, ood_score, labels)
-
-
-def _at(scores: np.ndarray | None, i: int) -> float | None:
-    return None if scores is None else float(scores[i])
+        return [self.prediction(_describe(im), row, top_k, score_at(ood, i)) for i, (im, row) in enumerate(zip(images, probs))]
 
 
 def to_uint8_chw(image, channels: int, at_least: tuple[int, int] | None = None) -> torch.Tensor:
@@ -204,32 +121,3 @@ def to_uint8_chw(image, channels: int, at_least: tuple[int, int] | None = None) 
 
 def _describe(image) -> str:
     return str(image) if isinstance(image, (str, Path)) else type(image).__name__
-
-
-def expand_paths(items: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursively, image files only) and glob patterns -> (image paths, not found).
-
-    A file named twice (a path and a glob, ./a.png and a.png) is listed once, as first spelled."""
-    found, missing, seen = [], [], set()
-    for item in items:
-        files = _files_named(item)
-        if files is None:
-            missing.append(item)
-        for path in files or ():
-            key = path.resolve()  # one file, however it is spelled
-            if key not in seen:
-                seen.add(key)
-                found.append(path)
-    return found, missing
-
-
-def _files_named(item: str) -> list[Path] | None:
-    """The files ``item`` names (a file, a folder's image files, a glob's files); None if nothing matches."""
-    path = Path(item).expanduser()
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not is_hidden(p)
-                      and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if path.is_file():
-        return [path]
-    matches = sorted(glob.glob(os.path.expanduser(item), recursive=True)) if any(ch in item for ch in "*?[") else []
-    return [Path(m) for m in matches if Path(m).is_file()] if matches else None

@@ -12,6 +12,9 @@ valid signature is refused.
 Everything model.json says is checked before it is used (types, ranges, class count against the
 network's outputs), and the architecture is rebuilt from its name and checked against every tensor's
 shape. Bundles of format 1 (weights checksum only) still load, with a ``BundleWarning``.
+
+``verified_meta`` does every check but building the network, without torch: what a prediction through an
+exported graph (``oculi.deploy.lite``) relies on.
 """
 
 from __future__ import annotations
@@ -24,19 +27,22 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..calibration import Calibration
 from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
-from ..data.transforms import Preprocessing
+from ..data.preprocessing import Preprocessing
 from ..errors import BundleError, BundleWarning, OculiError
 from ..io import atomic_path, atomic_write_json
-from ..models.spec import ModelSpec
 from ..rundir import RunDir
 from ..version import __version__
+
+if TYPE_CHECKING:  # torch and the models are imported where a network is saved or built: verifying needs neither
+    import torch.nn as nn
+
+    from ..models.spec import ModelSpec
 
 FORMAT = "oculi.bundle"
 FORMAT_VERSION = 2  # 2: bundle_sha256 covers model.json as well; 1: only the weights' checksum
@@ -57,9 +63,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(folder: Path, model: nn.Module, spec: ModelSpec, classes: list[str],
+def save_bundle(folder: Path, model: "nn.Module", spec: "ModelSpec", classes: list[str],
                 preprocessing: Preprocessing, extra: dict | None = None) -> Path:
     """Write the weights, then the JSON that vouches for them (each atomically); returns model.json."""
+    from safetensors.torch import save_file
     files = RunDir(Path(folder))
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(files.weights) as tmp:
@@ -132,19 +139,34 @@ def read_bundle_meta(meta_path: Path) -> dict:
     return meta
 
 
-def load_bundle(path: str | Path) -> tuple[nn.Module, dict]:
+def load_bundle(path: str | Path) -> tuple["nn.Module", dict]:
     """The model (eval mode, CPU) and its metadata, once both files are shown to be unchanged and everything
     model.json says is checked; a one-line BundleError otherwise. Format 1 bundles load with a BundleWarning."""
+    meta, meta_path, weights_path = verified_meta(path, warn=False)
+    model = _build(meta, meta_path, weights_path)
+    warn_of_format(meta, meta_path)
+    return model.eval(), meta
+
+
+def verified_meta(path: str | Path, warn: bool = True) -> tuple[dict, Path, Path]:
+    """(model.json's content, its path, the weights' path) once both files are shown to be unchanged (digests,
+    and the signature where OCULI_BUNDLE_KEY asks for one) and every field is checked: all of ``load_bundle``
+    but building the network, so without torch. ``warn``: a format 1 bundle gives its BundleWarning."""
     meta_path, weights_path = bundle_paths(path)
     meta = read_bundle_meta(meta_path)
     _check_integrity(meta, meta_path, weights_path)
-    model = _build(check_meta(meta, meta_path), meta_path, weights_path)
+    check_meta(meta, meta_path)
+    if warn:
+        warn_of_format(meta, meta_path)
+    return meta, meta_path, weights_path
+
+
+def warn_of_format(meta: dict, meta_path: Path) -> None:
     if meta["format_version"] < 2:
         # Warned only once everything else passed, so that a refused bundle gets a single line.
         warnings.warn(f"{meta_path}: bundle format {meta['format_version']} checks its weights but not "
                       f"model.json itself; train again for a bundle whose every file is checked",
-                      BundleWarning, stacklevel=2)
-    return model.eval(), meta
+                      BundleWarning, stacklevel=3)
 
 
 def _check_integrity(meta: dict, meta_path: Path, weights_path: Path) -> None:
@@ -168,11 +190,11 @@ def _signed(meta: dict, key: bytes) -> bool:
     return hmac.compare_digest(signature.encode("utf-8", "replace"), _signature(bundle_digest(meta), key).encode())
 
 
-def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
-    """Check classes, model spec and preprocessing (types, ranges and agreement); returns the spec."""
+def check_meta(meta: dict, meta_path: Path) -> None:
+    """Check classes, model spec and preprocessing (types, ranges and agreement)."""
     fields = _Fields(meta_path, "", meta)
     classes = _classes(fields)
-    spec = _model_spec(fields.section("model"))
+    spec = _model_fields(fields.section("model"))
     preprocessing = _preprocessing(fields.section("preprocessing"))
     if len(classes) != spec.num_classes:
         fields.fail("classes", f"has {len(classes)} names but model.num_classes is {spec.num_classes}")
@@ -185,7 +207,6 @@ def check_meta(meta: dict, meta_path: Path) -> ModelSpec:
         fields.fail("model.image_size", f"is {list(spec.image_size)} but preprocessing.image_size is "
                                         f"{list(preprocessing.image_size)}")
     bundle_calibration(meta, meta_path)
-    return spec
 
 
 def bundle_calibration(meta: dict, meta_path: Path | str = "the bundle") -> Calibration:
@@ -230,11 +251,22 @@ def _classes(fields: "_Fields") -> list[str]:
     return classes
 
 
-def _model_spec(model: "_Fields") -> ModelSpec:
+class _ModelFields(NamedTuple):
+    """model.json's ``model``, checked: what ``ModelSpec.from_dict`` builds the spec from."""
+    name: str
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    head: str
+    classifier: str
+
+
+def _model_fields(model: "_Fields") -> _ModelFields:
     model.only(MODEL_FIELDS)
-    return ModelSpec(model.text("name"), model.integer("num_classes", 2, MAX_CLASSES), model.pick("in_chans", (1, 3)),
-                     model.size("image_size"), model.pick("head", ("softmax", "sigmoid", "multilabel")),
-                     model.pick("classifier", CLASSIFIERS, default="linear"))
+    return _ModelFields(model.text("name"), model.integer("num_classes", 2, MAX_CLASSES),
+                        model.pick("in_chans", (1, 3)), model.size("image_size"),
+                        model.pick("head", ("softmax", "sigmoid", "multilabel")),
+                        model.pick("classifier", CLASSIFIERS, default="linear"))
 
 
 def _preprocessing(pre: "_Fields") -> Preprocessing:
@@ -250,8 +282,12 @@ def _preprocessing(pre: "_Fields") -> Preprocessing:
     return Preprocessing.from_dict(pre.d)
 
 
-def _build(spec: ModelSpec, meta_path: Path, weights_path: Path) -> nn.Module:
-    """The network ``spec`` names, with every tensor of the weights file (names and shapes must match)."""
+def _build(meta: dict, meta_path: Path, weights_path: Path) -> "nn.Module":
+    """The network model.json (checked) names, with every tensor of the weights file (names and shapes must match)."""
+    from safetensors.torch import load_file
+
+    from ..models.spec import ModelSpec
+    spec = ModelSpec.from_dict(meta["model"])
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:

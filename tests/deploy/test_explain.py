@@ -8,7 +8,8 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 from PIL import Image
 
-from oculi.runtime.bundle import ModelSpec, save_bundle
+from oculi.models.spec import ModelSpec
+from oculi.runtime.bundle import save_bundle
 from oculi.cli import main
 from oculi.data.transforms import Preprocessing
 from oculi.errors import OculiError

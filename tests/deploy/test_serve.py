@@ -134,7 +134,8 @@ def test_a_model_without_convolutions_says_it_cannot_explain(tmp_path):
 
 def oculi_mlp_bundle(folder):
     from oculi.data.transforms import Preprocessing
-    from oculi.runtime.bundle import ModelSpec, save_bundle
+    from oculi.models.spec import ModelSpec
+    from oculi.runtime.bundle import save_bundle
     spec = ModelSpec("mlp", 2, 1, (8, 8), "softmax")
     save_bundle(folder, spec.build(), spec, ["a", "b"], Preprocessing((8, 8), 1))
     return folder
