@@ -23,6 +23,7 @@ LAYERS = (
     ("oculi.config", "oculi.console", "oculi.metrics", "oculi.calibration", "oculi.plots", "oculi.pages",
      "oculi.rundir"),  # pages: the HTML kit of report.html, compare.html and check.html
     ("oculi.route", "oculi.selection"),  # which way a run trains, in words; choosing between two models on val
+    ("oculi.multilabel",),  # scores and decisions of label sets (mAP, thresholds), by selection's rule
     ("oculi.data",),
     ("oculi.models",),
     ("oculi.defaults", "oculi.runtime"),  # what auto means; running a model: bundles, engines, ONNX

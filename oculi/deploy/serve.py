@@ -64,6 +64,9 @@ class FilePrediction(BaseModel):
     ood_score: float | None = Field(description="Energy score: higher = less like the training images "
                                                 "(None from a model exported before exports gave it).")
     top_k: list[ClassProbability]
+    labels: list[str] | None = Field(None, description="A multi-label model's answer: every class whose "
+                                     "probability reaches its threshold (label: their names joined by ';'). "
+                                     "Absent for a one-label model.")
 
 
 class FileErrorBody(BaseModel):

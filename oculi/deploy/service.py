@@ -237,7 +237,8 @@ class Service:
         row, ood_score = output
         p = self.classifier.prediction(name, row, top_k, ood_score)
         return {"file": name, "label": p.label, "probability": p.confidence, "top_label": p.top_label,
-                "ood_score": p.ood_score, "top_k": p.to_dict()["top_k"]}
+                "ood_score": p.ood_score, "top_k": p.to_dict()["top_k"],
+                **({} if p.labels is None else {"labels": p.labels})}  # a multi-label model's label set
 
 
 def _failed_entry(name: str, outcome: Unreadable) -> dict:

@@ -100,17 +100,23 @@ async function classify(card) {
   if (!answer.ok) return showError(card, answer.message);
   const prediction = (await answer.response.json()).predictions[0];
   if (prediction.error) return showError(card, prediction.error.message); // this file could not be read
-  entry.label = prediction.label;
-  card.querySelector(".status").textContent = `${prediction.label} (${percent(prediction.probability)})`;
-  showBars(card, prediction.top_k);
+  entry.label = prediction.labels ? prediction.top_label : prediction.label; // Grad-CAM explains one class
+  card.querySelector(".status").textContent = prediction.labels // a multi-label model: its whole label set
+    ? (prediction.labels.length ? prediction.labels.join(", ") : "no label")
+    : `${prediction.label} (${percent(prediction.probability)})`;
+  showBars(card, prediction.top_k, prediction.labels);
   if ($("#show-cam").checked) explain(card);
 }
 
-function showBars(card, topK) {
+function showBars(card, topK, labels) {
+  // One label: the first bar is the answer. Label sets: every bar of a label in the set is ticked.
   const bars = card.querySelector(".bars");
   bars.replaceChildren();
+  bars.classList.toggle("sets", Boolean(labels));
   topK.forEach((item, i) => {
-    const row = element("li", i === 0 ? "best" : "");
+    const ticked = labels ? labels.includes(item.label) : i === 0;
+    const row = element("li", ticked ? "best" : "");
+    if (labels) row.title = ticked ? "in the label set" : "below its threshold";
     const track = element("span", "track");
     const fill = element("span", "fill");
     fill.style.width = `${(100 * item.probability).toFixed(1)}%`;
