@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # for the annotations only: drawing needs no torch import
     import torch
 
 _TRAIN, _VAL = "tab:blue", "tab:orange"
+_MAP = "tab:green"  # a multi-label run's val mAP
 _MAX_CELL_TEXT = 25  # above this many classes cell numbers become unreadable clutter
 _LABEL_CHARS = 28  # class names on an axis are cut here: a longer one squeezes the plot to nothing
 
@@ -82,8 +83,15 @@ def plot_curves(history: list[dict], best_epoch: int | None = None, baseline: di
                            label=f"features head: val {baseline['val_acc']:.3f}{kept}")
         if ax_loss is not None:
             ax_loss.axhline(baseline["val_loss"], color=_VAL, ls="--", lw=1.2, label="features head: val")
+    chosen_by = _series(history, "val_acc")
+    maps = _series(history, "val_map")  # a multi-label run: its epoch is kept by val mAP
+    if ax_acc is not None and np.isfinite(maps).any():
+        ax_acc.plot(epochs, maps, color=_MAP, marker=marker, ms=4, label="val mAP")
+        ax_acc.set_title("Every label right (train, val) and val mAP")
+        ax_acc.set_ylabel("share of images / mAP")
+        chosen_by = maps
     if best_epoch != 0:
-        _mark_best(ax_acc, ax_loss, epochs, _series(history, "val_acc"), best_epoch)
+        _mark_best(ax_acc, ax_loss, epochs, chosen_by, best_epoch)
     for ax in axes.values():
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")

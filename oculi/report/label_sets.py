@@ -103,9 +103,9 @@ def label_set_explain_section(run, classifier, images) -> Section:
     rows = sorted(sample_rows(run.predictions, GRID_IMAGES, run.config.seed), key=lambda r: -len(_names(r["true"])))
     row = rows[0]  # an image with the most labels: one heat map each
     record = images.record(row["path"], row["true"], run.metrics["split"])
-    body = paragraph(f"One {run.metrics['split']} image labelled {_shown(row['true'])}, predicted "
-                     f"{_shown(row['predicted'])}: Grad-CAM for each of its labels (<code>oculi explain RUN IMAGE "
-                     "--target LABEL</code> draws any).")
+    body = (paragraph(f"One {run.metrics['split']} image labelled {_shown(row['true'])}, predicted "
+                      f"{_shown(row['predicted'])}: Grad-CAM for each of its labels.")
+            + "<p><code>oculi explain RUN IMAGE --class LABEL</code> draws it for any image and label.</p>")
     try:
         for name in _names(row["true"]):
             e = explain_image(classifier, images.raw(record), target=name)
