@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support
 
 from .selection import ALPHA, BOOTSTRAP_DRAWS, Verdict
 
@@ -175,6 +174,7 @@ def _cross_fitted(scores: np.ndarray, targets: np.ndarray, seed: int, folds: int
 def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, classes: list[str], thresholds) -> dict:
     """mAP (macro, micro), per-class AP/precision/recall/F1/support at ``thresholds``, micro and macro F1,
     subset accuracy, Hamming loss, the mean BCE (log loss) and the label co-occurrence counts; plain numbers."""
+    from sklearn.metrics import precision_recall_fscore_support  # here: predict imports this module, not sklearn
     y, p = np.asarray(targets).astype(bool), np.asarray(probs, dtype=np.float64)
     if p.shape != y.shape or len(y) == 0:
         raise ValueError(f"probs {p.shape} and targets {y.shape} must be the same non-empty shape")

@@ -34,6 +34,9 @@ from .errors import OculiError
 from .io import atomic_write_text
 
 
+LABEL_SET_FILES = ("pr_curves", "co_occurrence")  # the RunDir files only a multi-label run writes
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -83,7 +86,7 @@ class RunDir:
         return self.path / "curves.png"
 
     @property
-    def pr_curves(self) -> Path:
+    def pr_curves(self) -> Path:  # of a multi-label run only, as co_occurrence (LABEL_SET_FILES)
         return self.path / "pr_curves.png"
 
     @property

@@ -47,7 +47,7 @@ def test_image_size_is_bounded_on_both_sides():
 
 # Settings whose value is a free name (a path, a model, a device), not one of a fixed list.
 FREE_TEXT = {"data", "data_dir", "split_manifest", "model", "weights", "device", "out", "mlflow_uri",
-             "images", "path_column", "label_column", "split_column"}
+             "images", "path_column", "label_column", "split_column", "label_sep", "label_columns"}
 
 
 @pytest.mark.parametrize("f", dataclasses.fields(TrainConfig), ids=lambda f: f.name)

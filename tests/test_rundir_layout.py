@@ -9,7 +9,7 @@ import pytest
 
 import oculi
 from oculi.errors import OculiError
-from oculi.rundir import RunDir
+from oculi.rundir import LABEL_SET_FILES, RunDir
 
 ROOT = Path(oculi.__file__).resolve().parent
 FILES = sorted(name for name, value in vars(RunDir).items() if isinstance(value, property))
@@ -26,8 +26,10 @@ def test_a_run_writes_exactly_the_files_rundir_names(tiny_run):
     files = RunDir(run.run_dir)
     written = {p.name for p in run.run_dir.iterdir()}
     assert written <= names(), f"files no RunDir property names: {sorted(written - names())}"
-    # A features-only run keeps no checkpoint: there is no fine-tuning to resume.
-    expected = [f for f in FILES if not (f == "checkpoint" and run.config.mode == "features")]
+    # A features-only run keeps no checkpoint: there is no fine-tuning to resume; a one-label run draws no
+    # label-set figures (tests/training/test_multilabel_run.py checks those).
+    expected = [f for f in FILES if not (f == "checkpoint" and run.config.mode == "features")
+                and f not in LABEL_SET_FILES]
     missing = [f for f in expected if not getattr(files, f).is_file()]
     assert not missing, f"a finished run lacks: {missing}"
 

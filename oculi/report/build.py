@@ -91,7 +91,7 @@ def is_multi_label(run: RunFiles) -> bool:
 
 def split_record(path: str, names: str, split: str, classes: list[str], multi_label: bool) -> Record:
     """The record of a split.csv or test_predictions.csv row: its class, or its label set (names joined by ';')."""
-    return named_record(path, names, split, classes, multi_label, "split.csv")
+    return named_record(path, names, split, classes, multi_label, "the run's split manifest")
 
 
 class RunImages:
