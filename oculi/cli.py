@@ -263,7 +263,7 @@ def predict(
         return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence, draft)
     from .deploy.predict import Classifier
     from .deploy.video import DEFAULT_EVERY, parse_every
-    sampling = parse_every(every or DEFAULT_EVERY)  # a bad --every before the model loads
+    sampling = parse_every(DEFAULT_EVERY if every is None else every)  # a bad one before the model loads
     sources = _video_sources(paths, source) if mode == "videos" else []
     classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
     if mode == "watch":
@@ -337,9 +337,9 @@ def _predict_videos_here(classifier, sources: list, sampling, fmt: str, top_k: i
         ended_badly = summary.stopped is not None and not (summary.interrupted and source.live)
         (_warn if ended_badly else _note)(summary.line())
         code = max(code, 1 if not summary.predicted else 130 if summary.interrupted and not source.live else 0)
+        if summary.written is not None:
+            _note(f"wrote {summary.written}")
     printer.close()
-    if out_file is not None and out_file.is_file():
-        _note(f"wrote {out_file}")
     return code
 
 

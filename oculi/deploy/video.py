@@ -40,7 +40,6 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", "
 OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
 DEFAULT_EVERY = "1s"
 FILE_FRAME_TIMEOUT_S = 60.0  # a file's decoder silent this long on one frame is stuck, not slow
-PROGRESS_EVERY = 25  # frames: how often the child says how far it is while it sends nothing else
 MAX_PENDING_FRAMES = 120  # frames held for a labelled copy while their batch waits for the model
 LIVE_RATE = 30  # frames per second written for a camera or stream that does not say its rate
 _TOLERANCE_S = 1e-6  # frame times are floats: a frame at 0.5 s may read 0.49999999
@@ -167,8 +166,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class Decoded:
-    """How many frames the child has decoded, and the last one's time: sent while it has no frame to send
-    (for the progress bar, and to say how far a crashed decoder went)."""
+    """How many frames the child has decoded, and the last one's time: sent for each frame it does not send
+    (for the progress bar, and to say how far a decoder that crashed went)."""
 
     frames: int
     time: float
@@ -204,8 +203,8 @@ def decoded_frames(source: VideoSource, sampling: Sampling, every_frame: bool
                 if sampled or every_frame:
                     yield Frame(count, time, frame.to_ndarray(format="rgb24"), sampled)
                 count += 1
-                if not (sampled or every_frame) and count % PROGRESS_EVERY == 0:
-                    yield Decoded(count, time)
+                if not (sampled or every_frame):
+                    yield Decoded(count, time)  # a few bytes: the parent always knows how far decoding went
         except av.error.FFmpegError as err:
             yield End(count, time, f"corrupt video data ({_words(err)})")
             return
@@ -300,6 +299,7 @@ class VideoSummary:
     time: float = 0.0
     stopped: str | None = None
     interrupted: bool = False
+    written: Path | None = None  # the labelled copy
 
     def line(self) -> str:
         """One line for the user: what was predicted, and where and why it stopped early."""
@@ -344,6 +344,7 @@ def predict_video(classifier: Classifier, source: VideoSource, sampling: Samplin
         except KeyboardInterrupt:
             summary.stopped, summary.interrupted = "interrupted", True
         labelled.flush()
+    summary.written = out if labelled.write is not None else None  # renamed into place as the stack closed
     return summary
 
 
