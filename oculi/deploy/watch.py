@@ -4,7 +4,8 @@ watchdog reports the files created, changed or moved into DIR (and its subfolder
 size and modification time have stayed the same for ``settle`` seconds; one that then does not decode is
 most likely still being written (a copy over the network, an upload in pieces, a writer that pauses), so it
 is tried again each ``settle`` seconds, and reported as unreadable, with one warning, only once it has
-stayed unchanged ``GIVE_UP`` times as long. A file that changes after it was predicted (or reported) is read
+stayed unchanged ``GIVE_UP`` times as long and been tried ``MIN_TRIES`` times (a slow machine's reads
+must not use up the wait). A file that changes after it was predicted (or reported) is read
 again. Skipped: hidden files and folders (dot files: how most programs name a file they are still writing)
 and names without an image extension (photo.jpg.part, .crdownload). Images already in DIR when the watch
 starts are left alone until they change, unless ``existing``: then they are predicted first.
@@ -27,6 +28,7 @@ from .predict import Classifier, Prediction
 from .stopping import sigterm_as_interrupt
 
 GIVE_UP = 10  # settle intervals a file that does not decode must stay unchanged before it is reported
+MIN_TRIES = 3  # and reads that failed
 DEFAULT_SETTLE = 0.5  # seconds a file stays unchanged before it is read
 
 
@@ -41,12 +43,13 @@ def _watchdog():
 
 @dataclass
 class _Waiting:
-    """A file seen but not yet read: its (size, mtime) when last looked at, since when it has had them, and
-    when to look next."""
+    """A file seen but not yet read: its (size, mtime) when last looked at, since when it has had them, when
+    to look next, and how many reads of it (as it is) failed."""
 
     signature: tuple[int, int]
     unchanged_since: float
     next_look: float
+    failed: int = 0
 
 
 @dataclass
@@ -203,7 +206,8 @@ class FolderWatch:
         if signature(path) is None:  # deleted while it was read: nothing to report
             del self.waiting[path]
             return
-        if now - waiting.unchanged_since < GIVE_UP * self.settle:
+        waiting.failed += 1
+        if waiting.failed < MIN_TRIES or now - waiting.unchanged_since < GIVE_UP * self.settle:
             waiting.next_look = now + self.settle
             return
         del self.waiting[path]
