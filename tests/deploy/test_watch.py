@@ -190,3 +190,10 @@ def test_sigterm_stops_like_ctrl_c():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises at once; only a failing test waits
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
+
+
+def test_a_missing_watchdog_names_the_extra(run_dir, tmp_path, monkeypatch):
+    from oculi.errors import OculiError
+    monkeypatch.setitem(sys.modules, "watchdog.observers", None)  # what the import meets where it is not installed
+    with pytest.raises(OculiError, match=r"^--watch needs watchdog: pip install 'oculi\[video\]'$"):
+        FolderWatch(oculi.load(run_dir), tmp_path, print, print)
