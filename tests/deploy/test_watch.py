@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import oculi
 from oculi.deploy.stopping import sigterm_as_interrupt
