@@ -6,6 +6,8 @@ code 2; nothing the user did wrong shows a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
 import inspect
 import itertools
@@ -247,7 +249,7 @@ def _with_min_confidence(classifier, value: float | None):
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
-    paths: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    paths: Optional[List[str]] = typer.Argument(None, help="Image files, folders or glob patterns; or video files (.mp4, .mov, .mkv, .avi, .webm, ...)."),
     top_k: int = typer.Option(3, help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, one per image."),
     as_csv: bool = typer.Option(False, "--csv", help="CSV: path, label, confidence, top-k."),
@@ -257,17 +259,136 @@ def predict(
     draft: bool = typer.Option(True, "--draft/--no-draft", help="Decode JPEGs of at least twice the model's input size at 1/2-1/8 scale before resizing (faster), pixel for pixel as training, `evaluate`, `serve` and the Python API read them; --no-draft: at full size."),
     min_confidence: Optional[float] = typer.Option(None, help=MIN_CONFIDENCE_HELP),
     nproc: int = typer.Option(1, help="Worker processes (one per GPU), each predicting its share of the files; the output is in input order (under torchrun leave it at 1)."),
+    every: Optional[str] = typer.Option(None, help="Videos: the frames to predict, one each 0.5s or 2 (seconds of video), or every 10th frame: 10f (default: 1s). Rows add the frame's time (s) and index."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="A video: also write a copy with the label and confidence drawn on every frame (.mp4, .mkv, .mov, .avi). --watch: the CSV the rows are appended to (default: stdout)."),
+    source: Optional[str] = typer.Option(None, help="A live video: a webcam's number (0: v4l2 on Linux, avfoundation on macOS) or a stream URL (rtsp://...); Ctrl-C stops it."),
+    watch: Optional[Path] = typer.Option(None, help="Predict each image that lands in this folder (or its subfolders) once it is complete, a CSV row each (--json: JSON lines), until Ctrl-C."),
+    existing: bool = typer.Option(False, "--existing", help="--watch: predict the images already in the folder first (default: only new or changed ones)."),
+    settle: Optional[float] = typer.Option(None, help="--watch: seconds a file must stay unchanged before it is read (default 0.5); one that still does not decode is tried again until it has been unchanged ten times as long, then reported once."),
 ) -> int:
     """Classify new images with a trained run (exit code 1 when none of them can be read). Each answer has
     a calibrated confidence and an out-of-distribution score (energy: higher = less like the training
-    images; torch engine only); below --min-confidence the answer is 'unknown'."""
+    images; torch engine only); below --min-confidence the answer is 'unknown'. Also the frames of videos
+    (files, a webcam, a stream) and the images landing in a watched folder."""
     if top_k < 1 or batch_size < 1 or nproc < 1:
         raise OculiError("--top-k, --batch-size and --nproc must be at least 1")
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    if nproc > 1 and not _launched():
-        return _in_workers(nproc, 0, _predict_here, run, paths, top_k, fmt, batch_size, device, engine,
-                           min_confidence, draft)
-    return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence, draft)
+    mode = _predict_mode(paths, source, watch)
+    _check_predict_flags(mode, every=every, out=out_file, existing=existing, settle=settle, nproc=nproc)
+    if mode == "images":
+        if nproc > 1 and not _launched():
+            return _in_workers(nproc, 0, _predict_here, run, paths, top_k, fmt, batch_size, device, engine,
+                               min_confidence, draft)
+        return _predict_here(run, paths, top_k, fmt, batch_size, device, engine, min_confidence, draft)
+    from .deploy.predict import Classifier
+    from .deploy.video import DEFAULT_EVERY, parse_every
+    sampling = parse_every(DEFAULT_EVERY if every is None else every)  # a bad one before the model loads
+    sources = _video_sources(paths, source) if mode == "videos" else []
+    classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
+    if mode == "watch":
+        return _watch_here(classifier, watch, fmt, top_k, out_file, existing, settle, draft)
+    return _predict_videos_here(classifier, sources, sampling, fmt, top_k, out_file, batch_size)
+
+
+# What each way of giving predict its input takes, beyond the common flags (--top-k, --json, --device...).
+PREDICT_FLAGS = {"images": {"nproc"}, "videos": {"every", "out"}, "watch": {"out", "existing", "settle"}}
+
+
+def _predict_mode(paths: list[str] | None, source: str | None, watch: Path | None) -> str:
+    """"images", "videos" (files, or --source) or "watch": what predict was given, exactly one of them."""
+    given = [name for name, value in (("files", paths), ("--source", source), ("--watch", watch)) if value]
+    if len(given) != 1:
+        raise OculiError("predict: give image or video files, --source or --watch" if not given
+                         else f"predict: {' and '.join(given)}: give one of them")
+    if watch is not None:
+        return "watch"
+    from .deploy.video import is_video
+    if source is not None or any(is_video(p) for p in paths):
+        return "videos"
+    return "images"
+
+
+def _check_predict_flags(mode: str, **values) -> None:
+    """One line for a flag that does nothing for this ``mode`` (it would be silently ignored)."""
+    defaults = {"every": None, "out": None, "existing": False, "settle": None, "nproc": 1}
+    for name, value in values.items():
+        if value != defaults[name] and name not in PREDICT_FLAGS[mode]:
+            users = [m for m, flags in PREDICT_FLAGS.items() if name in flags]
+            raise OculiError(f"--{name} is for {' and '.join(users)}, not {mode}")
+
+
+def _video_sources(paths: list[str] | None, source: str | None) -> list:
+    """The videos to predict: --source, or the video files named (a glob of them too)."""
+    from .deploy.predict import expand_paths
+    from .deploy.video import is_video, live_source, video_file
+    if source is not None:
+        return [live_source(source)]
+    if not all(is_video(p) for p in paths):
+        raise OculiError("predict: give images or videos, not both in one call")
+    files, missing = expand_paths(paths)
+    for item in missing:
+        _warn(f"no such file or folder: {item}")
+    if not files:
+        raise OculiError("predict: no video files found in " + ", ".join(paths))
+    return [video_file(f) for f in files]
+
+
+def _predict_videos_here(classifier, sources: list, sampling, fmt: str, top_k: int, out_file: Path | None,
+                         batch_size: int) -> int:
+    """`oculi predict` on videos: a row per sampled frame, and a line for each video on stderr (a warning when
+    it stopped early). Exit code 1 when no frame could be predicted, 130 when a file was interrupted."""
+    from .console import Reporter
+    from .deploy.video import predict_video
+    if out_file is not None and len(sources) > 1:
+        raise OculiError("--out writes one labelled video: give one video with it")
+    printer = _Printer(fmt, what="video")
+    code = 0
+    for source in sources:
+        # A file's rows wait for the end of its progress bar (they would share the terminal); a live
+        # source's come as its frames do.
+        rows: list = []
+        show = printer.add if source.live else lambda *row: rows.append(row)
+        summary = predict_video(classifier, source, sampling,
+                                lambda f: show(f.prediction, {"time": round(f.time, 3), "frame": f.frame}),
+                                top_k, out_file, batch_size, Reporter())
+        for row in rows:
+            printer.add(*row)
+        ended_badly = summary.stopped is not None and not (summary.interrupted and source.live)
+        (_warn if ended_badly else _note)(summary.line())
+        code = max(code, 1 if not summary.predicted else 130 if summary.interrupted and not source.live else 0)
+        if summary.written is not None:
+            _note(f"wrote {summary.written}")
+    printer.close()
+    return code
+
+
+def _watch_here(classifier, folder: Path, fmt: str, top_k: int, out_file: Path | None, existing: bool,
+                settle: float | None, draft: bool) -> int:
+    """`oculi predict --watch`: a row per image as it lands (CSV, or JSON lines: a table would wait for the
+    end), appended to --out or printed; a summary line when Ctrl-C or SIGTERM stops it."""
+    from .deploy.watch import DEFAULT_SETTLE, FolderWatch
+    watcher = FolderWatch(classifier, folder, lambda p: printer.add(p), _warn, top_k,
+                          DEFAULT_SETTLE if settle is None else settle, existing, draft)
+    with _appending(out_file) as (stream, fresh):
+        printer = _Printer("json" if fmt == "json" else "csv", stream=stream, header=fresh)
+        into = f", rows appended to {out_file}" if out_file is not None else ""
+        summary = watcher.run(on_start=lambda: _note(f"watching {folder} for new images{into} (Ctrl-C to stop)"))
+    _note(summary.line())
+    return 0
+
+
+@contextlib.contextmanager
+def _appending(path: Path | None):
+    """(stream, whether it is empty) to add rows to: ``path`` opened to append, or stdout."""
+    if path is None:
+        yield sys.stdout, True
+        return
+    try:
+        stream = open(path, "a", newline="", encoding="utf-8")
+    except OSError as err:
+        raise OculiError(f"--out {path}: cannot write ({err.strerror or err})") from None
+    with stream:
+        yield stream, stream.tell() == 0
 
 
 def _predict_here(run: Path, paths: list[str], top_k: int, fmt: str, batch_size: int, device: str,
@@ -378,25 +499,53 @@ def export(
 
 
 def _print_predictions(predictions, fmt: str) -> None:
-    if fmt == "json":
-        for p in predictions:
-            print(json.dumps(p.to_dict()))
-    elif fmt == "csv":
-        import csv
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", "confidence", "top_k", "top_label", "ood_score"])
-        for p in predictions:
-            writer.writerow([p.source, p.label, f"{p.confidence:.6f}",
+    printer = _Printer(fmt)
+    for p in predictions:
+        printer.add(p)
+    printer.close()
+
+
+class _Printer:
+    """Predictions as ``fmt`` says: CSV rows or JSON lines written to ``stream`` as they come (flushed, for a
+    camera or a watched folder read as it goes), or one table, printed by ``close``. The ``fields`` of a row
+    (a video frame's time and index) come between its source and its prediction. ``header``: CSV's first."""
+
+    def __init__(self, fmt: str, what: str = "image", stream=None, header: bool = True):
+        self.fmt, self.what, self.stream, self.header = fmt, what, stream or sys.stdout, header
+        self.table: Table | None = None
+
+    def add(self, p, fields: dict | None = None) -> None:
+        fields = fields or {}
+        if self.fmt == "table":
+            self._add_to_table(p, fields)
+            return
+        if self.fmt == "json":
+            self.stream.write(json.dumps({**p.to_dict(), **fields}) + "\n")
+        else:
+            writer = csv.writer(self.stream, lineterminator="\n")
+            if self.header:
+                writer.writerow(["path", *fields, "label", "confidence", "top_k", "top_label", "ood_score"])
+                self.header = False
+            writer.writerow([p.source, *map(_cell, fields.values()), p.label, f"{p.confidence:.6f}",
                              ";".join(f"{c}:{q:.6f}" for c, q in p.top_k), p.top_label,
                              "" if p.ood_score is None else f"{p.ood_score:.4f}"])
-    else:
-        table = Table("image", "prediction", "confidence", "top-k", "ood score")
-        for p in predictions:
-            shown = p.label if p.label == p.top_label or p.labels is not None else f"{p.label} (top: {p.top_label})"
-            table.add_row(p.source, shown, f"{p.confidence:.1%}",
-                          ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]),
-                          "" if p.ood_score is None else f"{p.ood_score:.2f}")
-        out.print(table)
+        self.stream.flush()
+
+    def _add_to_table(self, p, fields: dict) -> None:
+        if self.table is None:
+            self.table = Table(self.what, *fields, "prediction", "confidence", "top-k", "ood score")
+        shown = p.label if p.label == p.top_label or p.labels is not None else f"{p.label} (top: {p.top_label})"
+        self.table.add_row(p.source, *map(_cell, fields.values()), shown, f"{p.confidence:.1%}",
+                           ", ".join(f"{c} {q:.1%}" for c, q in p.top_k[1:]),
+                           "" if p.ood_score is None else f"{p.ood_score:.2f}")
+
+    def close(self) -> None:
+        if self.table is not None:
+            out.print(self.table)
+
+
+def _cell(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 @app.command("augment-preview")
@@ -579,6 +728,11 @@ def _png_path(out_arg: str, default_name: str) -> Path:
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def _note(message: str) -> None:
+    """A line for the user beside the results on stdout: on stderr."""
+    print(message, file=sys.stderr)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -16,6 +16,10 @@ about 500 MB), so children take runs of items rather than one each. Linux only (
 (a batch of files, a server's uploads), each worker holding ``fn``; ``pool.submit(in_worker, item)`` or
 ``pool.submit(each_in_worker, items)`` run it there. A worker that dies breaks the whole pool
 (``BrokenProcessPool``): its callers recover what was in flight through ``map_in_children``.
+
+``stream_in_child(produce)`` is the third way, for work that is one stream rather than many items (the
+frames of a video): one child runs the generator ``produce()`` and sends what it yields as it comes; a
+death ends the stream with a ``ChildDied``, after the items that came before it.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 # Linux only: macOS offers fork, but its system libraries are not safe to use in a forked child.
 _FORK = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
@@ -105,9 +109,14 @@ class _Child:
         self.conn.close()
 
     def how_it_died(self) -> str:
-        self.process.join()
-        code = self.process.exitcode
-        return signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
+        return how_it_died(self.process)
+
+
+def how_it_died(process) -> str:
+    """"SIGSEGV", "exit code 3": how a child process ended (waits for it)."""
+    process.join()
+    code = process.exitcode
+    return signal.Signals(-code).name if code is not None and code < 0 else f"exit code {code}"
 
 
 def _collect(children: dict[Connection, _Child], results: dict, runs: deque, timeout: float | None) -> None:
@@ -189,10 +198,15 @@ def _child_main(fn, items, start: int, end: int, setup, conn: Connection) -> Non
     for i in range(start, end):
         try:
             message = (True, fn(items[i]))
-        except Exception as e:  # sent as it is when it survives pickling, else as its traceback
-            message = (False, e if _round_trips(e) else RuntimeError(f"in a child process:\n{traceback.format_exc()}"))
+        except Exception as e:
+            message = (False, _sendable(e))
         conn.send(message)
     conn.close()
+
+
+def _sendable(error: Exception) -> Exception:
+    """``error`` as it is when it survives pickling, else a RuntimeError with its traceback (call in ``except``)."""
+    return error if _round_trips(error) else RuntimeError(f"in a child process:\n{traceback.format_exc()}")
 
 
 def _round_trips(value) -> bool:
@@ -201,3 +215,53 @@ def _round_trips(value) -> bool:
         return True
     except Exception:
         return False
+
+
+def stream_in_child(produce: Callable[[], Iterable], timeout: float | None = None) -> Iterator[Any]:
+    """What the generator ``produce()`` yields, computed in a forked child and sent here item by item as it
+    comes; then, if the child died before the end (or spent more than ``timeout`` seconds on one item), one
+    ``ChildDied``. An exception ``produce`` raises is raised here. The pipe holds little, so the child waits
+    while the caller is busy: memory holds a few items, never the stream. The child ignores Ctrl-C (which a
+    terminal sends to the whole process group): the caller decides when to stop, and closing this iterator
+    (or leaving a loop over it) kills the child. Where there is no fork, ``produce()`` runs in this process."""
+    if not can_fork():
+        yield from produce()
+        return
+    receiver, sender = _FORK.Pipe(duplex=False)
+    process = _FORK.Process(target=_stream_main, args=(produce, sender), daemon=True)
+    process.start()
+    sender.close()  # only the child holds the writing end now: its death reads as end-of-file here
+    try:
+        while True:
+            if timeout is not None and not receiver.poll(timeout):
+                yield ChildDied("timed out", f"over {timeout:g} s")
+                return
+            try:
+                kind, value = receiver.recv()
+            except (EOFError, OSError):
+                yield ChildDied("crashed", how_it_died(process))
+                return
+            if kind == "error":
+                raise value
+            if kind == "end":
+                return
+            yield value
+    finally:
+        process.kill()
+        process.join()
+        receiver.close()
+
+
+def _stream_main(produce, conn: Connection) -> None:
+    quiet_crashes()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler the caller set for itself before the fork
+    try:
+        for item in produce():
+            conn.send(("item", item))
+        conn.send(("end", None))
+    except BrokenPipeError:  # the caller stopped listening: nothing left to do
+        return
+    except Exception as e:
+        conn.send(("error", _sendable(e)))
+    conn.close()

@@ -87,12 +87,14 @@ class Answering:
                 batch.append(image)
                 names.append(str(path))
             if len(batch) == batch_size:
-                yield from self._predict_batch(batch, names, top_k)
+                yield from self.predict_prepared(batch, names, top_k)
                 batch, names = [], []
         if batch:
-            yield from self._predict_batch(batch, names, top_k)
+            yield from self.predict_prepared(batch, names, top_k)
 
-    def _predict_batch(self, batch, names, top_k) -> Iterator[Prediction]:
+    def predict_prepared(self, batch: list, names: list[str], top_k: int) -> Iterator[Prediction]:
+        """The predictions of images already prepared (uint8 [C, H, W] each, as ``prepare`` gives them), named
+        ``names``: how image files and video frames alike end."""
         probs, ood = self.prepared_outputs(self.stacked(batch))
         for i, (name, row) in enumerate(zip(names, probs)):
             yield self.prediction(name, row, top_k, score_at(ood, i))

@@ -12,7 +12,7 @@ from PIL import Image
 
 import oculi
 from oculi.data import decode
-from oculi.data.children import ChildDied, can_fork, map_in_children
+from oculi.data.children import ChildDied, can_fork, map_in_children, stream_in_child
 from oculi.data.contained import prepare_file, prepare_files
 from oculi.data.unreadable import CRASHED, DECODER_CRASHED, Unreadable
 from oculi.data.loading import decode_source
@@ -130,3 +130,45 @@ def _fail_on_two(i: int) -> int:
 def test_an_exception_in_a_child_is_raised_here():
     with pytest.raises(ValueError, match="a bug, not a crash"):
         list(map_in_children(_fail_on_two, list(range(4))))
+
+
+# ---- stream_in_child --------------------------------------------------------------------------------
+
+def _counting_then(end: str):
+    """A stream of 0, 1, 2, then ``end``: "done", "crash" (the child dies), "raise" (a bug), "hang"."""
+    def produce():
+        yield from range(3)
+        if end == "crash":
+            crash()
+        if end == "raise":
+            raise ValueError("a bug in the stream")
+        if end == "hang":
+            time.sleep(60)
+    return produce
+
+
+@pytest.mark.parametrize("end, tail", [("done", []), ("crash", [ChildDied("crashed", "SIGABRT")]),
+                                       ("hang", [ChildDied("timed out", "over 1 s")])])
+def test_a_stream_gives_its_items_then_how_its_child_ended(end, tail):
+    assert list(stream_in_child(_counting_then(end), timeout=1)) == [0, 1, 2, *tail]
+
+
+def test_an_exception_in_the_stream_is_raised_here_after_its_items():
+    got = []
+    with pytest.raises(ValueError, match="a bug in the stream"):
+        got.extend(stream_in_child(_counting_then("raise")))
+    assert got == [0, 1, 2]
+
+
+def _pids():
+    while True:
+        yield os.getpid()
+
+
+def test_leaving_a_stream_kills_its_child():
+    stream = stream_in_child(_pids)
+    child = next(stream)
+    assert child != os.getpid()  # computed in another process
+    stream.close()
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(child, 0)
