@@ -41,7 +41,7 @@ def print_plan(ctx: RunContext, model) -> None:
 def describe_recipe(augmentation: Augmentation | None, ema_decay: float | None) -> str:
     """The modern recipe's parts a run uses (per-image policy, erasing, batch mixing, EMA); "" for none."""
     aug = augmentation or Augmentation(flip=False, translate=0.0)
-    parts = [f"{aug.auto_augment} a image" if aug.auto_augment != "none" else "",
+    parts = [f"{aug.auto_augment} per image" if aug.auto_augment != "none" else "",
              f"random erasing {aug.erasing:g}" if aug.erasing else "",
              f"MixUp {aug.mixup:g}" if aug.mixup else "", f"CutMix {aug.cutmix:g}" if aug.cutmix else "",
              f"EMA of the weights (decay {ema_decay:g}, a {1 / (1 - ema_decay):.0f}-step horizon)"
