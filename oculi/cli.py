@@ -562,6 +562,8 @@ def augment_preview(
     from .plots import save_figure
     from .report.augment import augmentation_preview
     figure = augmentation_preview(data, n, images, seed=seed, **settings)
+    if figure.get_suptitle():
+        out.print(figure.get_suptitle())
     out.print(f"wrote {save_figure(figure, _png_path(out_file, 'augment_preview.png'))}")
 
 

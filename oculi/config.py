@@ -19,7 +19,8 @@ OPTIMIZERS = ("auto", "adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("auto", "cosine", "onecycle", "constant")
 HEADS = ("auto", "softmax", "sigmoid", "multilabel")
 RESIZE_MODES = ("squash", "pad", "crop")
-AUGMENTS = ("auto", "none", "light", "standard", "strong")
+AUGMENTS = ("auto", "none", "light", "standard", "strong", "modern")
+AUTO_AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment")  # oculi.data.transforms.AUTO_AUGMENTS
 CLASS_WEIGHTS = ("none", "auto")
 SELECT_BY = ("auto", "accuracy", "macro-f1", "map")
 # Training data whose largest class has at least this many times the images of its smallest is imbalanced:
@@ -129,7 +130,8 @@ class TrainConfig:
     resize: str = setting("squash", "squash, pad (letterbox) or crop.", choices=RESIZE_MODES)
     channels: int | None = setting(None, "1 (grayscale) or 3 (RGB); default from the data.", choices=CHANNELS)
     augment: str = setting("auto", "none, light (flip + translate: small images), standard or strong (Keras-style "
-                           "rotation, shift, shear, zoom, colour); auto: light.", choices=AUGMENTS)
+                           "rotation, shift, shear, zoom, colour), modern (light + TrivialAugment, random erasing "
+                           "0.25, MixUp 0.8 / CutMix 1.0: long runs from scratch); auto: light.", choices=AUGMENTS)
     rotation: float | None = knob("rotate up to +-N degrees.", low=0, high=180)
     shift: float | None = knob("shift up to +-this fraction of width and height.", low=0, high=0.5)
     shear: float | None = knob("shear up to +-N degrees.", low=0, high=45)
@@ -141,6 +143,14 @@ class TrainConfig:
     flip: bool | None = knob("random horizontal flips (default: on; off for digits, MNIST and class folders 0-9).")
     vflip: bool | None = knob("random vertical flips.")
     fill_mode: str | None = knob("what fills the borders: constant, nearest, reflect or wrap.", choices=FILL_MODES)
+    auto_augment: str | None = knob("a random operation of torchvision's policy per image: none, randaugment or "
+                                    "trivialaugment (TrivialAugmentWide).", choices=AUTO_AUGMENT_POLICIES)
+    erasing: float | None = knob("erase a random rectangle of an image (random noise) with this probability.",
+                                 low=0, high=1)
+    mixup: float | None = knob("MixUp: blend pairs of training images and their labels, Beta(alpha, alpha) "
+                               "weights; 0: off (with --cutmix: one of the two a batch).", low=0, high=100)
+    cutmix: float | None = knob("CutMix: paste a box of another training image, labels mixed by its area, "
+                                "Beta(alpha, alpha); 0: off.", low=0, high=100)
     filter: str | None = setting(None, "Apply an image filter to every image, in training and prediction: sharpen, "
                                  "blur, edges or blur+sharpen.", choices=FILTER_NAMES)  # kept in the bundle
     tta: str = setting("auto", "Test-time augmentation: none, flip (average each image with its mirror) or "
@@ -190,6 +200,10 @@ class TrainConfig:
                                             "fast-cnn, else 0).", low=0, high=1, excluded="high")
     lookahead: bool | None = setting(None, "Pull the weights back to a slow average every 5 steps (airbench's "
                                      "Lookahead); default: the model's recipe.")
+    ema: bool = setting(False, "Keep an exponential moving average of the weights; it is what each epoch's val "
+                        "metrics measure and what the run keeps (not for a head on cached features).")
+    ema_decay: float | None = setting(None, "--ema's decay a step; default: a horizon 1 / (1 - decay) of 5% of the "
+                                      "run's steps.", low=0, high=1, excluded="high")
     patience: int | None = setting(10, "Early stopping after this many epochs without a better val accuracy.",
                                    low=1, high=10_000)  # None: never
     class_weights: str = setting("none", "none or auto: weight each class's loss by its inverse training frequency "
@@ -268,6 +282,8 @@ class TrainConfig:
             check_image_size(self.image_size)
         if self.abstain_threshold is not None and self.target_precision is not None:
             raise OculiError("--abstain-threshold and --target-precision both set the threshold; give one")
+        if self.ema_decay is not None and not self.ema:
+            raise OculiError("--ema-decay is the decay of --ema's average of the weights; add --ema")
         return self
 
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 
 from .filters import FILTERS
+from .mixing import Mixed, mix_batch
 from .preprocessing import Preprocessing  # noqa: F401 (where callers have long found it)
 
 
@@ -97,6 +101,12 @@ class Augmentation:
     brightness: float = 0.0  # pixel values times 1 +- brightness
     contrast: float = 0.0  # distance from each image's mean times 1 +- contrast
     saturation: float = 0.0  # distance from gray times 1 +- saturation (colour images)
+    auto_augment: str = "none"  # a per-image policy of AUTO_AUGMENTS: randaugment or trivialaugment
+    erasing: float = 0.0  # probability of erasing a random rectangle of each image (random erasing)
+    # Batch mixing, applied by the training loop to normalised images with their labels (``mix``), on the
+    # routes that train on images: Beta(alpha, alpha) of MixUp and CutMix, 0 off.
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +118,16 @@ class Augmentation:
     @property
     def changes_anything(self) -> bool:
         return any((self.flip, self.vflip, self.translate > 0, self.affine, self.brightness, self.contrast,
-                    self.saturation))
+                    self.saturation, self.auto_augment != "none", self.erasing, self.mixes))
+
+    @property
+    def mixes(self) -> bool:
+        """Whether training batches are mixed (MixUp or CutMix), which needs their labels: ``mix``."""
+        return self.mixup > 0 or self.cutmix > 0
+
+    def mix(self, batch: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Mixed]:
+        """A float batch mixed with a shuffled copy of itself, and the labels of both (``mixing.mix_batch``)."""
+        return mix_batch(batch, labels, self.mixup, self.cutmix, generator)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.flip:
@@ -121,6 +140,10 @@ class Augmentation:
             batch = random_affine(batch, self, generator)
         if self.brightness or self.contrast or self.saturation:
             batch = random_colour(batch, self, generator)
+        if self.auto_augment != "none":
+            batch = auto_augment(batch, self.auto_augment, generator)
+        if self.erasing:
+            batch = random_erasing(batch, self.erasing, generator)
         return batch
 
 
@@ -131,7 +154,13 @@ AUGMENT_PRESETS = {
     "standard": Augmentation(translate=0, rotation=15, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.1),
     "strong": Augmentation(translate=0, rotation=40, shift=0.2, shear=11.3, zoom=0.2, fill_mode="nearest",
                            brightness=0.2, contrast=0.2, saturation=0.2),
+    # modern: the DeiT / timm ImageNet recipe's augmentations over light's flip and translate (Touvron et al.
+    # 2021, with TrivialAugment, Mueller & Hutter 2021, for RandAugment: no magnitude to tune). Made for long
+    # schedules from scratch; MixUp and CutMix slow down how fast a short run fits (not auto's choice).
+    "modern": Augmentation(auto_augment="trivialaugment", erasing=0.25, mixup=0.8, cutmix=1.0),
 }
+# torchvision's policies, by --auto-augment's names.
+AUTO_AUGMENTS = {"randaugment": T.RandAugment, "trivialaugment": T.TrivialAugmentWide}
 
 
 def _uniform(n: int, generator: torch.Generator, device) -> torch.Tensor:
@@ -212,3 +241,37 @@ def random_colour(batch: torch.Tensor, aug: Augmentation, generator: torch.Gener
         gray = (x * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = (x - gray) * factor(aug.saturation) + gray
     return x.round_().clamp_(0, 255).to(batch.dtype)
+
+
+def auto_augment(batch: torch.Tensor, policy: str, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's ``policy`` (AUTO_AUGMENTS) applied to each uint8 image on its own. Per image because
+    torchvision draws one operation and magnitude a call: called on the batch, every image would get the same
+    one. That costs a Python loop of small operations a batch (BENCHMARKS.md: images/s at 32 and 224 px).
+    torchvision draws from torch's global generator: it is seeded from ``generator`` inside a fork, so an epoch
+    repeats exactly and nothing outside sees a draw."""
+    transform = AUTO_AUGMENTS[policy]()
+    seed = int(torch.randint(2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(image) for image in batch])
+
+
+def random_erasing(batch: torch.Tensor, p: float, generator: torch.Generator, area: tuple[float, float] = (0.02, 1 / 3),
+                   ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2017), batched: with probability ``p`` an image gets a rectangle of random
+    uint8 noise, of ``area`` (fraction of the image) and aspect ``ratio`` (height over width, log-uniform)
+    drawn per image. A rectangle larger than a side is cut to it (torchvision draws again instead)."""
+    n, c, h, w = batch.shape
+    draws = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    size = h * w * (area[0] + (area[1] - area[0]) * draws[:, 1])
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * draws[:, 2])
+    height = (size * aspect).sqrt().round().clamp(1, h)
+    width = (size / aspect).sqrt().round().clamp(1, w)
+    top = (draws[:, 3] * (h - height + 1)).floor()
+    left = (draws[:, 4] * (w - width + 1)).floor()
+    rows, cols = torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64)
+    inside_rows = (rows >= top[:, None]) & (rows < (top + height)[:, None])
+    inside_cols = (cols >= left[:, None]) & (cols < (left + width)[:, None])
+    mask = (draws[:, 0] < p)[:, None, None] & inside_rows[:, :, None] & inside_cols[:, None, :]
+    noise = torch.randint(0, 256, batch.shape, generator=generator, dtype=torch.uint8)
+    return torch.where(mask[:, None].to(batch.device), noise.to(batch.device, batch.dtype), batch)

@@ -17,8 +17,9 @@ from ..plots import plot_augmentation_preview
 def augmentation_preview(data: str, n: int = 20, images: int = 3, augment: str = "auto",
                          image_size: tuple[int, int] | None = None, seed: int = 0, **knobs) -> Figure:
     """``n`` augmented versions of ``images`` images of ``data`` (one per class, in class order), with
-    the augmentation ``oculi train --augment`` would use, at the size and colour it would train at.
-    ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
+    the augmentation ``oculi train --augment`` would use, at the size and colour it would train at (per-image
+    policies and random erasing included; MixUp and CutMix, which mix pairs of a batch, are named in the title,
+    not drawn). ``knobs``: TrainConfig's augmentation fields (rotation=40, fill_mode="wrap", ...) over the preset."""
     if n < 1 or images < 1:
         raise OculiError("--n and --images must be at least 1")
     # Validated before the data is opened: the seed also draws the split, and a bad one must be a flag error.
@@ -36,7 +37,21 @@ def preview_figure(source: DataSource, augmentation: Augmentation | None, prepro
     generator = torch.Generator().manual_seed(seed)
     repeated = originals.repeat_interleave(n, dim=0)
     augmented = augmentation(repeated, generator) if augmentation is not None else repeated
-    return plot_augmentation_preview(originals, augmented.view(len(originals), n, *originals.shape[1:]), titles)
+    figure = plot_augmentation_preview(originals, augmented.view(len(originals), n, *originals.shape[1:]), titles)
+    note = mixing_note(augmentation)
+    if note:
+        figure.suptitle(note, fontsize=9)
+    return figure
+
+
+def mixing_note(augmentation: Augmentation | None) -> str:
+    """What the preview leaves out: MixUp and CutMix blend pairs of images (and their labels) of each training
+    batch, after the per-image changes the grid shows."""
+    if augmentation is None or not augmentation.mixes:
+        return ""
+    parts = [f"{name} {alpha:g}" for name, alpha in (("MixUp", augmentation.mixup), ("CutMix", augmentation.cutmix))
+             if alpha]
+    return f"not previewed: {' / '.join(parts)} mix pairs of images of each training batch"
 
 
 def _samples(source, count: int, preprocessing: Preprocessing) -> tuple[torch.Tensor, list[str]]:

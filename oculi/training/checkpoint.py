@@ -19,13 +19,18 @@ from ..io import atomic_path
 
 
 def save_checkpoint(path: Path, model_state: dict, best_state: dict, optimizer: torch.optim.Optimizer,
-                    meta: dict, baseline_state: dict | None = None, out_of_fold: dict | None = None) -> None:
+                    meta: dict, baseline_state: dict | None = None, out_of_fold: dict | None = None,
+                    average: dict | None = None) -> None:
     """``baseline_state``: the weights fine-tuning must beat (the features head's), to fall back on;
-    ``out_of_fold``: the head's out-of-fold logits and labels (numpy), what its temperature is fitted on."""
+    ``out_of_fold``: the head's out-of-fold logits and labels (numpy), what its temperature is fitted on;
+    ``average``: --ema's weights and step count (``WeightAverage.to_checkpoint``)."""
     tensors = {f"model/{k}": v for k, v in model_state.items()}
     tensors.update({f"best/{k}": v for k, v in best_state.items()})
     tensors.update({f"base/{k}": v for k, v in (baseline_state or {}).items()})
     tensors.update({f"oof/{k}": torch.as_tensor(v) for k, v in (out_of_fold or {}).items()})
+    if average is not None:
+        tensors.update({f"ema/{k}": v for k, v in average["state"].items()})
+        meta = {**meta, "ema_steps": average["steps"]}
     optim_json, optim_tensors = _split_optimizer_state(optimizer.state_dict())
     tensors.update(optim_tensors)
     # safetensors refuses tensors that share memory, so every entry gets its own contiguous copy.
@@ -50,6 +55,8 @@ def load_checkpoint(path: Path) -> tuple[dict, dict, dict, dict]:
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
     meta["baseline_state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("base/")} or None
     meta["out_of_fold"] = {k[4:]: v.numpy() for k, v in tensors.items() if k.startswith("oof/")} or None
+    average = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+    meta["average"] = {"state": average, "steps": meta.pop("ema_steps")} if "ema_steps" in meta else None
     optim = _join_optimizer_state(meta.pop("optimizer"), tensors)
     return model, best, optim, meta
 

@@ -73,7 +73,9 @@ def fit(model, ctx: RunContext, restoring: bool, log: RunLog) -> LoopState:
         state = _restore(model, optimizer, ctx)
     if plan.route != "scratch":
         model.frozen_norm = True
-    settings = dataclasses.replace(settings, phase="finetune" if plan.route != "scratch" else "train")
+    # --ema averages the network's training, not a features head's (whose epochs take milliseconds)
+    settings = dataclasses.replace(settings, phase="finetune" if plan.route != "scratch" else "train",
+                                   ema_decay=cfg.ema_decay)
     if top is not None:  # the top stages on their cached inputs; the state dicts stay the whole model's
         trainable_top(model, top.split)
         net, data = TopOfModel(model, top.split), top.data(plan.augmentation)
@@ -106,7 +108,7 @@ def _epoch_saver(model, optimizer, ctx: RunContext, log: RunLog) -> Callable[[Lo
         save_checkpoint(ctx.run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
                          "baseline": s.baseline, "prior": s.prior, "predicted": s.predicted},
-                        s.baseline_state, s.out_of_fold)
+                        s.baseline_state, s.out_of_fold, s.average)
     return on_epoch_end
 
 
@@ -170,5 +172,12 @@ def _restore(model, optimizer, ctx: RunContext) -> LoopState:
     return LoopState(epoch=meta["epoch"], history=meta["history"], best_state=on_device(best_state),
                      best_epoch=meta["best_epoch"], baseline=meta.get("baseline"), prior=meta.get("prior", []),
                      baseline_state=on_device(meta.get("baseline_state")), predicted=meta.get("predicted", {}),
-                     out_of_fold=meta.get("out_of_fold"))
+                     out_of_fold=meta.get("out_of_fold"), average=_on_device_average(meta.get("average"), device))
+
+
+def _on_device_average(average: dict | None, device) -> dict | None:
+    """A checkpoint's --ema average, its weights on the training device."""
+    if average is None:
+        return None
+    return {"state": {k: v.to(device) for k, v in average["state"].items()}, "steps": average["steps"]}
 

@@ -21,12 +21,14 @@ from sklearn.metrics import f1_score
 
 from ..console import Reporter, Throughput
 from ..data.loading import RowView, TensorSet, streamed_batches
+from ..data.mixing import Mixed
 from ..data.transforms import Augmentation, Preprocessing
 from ..runtime.engines import autocast, logits_to_probs, model_input, predict_logits
 from ..runtime.world import SINGLE, World
 from ..multilabel import compare_map, mean_ap
 from ..selection import compare, macro_f1
 from .distributed import broadcast_module, broadcast_object, rank_seed, shard_order, sharded_rows, sum_numbers, wrap
+from .ema import WeightAverage
 from .optim import Lookahead, lr_factor, set_lr
 
 
@@ -49,6 +51,7 @@ class LoopSettings:
     mixed_precision: bool = True  # bfloat16 autocast on CUDA and bfloat16 CPUs (runtime.engines.autocast)
     accumulate: int = 1  # batches (of batch_size, on each rank) per optimizer step
     time_budget: float | None = None  # seconds: no epoch starts that would end past it (measured by the last)
+    ema_decay: float | None = None  # --ema: validate and keep an average of the weights (training.ema); None: off
 
 
 @dataclass
@@ -68,6 +71,8 @@ class LoopState:
     # A features head's out-of-fold logits of the training images, and their labels (what the temperature of
     # a kept head is fitted on: transfer.out_of_fold_logits); checkpointed, so a resumed run fits the same T.
     out_of_fold: dict | None = None
+    # --ema: the average's weights and step count after the last epoch (WeightAverage.to_checkpoint)
+    average: dict | None = None
 
     @property
     def best_row(self) -> dict | None:
@@ -98,10 +103,13 @@ def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [order[step * batch_size:(step + 1) * batch_size] for step in range(max(1, len(order) // batch_size))]
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor | Mixed, settings: LoopSettings) -> torch.Tensor:
     """Cross-entropy for one class an image; binary cross-entropy of each output for a sigmoid head and for
     multi-label sets (one sigmoid a class; ``class_weights`` there weigh each class's positives,
-    ``pos_weight``), label smoothing pulling every target towards 1/2."""
+    ``pos_weight``), label smoothing pulling every target towards 1/2. A mixed batch's labels (MixUp,
+    CutMix): against the soft targets ``mixed_targets``."""
+    if isinstance(labels, Mixed):
+        return mixed_loss(logits, labels, settings)
     if settings.head == "multilabel":
         target = labels * (1 - settings.label_smoothing) + 0.5 * settings.label_smoothing
         return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=settings.class_weights)
@@ -111,6 +119,34 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, settings: LoopSettings) 
         return F.binary_cross_entropy_with_logits(logits[:, 0].float(), target, weight=weight)
     return F.cross_entropy(logits.float(), labels, weight=settings.class_weights,
                            label_smoothing=settings.label_smoothing)
+
+
+def smoothed_targets(labels: torch.Tensor, head: str, classes: int, smoothing: float) -> torch.Tensor:
+    """The float targets ``loss_fn`` trains towards: for softmax the one-hot labels with ``smoothing`` spread
+    over every class (what F.cross_entropy's label_smoothing does), for sigmoid outputs 0/1 pulled towards 1/2."""
+    if head == "softmax":
+        return F.one_hot(labels, classes).float() * (1 - smoothing) + smoothing / classes
+    return labels.float() * (1 - smoothing) + 0.5 * smoothing
+
+
+def mixed_targets(labels: Mixed, head: str, classes: int, smoothing: float) -> torch.Tensor:
+    """A mixed batch's soft targets: ``lam`` of its first labels' smoothed targets and ``1 - lam`` of its
+    second's (rows sum to 1 for softmax; multi-label: the 0/1 sets mixed, then smoothed)."""
+    first, second = (smoothed_targets(t, head, classes, smoothing) for t in (labels.first, labels.second))
+    return first * labels.lam + second * (1 - labels.lam)
+
+
+def mixed_loss(logits: torch.Tensor, labels: Mixed, settings: LoopSettings) -> torch.Tensor:
+    """``loss_fn`` of a mixed batch; class weights (softmax, sigmoid) are mixed as the targets are."""
+    s, logits = settings, logits.float()
+    target = mixed_targets(labels, s.head, logits.shape[1], s.label_smoothing)
+    if s.head == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=s.class_weights)
+    if s.head == "sigmoid":
+        weight = None if s.class_weights is None else (s.class_weights[labels.first] * labels.lam
+                                                       + s.class_weights[labels.second] * (1 - labels.lam))
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target, weight=weight)
+    return F.cross_entropy(logits, target, weight=s.class_weights)
 
 
 def validation_metrics(logits: torch.Tensor, labels: torch.Tensor, head: str) -> dict:
@@ -137,8 +173,11 @@ def multilabel_validation(logits: torch.Tensor, labels: torch.Tensor) -> dict:
             "val_predicted": probs.round(decimals=4).tolist()}
 
 
-def batch_hits(logits: torch.Tensor, labels: torch.Tensor, head: str) -> int:
-    """Images of a training batch the model gets right: its class, or (multi-label) its whole set at 0.5."""
+def batch_hits(logits: torch.Tensor, labels: torch.Tensor | Mixed, head: str) -> int:
+    """Images of a training batch the model gets right: its class, or (multi-label) its whole set at 0.5. In a
+    mixed batch, counted against each image's dominant label (the one it holds more than half of)."""
+    if isinstance(labels, Mixed):
+        labels = labels.dominant
     if head == "multilabel":
         return int(((logits.detach() >= 0) == (labels >= 0.5)).all(1).sum())
     return int((logits_to_probs(logits.detach(), head).argmax(1) == labels).sum())
@@ -193,14 +232,18 @@ class ImageData:
 def training_batches(data: TensorSet, order: torch.Tensor, batch_size: int, augmentation: Augmentation | None,
                      preprocessing: Preprocessing, generator: torch.Generator,
                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time."""
+    """(normalised augmented images, labels) on ``device``, one full batch of ``order`` at a time; with MixUp or
+    CutMix on, the normalised batch is mixed and its labels are their ``Mixed`` pair."""
     indices = batch_indices(order.to(data.images.device), batch_size)  # gather where the images are
     for index, images in zip(indices, uint8_batches(data, indices)):
         labels = data.labels[index].to(device, non_blocking=True)
         images = images.to(device, non_blocking=True)
         if augmentation is not None:
             images = augmentation(images, generator)
-        yield model_input(preprocessing.normalize(images)), labels
+        images = preprocessing.normalize(images)
+        if augmentation is not None and augmentation.mixes:
+            images, labels = augmentation.mix(images, labels, generator)
+        yield model_input(images), labels
 
 
 def uint8_batches(data: TensorSet, indices: list[torch.Tensor]) -> Iterator[torch.Tensor]:
@@ -289,6 +332,20 @@ class Learner:
 
     def __post_init__(self):
         self.data = self.data.to(self.device)
+        self.average: WeightAverage | None = None  # --ema's, made by fit
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights each epoch is measured and kept by: the average's with --ema, else the model's."""
+        return self.model if self.average is None else self.average.module
+
+    def _weight_average(self, state: LoopState) -> WeightAverage | None:
+        """--ema's average: a checkpoint's, or started at the model's weights."""
+        decay = self.settings.ema_decay
+        if decay is None:
+            return None
+        saved = state.average or {}
+        return WeightAverage(self.model, decay, saved.get("state"), saved.get("steps", 0))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -299,15 +356,19 @@ class Learner:
     def fit(self, state: LoopState | None = None) -> LoopState:
         """Train from ``state.epoch`` (no state: from the start) to ``settings.epochs``, or to an early stop."""
         state = LoopState() if state is None else state
+        self.average = self._weight_average(state)
         started = time.perf_counter()
         with self.progress.fit(self, state):
             while (state.epoch < self.settings.epochs and not self.early_stop(state)
                    and not self.out_of_time(state, time.perf_counter() - started)):
                 self.on_epoch_start(state.epoch)
-                record(state, self.epoch(state.epoch), self.model, self.settings.select_by)
+                row = self.epoch(state.epoch)
+                if self.average is not None:
+                    state.average = self.average.to_checkpoint()
+                record(state, row, self.evaluated, self.settings.select_by)
                 self.progress.epoch_end(self, state)
                 self.on_epoch_end(state)
-            keep_with_margin(state, self.model, self.data.val.labels, self.settings.select_by)
+            keep_with_margin(state, self.evaluated, self.data.val.labels, self.settings.select_by)
         return state
 
     def early_stop(self, state: LoopState) -> bool:
@@ -337,13 +398,13 @@ class Learner:
         with self.progress.epoch(self, epoch) as advance:
             row = self.train_epoch(epoch, advance)
         return {"epoch": epoch + 1, "phase": self.settings.phase, **row,
-                **self.data.validate(self.model, self.settings.head, self.device, self.world),
+                **self.data.validate(self.evaluated, self.settings.head, self.device, self.world),
                 "seconds": round(time.perf_counter() - started, 2), "time": round(time.time(), 2),
                 **gpu_memory(self.device)}
 
     def train_epoch(self, epoch: int, advance: Callable = lambda n, **fields: None) -> dict:
         """One pass over the training data (this rank's share of it); returns mean loss and accuracy (on
-        augmented images, over every rank)."""
+        augmented images, over every rank; of a mixed batch, against each image's dominant label)."""
         model, optimizer, s, world = self.model, self.optimizer, self.settings, self.world
         generator = epoch_generator(s.seed, epoch)
         model.train()
@@ -374,6 +435,8 @@ class Learner:
                 optimizer.step()
                 if lookahead is not None:
                     lookahead.step(model, epoch * steps + step, total_steps, force=step == steps - 1)
+                if self.average is not None:
+                    self.average.update(model)
             loss_sum += float(loss.detach()) * len(labels)
             correct += batch_hits(logits, labels, s.head)
             seen += len(labels)
@@ -382,6 +445,8 @@ class Learner:
                 advance(1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", **{"img/s": f"{rate:.0f}"})
         # Each rank's BatchNorm statistics moved on its own batches after the last broadcast: rank 0's for all.
         broadcast_module(world, model, buffers_only=True)
+        if self.average is not None:
+            self.average.copy_buffers(model)
         loss_sum, correct, seen = sum_numbers(world, loss_sum, correct, seen)
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
                 "images_per_s": round(speed.add(0) * world.size, 1), "lr": optimizer.param_groups[0]["lr"]}

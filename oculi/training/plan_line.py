@@ -7,7 +7,8 @@ from ..config import TrainConfig
 from ..data.sources import DataSource, split_folders
 from ..defaults import imbalance
 from ..models import count_parameters
-from ..route import plan_words
+from ..data.transforms import Augmentation
+from ..route import finetune_part, head_first, plan_words
 from .context import RunContext
 
 
@@ -28,8 +29,40 @@ def print_plan(ctx: RunContext, model) -> None:
     reporter.info(f"       batch {_describe_batch(cfg)}, {cfg.optimizer}, {cfg.schedule} schedule, augment {cfg.augment}, "
                   f"test-time augmentation {cfg.tta}, "
                   f"seed {cfg.seed}, device {ctx.device}")
+    recipe = describe_recipe(plan.augmentation, cfg.ema_decay)
+    if recipe:
+        reporter.info(f"       {recipe}")
+    for warning in recipe_warnings(plan.augmentation, cfg.ema_decay, route):
+        reporter.warn(warning)
     if cfg.select_by == "macro-f1" or cfg.class_weights != "none" or cfg.sampler != "shuffle":
         reporter.info(f"       {describe_balance(cfg, source)}")
+
+
+def describe_recipe(augmentation: Augmentation | None, ema_decay: float | None) -> str:
+    """The modern recipe's parts a run uses (per-image policy, erasing, batch mixing, EMA); "" for none."""
+    aug = augmentation or Augmentation(flip=False, translate=0.0)
+    parts = [f"{aug.auto_augment} per image" if aug.auto_augment != "none" else "",
+             f"random erasing {aug.erasing:g}" if aug.erasing else "",
+             f"MixUp {aug.mixup:g}" if aug.mixup else "", f"CutMix {aug.cutmix:g}" if aug.cutmix else "",
+             f"EMA of the weights (decay {ema_decay:g}, a {1 / (1 - ema_decay):.0f}-step horizon)"
+             if ema_decay is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def recipe_warnings(augmentation: Augmentation | None, ema_decay: float | None, route: str) -> list[str]:
+    """What the route cannot do of what was asked, said rather than silently left out: MixUp and CutMix mix
+    batches of images, which a head on cached features and the top on cached activations never see; --ema
+    averages the training of a network, not of a features head."""
+    warnings, part = [], finetune_part(route)
+    if augmentation is not None and augmentation.mixes and part not in ("whole", "scratch"):
+        warnings.append("MixUp/CutMix are not applied: this run trains on cached features or activations, "
+                        "not on batches of images (--mode finetune with --unfreeze-stages unset, or scratch, do)")
+    elif augmentation is not None and augmentation.mixes and head_first(route):
+        warnings.append("MixUp/CutMix apply to fine-tuning only, not to the head on cached features before it")
+    if ema_decay is not None and part is None:
+        warnings.append("--ema is not applied: a head on cached features trains alone (fine-tuning or scratch "
+                        "runs average their weights)")
+    return warnings
 
 
 def describe_balance(cfg: TrainConfig, source: DataSource) -> str:

@@ -60,3 +60,11 @@ def test_knobs_change_the_preview(colour_folder):
     # Each version is the original or its upside-down mirror, and at least one is mirrored.
     assert all((a == plain[0]).all() or (a == plain[0][::-1]).all() for a in flipped)
     assert any((a == plain[0][::-1]).all() for a in flipped[1:])
+
+
+def test_the_modern_preset_shows_its_per_image_changes_and_names_the_mixing_it_leaves_out(colour_folder):
+    fig = augmentation_preview(str(colour_folder), n=6, images=1, augment="modern", flip=False, translate=0.0)
+    arrays = [ax.images[0].get_array() for ax in _shown(fig)]
+    assert sum((a != arrays[0]).any() for a in arrays[1:]) >= 4  # TrivialAugment and erasing changed most
+    assert fig.get_suptitle() == "not previewed: MixUp 0.8 / CutMix 1 mix pairs of images of each training batch"
+    assert not augmentation_preview(str(colour_folder), n=2, images=1, auto_augment="randaugment").get_suptitle()
