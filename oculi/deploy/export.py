@@ -25,7 +25,7 @@ from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
 from ..version import __version__
 from . import targets
 from .exported import (FILES, artifact_sha256, export_file, find_export,  # noqa: F401 (find_export: callers import it here)
-                       optional_module, run_batches)
+                       require_module, run_batches)
 
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
@@ -91,9 +91,8 @@ class Format:
 
     def require(self) -> None:
         """A one-line error naming the extra to install when a package this format needs is missing."""
-        with targets.quiet():  # importing coremltools off macOS warns that its runtime is missing
-            for module in self.needs:
-                optional_module(module, f"--format {self.name}")
+        for module in self.needs:
+            require_module(module, f"--format {self.name}")
 
 
 def _write_bytes(serialise):

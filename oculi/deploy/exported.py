@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,14 @@ def optional_module(name: str, purpose: str):
         return importlib.import_module(name)
     except ImportError:
         raise OculiError(f"{purpose} needs the {name} package: pip install 'oculi[{EXTRAS[name]}]'") from None
+
+
+def require_module(name: str, purpose: str) -> None:
+    """``optional_module``'s one-line error when ``name`` is not installed, found without importing it (the
+    converters are slow to import, and litert-torch's JAX warns at every later fork of the process)."""
+    top = name.split(".")[0]
+    if sys.modules.get(top, False) is None or importlib.util.find_spec(top) is None:
+        optional_module(name, purpose)
 
 
 def export_file(fmt: str, precision: str = "fp32") -> str:

@@ -49,8 +49,8 @@ def quiet():
 def write_openvino(graph, example, path: Path) -> None:
     """The graph's ONNX form converted to OpenVINO IR: ``path`` (model.xml) and model.bin beside it, weights
     kept in float32 (save_model would halve them by default)."""
-    ov = optional_module("openvino", "--format openvino")
     with tempfile.TemporaryDirectory(prefix="oculi-openvino-") as tmp, quiet():
+        ov = optional_module("openvino", "--format openvino")
         source = Path(tmp) / "model.onnx"
         source.write_bytes(onnx_bytes(graph, example, output=graph.output_names))
         ov.save_model(ov.convert_model(str(source)), str(path), compress_to_fp16=False)
@@ -85,9 +85,9 @@ class OpenVinoSession:
 def write_tflite(graph, example, path: Path) -> None:
     """The graph, taking uint8 NHWC images, converted by litert-torch for a batch of one (its converter takes
     no variable batch: litert-torch 0.10 fails on a dynamic first dimension)."""
-    litert_torch = optional_module("litert_torch", "--format tflite")
     nhwc = example[:1].permute(0, 2, 3, 1).contiguous()
     with quiet():
+        litert_torch = optional_module("litert_torch", "--format tflite")
         litert_torch.convert(channels_last(graph), (nhwc,)).export(str(path))
 
 
@@ -131,9 +131,9 @@ def write_coreml(graph, example, path: Path) -> None:
     as an image, one at a time)."""
     import torch
 
-    ct = optional_module("coremltools", "--format coreml")
     channels, height, width = example.shape[1:]
     with quiet():
+        ct = optional_module("coremltools", "--format coreml")
         traced = torch.jit.trace(graph, (example.to(torch.int32),), check_trace=False)
         model = ct.convert(traced, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
                            minimum_deployment_target=ct.target.iOS15,
