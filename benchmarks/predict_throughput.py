@@ -1,6 +1,6 @@
 """Batch prediction throughput of ``oculi predict`` on the CPU: images per second, process start to exit.
 
-    python benchmarks/predict_throughput.py [--n 1000] [--engines torch onnx onnx-int8] [--run RUN]
+    python benchmarks/predict_throughput.py [--n 1000] [--engines torch onnx onnx-int8 openvino] [--run RUN]
                                             [--repeats 1] [--no-draft] [--sizes 300 500] [--compare-draft]
                                             [--compare-int8]
 
@@ -11,7 +11,8 @@ random crop (60-100 % of each side) of one of them, resized so that its longer s
 
 Without --run, a default bundle is trained first (``oculi train /tmp/hym/hymenoptera_data --mode features``:
 efficientnet_lite0, 288 px, about 15 s) into /tmp/oculi-predict-bench/run, then exported: ``oculi export``
-(model.onnx) and ``oculi export --int8`` (model.int8.onnx), each through its parity gate.
+(model.onnx), ``oculi export --int8`` (model.int8.onnx) and ``oculi export --format openvino`` (model.xml:
+OpenVINO IR, ``--engine openvino``), each through its parity gate.
 
 Each engine is then timed as a subprocess, ``python -m oculi predict RUN PHOTOS --csv --engine E --device
 cpu``, from the process start to its exit (start-up, bundle loading, decoding and inference included);
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # --compare-int8 imports this checkout's oculi
 HYMENOPTERA = Path("/tmp/hym/hymenoptera_data")
 WORK = Path("/tmp/oculi-predict-bench")
-ENGINES = ("auto", "torch", "onnx", "onnx-int8", "onnx-fp16")
+ENGINES = ("auto", "torch", "onnx", "onnx-int8", "onnx-fp16", "openvino")
 
 
 def make_photos(n: int, sizes: tuple[int, int] = (300, 500), source: Path = HYMENOPTERA, seed: int = 0) -> Path:
@@ -83,8 +84,9 @@ def prepare_run(run: Path | None, engines: list[str]) -> Path:
             done = oculi("train", str(HYMENOPTERA), "--mode", "features", "--out", str(run), "-q", threads=1)
             if done.returncode:
                 sys.exit(done.stderr)
-    exports = {"onnx": [], "onnx-int8": ["--int8"], "onnx-fp16": ["--half"]}
-    files = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "onnx-fp16": "model.fp16.onnx"}
+    exports = {"onnx": [], "onnx-int8": ["--int8"], "onnx-fp16": ["--half"], "openvino": ["--format", "openvino"]}
+    files = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "onnx-fp16": "model.fp16.onnx",
+             "openvino": "model.xml"}
     for engine in engines:
         # an export of this very bundle is kept (predict refuses one of another bundle)
         if engine in exports and not (run / f"{files[engine]}.json").is_file():

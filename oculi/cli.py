@@ -28,8 +28,9 @@ from .errors import BundleWarning, OculiError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, evaluate and use image classifiers from folders of labelled images.")
 # --engine of predict, evaluate and serve (the choice itself: deploy.predict.Classifier.load)
-ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16: the run's model.onnx, model.int8.onnx, model.fp16.onnx (training "
-               "on the CPU writes model.onnx; `oculi export` makes any, with --int8, --half; of this very bundle); "
+ENGINE_HELP = ("torch; onnx, onnx-int8, onnx-fp16, openvino: the run's model.onnx, model.int8.onnx, model.fp16.onnx, "
+               "model.xml (training on the CPU writes model.onnx; `oculi export` makes any, with --int8, --half, "
+               "--format openvino; of this very bundle); "
                "auto: model.onnx when there is one and the device is the CPU, else torch.")
 # Pipes and CI logs get a wide console rather than rich's 80-column default, so tables don't fold.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -460,7 +461,7 @@ def _sharded_predictions(classifier, files: list, top_k: int, batch_size: int, w
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
-    fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx, torchscript, openvino (model.xml and model.bin), tflite (model.tflite: uint8 NHWC, batch 1) or coreml (model.mlpackage: int32 NCHW; not run off macOS, so not verified there)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the files (default: the run folder)."),
     data: Optional[List[str]] = typer.Option(None, help="Images to check the export on (files, folders, globs; default: the run's own test split)."),
     max_images: int = typer.Option(1000, help="Most images the check uses."),
@@ -475,13 +476,14 @@ def export(
     from .deploy.predict import Classifier
     from .evaluate import labelled_check_images, training_images
     if fmt not in FORMATS:
-        raise OculiError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
+        raise OculiError(f"--format: unknown format '{fmt}' (use {', '.join(list(FORMATS)[:-1])} or {list(FORMATS)[-1]})")
     if max_images < 1:
         raise OculiError("--max-images must be at least 1")
     if int8 and half:
         raise OculiError("--int8 and --half: choose one")
     precision = "int8" if int8 else "fp16" if half else "fp32"
     check_precision(fmt, precision)  # before the images are read
+    FORMATS[fmt].require()
     classifier = Classifier.load(run, device="cpu")  # the reference in float32, as the export computes
     run_dir = run if run.is_dir() else run.parent
     images, labels, source = labelled_check_images(classifier, run_dir, data, max_images)
@@ -493,8 +495,9 @@ def export(
         print(f"error: {err} (figures in {save_refusal(run_dir, err)})", file=sys.stderr)
         return 1
     clear_refusal(run_dir, meta["file"])
-    out.print(f"parity on {source}: {describe_parity(meta['parity'])}")
-    out.print(f"wrote {folder / meta['file']} and {meta['file']}.json")
+    out.print(f"{'parity on ' + source if meta['verified'] else 'not verified'}: {describe_parity(meta['parity'])}")
+    beside = "".join(f", {name}" for name in meta.get("companions", {}))
+    out.print(f"wrote {folder / meta['file']}{beside} and {meta['file']}.json")
     return 0
 
 

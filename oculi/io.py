@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -46,6 +47,33 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def staging_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a private temporary folder inside ``folder``; on success each entry written in it replaces the one
+    of that name in ``folder``, one rename each (a folder entry: the old one renamed aside first, then
+    removed). Always removed at the end."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=folder, prefix=".stage.", suffix=".tmp"))
+    try:
+        yield stage
+        for entry in sorted(stage.iterdir()):
+            _publish(entry, folder / entry.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(entry: Path, target: Path) -> None:
+    os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~_UMASK)  # mkdtemp's folder is private
+    if entry.is_dir() and target.exists():
+        aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old.tmp"))
+        os.replace(target, aside / target.name)
+        os.replace(entry, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(entry, target)
 
 
 def remove_temp_files(folder: str | Path) -> list[Path]:

@@ -1,5 +1,5 @@
-"""A model as a portable graph: ONNX (written and run by ``oculi.runtime.onnx``, which training shares) and
-TorchScript, and ``export_classifier``: a bundle as a self-contained file that takes uint8 images [N, C, H, W]
+"""A model as a portable graph: ONNX (written and run by ``oculi.runtime.onnx``, which training shares),
+TorchScript, and OpenVINO, TFLite and Core ML (``deploy.targets``); and ``export_classifier``: a bundle as a self-contained file that takes uint8 images [N, C, H, W]
 at the bundle's size and returns class probabilities [N, classes], written only once it agrees with the
 bundle itself on real images (the parity gate)."""
 
@@ -19,12 +19,13 @@ import torch
 import torch.nn as nn
 
 from ..errors import OculiError
-from ..io import atomic_path, atomic_write_json
-from ..runtime.bundle import sha256_of
+from ..io import atomic_write_json, staging_folder
 from ..runtime.engines import head_class_logits, logits_to_probs, tta_logits
 from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
 from ..version import __version__
-from .exported import FILES, export_file, find_export, run_batches  # noqa: F401 (find_export: callers import it here)
+from . import targets
+from .exported import (FILES, artifact_sha256, export_file, find_export,  # noqa: F401 (find_export: callers import it here)
+                       require_module, run_batches)
 
 EXPORT_FORMAT, EXPORT_FORMAT_VERSION = "oculi.export", 1
 MIN_AGREEMENT = 0.999  # top-1 agreement with the bundle below which an export is refused
@@ -73,17 +74,46 @@ class TorchScriptRunner:
 
 @dataclass(frozen=True)
 class Format:
-    """An export format: its file name, how a graph is written and how the written file is run."""
+    """An export format: its file name, how the graph is written there (``write(graph, example, path)``), how
+    the written file is run (None: not on this platform, and ``inspect`` checks what can be), the files written
+    beside it, the packages it needs, and its input as the platform takes it."""
     name: str
     file: str
-    serialise: Callable[[nn.Module, torch.Tensor], bytes]
-    runner: Callable[[Path], Callable[[torch.Tensor], torch.Tensor]]
+    write: Callable[[nn.Module, torch.Tensor, Path], None]
+    runner: Callable[[Path], object] | None
+    companions: tuple[str, ...] = ()  # suffixes of files written beside it, with the same stem (.bin)
+    needs: tuple[str, ...] = ()  # optional modules (``exported.EXTRAS`` names their extras)
+    layout: str = "NCHW"
+    dtype: str = "uint8"
+    batch: str = "N"  # or 1, where the converter fixes it
+    inspect: Callable[..., dict] | None = None  # (path, output names, classes, input shape) -> figures
+    names: str = ""  # where the file names its input and outputs otherwise than images, probabilities, ...
+
+    def require(self) -> None:
+        """A one-line error naming the extra to install when a package this format needs is missing."""
+        for module in self.needs:
+            require_module(module, f"--format {self.name}")
+
+
+def _write_bytes(serialise):
+    """A Format's ``write`` from a function of (graph, example) -> bytes."""
+    return lambda graph, example, path: Path(path).write_bytes(serialise(graph, example))
 
 
 FORMATS = {
-    "onnx": Format("onnx", FILES["onnx"], lambda m, x: onnx_bytes(m, x, output=m.output_names),
+    "onnx": Format("onnx", FILES["onnx"], _write_bytes(lambda m, x: onnx_bytes(m, x, output=m.output_names)),
                    lambda path: OnnxRunner(path.read_bytes())),
-    "torchscript": Format("torchscript", FILES["torchscript"], torchscript_bytes, TorchScriptRunner),
+    "torchscript": Format("torchscript", FILES["torchscript"], _write_bytes(torchscript_bytes), TorchScriptRunner),
+    "openvino": Format("openvino", FILES["openvino"], targets.write_openvino, targets.OpenVinoSession,
+                       companions=(".bin",), needs=("openvino",)),
+    "tflite": Format("tflite", FILES["tflite"], targets.write_tflite, targets.TfliteSession,
+                     needs=("litert_torch", "ai_edge_litert"), layout="NHWC", batch=1,
+                     names="signature serving_default: input args_0; outputs output_0 (probabilities), output_1 "
+                           "(energy), output_2 (labels, multi-label only)"),
+    "coreml": Format("coreml", FILES["coreml"], targets.write_coreml,
+                     targets.CoreMLSession if targets.coreml_runs_here() else None,
+                     needs=("coremltools",), dtype="int32", inspect=targets.coreml_structure,
+                     names="labels (multi-label only) is int32"),
 }
 
 
@@ -117,10 +147,17 @@ class ProbabilityGraph(nn.Module):
         x = self.preprocessing.normalize(images)
         logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta).float()
         probs = logits_to_probs(logits / self.temperature, self.head)  # float32 whatever the network's precision
-        energy = -torch.logsumexp(head_class_logits(logits, self.head), dim=1)
+        energy = -stable_logsumexp(head_class_logits(logits, self.head))
         if self.thresholds is None:
             return probs, energy
         return probs, energy, (probs >= self.thresholds).to(torch.uint8)
+
+
+def stable_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """logsumexp over dim 1 spelt out (max + log of the shifted sum), not ONNX's ReduceLogSumExp: OpenVINO
+    2026.4 converts that over every axis, giving one number for the whole batch."""
+    top = logits.amax(dim=1, keepdim=True)
+    return top.squeeze(1) + torch.log(torch.exp(logits - top).sum(dim=1))
 
 
 def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
@@ -165,9 +202,10 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     """Export ``classifier`` (loaded on the CPU) as ``fmt`` into ``folder``: the model file and, next to it,
     ``<file>.json`` (returned) with the classes, preprocessing, bundle digest and parity figures.
 
-    The file is written under a temporary name and run on ``images`` (uint8, prepared by the bundle's
+    The file is written in a staging folder beside its place and run on ``images`` (uint8, prepared by the bundle's
     preprocessing; ``source`` says what they are) next to the bundle; below ``MIN_AGREEMENT`` a ParityError
-    is raised and nothing is left behind. Only then are the files moved into place.
+    is raised and nothing is left behind. Only then are the files moved into place. A format this platform
+    cannot run (Core ML off macOS) is checked as far as it can be (``Format.inspect``) and marked unverified.
 
     ``precision`` int8 (static quantisation, calibrated on ``calibration``: training images) or fp16 (an
     ONNX graph in float16) passes a gate of its own: ``REDUCED_MAX_CHANGED`` and, when ``labels`` (of
@@ -178,22 +216,27 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
     if precision == "int8" and (calibration is None or len(calibration) == 0):
         raise OculiError("export --int8: no training images to calibrate on")
     form = FORMATS[fmt]
+    form.require()
     pre = classifier.preprocessing
     graph = probability_graph(classifier, half=precision == "fp16")
     # A batch of 2 to trace, so that no size is taken for a constant of 1.
     example = torch.zeros(2, pre.channels, *pre.image_size, dtype=torch.uint8)
     target = Path(folder).expanduser() / export_file(fmt, precision)
     reference, reference_energy = classifier.prepared_outputs(images)
-    with _made_for(target.parent), atomic_path(target) as tmp:
-        tmp.write_bytes(_serialised(form, graph, example, precision, calibration))
-        candidate, energy = run_batches(form.runner(tmp), images)
-        figures = gate_figures(reference, candidate, labels, source, precision, (reference_energy, energy),
-                               classifier.thresholds)
+    with _made_for(target.parent), staging_folder(target.parent) as stage:
+        written = stage / target.name
+        _write(form, graph, example, written, precision, calibration)
+        if form.runner is None:  # a runtime this platform lacks: check what can be, call it unverified
+            figures = form.inspect(written, graph.output_names, len(classifier.classes), example.shape[1:])
+        else:
+            candidate, energy = _run_written(form, written, images, reference.shape)
+            figures = gate_figures(reference, candidate, labels, source, precision, (reference_energy, energy),
+                                   classifier.thresholds)
         if not figures["passed"]:
             raise ParityError(f"export: {target.name} disagrees with the bundle on {describe_parity(figures)} "
-                              f"(needs {describe_gate(precision)}); nothing written",
+                              f"(needs {describe_gate(precision, form)}); nothing written",
                               {"file": target.name, "precision": precision, "parity": figures})
-        meta = _export_meta(classifier, form, target.name, sha256_of(tmp), figures, precision)
+        meta = _export_meta(classifier, form, target.name, _digests(form, written), figures, precision)
     atomic_write_json(target.with_name(target.name + ".json"), meta)  # last: it vouches for the file
     return meta
 
@@ -244,7 +287,9 @@ def _right_answers(labels: np.ndarray, thresholds):
     return lambda probs: ((probs >= np.asarray(thresholds)[None, :]) == labels.astype(bool)).all(1)
 
 
-def describe_gate(precision: str) -> str:
+def describe_gate(precision: str, form: Format | None = None) -> str:
+    if form is not None and form.runner is None:
+        return "the converted program's inputs and outputs as the graph has them"
     if precision == "fp32":
         return f"{MIN_AGREEMENT:.1%} agreement and the OOD scores within {ENERGY_TOLERANCE:g} x (1 + their size)"
     return (f"at most {REDUCED_MAX_CHANGED:.0%} of the images (or one) changing class and test accuracy at most "
@@ -318,14 +363,43 @@ def _quiet_logging(logger):
         logger.setLevel(level)
 
 
-def _serialised(form: Format, graph: nn.Module, example: torch.Tensor, precision: str = "fp32",
-                calibration: torch.Tensor | None = None) -> bytes:
+def _write(form: Format, graph: nn.Module, example: torch.Tensor, path: Path, precision: str = "fp32",
+           calibration: torch.Tensor | None = None) -> None:
+    """``graph`` written as ``form`` at ``path`` (int8: the ONNX graph quantised); a converter's failure is one
+    line (an OculiError of its own, a missing package, stays as it is)."""
     try:
-        serialised = form.serialise(graph, example)
-        return int8_bytes(serialised, calibration) if precision == "int8" else serialised
+        form.write(graph, example, path)
+        if precision == "int8":
+            path.write_bytes(int8_bytes(path.read_bytes(), calibration))
+    except OculiError:
+        raise
     except Exception as err:  # an operator the format lacks, say: the user's answer is another format
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise OculiError(f"export: this model cannot be exported as {form.name} ({first})") from None
+
+
+def _run_written(form: Format, path: Path, images: torch.Tensor, shape: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+    """The written file run on the check images; one that fails to run, or answers in other shapes than the
+    bundle (probabilities ``shape``, an energy per image), is refused like one that disagrees."""
+    def refused(why: str):
+        return ParityError(f"export: {path.name} {why}; nothing written",
+                           {"file": path.name, "parity": {"passed": False, "error": why}})
+    try:
+        candidate, energy = run_batches(form.runner(path), images)
+    except OculiError:
+        raise
+    except Exception as err:
+        raise refused(f"fails on the check images ({(str(err).strip().splitlines() or [type(err).__name__])[0][:200]})")
+    if candidate.shape != shape or (energy is not None and energy.shape != shape[:1]):
+        got = f"{list(candidate.shape)}" + ("" if energy is None else f" and {list(energy.shape)}")
+        raise refused(f"answers in shapes {got}, not {list(shape)} and {list(shape[:1])}")
+    return candidate, energy
+
+
+def _digests(form: Format, path: Path) -> tuple[str, dict[str, str]]:
+    """The SHA-256 of the written file (or folder) and of each file beside it that it needs, by name."""
+    return artifact_sha256(path), {path.with_suffix(suffix).name: artifact_sha256(path.with_suffix(suffix))
+                                   for suffix in form.companions}
 
 
 @contextmanager
@@ -341,7 +415,11 @@ def _made_for(folder: Path):
 
 
 def describe_parity(figures: dict) -> str:
-    """``parity``'s figures in one line (with the accuracy change, when measured)."""
+    """``parity``'s figures in one line (with the accuracy change, when measured); of an export this platform
+    cannot run, what was checked instead."""
+    if figures.get("checked") is False:
+        inputs = ", ".join(f"{f['name']} {f['dtype']} {f['shape']}" for f in figures["inputs"])
+        return f"{figures['note']}; program inputs {inputs}, outputs {', '.join(f['name'] for f in figures['outputs'])}"
     agreed = (f"label-set agreement {figures['set_agreement']:.2%}" if "set_agreement" in figures
               else f"top-1 agreement {figures['top1_agreement']:.2%}")
     line = (f"{figures['images']} images: {agreed}, "
@@ -354,17 +432,23 @@ def describe_parity(figures: dict) -> str:
     return line
 
 
-def _export_meta(classifier, form: Format, file: str, file_sha256: str, figures: dict, precision: str) -> dict:
+def _export_meta(classifier, form: Format, file: str, digests: tuple[str, dict], figures: dict,
+                 precision: str) -> dict:
     pre = classifier.preprocessing
+    size = [pre.channels, *pre.image_size]
     return {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "oculi_version": __version__,
-            "export_format": form.name, "precision": precision, "file": file, "file_sha256": file_sha256,
+            "export_format": form.name, "precision": precision, "file": file, "file_sha256": digests[0],
+            **({"companions": digests[1]} if digests[1] else {}),
+            # verified: run next to the bundle and found to agree (not so where the platform lacks the runtime)
+            "verified": form.runner is not None,
             "bundle_sha256": classifier.meta.get("bundle_sha256"),
             "weights_sha256": classifier.meta.get("weights_sha256"),
             "classes": classifier.classes, "preprocessing": pre.to_dict(),
-            "input": {"name": "images", "dtype": "uint8", "layout": "NCHW",
-                      "shape": ["N", pre.channels, *pre.image_size],
-                      "note": "decoded and resized as preprocessing says; normalisation and test-time "
-                              "views are in the graph"},
+            "input": {"name": "images", "dtype": form.dtype, "layout": form.layout,
+                      "shape": [form.batch, *(size[1:] + size[:1] if form.layout == "NHWC" else size)],
+                      "note": "decoded and resized as preprocessing says, pixels 0-255; normalisation and "
+                              "test-time views are in the graph"},
+            **({"names": form.names} if form.names else {}),
             "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", len(classifier.classes)]},
             "ood_output": {"name": "energy", "dtype": "float32", "shape": ["N"],
                            "note": "-logsumexp of the class logits at T = 1 (oculi predict's ood_score): higher = "

@@ -1,4 +1,4 @@
-"""Predicting through a run's gated ONNX export with numpy, PIL and ONNX Runtime alone: no torch, torchvision or
+"""Predicting through a run's gated ONNX (or OpenVINO) export with numpy, PIL and ONNX Runtime (or OpenVINO) alone: no torch, torchvision or
 timm is imported (they take seconds to load, longer than predicting a few images). ``load_classifier`` is where
 `oculi predict` chooses its engine: ``ExportClassifier`` when the export serves, else the torch ``Classifier``."""
 
@@ -21,7 +21,7 @@ from .exported import ENGINES, find_export, run_batches
 
 class ExportClassifier(Answering):
     """A bundle, verified without torch, predicting through ``file``, its ONNX export (checked to come from this
-    very bundle and to be unchanged): the graph applies normalisation, test-time views and the temperature and
+    very bundle and to be unchanged; or its OpenVINO IR, ``engine`` openvino): the graph applies normalisation, test-time views and the temperature and
     gives the OOD score; this applies the abstain threshold and the top-k, as ``Classifier`` does."""
 
     torch_free = True
@@ -29,7 +29,11 @@ class ExportClassifier(Answering):
     def __init__(self, meta: dict, file: Path, engine: str = "onnx"):
         super().__init__(meta, bundle_calibration(meta))
         # No spinning threads: the decoding workers share the cores with it.
-        self.session = OnnxSession(file.read_bytes(), spin=False)
+        if engine == "openvino":
+            from .targets import OpenVinoSession
+            self.session = OpenVinoSession(file, spin=False)
+        else:
+            self.session = OnnxSession(file.read_bytes(), spin=False)
         self.engine, self.file = engine, file
 
     def prepared_outputs(self, batch: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
@@ -37,14 +41,14 @@ class ExportClassifier(Answering):
 
 
 def load_classifier(path: str | Path, device: str = "auto", engine: str = "auto") -> Answering:
-    """The classifier `oculi predict` runs: for ``engine`` onnx, onnx-int8, onnx-fp16 that export (an error
+    """The classifier `oculi predict` runs: for ``engine`` onnx, onnx-int8, onnx-fp16, openvino that export (an error
     without one), for auto model.onnx when the device is the CPU and the export serves, without torch; else the
     torch ``Classifier``, its ``engine_note`` saying why (a refused export also warns: it was meant to be used)."""
     if engine not in ENGINES:
         raise OculiError(f"--engine: unknown engine '{engine}' (use {', '.join(ENGINES)})")
     if engine != "torch" and (engine != "auto" or _runs_on_cpu(device)):
         meta, meta_path, _ = verified_meta(path, warn=False)  # Classifier.load warns again: only one of them
-        file, why_not = find_export(meta_path.parent, meta, "onnx", ENGINES[engine])
+        file, why_not = find_export(meta_path.parent, meta, *ENGINES[engine])
         if file is not None:
             warn_of_format(meta, meta_path)
             return ExportClassifier(meta, file, "onnx" if engine == "auto" else engine)
@@ -79,8 +83,13 @@ def describe_engine(classifier: Answering) -> str:
     """The engine in one line, as predict and evaluate print it: "onnx (RUN/model.onnx, ONNX Runtime, no torch)"
     or "torch (cpu; no model.onnx in RUN ...)"."""
     if isinstance(classifier, ExportClassifier):
-        return f"{classifier.engine} ({classifier.file}, ONNX Runtime, no torch)"
+        return f"{classifier.engine} ({classifier.file}, {runtime_of(classifier.engine)}, no torch)"
     device = getattr(classifier, "device", None)
-    runner = "ONNX Runtime" if getattr(classifier, "runner", None) is not None else str(device)
+    runner = runtime_of(classifier.engine) if getattr(classifier, "runner", None) is not None else str(device)
     note = f"; {classifier.engine_note}" if classifier.engine == "torch" and classifier.engine_note else ""
     return f"{classifier.engine} ({runner}{note})"
+
+
+def runtime_of(engine: str) -> str:
+    """The runtime an export engine runs on, in words."""
+    return "OpenVINO" if engine == "openvino" else "ONNX Runtime"

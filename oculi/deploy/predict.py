@@ -28,9 +28,9 @@ class Classifier(Answering):
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", engine: str = "torch") -> "Classifier":
-        """The bundle at ``path``, run by ``engine`` (one of ``ENGINES``): torch; onnx, onnx-int8, onnx-fp16
-        (the run's model.onnx, model.int8.onnx, model.fp16.onnx from `oculi export`, which must come from
-        this very bundle); auto: model.onnx when there is one and the device is the CPU, else torch.
+        """The bundle at ``path``, run by ``engine`` (one of ``ENGINES``): torch; onnx, onnx-int8, onnx-fp16,
+        openvino (the run's model.onnx, model.int8.onnx, model.fp16.onnx, model.xml from `oculi export`, which
+        must come from this very bundle); auto: model.onnx when there is one and the device is the CPU, else torch.
         ``predict``, ``evaluate`` and ``serve`` all choose their engine here."""
         model, meta = load_bundle(path)
         classifier = cls(model, meta, device)
@@ -48,15 +48,20 @@ class Classifier(Answering):
         if engine == "auto" and self.device.type != "cpu":
             self.engine_note = f"on {self.device.type}"
             return
-        file, why_not = find_export(folder, self.meta, "onnx", ENGINES[engine])
+        fmt, precision = ENGINES[engine]
+        file, why_not = find_export(folder, self.meta, fmt, precision)
         if file is None:
             if engine != "auto":
                 raise OculiError(f"--engine {engine}: {why_not}")
             self.engine_note = why_not
             return
-        # ONNX Runtime's CPU session, whatever --device says: the export was checked there.
+        # The CPU runtime the export was checked with, whatever --device says.
         # No spinning threads: predict's decoding workers and serve's batcher share the cores with it.
-        self.runner = OnnxRunner(file.read_bytes(), spin=False)
+        if fmt == "openvino":
+            from .targets import OpenVinoSession
+            self.runner = OpenVinoSession(file, spin=False)
+        else:
+            self.runner = OnnxRunner(file.read_bytes(), spin=False)
         self.engine = "onnx" if engine == "auto" else engine
 
     def stacked(self, images: list[np.ndarray]) -> torch.Tensor:

@@ -29,7 +29,7 @@ def onnx_bytes(model: "torch.nn.Module", example: "torch.Tensor", output: str | 
     buffer, chatter = io.BytesIO(), io.StringIO()
     # The TorchScript-based exporter warns (deprecation, tracer notes) and, on failure, prints its graph:
     # the caller reports what matters.
-    with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter), _silenced_fd(1):
+    with warnings.catch_warnings(), redirect_stdout(chatter), redirect_stderr(chatter), silenced_fd(1):
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=outputs,
                           dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
@@ -83,7 +83,7 @@ def usable_cores() -> int:
 
 
 @contextmanager
-def _silenced_fd(fd: int):
+def silenced_fd(fd: int):
     """Send what C++ code writes to file descriptor ``fd`` to /dev/null (the exporter prints its graph on
     failure from C++, past Python's sys.stdout)."""
     sys.stdout.flush()

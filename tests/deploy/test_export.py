@@ -123,7 +123,7 @@ def test_a_timm_backbone_exports(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["export", "NOPE"], "error: no such run folder or model: NOPE"),
-    (["export", "RUN", "--format", "tflite"], "error: --format: unknown format 'tflite' (use onnx or torchscript)"),
+    (["export", "RUN", "--format", "tensorrt"], "error: --format: unknown format 'tensorrt' (use onnx, torchscript, openvino, tflite or coreml)"),
     (["export", "RUN"], "error: RUN: no config.json, so no test split to evaluate on; give --data FOLDER"),
 ])
 def test_user_mistakes_are_one_error_line(tmp_path, args, message, capsys):
@@ -160,7 +160,7 @@ def test_predict_engines_use_the_export_only_when_it_comes_from_the_bundle(tmp_p
 def test_a_model_the_format_cannot_hold_is_one_error_line(tmp_path, monkeypatch, capsys):
     import oculi.deploy.export as export
 
-    def unsupported(model, example):
+    def unsupported(model, example, path):
         raise RuntimeError("Exporting the operator 'frobnicate' is not supported\nlong graph dump")
 
     monkeypatch.setitem(export.FORMATS, "onnx", export.Format("onnx", "model.onnx", unsupported, None))
