@@ -299,6 +299,7 @@ def _fill_missing_splits(source: DataSource, val_split: float, test_split: float
 def _apply_manifest(source: DataSource, manifest: str) -> None:
     """Reuse a previous run's split: the manifest decides every image's split (and its label)."""
     known = {_manifest_key(source, r.path) for r in source.records}
+    counts = label_counts(source.records, len(source.classes))  # once: what a label set is stratified by
     records = []
     for path, label, split in read_manifest(manifest):
         names = label.split(LABEL_SEP) if source.multi_label else [label]
@@ -308,16 +309,16 @@ def _apply_manifest(source: DataSource, manifest: str) -> None:
         if _manifest_key(source, path) not in known:
             source.warnings.append(f"--split-manifest: {path} is no longer in {source.name}")
             continue
-        records.append(_manifest_record(source, path, names, split))
+        records.append(_manifest_record(source, path, names, split, counts))
     source.records = records
 
 
-def _manifest_record(source: DataSource, path: str, names: list[str], split: str) -> Record:
-    """The record a manifest row gives: one class, or a label set under its rarest class (as the table had it)."""
+def _manifest_record(source: DataSource, path: str, names: list[str], split: str, counts) -> Record:
+    """The record a manifest row gives: one class, or a label set under its rarest class by ``counts`` (as the
+    table had it)."""
     if not source.multi_label:
         return Record(path, source.classes.index(names[0]), split)
     labels = tuple(sorted(source.classes.index(n) for n in names))
-    counts = label_counts(source.records, len(source.classes))
     return Record(path, min(labels, key=lambda c: (counts[c], c)), split, labels)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.loading import TensorSet
+from ..data.loading import TensorSet, label_sets
 from ..data.split import LABEL_SEP
 from ..io import atomic_write_csv, atomic_write_json
 from ..models import count_parameters
@@ -74,7 +74,7 @@ def _evaluate(model, ctx: RunContext, class_logits, chosen: dict, kept: dict) ->
 def save_predictions(path, data: TensorSet, probs: np.ndarray, classes: list[str], thresholds) -> None:
     """Per image: path, its true and predicted label sets (names joined by ';'), and every class's probability."""
     predicted = label_sets_of(probs, thresholds)
-    true = label_sets_of(data.labels.numpy(), [0.5] * len(classes))
+    true = label_sets(data.labels)
     rows = [(p, LABEL_SEP.join(classes[c] for c in t), LABEL_SEP.join(classes[c] for c in s),
              *(f"{v:.6f}" for v in row)) for p, t, s, row in zip(data.paths, true, predicted, probs)]
     atomic_write_csv(path, ["path", "true", "predicted", *(f"p_{c}" for c in classes)], rows)
