@@ -8,11 +8,11 @@
 
 from .version import __version__
 
-__all__ = ["train", "load", "__version__"]
+__all__ = ["train", "load", "push", "__version__"]
 
 # The API imports torch, training and reporting (seconds): loaded on first use, so that `import oculi`
 # and `oculi --help` start at once.
-_API = ("train", "load")
+_API = ("train", "load", "push")
 
 
 def __getattr__(name: str):

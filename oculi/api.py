@@ -49,8 +49,29 @@ def check(data: str, labels: bool = False, out: str | Path | None = None, report
 
 
 def load(path: str | Path, device: str = "auto") -> Classifier:
-    """Load a trained classifier from a run folder (or its model.json)."""
-    return Classifier.load(path, device=device)
+    """Load a trained classifier from a run folder (or its model.json), or from the Hugging Face Hub:
+    ``hf://owner/name[@revision]`` (downloaded into the HF cache, then verified like any folder)."""
+    from .deploy.hub import resolve_run
+    return Classifier.load(resolve_run(path), device=device)
+
+
+def push(run: str | Path, to: str, private: bool = False, token: str | None = None, message: str | None = None,
+         api=None) -> tuple[str, list[str]]:
+    """Upload a finished run to the Hugging Face Hub (``to``: hf://owner/name): its bundle, once verified, the
+    model card (written first when missing), the exports, test_metrics.json and the figures. (commit URL, files).
+    ``api``: an ``HfApi``-like object (default: huggingface_hub's)."""
+    from .deploy.hub import files_to_push, parse_address, push_files
+    from .rundir import RunDir
+    from .runtime.bundle import verified_meta
+    parse_address(to)  # a bad address before anything is read or written
+    files = files_to_push(run)
+    verified_meta(run)  # a changed bundle is refused here rather than by everyone who downloads it
+    folder = RunDir(Path(run))
+    if not folder.card.is_file() and folder.test_metrics.is_file():
+        from .report.card import write_card
+        write_card(run)
+        files = files_to_push(run)
+    return push_files(run, files, to, private=private, token=token, message=message, api=api), files
 
 
 def train_and_report(cfg: TrainConfig, reporter: Reporter | None = None) -> RunResult:

@@ -180,7 +180,7 @@ def check(
 @app.command()
 @setting_options(TABLE_SETTINGS)
 def evaluate(
-    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    run: Path = typer.Argument(..., help="Run folder (or its model.json), or hf://owner/name[@revision] on the Hugging Face Hub."),
     data: Optional[str] = typer.Option(None, help="Folder of class folders, or a table of labels, to evaluate on (default: the run's own test split, read again from its data)."),
     top_k: int = setting_option("top_k"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
@@ -196,6 +196,7 @@ def evaluate(
     from .deploy.predict import Classifier
     from .evaluate import evaluate_folder, evaluate_run
     from .metrics import metrics_table_rows
+    run = local_run(run)
     classifier = _with_min_confidence(Classifier.load(run, device=device, engine=engine), min_confidence)
     run_dir = run if run.is_dir() else run.parent
     if data is None:
@@ -249,7 +250,7 @@ def _with_min_confidence(classifier, value: float | None):
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    run: Path = typer.Argument(..., help="Run folder (or its model.json), or hf://owner/name[@revision] on the Hugging Face Hub."),
     paths: Optional[List[str]] = typer.Argument(None, help="Image files, folders or glob patterns; or video files (.mp4, .mov, .mkv, .avi, .webm, ...)."),
     top_k: int = typer.Option(3, help="How many classes to show per image."),
     as_json: bool = typer.Option(False, "--json", help="JSON lines, one per image."),
@@ -276,6 +277,7 @@ def predict(
     fmt = "json" if as_json else "csv" if as_csv else "table"
     mode = _predict_mode(paths, source, watch)
     _check_predict_flags(mode, every=every, out=out_file, existing=existing, settle=settle, nproc=nproc)
+    run = local_run(run)  # once, before any worker starts
     if mode == "images":
         if nproc > 1 and not _launched():
             return _in_workers(nproc, 0, _predict_here, run, paths, top_k, fmt, batch_size, device, engine,
@@ -628,7 +630,7 @@ def filters(
 
 @app.command()
 def explain(
-    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    run: Path = typer.Argument(..., help="Run folder (or its model.json), or hf://owner/name[@revision] on the Hugging Face Hub."),
     image: Path = typer.Argument(..., help="An image file."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class (default: the predicted one)."),
     channels: int = typer.Option(16, help="Feature-map channels shown per stage (the most active ones)."),
@@ -644,6 +646,7 @@ def explain(
         raise OculiError(f"--channels must be at least 1, got {channels}")
     if not image.is_file():
         raise OculiError(f"explain: no such image file: {image}")
+    run = local_run(run)
     classifier = Classifier.load(run, device=device)
     explanation = explain_image(classifier, image, class_name)
     folder = out_dir or (run if run.is_dir() else run.parent) / f"explain-{image.stem}"
@@ -665,7 +668,7 @@ def explain(
 
 @app.command()
 def serve(
-    run: Path = typer.Argument(..., help="Run folder (or its model.json)."),
+    run: Path = typer.Argument(..., help="Run folder (or its model.json), or hf://owner/name[@revision] on the Hugging Face Hub."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: Optional[int] = typer.Option(None, help="Processes decoding uploads (default: one per core, at most 8)."),
@@ -683,7 +686,30 @@ def serve(
     from .deploy.service import ServeSettings
     settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, queue=queue,
                              max_upload_mb=max_upload_mb, max_files=max_files, workers=workers)
-    serve_run(run, settings, host=host, port=port, device=device, engine=engine)
+    serve_run(local_run(run), settings, host=host, port=port, device=device, engine=engine)
+
+
+@app.command()
+def push(
+    run: Path = typer.Argument(..., help="Run folder."),
+    to: str = typer.Option(..., "--to", help="The model repo: hf://owner/name (made when missing)."),
+    private: bool = typer.Option(False, "--private", help="Make a new repo private."),
+    token: Optional[str] = typer.Option(None, help="A Hugging Face write token (default: HF_TOKEN, or the one `hf auth login` saved)."),
+    message: Optional[str] = typer.Option(None, help="The commit message (default: oculi push RUN)."),
+) -> None:
+    """Upload a finished run to the Hugging Face Hub: the bundle (verified first), the model card README.md
+    (written when missing), its exports, test_metrics.json and the figures; never checkpoints or data.
+    `oculi predict hf://owner/name photo.jpg` and `oculi.load("hf://owner/name")` use it back."""
+    from .api import push as push_run
+    url, files = push_run(run, to, private=private, token=token, message=message)
+    out.print(f"pushed {len(files)} files to {to}: {', '.join(files)}")
+    out.print(url)
+
+
+def local_run(run: Path) -> Path:
+    """The run folder a RUN argument names: itself, or a Hub address's snapshot in the HF cache."""
+    from .deploy.hub import resolve_run
+    return resolve_run(run)
 
 
 @app.command()
