@@ -30,7 +30,7 @@ LAYERS = (
     ("oculi.plan",),  # everything a run will do, decided once
     ("oculi.check",),  # can the data be trusted: duplicates, leaks, profile, label errors (train runs its cheap part)
     ("oculi.training",),
-    ("oculi.deploy",),  # using a trained model: predict, explain, export, serve
+    ("oculi.deploy",),  # using a trained model: predict, explain, export, serve, the Hub (deploy.hub)
     ("oculi.evaluate", "oculi.report"),  # scores and report.html of a trained model, through deploy's Classifier
     ("oculi.api",),
     ("oculi.cli",),

@@ -31,7 +31,8 @@ def test_import_oculi_imports_no_heavy_library():
     assert imported("-c", "import oculi; oculi.__version__") & HEAVY == set()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"], ["serve", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["predict", "--help"], ["serve", "--help"],
+                                  ["push", "--help"]])
 def test_help_imports_no_heavy_library(args):
     assert imported("-m", "oculi", *args) & HEAVY == set()
 
