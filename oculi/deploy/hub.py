@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import OculiError
@@ -110,19 +111,15 @@ def _saved_token(repo_id: str) -> str:
     return token
 
 
-class hub_errors:
-    """A context that turns huggingface_hub's (and the network's) errors into one OculiError naming the repo."""
-
-    def __init__(self, repo_id: str):
-        self.repo_id = repo_id
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, err, trace):
-        if err is None or isinstance(err, (OculiError, KeyboardInterrupt)) or not isinstance(err, Exception):
-            return False
-        raise OculiError(f"hf://{self.repo_id}: {_reason(err)}") from None
+@contextmanager
+def hub_errors(repo_id: str):
+    """Turn huggingface_hub's (and the network's) errors inside the block into one OculiError naming the repo."""
+    try:
+        yield
+    except OculiError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the Hub or the network raised, one line for the user
+        raise OculiError(f"hf://{repo_id}: {_reason(err)}") from None
 
 
 def _reason(err: Exception) -> str:
