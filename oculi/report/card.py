@@ -175,7 +175,9 @@ def _use(run: RunFiles) -> str:
     return ("## Use\n\nWith oculi installed:\n\n```bash\n"
             f"oculi predict {run.run_dir.name} photo.jpg      # the folder holding model.json\n```\n\n"
             f"```python\nimport oculi\nmodel = oculi.load(\"{run.run_dir.name}\")  # verified before it is used\n"
-            "model.predict(\"photo.jpg\")\n```")
+            "model.predict(\"photo.jpg\")\n```\n\n"
+            "From the Hugging Face Hub (after `oculi push RUN --to hf://owner/name`): `oculi predict "
+            "hf://owner/name photo.jpg`, `oculi.load(\"hf://owner/name\")`, checked in the same way.")
 
 
 def _limits(run: RunFiles) -> str:
