@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -347,7 +348,11 @@ def serve(run: str | Path, settings: ServeSettings, host: str = "127.0.0.1", por
     import uvicorn
 
     settings = settings.checked()
-    service = Service(Classifier.load(run, device=device, engine=engine), settings)
+    from .lite import describe_engine
+    classifier = Classifier.load(run, device=device, engine=engine)
+    # Said before anything listens, as predict and evaluate say it: nothing runs on an engine the user did not see.
+    print(f"engine: {describe_engine(classifier)}", file=sys.stderr, flush=True)
+    service = Service(classifier, settings)
     sock = bind(host, port)
     config = uvicorn.Config(create_app(service), log_level="info", timeout_graceful_shutdown=10)
     # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again for the code around it:

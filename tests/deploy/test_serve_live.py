@@ -54,3 +54,4 @@ def test_oculi_serve_answers_then_stops_on_sigint(served_run):
             output, _ = process.communicate()
     assert process.returncode == 0, output[-3000:]
     assert "Traceback" not in output and "model 'simple-cnn' ready" in output
+    assert "engine: " in output  # said before anything listens, as predict and evaluate say it
