@@ -181,9 +181,13 @@ class TrainConfig:
                                           "cached inputs (each epoch costs the top alone); auto: 1 on a CPU, "
                                           "the whole network on a GPU.", low=1, high=1_000)
     time_budget: float | None = setting(None, "Stop training before an epoch that would end past this long "
-                                        "(90s, 2m, 1.5h); what was trained so far is kept (by the usual rule). auto: 3m "
-                                        "for fine-tuning on a CPU, else none.", low=0, high=1e7, excluded="low",
+                                        "(90s, 2m, 1.5h); what was trained so far is kept (by the usual rule). From "
+                                        "scratch without --epochs: the epoch count is what fits, measured after the "
+                                        "second epoch, and the schedule follows it. auto: 3m for fine-tuning on a "
+                                        "CPU, else none.", low=0, high=1e7, excluded="low",
                                         parse=parse_duration)
+    epochs_from_budget: bool = setting(False, "Set by the plan: --time-budget without --epochs from scratch "
+                                       "fits the epoch count to the first epoch's measured time.", cli=False)
     # optimisation
     epochs: int | None = setting(None, "Training epochs (default: chosen from the data).", low=1, high=10_000)
     batch_size: int | None = setting(None, "Images per step, over all processes (each of N processes takes 1/N; "

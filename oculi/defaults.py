@@ -165,6 +165,8 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         epochs=max(1, epochs), feature_views=views, optimizer=optimizer, lr=lr, patience=patience,
         unfreeze_stages=unfreeze,
         time_budget=budget,
+        # Asked for a time, not a count: from scratch the first epoch's speed sets the count (training.loop).
+        epochs_from_budget=mode == "scratch" and cfg.time_budget is not None and not cfg.epochs,
         batch_size=batch_size,
         schedule=cfg.schedule if cfg.schedule != "auto" else recipe["schedule"],
         label_smoothing=cfg.label_smoothing if cfg.label_smoothing is not None else recipe["label_smoothing"],

@@ -86,6 +86,9 @@ def plan_words(cfg: TrainConfig, route: str) -> str:
     early = ("" if cfg.patience is None else
              f", stopped after {cfg.patience} epoch{'s' * (cfg.patience != 1)} without a better val score")
     if route == "scratch":
+        if cfg.epochs_from_budget:
+            return (f"from scratch at lr {cfg.lr:g}, as many epochs as fit in {cfg.time_budget:g}s "
+                    f"(counted after the second; {cfg.epochs} until then)")
         return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
     if route == "features":
         return head

@@ -155,3 +155,11 @@ def test_unfreeze_stages_asked_for_is_kept_and_checked():
         _photos_plan(200, unfreeze_stages=9)
     with pytest.raises(OculiError, match="--unfreeze-stages must be between 1 and 7"):  # before any decoding
         _photos_plan(200, "cuda", mode="finetune", unfreeze_stages=8)
+
+
+def test_a_time_budget_without_epochs_lets_the_first_epoch_set_the_count_from_scratch_only():
+    budget = resolve(TrainConfig(data="x", time_budget=120.0), _source(45_000), SMALL)
+    assert budget.epochs_from_budget and budget.epochs >= 1  # the recipe's count until the first epoch ends
+    counted = resolve(TrainConfig(data="x", time_budget=120.0, epochs=3), _source(45_000), SMALL)
+    assert not counted.epochs_from_budget and counted.epochs == 3
+    assert not resolve(TrainConfig(data="x"), _source(45_000), SMALL).epochs_from_budget

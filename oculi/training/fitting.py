@@ -41,7 +41,7 @@ def loop_settings(cfg: TrainConfig, train: TensorSet, num_classes: int, device) 
                         lookahead=bool(cfg.lookahead), mixed_precision=cfg.mixed_precision,
                         seed=cfg.seed, sampler=cfg.sampler, class_weights=weights,
                         select_by=cfg.select_by,  # "auto" only in plans from before it existed: accuracy
-                        time_budget=cfg.time_budget)
+                        time_budget=cfg.time_budget, epochs_from_budget=cfg.epochs_from_budget)
 
 
 def fit(model, ctx: RunContext, restoring: bool, log: RunLog) -> LoopState:
@@ -107,7 +107,8 @@ def _epoch_saver(model, optimizer, ctx: RunContext, log: RunLog) -> Callable[[Lo
         log.log_epochs(s.prior + s.history)
         save_checkpoint(ctx.run.checkpoint, model.state_dict(), s.best_state, optimizer,
                         {"epoch": s.epoch, "best_epoch": s.best_epoch, "history": s.history,
-                         "baseline": s.baseline, "prior": s.prior, "predicted": s.predicted},
+                         "baseline": s.baseline, "prior": s.prior, "predicted": s.predicted,
+                         "epochs": s.epochs},
                         s.baseline_state, s.out_of_fold, s.average)
     return on_epoch_end
 
@@ -172,7 +173,8 @@ def _restore(model, optimizer, ctx: RunContext) -> LoopState:
     return LoopState(epoch=meta["epoch"], history=meta["history"], best_state=on_device(best_state),
                      best_epoch=meta["best_epoch"], baseline=meta.get("baseline"), prior=meta.get("prior", []),
                      baseline_state=on_device(meta.get("baseline_state")), predicted=meta.get("predicted", {}),
-                     out_of_fold=meta.get("out_of_fold"), average=_on_device_average(meta.get("average"), device))
+                     out_of_fold=meta.get("out_of_fold"), average=_on_device_average(meta.get("average"), device),
+                     epochs=meta.get("epochs"))
 
 
 def _on_device_average(average: dict | None, device) -> dict | None:

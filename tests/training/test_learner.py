@@ -163,3 +163,29 @@ def test_without_a_baseline_the_last_epoch_stays_unless_an_earlier_one_is_clearl
     last[range(0, 60, 3)] ^= 1  # 20 images worse at the end
     state = _decided(labels, best, last=last)
     assert state.best_epoch == 2 and state.decision["kept"] == "epoch 2"
+
+
+def test_epochs_in_budget_counts_the_first_epoch_and_what_the_rest_of_the_budget_holds():
+    from oculi.training.loop import epochs_in_budget
+    assert epochs_in_budget(100.0, elapsed=12.0, epoch_seconds=10.0) == 9  # 88 s left: 8 more
+    assert epochs_in_budget(5.0, elapsed=12.0, epoch_seconds=10.0) == 1  # over already: the one done
+    assert epochs_in_budget(1e9, elapsed=1.0, epoch_seconds=0.001) == 10_000  # the config's bound
+    assert epochs_in_budget(100.0, elapsed=30.0, epoch_seconds=10.0, done=2) == 9  # 70 s left: 7 more
+
+
+def test_a_budget_without_an_epoch_count_sets_it_after_the_first_epoch_and_the_schedule_follows(monkeypatch, capsys):
+    import oculi.training.loop as loop
+    monkeypatch.setattr(loop, "epochs_in_budget", lambda budget, elapsed, seconds, done: 4)  # the speed, fixed
+    train, val = _images(40, 2, seed=0), _images(10, 2, seed=1)
+    data = FeatureData(_features(train), _features(val))
+    learner = _learner(_head(2), data, Reporter(), epochs=8, time_budget=3600.0, epochs_from_budget=True)
+    state = learner.fit()
+    assert state.epoch == 4 and state.epochs == 4 and learner.settings.epochs == 4
+    assert "time budget: 2 epochs took " in capsys.readouterr().err  # counted after the second
+    # The cosine schedule ran to its end over the 4 epochs, not half-way through the 8 it started with.
+    assert state.history[1]["lr"] > 0.01 and state.history[-1]["lr"] < 0.01
+    resumed = _learner(_head(2), data, epochs=8, time_budget=3600.0, epochs_from_budget=True)
+    after = resumed.fit(LoopState(epoch=3, history=state.history[:3], epochs=4))
+    assert after.epoch == 4  # a resumed run keeps the count its first epoch bought
+    fixed = _learner(_head(2), data, epochs=2, time_budget=3600.0).fit()
+    assert fixed.epoch == 2 and fixed.epochs is None  # --epochs given: trained as asked
