@@ -350,10 +350,11 @@ def serve(run: str | Path, settings: ServeSettings, host: str = "127.0.0.1", por
     settings = settings.checked()
     from .lite import describe_engine
     classifier = Classifier.load(run, device=device, engine=engine)
-    # Said before anything listens, as predict and evaluate say it: nothing runs on an engine the user did not see.
-    print(f"engine: {describe_engine(classifier)}", file=sys.stderr, flush=True)
     service = Service(classifier, settings)
     sock = bind(host, port)
+    # Said once the port is ours (a refused port stays a one-line error), before the first request is
+    # answered, as predict and evaluate say it: nothing runs on an engine the user did not see.
+    print(f"engine: {describe_engine(classifier)}", file=sys.stderr, flush=True)
     config = uvicorn.Config(create_app(service), log_level="info", timeout_graceful_shutdown=10)
     # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal again for the code around it:
     # here that is the end of a normal stop, not an interruption (exit code 0, no message).
