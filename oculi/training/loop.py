@@ -368,6 +368,7 @@ class Learner:
                 record(state, row, self.evaluated, self.settings.select_by)
                 self.progress.epoch_end(self, state)
                 self.on_epoch_end(state)
+                self.reporter.epoch(row)
             keep_with_margin(state, self.evaluated, self.data.val.labels, self.settings.select_by)
         return state
 
