@@ -51,7 +51,7 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     study = _study(out, seed)
     search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(search.objective, n_trials=n_trials, catch=(Exception,),
+    study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
                    timeout=max(1.0, budget_s * (STAGE1_SHARE if finalists else 1.0)))
     for trial in _best_trials(study, finalists):
         if time.monotonic() >= deadline:
@@ -66,6 +66,17 @@ def _study(out: Path, seed: int):
     return optuna.create_study(study_name=STUDY, storage=f"sqlite:///{out / 'tune.db'}", load_if_exists=True,
                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                pruner=optuna.pruners.SuccessiveHalvingPruner())
+
+
+FAILS_TO_STOP = 3
+
+
+def _stop_when_hopeless(study, trial) -> None:
+    """Stop after the first FAILS_TO_STOP trials all failed: the data or the setup is wrong, not a setting."""
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    if len(trials) >= FAILS_TO_STOP and all(t.state == optuna.trial.TrialState.FAIL for t in trials):
+        study.stop()
 
 
 def _available_backbones() -> list[str]:
