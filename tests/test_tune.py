@@ -60,3 +60,17 @@ def test_trials_are_run_folders_in_one_compare_page(tmp_path, tiny_data):
     assert (result.best_run / "model.json").is_file()
     page = (tmp_path / "t" / "compare.html").read_text()
     assert "Score against time" in page and "finetune-" in page
+
+
+def test_the_pruner_stops_a_trial_through_the_reporter():
+    import optuna
+
+    from oculi.tune import PruningReporter
+    reported = []
+    trial = SimpleNamespace(report=lambda value, step: reported.append((value, step)), should_prune=lambda: len(reported) > 1)
+    reporter = PruningReporter(trial)
+    reporter.epoch({"val_acc": 0.5})
+    reporter.epoch({"val_acc": None})  # an epoch without val images reports nothing
+    with pytest.raises(optuna.TrialPruned):
+        reporter.epoch({"val_acc": 0.6})
+    assert reported == [(0.5, 1), (0.6, 2)]
