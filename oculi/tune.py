@@ -53,10 +53,11 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
                    timeout=max(1.0, budget_s * (STAGE1_SHARE if finalists else 1.0)))
-    for trial in _best_trials(study, finalists):
+    best = _best_trials(study, finalists)
+    for i, trial in enumerate(best):
         if time.monotonic() >= deadline:
             break
-        search.finetune(trial, (deadline - time.monotonic()) / max(1, finalists))
+        search.finetune(trial, (deadline - time.monotonic()) / (len(best) - i))  # an equal share of what is left
     return _summarise(study, search, out, reporter)
 
 
