@@ -21,9 +21,11 @@ from .console import Reporter
 from .errors import OculiError
 from .io import atomic_write_text
 
-IMAGE_SIZES = (160, 192, 224)
+# "auto": what `oculi train` picks for this data (288 px, 8 views on photos), so the default is in the space.
+IMAGE_SIZES = ("auto", 160, 192, 224)
 HEADS = ("linear", "mlp")
-VIEWS = (1, 2, 4)
+VIEWS = ("auto", 1, 2, 4)
+DEFAULT_HEAD_LR = 1e-3
 STAGE1_SHARE = 0.6  # of the budget, for the head search when finalists are fine-tuned after it
 STUDY = "tune"
 
@@ -49,6 +51,9 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     deadline = time.monotonic() + budget_s
     backbones = backbones or _available_backbones()
     study = _study(out, seed)
+    if not study.trials:  # the default's head first: the search never ends below it
+        study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
+                             "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
     search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, options)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
@@ -137,7 +142,8 @@ class Search:
         return val_score(run.history)
 
     def _train(self, params: dict, folder: Path, reporter: Reporter | None = None, **fixed):
-        settings = {**self.options, **params, **fixed}
+        chosen = {k: None if v == "auto" else v for k, v in params.items()}  # "auto": the setting's default
+        settings = {**self.options, **chosen, **fixed}
         if isinstance(settings.get("image_size"), int):
             settings["image_size"] = (settings["image_size"],) * 2
         cfg = TrainConfig(data=self.data, out=str(folder), pretrained=True, report=False, export="none",

@@ -34,6 +34,8 @@ def test_a_failing_trial_is_listed_and_the_search_goes_on(tmp_path):
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
     assert result.trials[1]["error"] == "RuntimeError: boom"
     assert [c.mode for c in train.seen] == ["features"] * 4
+    first = train.seen[0]  # the default's head is tried first
+    assert (first.image_size, first.feature_views, first.classifier, first.head_lr) == (None, None, "linear", 1e-3)
     assert {c.out for c in train.seen} == {str(tmp_path / "t" / "trials" / f"{i:03d}") for i in range(4)}
     assert len(json.loads((tmp_path / "t" / "tune.json").read_text())["trials"]) == 4
 
