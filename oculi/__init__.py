@@ -8,7 +8,7 @@
 
 from .version import __version__
 
-__all__ = ["train", "load", "push", "__version__"]
+__all__ = ["train", "load", "push", "tune", "__version__"]
 
 # The API imports torch, training and reporting (seconds): loaded on first use, so that `import oculi`
 # and `oculi --help` start at once.
@@ -20,6 +20,10 @@ def __getattr__(name: str):
         from . import api
         globals()[name] = getattr(api, name)  # later lookups skip __getattr__
         return globals()[name]
+    if name == "tune":
+        from .tune import tune
+        globals()[name] = tune
+        return tune
     raise AttributeError(f"module 'oculi' has no attribute '{name}'")
 
 

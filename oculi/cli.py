@@ -606,6 +606,26 @@ def compare(
 
 
 @app.command()
+def tune(
+    data: str = typer.Argument(..., help=SETTINGS["data"].help),
+    budget: str = typer.Option("30m", help="The whole search's time: 90s, 10m, 1.5h."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="The tune folder (default tunes/<data>); "
+                                           "running again on it continues the search."),
+    seed: int = typer.Option(0, help=SETTINGS["seed"].help),
+    trials: Optional[int] = typer.Option(None, help="At most this many head trials (default: as the budget allows)."),
+    finalists: int = typer.Option(2, help="How many of the best head trials are then fine-tuned."),
+    device: str = typer.Option("auto", help=SETTINGS["device"].help),
+) -> None:
+    """Search backbone x image size x head x feature views x lr (Optuna, successive halving) on cached
+    features, fine-tune the best few; every trial a run folder, all in compare.html, the best named."""
+    from .config import parse_duration
+    from .tune import tune as run_tune
+    result = run_tune(data, parse_duration(budget), out_dir, seed, trials, finalists, device=device)
+    if result.best_run is not None:
+        out.print(result.best_run)
+
+
+@app.command()
 def filters(
     image: Path = typer.Argument(..., help="An image file."),
     low: float = typer.Option(50.0, help="Canny: lower hysteresis threshold (gradient magnitude, 0-255 scale)."),

@@ -21,6 +21,9 @@ class Reporter:
         if not self.quiet:
             self.console.print(message)
 
+    def epoch(self, row: dict) -> None:
+        """Called after each training epoch with its metrics row (``oculi tune`` reports it to Optuna's pruner)."""
+
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {message}")
 

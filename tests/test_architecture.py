@@ -33,6 +33,7 @@ LAYERS = (
     ("oculi.deploy",),  # using a trained model: predict, explain, export, serve, the Hub (deploy.hub)
     ("oculi.evaluate", "oculi.report"),  # scores and report.html of a trained model, through deploy's Classifier
     ("oculi.api",),
+    ("oculi.tune",),  # oculi tune: Optuna's search over api.train_and_report runs
     ("oculi.cli",),
     ("oculi", "oculi.__main__"),
 )

@@ -110,6 +110,11 @@ def is_timm_model(name: str) -> bool:
     return timm.is_model(name.split(".")[0]) or timm.is_model(name)
 
 
+def offline_backbones() -> list[str]:
+    """The backbones whose ImageNet weights are installed here (no download needed)."""
+    return [name for name in _OFFLINE_PACKAGES if offline_weights_file(name) is not None]
+
+
 def offline_weights_file(name: str) -> str | None:
     """Path of the offline ImageNet weights for ``name``, or None if the package is not installed."""
     package = _OFFLINE_PACKAGES.get(name)

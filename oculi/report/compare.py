@@ -175,6 +175,23 @@ def _phase_segments(rows: list[dict]) -> list[np.ndarray]:
     return segments
 
 
+def plot_score_time(runs: list[ComparedRun]) -> Figure:
+    """Each run's best val accuracy against its training time: one point a run, named (oculi tune's trials)."""
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for i, run in enumerate(runs):
+        scores = [r["val_acc"] for r in run.history if r.get("val_acc") is not None]
+        seconds = training_seconds(run.history)
+        if scores and seconds is not None:
+            ax.scatter([seconds], [max(scores)], color=f"C{i % 10}")
+            ax.annotate(run.name, (seconds, max(scores)), fontsize="small", xytext=(4, 4), textcoords="offset points")
+    ax.set_title("best val accuracy against training time")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("best val accuracy")
+    ax.grid(alpha=0.3)
+    return fig
+
+
 # ---------------------------------------------------------------- the page
 
 def write_comparison(paths: list[str | Path], out: str | Path = "compare.html") -> tuple[Path, list[list[str]]]:
@@ -195,7 +212,10 @@ def write_comparison(paths: list[str | Path], out: str | Path = "compare.html") 
 
 
 def comparison_page(runs: list[ComparedRun], rows: list[list[str]]) -> str:
-    sections = [Section("runs", "Runs", _runs_body(rows)), Section("curves", "Curves", _curves_body(runs))]
+    sections = [Section("runs", "Runs", _runs_body(rows)), Section("curves", "Curves", _curves_body(runs)),
+                Section("score-time", "Score against time",
+                        figure_html(plot_score_time(runs), "best val accuracy of every run against its training time")
+                        + paragraph(_SCORE_TIME_NOTE))]
     settings = differing_settings(runs)
     body = (table_html(["setting", *(r.name for r in runs)], settings, numeric_from=len(runs) + 1) if settings
             else paragraph("None: every setting in config.json is the same."))
@@ -229,5 +249,7 @@ _TABLE_NOTE = (
     "the frozen backbone comes before it. Images/s is the median epoch's training speed on images (a head "
     "trained on cached features sees none). — : the run did not record that figure (runs made before "
     "ECE was measured have none).")
+_SCORE_TIME_NOTE = ("Each run's best val accuracy (of its epochs) against its training time: up and left is "
+                    "better. A features run's time leaves out its one pass of the frozen backbone.")
 _DASHED_NOTE = (" Dashed: the head trained on cached backbone features, before fine-tuning (or alone, in a "
                 "features run); its epochs take milliseconds each.")

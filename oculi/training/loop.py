@@ -385,6 +385,7 @@ class Learner:
                 self.fit_epochs_to_budget(state, time.perf_counter() - started)
                 self.progress.epoch_end(self, state)
                 self.on_epoch_end(state)
+                self.reporter.epoch(row)
             keep_with_margin(state, self.evaluated, self.data.val.labels, self.settings.select_by)
         return state
 

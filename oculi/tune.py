@@ -1,0 +1,230 @@
+"""``oculi tune DATA --budget 30m``: Optuna's search over backbone x image size x head x feature views x lr.
+
+Stage 1 trains heads on cached backbone features (trials on one backbone and size share the cache, so they
+cost little), pruned by successive halving on their per-epoch val scores; stage 2 fine-tunes the best few
+with the budget left. Every trial is a normal run folder under ``OUT/trials``; ``OUT/tune.db`` (Optuna's
+sqlite storage) makes a killed search go on where it stopped; ``OUT/tune.json`` lists every trial (failed
+and pruned ones too) with the best, and ``OUT/compare.html`` shows them all, score against time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .api import train_and_report
+from .config import TrainConfig
+from .console import Reporter
+from .errors import OculiError
+from .io import atomic_write_text
+
+# "auto": what `oculi train` picks for this data (288 px, 8 views on photos), so the default is in the space.
+IMAGE_SIZES = ("auto", 160, 192, 224)
+HEADS = ("linear", "mlp")
+VIEWS = ("auto", 1, 2, 4)
+DEFAULT_HEAD_LR = 1e-3
+STAGE1_SHARE = 0.6  # of the budget, for the head search when finalists are fine-tuned after it
+STUDY = "tune"
+
+
+@dataclass
+class TuneResult:
+    out: Path
+    best_run: Path | None
+    best_score: float | None
+    trials: list[dict]
+
+
+def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 0, n_trials: int | None = None,
+         finalists: int = 2, backbones: list[str] | None = None, image_sizes=IMAGE_SIZES,
+         train_fn: Callable = train_and_report, reporter: Reporter | None = None, **options) -> TuneResult:
+    """Search for the best model on ``data`` within ``budget_s`` seconds (``n_trials``: at most this many
+    head trials this call). ``options`` are TrainConfig fields every trial shares (e.g. ``device``);
+    ``train_fn`` trains one TrainConfig (tests inject failures through it)."""
+    import optuna
+    reporter = reporter or Reporter()
+    out = Path(out or f"tunes/{Path(str(data)).name}").expanduser().resolve()
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_s
+    backbones = backbones or _available_backbones()
+    study = _study(out, seed)
+    if not study.trials:  # the default's head first: the search never ends below it
+        study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
+                             "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
+    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
+                   timeout=max(1.0, budget_s * (STAGE1_SHARE if finalists else 1.0)))
+    best = _best_trials(study, finalists)
+    for i, trial in enumerate(best):
+        if time.monotonic() >= deadline:
+            break
+        search.finetune(trial, (deadline - time.monotonic()) / (len(best) - i))  # an equal share of what is left
+    return _summarise(study, search, out, reporter)
+
+
+def _study(out: Path, seed: int):
+    """The study in ``out/tune.db``, made or (a search started before) loaded."""
+    import optuna
+    return optuna.create_study(study_name=STUDY, storage=f"sqlite:///{out / 'tune.db'}", load_if_exists=True,
+                               direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                               pruner=optuna.pruners.SuccessiveHalvingPruner())
+
+
+FAILS_TO_STOP = 3
+
+
+def _stop_when_hopeless(study, trial) -> None:
+    """Stop after the first FAILS_TO_STOP trials all failed: the data or the setup is wrong, not a setting."""
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    if len(trials) >= FAILS_TO_STOP and all(t.state == optuna.trial.TrialState.FAIL for t in trials):
+        study.stop()
+
+
+def _available_backbones() -> list[str]:
+    from .models.pretrained import offline_backbones
+    names = offline_backbones()
+    if not names:
+        raise OculiError("tune: no backbone has its weights here; install oculi[offline-weights] or pass backbones")
+    return names
+
+
+class Search:
+    """The trials of one search: what each tries, where it trains, what it scored."""
+
+    def __init__(self, data, out, seed, backbones, image_sizes, train_fn, reporter, options):
+        self.data, self.out, self.seed, self.backbones = str(data), out, seed, backbones
+        self.image_sizes, self.train_fn, self.reporter, self.options = image_sizes, train_fn, reporter, options
+        self.finetuned: list[dict] = []
+
+    def objective(self, trial) -> float:
+        """Stage 1: a head on cached features, with the trial's settings."""
+        params = {"model": trial.suggest_categorical("model", self.backbones),
+                  "image_size": trial.suggest_categorical("image_size", self.image_sizes),
+                  "classifier": trial.suggest_categorical("classifier", HEADS),
+                  "feature_views": trial.suggest_categorical("feature_views", VIEWS),
+                  "head_lr": trial.suggest_float("head_lr", 1e-4, 1e-2, log=True)}
+        folder = self.out / "trials" / f"{trial.number:03d}"
+        trial.set_user_attr("run", str(folder))
+        # One seed for all: the same split, so that val scores compare; a trial is reproducible from it.
+        return self._run(trial, params, folder, mode="features", seed=self.seed)
+
+    def finetune(self, trial, seconds: float) -> None:
+        """Stage 2: ``trial``'s settings, the head then fine-tuning (kept when it beats the head), in ``seconds``."""
+        folder = self.out / "trials" / f"finetune-{trial.number:03d}"
+        row = {"number": f"finetune-{trial.number:03d}", "params": dict(trial.params), "run": str(folder),
+               "stage": "finetune"}
+        if not (folder / "model.json").is_file():  # a finished one (before a kill) is not trained again
+            started = time.monotonic()
+            try:
+                run = self._train(trial.params, folder, mode="auto", seed=self.seed,
+                                  time_budget=max(10.0, seconds * 0.8))
+                row.update(value=val_score(run.history), seconds=time.monotonic() - started, state="COMPLETE")
+            except Exception as err:  # noqa: BLE001 - a failed finalist is listed; the search keeps its best
+                row.update(state="FAIL", error=one_line(err), seconds=time.monotonic() - started)
+        else:
+            row.update(value=_folder_score(folder), state="COMPLETE")
+        self.finetuned.append(row)
+
+    def _run(self, trial, params: dict, folder: Path, **fixed) -> float:
+        started = time.monotonic()
+        try:
+            run = self._train(params, folder, reporter=PruningReporter(trial), **fixed)
+        except Exception as err:
+            trial.set_user_attr("error", one_line(err))
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+        return val_score(run.history)
+
+    def _train(self, params: dict, folder: Path, reporter: Reporter | None = None, **fixed):
+        chosen = {k: None if v == "auto" else v for k, v in params.items()}  # "auto": the setting's default
+        settings = {**self.options, **chosen, **fixed}
+        if isinstance(settings.get("image_size"), int):
+            settings["image_size"] = (settings["image_size"],) * 2
+        cfg = TrainConfig(data=self.data, out=str(folder), pretrained=True, report=False, export="none",
+                          progress=False, **settings)
+        self.reporter.info(f"[bold]trial[/bold]  {folder.name}: " + ", ".join(f"{k} {v}" for k, v in params.items()))
+        return self.train_fn(cfg, reporter or Reporter(quiet=True))
+
+
+class PruningReporter(Reporter):
+    """Quiet, but reports each epoch's val score to the Optuna trial, which may stop it (TrialPruned)."""
+
+    def __init__(self, trial):
+        super().__init__(quiet=True)
+        self.trial, self.step = trial, 0
+
+    def epoch(self, row: dict) -> None:
+        import optuna
+        if row.get("val_acc") is None:
+            return
+        self.step += 1  # counted over the run's phases, so that a step is never reported twice
+        self.trial.report(float(row["val_acc"]), self.step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()
+
+
+def val_score(history: list[dict]) -> float:
+    """The best val accuracy of the run's epochs (what its kept epoch is chosen by)."""
+    scores = [r["val_acc"] for r in history if r.get("val_acc") is not None]
+    if not scores:
+        raise OculiError("tune: the run has no val images to score it by; give --val-split")
+    return float(max(scores))
+
+
+def _folder_score(folder: Path) -> float | None:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return val_score(rows) if rows else None
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _best_trials(study, k: int) -> list:
+    import optuna
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    return sorted(done, key=lambda t: -t.value)[:k]
+
+
+# ---------------------------------------------------------------- the summary
+
+def trial_rows(study) -> list[dict]:
+    """Every trial of the study: its settings, val score, seconds, state and error (failed) and run folder."""
+    return [{"number": f"{t.number:03d}", "stage": "features", "params": t.params, "value": t.value,
+             "seconds": t.user_attrs.get("seconds"), "state": t.state.name, "error": t.user_attrs.get("error"),
+             "run": t.user_attrs.get("run")} for t in study.get_trials(deepcopy=False)]
+
+
+def _summarise(study, search: Search, out: Path, reporter: Reporter) -> TuneResult:
+    rows = trial_rows(study) + search.finetuned
+    finished = [r for r in rows if r["state"] == "COMPLETE" and r.get("value") is not None
+                and (Path(r["run"]) / "model.json").is_file()]
+    best = max(finished, key=lambda r: r["value"], default=None)
+    summary = {"data": search.data, "best": best, "trials": rows}
+    atomic_write_text(out / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")
+    if finished:
+        from .report.compare import write_comparison
+        write_comparison([r["run"] for r in finished], out / "compare.html")
+    _tell(reporter, rows, best, out)
+    return TuneResult(out, Path(best["run"]) if best else None, best["value"] if best else None, rows)
+
+
+def _tell(reporter: Reporter, rows: list[dict], best: dict | None, out: Path) -> None:
+    states = {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}}
+    reporter.info(f"[bold]tune[/bold]   {len(rows)} trials ({', '.join(f'{n} {s.lower()}' for s, n in states.items())}); "
+                  f"{out / 'tune.json'}, {out / 'compare.html'}")
+    for r in rows:
+        if r["state"] == "FAIL":
+            reporter.warn(f"trial {r['number']} failed: {r.get('error')}")
+    if best is None:
+        reporter.warn("tune: no trial finished")
+        return
+    reporter.info(f"[bold]best[/bold]   {best['run']}: val accuracy {best['value']:.2%}; "
+                  f"predict with `oculi predict {best['run']} IMAGES`")

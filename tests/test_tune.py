@@ -1,0 +1,78 @@
+"""oculi tune (issue 28): trials are run folders, tune.json names the best, failures are listed, a search resumes."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from oculi.tune import tune  # noqa: E402
+
+FAST = {"head_epochs": 5, "device": "cpu"}
+
+
+def fake_train(fail_on: set[int]):
+    """A train_fn that records each config and fails on the trials numbered in ``fail_on`` (no training)."""
+    seen = []
+
+    def train(cfg, reporter):
+        seen.append(cfg)
+        if len(seen) - 1 in fail_on:
+            raise RuntimeError("boom\nsecond line")
+        return SimpleNamespace(history=[{"val_acc": 0.5 + 0.01 * len(seen)}])
+    train.seen = seen
+    return train
+
+
+def test_a_failing_trial_is_listed_and_the_search_goes_on(tmp_path):
+    train = fake_train({1})
+    result = tune("digits", 60, tmp_path / "t", n_trials=4, finalists=0, train_fn=train)
+    states = [t["state"] for t in result.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert result.trials[1]["error"] == "RuntimeError: boom"
+    assert [c.mode for c in train.seen] == ["features"] * 4
+    first = train.seen[0]  # the default's head is tried first
+    assert (first.image_size, first.feature_views, first.classifier, first.head_lr) == (None, None, "linear", 1e-3)
+    assert {c.out for c in train.seen} == {str(tmp_path / "t" / "trials" / f"{i:03d}") for i in range(4)}
+    assert len(json.loads((tmp_path / "t" / "tune.json").read_text())["trials"]) == 4
+
+
+def test_a_search_resumes_from_its_folder(tmp_path):
+    tune("digits", 60, tmp_path / "t", n_trials=2, finalists=0, train_fn=fake_train(set()))
+    again = fake_train(set())
+    result = tune("digits", 60, tmp_path / "t", n_trials=2, finalists=0, train_fn=again)
+    assert [t["number"] for t in result.trials] == ["000", "001", "002", "003"]
+    assert [c.out[-3:] for c in again.seen] == ["002", "003"]  # the earlier trials were not run again
+
+
+def test_a_setup_that_fails_every_trial_stops_the_search(tmp_path):
+    result = tune("digits", 60, tmp_path / "t", n_trials=20, finalists=0, train_fn=fake_train(set(range(20))))
+    assert len(result.trials) == 3 and result.best_run is None
+
+
+def test_trials_are_run_folders_in_one_compare_page(tmp_path, tiny_data):
+    data = tiny_data(per_class=12, classes=("red", "blue"), size=(32, 32))
+    result = tune(str(data), 300, tmp_path / "t", n_trials=2, finalists=1, image_sizes=(32,), **FAST)
+    summary = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert [t["stage"] for t in summary["trials"]] == ["features", "features", "finetune"]
+    assert summary["best"]["run"] == str(result.best_run)
+    assert (result.best_run / "model.json").is_file()
+    page = (tmp_path / "t" / "compare.html").read_text()
+    assert "Score against time" in page and "finetune-" in page
+
+
+def test_the_pruner_stops_a_trial_through_the_reporter():
+    import optuna
+
+    from oculi.tune import PruningReporter
+    reported = []
+    trial = SimpleNamespace(report=lambda value, step: reported.append((value, step)), should_prune=lambda: len(reported) > 1)
+    reporter = PruningReporter(trial)
+    reporter.epoch({"val_acc": 0.5})
+    reporter.epoch({"val_acc": None})  # an epoch without val images reports nothing
+    with pytest.raises(optuna.TrialPruned):
+        reporter.epoch({"val_acc": 0.6})
+    assert reported == [(0.5, 1), (0.6, 2)]
