@@ -84,7 +84,7 @@ def _setting_flags(names) -> set[str]:
 def test_train_flags_are_the_settings_flags_and_the_cli_only_ones():
     not_offered = {f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["cli"]}
     # the DATA argument, API only, set by --quiet, set from torchrun's WORLD_SIZE
-    assert not_offered == {"data", "momentum", "progress", "world_size"}
+    assert not_offered == {"data", "momentum", "progress", "world_size", "epochs_from_budget"}  # the last: set by the plan
     offered = {f.name for f in dataclasses.fields(TrainConfig)} - not_offered
     assert _flags("train") == _setting_flags(offered) | {"--resume", "--quiet", "-q", "--verbose"}
     assert {"--out", "--filter", "--image-size", "--fill-mode", "--no-cache", "--no-report"} <= _flags("train")
