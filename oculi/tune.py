@@ -19,6 +19,7 @@ from .api import train_and_report
 from .config import TrainConfig
 from .console import Reporter
 from .errors import OculiError
+from .rundir import RunDir
 from .io import atomic_write_text
 
 # "auto": what `oculi train` picks for this data (288 px, 8 views on photos), so the default is in the space.
@@ -118,7 +119,7 @@ class Search:
         folder = self.out / "trials" / f"finetune-{trial.number:03d}"
         row = {"number": f"finetune-{trial.number:03d}", "params": dict(trial.params), "run": str(folder),
                "stage": "finetune"}
-        if not (folder / "model.json").is_file():  # a finished one (before a kill) is not trained again
+        if not RunDir(folder).model_json.is_file():  # a finished one (before a kill) is not trained again
             started = time.monotonic()
             try:
                 run = self._train(trial.params, folder, mode="auto", seed=self.seed,
@@ -178,7 +179,7 @@ def val_score(history: list[dict]) -> float:
 
 
 def _folder_score(folder: Path) -> float | None:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in RunDir(folder).metrics_log.read_text().splitlines() if line.strip()]
     return val_score(rows) if rows else None
 
 
@@ -205,7 +206,7 @@ def trial_rows(study) -> list[dict]:
 def _summarise(study, search: Search, out: Path, reporter: Reporter) -> TuneResult:
     rows = trial_rows(study) + search.finetuned
     finished = [r for r in rows if r["state"] == "COMPLETE" and r.get("value") is not None
-                and (Path(r["run"]) / "model.json").is_file()]
+                and RunDir(Path(r["run"])).model_json.is_file()]
     best = max(finished, key=lambda r: r["value"], default=None)
     summary = {"data": search.data, "best": best, "trials": rows}
     atomic_write_text(out / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")

@@ -21,7 +21,7 @@ ADDRESS = re.compile(r"^hf:/{1,2}([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?:@([
 EXPORTS = (*FILES.values(), "model.int8.onnx", "model.fp16.onnx")
 # What a download fetches: the bundle and the exports (with their .json and companions, OpenVINO's model.bin);
 # never the card, the figures or anything else a repo holds.
-PULLED = ["model.json", "model.safetensors", *(f"{name}*" for name in EXPORTS), "model.bin"]
+PULLED = [RunDir(Path()).model_json.name, RunDir(Path()).weights.name, *(f"{name}*" for name in EXPORTS), "model.bin"]
 
 
 def is_address(path: str | Path) -> bool:

@@ -100,7 +100,7 @@ def test_the_cli_prints_the_table_and_writes_the_page_atomically(runs, tmp_path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("compare")] == ["compare.html"]
     html = page.read_text()
     assert all(f'<section id="{s}">' in html for s in ("runs", "curves", "settings"))
-    assert html.count('src="data:image/png;base64,') == 4 and "oculi compare RUN RUN" in html
+    assert html.count('src="data:image/png;base64,') == 5 and "oculi compare RUN RUN" in html
 
 
 def test_a_folder_that_is_not_a_run_is_one_line_naming_it(runs, tmp_path, capsys):
@@ -136,7 +136,7 @@ def test_compare_html_renders_within_a_laptop_and_a_phone_screen(runs, tmp_path)
             assert page.evaluate(report_browser.BROKEN_IMAGES_JS) == []
             assert page.evaluate(report_browser.OVERFLOW_JS) == []
             assert page.evaluate("[...document.querySelectorAll('section')].map(s => s.id)") == [
-                "runs", "curves", "settings"]
+                "runs", "curves", "score-time", "settings"]
             # A column per run, a row per figure of the terminal's table.
             assert page.evaluate("[...document.querySelectorAll('#runs thead th')].map(t => t.textContent)") == [
                 "", *(r.name for r in runs)]
