@@ -1,6 +1,12 @@
 """User-facing errors: one line, naming the file or flag, never a traceback."""
 
 
+def first_line(err: BaseException, limit: int | None = 200) -> str:
+    """The first line of ``err``'s message (its type's name when it has none), cut at ``limit`` characters:
+    what a one-line error quotes of the exception behind it."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 class OculiError(Exception):
     """A problem with the user's input or options. The CLI prints it as one line and exits 2."""
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from .api import train_and_report
-from .config import TrainConfig
+from .config import TrainConfig, parse_image_size
 from .console import Reporter
-from .errors import OculiError
-from .rundir import RunDir
+from .errors import OculiError, first_line
 from .io import atomic_write_text
+from .rundir import RunDir
 
 # "auto": what `oculi train` picks for this data (288 px, 8 views on photos), so the default is in the space.
 IMAGE_SIZES = ("auto", 160, 192, 224)
@@ -145,8 +145,7 @@ class Search:
     def _train(self, params: dict, folder: Path, reporter: Reporter | None = None, **fixed):
         chosen = {k: None if v == "auto" else v for k, v in params.items()}  # "auto": the setting's default
         settings = {**self.options, **chosen, **fixed}
-        if isinstance(settings.get("image_size"), int):
-            settings["image_size"] = (settings["image_size"],) * 2
+        settings["image_size"] = parse_image_size(settings.get("image_size"))  # 160 -> (160, 160), as the flag
         cfg = TrainConfig(data=self.data, out=str(folder), pretrained=True, report=False, export="none",
                           progress=False, **settings)
         self.reporter.info(f"[bold]trial[/bold]  {folder.name}: " + ", ".join(f"{k} {v}" for k, v in params.items()))
@@ -179,13 +178,13 @@ def val_score(history: list[dict]) -> float:
 
 
 def _folder_score(folder: Path) -> float | None:
-    rows = [json.loads(line) for line in RunDir(folder).metrics_log.read_text().splitlines() if line.strip()]
+    rows = RunDir(folder).read_metrics_log()
     return val_score(rows) if rows else None
 
 
 def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
+    """A failed trial's error as tune.json lists it: its type and the first line of its message."""
+    return f"{type(err).__name__}: {first_line(err, limit=None)}"
 
 
 def _best_trials(study, k: int) -> list:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import OculiError
+from ..errors import OculiError, first_line
 from ..io import atomic_write_json, staging_folder
 from ..runtime.engines import head_class_logits, logits_to_probs, tta_logits
 from ..runtime.onnx import OPSET, OnnxRunner, onnx_bytes
@@ -374,7 +374,7 @@ def _write(form: Format, graph: nn.Module, example: torch.Tensor, path: Path, pr
     except OculiError:
         raise
     except Exception as err:  # an operator the format lacks, say: the user's answer is another format
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err)
         raise OculiError(f"export: this model cannot be exported as {form.name} ({first})") from None
 
 
@@ -389,7 +389,7 @@ def _run_written(form: Format, path: Path, images: torch.Tensor, shape: tuple) -
     except OculiError:
         raise
     except Exception as err:
-        raise refused(f"fails on the check images ({(str(err).strip().splitlines() or [type(err).__name__])[0][:200]})")
+        raise refused(f"fails on the check images ({first_line(err)})")
     if candidate.shape != shape or (energy is not None and energy.shape != shape[:1]):
         got = f"{list(candidate.shape)}" + ("" if energy is None else f" and {list(energy.shape)}")
         raise refused(f"answers in shapes {got}, not {list(shape)} and {list(shape[:1])}")

@@ -10,11 +10,10 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import OculiError
+from ..errors import OculiError, first_line
 from ..rundir import LABEL_SET_FILES, RunDir
 from .exported import FILES
 
-PREFIX = "hf://"
 # owner/name as the Hub allows them (letters, digits, - _ .), and an optional @revision (branch, tag or commit).
 ADDRESS = re.compile(r"^hf:/{1,2}([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?:@([\w./-]+))?$")
 # Every export file a run can hold, by name (the ONNX precisions beside model.onnx); each travels with its .json.
@@ -125,7 +124,7 @@ def hub_errors(repo_id: str):
 def _reason(err: Exception) -> str:
     """What went wrong with a Hub call, in words (the error's own first line after them)."""
     from huggingface_hub import errors
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    first = first_line(err, limit=None)
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, errors.RevisionNotFoundError):
         return f"no such revision ({first})"

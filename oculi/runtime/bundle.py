@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from ..calibration import Calibration
 from ..config import CLASSIFIERS, FILTER_NAMES, MAX_IMAGE_SIDE, MIN_IMAGE_SIDE, RESIZE_MODES, TTAS
 from ..data.preprocessing import Preprocessing
-from ..errors import BundleError, BundleWarning, OculiError
+from ..errors import BundleError, BundleWarning, OculiError, first_line
 from ..io import atomic_path, atomic_write_json
 from ..rundir import RunDir
 from ..version import __version__
@@ -291,21 +291,17 @@ def _build(meta: dict, meta_path: Path, weights_path: Path) -> "nn.Module":
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
-        raise BundleError(f"{weights_path}: not a readable safetensors file ({_first_line(err)})") from None
+        raise BundleError(f"{weights_path}: not a readable safetensors file ({first_line(err)})") from None
     try:
         model = spec.build()
     except (OculiError, TypeError, ValueError, RuntimeError) as err:
-        raise BundleError(f"{meta_path}: model cannot be built ({_first_line(err)})") from None
+        raise BundleError(f"{meta_path}: model cannot be built ({first_line(err)})") from None
     try:
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise BundleError(f"{weights_path}: does not match the architecture in {meta_path.name} "
-                          f"({_first_line(err)})") from None
+                          f"({first_line(err)})") from None
     return model
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 _MISSING = object()
