@@ -620,7 +620,7 @@ def tune(
     features, fine-tune the best few; every trial a run folder, all in compare.html, the best named."""
     from .config import parse_duration
     from .tune import tune as run_tune
-    result = run_tune(data, parse_duration(budget), out_dir, seed, trials, finalists, device=device)
+    result = run_tune(data, parse_duration(budget, "--budget"), out_dir, seed, trials, finalists, device=device)
     if result.best_run is not None:
         out.print(result.best_run)
 

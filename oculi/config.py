@@ -61,8 +61,9 @@ def parse_image_size(text: str | int | tuple[int, int] | None) -> tuple[int, int
     return check_image_size((parts[0], parts[-1]))
 
 
-def parse_duration(text: str | float | None) -> float | None:
-    """Seconds from '90', '90s', '2m' or '1.5h' (a number is seconds already, and None none)."""
+def parse_duration(text: str | float | None, flag: str = "--time-budget") -> float | None:
+    """Seconds from '90', '90s', '2m' or '1.5h' (a number is seconds already, and None none); ``flag``: the
+    option a bad value is blamed on."""
     if text is None or isinstance(text, (int, float)):
         return text
     units = {"s": 1, "m": 60, "h": 3600}
@@ -70,7 +71,7 @@ def parse_duration(text: str | float | None) -> float | None:
     try:
         return float(number) * unit
     except ValueError:
-        raise OculiError(f"--time-budget must be seconds or a duration like 90s, 2m or 1.5h, got '{text}'") from None
+        raise OculiError(f"{flag} must be seconds or a duration like 90s, 2m or 1.5h, got '{text}'") from None
 
 
 def check_image_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -46,6 +46,10 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     head trials this call). ``options`` are TrainConfig fields every trial shares (e.g. ``device``);
     ``train_fn`` trains one TrainConfig (tests inject failures through it)."""
     import optuna
+    from .data.sources import data_folder
+    if not budget_s > 0:  # also NaN
+        raise OculiError(f"--budget must be more than 0 seconds, got {budget_s:g}")
+    data_folder(str(data))  # a wrong path is one line now, not three failed trials and an empty tune folder
     reporter = reporter or Reporter()
     out = Path(out or f"tunes/{Path(str(data)).name}").expanduser().resolve()
     (out / "trials").mkdir(parents=True, exist_ok=True)

@@ -76,3 +76,17 @@ def test_the_pruner_stops_a_trial_through_the_reporter():
     with pytest.raises(optuna.TrialPruned):
         reporter.epoch({"val_acc": 0.6})
     assert reported == [(0.5, 1), (0.6, 2)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/no/such/folder", "--budget", "10s"], "error: no such folder: /no/such/folder (built-in datasets: "),
+    (["digits", "--budget", "abc"], "error: --budget must be seconds or a duration like 90s, 2m or 1.5h, got 'abc'"),
+    (["digits", "--budget", "0s"], "error: --budget must be more than 0 seconds, got 0"),
+])
+def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(args, message, tmp_path, monkeypatch, capsys):
+    from tests.test_cli import run_cli
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "tune", *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(message), err
+    assert list(tmp_path.iterdir()) == []  # no tune folder made
