@@ -179,12 +179,18 @@ def plot_score_time(runs: list[ComparedRun]) -> Figure:
     """Each run's best val accuracy against its training time: one point a run, named (oculi tune's trials)."""
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
-    for i, run in enumerate(runs):
+    points = {}
+    for run in runs:
         scores = [r["val_acc"] for r in run.history if r.get("val_acc") is not None]
         seconds = training_seconds(run.history)
         if scores and seconds is not None:
-            ax.scatter([seconds], [max(scores)], color=f"C{i % 10}")
-            ax.annotate(run.name, (seconds, max(scores)), fontsize="small", xytext=(4, 4), textcoords="offset points")
+            points[run.name] = (seconds, max(scores))
+    for i, (name, (seconds, score)) in enumerate(points.items()):
+        ax.scatter([seconds], [score], color=f"C{i % 10}")
+        # Only the runs no other run beats on both axes are named: a search's dozens of trials at one score
+        # would write their names over each other (every name is in the table above).
+        if not any(t <= seconds and v >= score and (t, v) != (seconds, score) for t, v in points.values()):
+            ax.annotate(name, (seconds, score), fontsize="small", xytext=(4, 4), textcoords="offset points")
     ax.set_title("best val accuracy against training time")
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("best val accuracy")
@@ -250,6 +256,7 @@ _TABLE_NOTE = (
     "trained on cached features sees none). — : the run did not record that figure (runs made before "
     "ECE was measured have none).")
 _SCORE_TIME_NOTE = ("Each run's best val accuracy (of its epochs) against its training time: up and left is "
-                    "better. A features run's time leaves out its one pass of the frozen backbone.")
+                    "better; the runs no other run beats on both are named. A features run's time leaves out its one pass of "
+                    "the frozen backbone.")
 _DASHED_NOTE = (" Dashed: the head trained on cached backbone features, before fine-tuning (or alone, in a "
                 "features run); its epochs take milliseconds each.")
