@@ -44,19 +44,31 @@ class Calibration:
 
     temperature: float = 1.0
     abstain_threshold: float | None = None
+    # A multi-label model's own temperature for each class's sigmoid (``temperature`` stays 1); None: one-label.
+    class_temperatures: tuple[float, ...] | None = None
+
+    @property
+    def divisor(self) -> float | np.ndarray:
+        """What the logits are divided by: each class's temperature, or the one temperature."""
+        return self.temperature if self.class_temperatures is None else np.asarray(self.class_temperatures)
 
     def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "abstain_threshold": self.abstain_threshold}
+        extra = {} if self.class_temperatures is None else {"class_temperatures": list(self.class_temperatures)}
+        return {"temperature": self.temperature, "abstain_threshold": self.abstain_threshold, **extra}
 
 
 def class_logits(logits: np.ndarray, head: str) -> np.ndarray:
     """[N, outputs] network outputs -> [N, classes] logits whose softmax is the head's probabilities (a
     multi-label head's are its own: one sigmoid each)."""
     logits = np.asarray(logits, dtype=np.float64)
-    if head == "sigmoid":
-        z = logits[:, :1]
-        return np.concatenate([-z / 2, z / 2], axis=1)
-    return logits
+    return binary_logits(logits[:, 0]) if head == "sigmoid" else logits
+
+
+def binary_logits(z: np.ndarray) -> np.ndarray:
+    """One sigmoid's logits [N] as two class logits [N, 2] whose softmax is [1 - sigmoid(z), sigmoid(z)]: a
+    multi-label class's temperature is then fitted and checked by the very functions of a one-label model's."""
+    z = np.asarray(z, dtype=np.float64)[:, None]
+    return np.concatenate([-z / 2, z / 2], axis=1)
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

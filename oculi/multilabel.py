@@ -9,6 +9,11 @@
   one that maximises its F1 on logits that chose nothing (a features head's out-of-fold logits, or the other
   folds of val) beats 0.5 on images it was not chosen on, by a paired bootstrap (``checked_thresholds``): the
   same rule as the temperature's, for the same reason (a few val images pin a threshold down poorly).
+- Calibration per class: each class's sigmoid gets its own temperature, fitted and checked by the rule of a
+  one-label model's (``calibration.checked_temperature`` on the class read as two logits): fitted on logits
+  that chose nothing and applied only when val images it was not fitted on confirm a lower log loss. A class
+  with too few positive (or negative) val images to check one keeps T = 1. Thresholds are chosen after, on
+  the calibrated probabilities, so a bundle's thresholds are read against the probabilities it reports.
 - Set metrics: per-class precision, recall, F1 and support; micro and macro F1; subset accuracy (the whole set
   right); Hamming loss (the share of (image, class) pairs wrong).
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .calibration import CHECK_FOLDS as TEMPERATURE_FOLDS
+from .calibration import binary_logits, checked_temperature
 from .selection import ALPHA, BOOTSTRAP_DRAWS, Verdict
 
 CHECK_FOLDS = 5  # the folds of val a threshold is cross-fitted on when nothing else can choose it
@@ -169,7 +176,43 @@ def _cross_fitted(scores: np.ndarray, targets: np.ndarray, seed: int, folds: int
     return predicted
 
 
+# ---------------------------------------------------------------- calibration, a class at a time
+
+def checked_class_temperatures(logits: np.ndarray, targets: np.ndarray, classes: list[str], seed: int = 0,
+                               fit_on: dict | None = None) -> dict:
+    """Each class's temperature and why (``checked_temperature`` on that class's sigmoid; ``fit_on``:
+    ``{"logits", "targets"}`` out of fold); ``temperatures`` holds 1 where none was confirmed."""
+    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets).astype(int)
+    rows = []
+    for c, name in enumerate(classes):
+        fit = None if fit_on is None else {"logits": binary_logits(np.asarray(fit_on["logits"])[:, c]),
+                                           "labels": np.asarray(fit_on["targets"]).astype(int)[:, c]}
+        rows.append({"class": name, **_class_temperature(logits[:, c], targets[:, c], seed, fit)})
+    return {"temperatures": [r["temperature"] for r in rows], "classes": rows,
+            "applied": sum(r["applied"] for r in rows)}
+
+
+def _class_temperature(z: np.ndarray, y: np.ndarray, seed: int, fit: dict | None) -> dict:
+    """One class's checked temperature; T = 1 when val holds fewer positives or negatives than the check
+    needs: on a class all of whose val images are right the log loss only falls as T -> 0, and a T so fitted
+    would make the first test mistake cost dozens of nats."""
+    fewest = int(min(y.sum(), len(y) - y.sum()))
+    needed = 1 if fit is not None else TEMPERATURE_FOLDS
+    if fewest < needed:
+        return {"temperature": 1.0, "fitted": None, "applied": False, "held_out_gain": None,
+                "why": f"{fewest} val images on one side of this class (it needs {needed}) are too few to check a "
+                       f"temperature on"}
+    check = checked_temperature(binary_logits(z), y, seed, fit)
+    return {k: check[k] for k in ("temperature", "fitted", "applied", "held_out_gain", "why")}
+
+
 # ---------------------------------------------------------------- the metrics of a labelled split
+
+def log_loss(targets: np.ndarray, probs: np.ndarray) -> float:
+    """The mean binary cross-entropy over every (image, class) pair."""
+    y, p = np.asarray(targets).astype(bool), np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(-(y * np.log(p) + ~y * np.log(1 - p)).mean())
+
 
 def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, classes: list[str], thresholds) -> dict:
     """mAP (macro, micro), per-class AP/precision/recall/F1/support at ``thresholds``, micro and macro F1,
@@ -183,12 +226,11 @@ def multilabel_metrics(targets: np.ndarray, probs: np.ndarray, classes: list[str
     prec, rec, f1, support = precision_recall_fscore_support(y, predicted, average=None, zero_division=0)
     averaged = {avg: precision_recall_fscore_support(y, predicted, average=avg, zero_division=0)[:3]
                 for avg in ("micro", "macro")}
-    clipped = np.clip(p, 1e-7, 1 - 1e-7)
     return {"n": int(len(y)), "multi_label": True, "classes": list(classes),
             "mAP": mean_ap(y, p), "micro_mAP": micro_ap(y, p),
             "subset_accuracy": float((predicted == y).all(1).mean()),
             "hamming_loss": float((predicted != y).mean()),
-            "log_loss": float(-(y * np.log(clipped) + ~y * np.log(1 - clipped)).mean()),
+            "log_loss": log_loss(y, p),
             "micro_avg": dict(zip(("precision", "recall", "f1"), map(float, averaged["micro"]))),
             "macro_avg": dict(zip(("precision", "recall", "f1"), map(float, averaged["macro"]))),
             "per_class": [{"class": c, "ap": None if np.isnan(ap[i]) else float(ap[i]),

@@ -1,5 +1,6 @@
 """Scores and decisions of multi-label models (oculi/multilabel.py): AP, mAP and the set metrics against
-scikit-learn's, the threshold rule, the mAP comparison that keeps an epoch, and the loss."""
+scikit-learn's, the threshold rule, each class's checked temperature, the mAP comparison that keeps an epoch, and
+the loss."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
-from oculi.multilabel import (DEFAULT_THRESHOLD, average_precisions, best_f1_threshold, checked_thresholds,
-                              compare_map, f1_at, map_bootstrap_p, mean_ap, micro_ap, multilabel_metrics)
+from oculi.calibration import binary_logits, checked_temperature
+from oculi.multilabel import (DEFAULT_THRESHOLD, average_precisions, best_f1_threshold, checked_class_temperatures,
+                              checked_thresholds, compare_map, f1_at, log_loss, map_bootstrap_p, mean_ap, micro_ap,
+                              multilabel_metrics)
 from oculi.training.loop import LoopSettings, loss_fn
 
 
@@ -103,3 +106,44 @@ def test_the_multilabel_loss_is_binary_cross_entropy_of_every_class_with_smoothi
     assert loss_fn(logits, targets, smooth) == pytest.approx(float(soft))
     weighted = LoopSettings(**{**plain.__dict__, "class_weights": torch.tensor([3.0, 1.0, 1.0])})
     assert loss_fn(logits, targets, weighted) > loss_fn(logits, targets, plain)
+
+
+def overconfident_logits(rng, n: int, scale: float, flip: float = 0.1):
+    """Labels drawn from sigmoid(z) (so that T = 1 is right for z), and logits ``scale`` times too large."""
+    z = rng.normal(0, 2.5, n)
+    y = rng.random(n) < 1 / (1 + np.exp(-z))
+    return z * scale, y
+
+
+def test_each_class_gets_its_own_temperature_when_held_out_val_images_confirm_it():
+    rng = np.random.default_rng(0)
+    z0, y0 = overconfident_logits(rng, 600, 4.0)  # 4 times too sure: its temperature should be near 4
+    z1, y1 = overconfident_logits(rng, 600, 1.0)  # already calibrated
+    z2 = rng.normal(-6, 1, 600)  # a class with 3 positives in val: too few to check a temperature on
+    y2 = np.zeros(600, dtype=bool)
+    y2[:3] = True
+    checked = checked_class_temperatures(np.stack([z0, z1, z2], 1), np.stack([y0, y1, y2], 1), ["sure", "fine", "rare"])
+    sure, fine, rare = checked["classes"]
+    assert sure["applied"] and 3.0 < sure["temperature"] < 5.5 and sure["held_out_gain"] > 0
+    assert 0.7 < fine["fitted"] < 1.4  # a calibrated class fits near 1 (applied or not)
+    assert not rare["applied"] and rare["temperature"] == 1.0 and "too few" in rare["why"]
+    assert checked["temperatures"] == [r["temperature"] for r in checked["classes"]]
+    # each class's rule is the one-label model's, on the class read as two logits
+    one = checked_temperature(binary_logits(z0), y0.astype(int))
+    assert sure["temperature"] == pytest.approx(one["temperature"])
+
+
+def test_class_temperatures_fitted_out_of_fold_are_checked_on_val():
+    rng = np.random.default_rng(1)
+    z, y = overconfident_logits(rng, 800, 3.0)
+    fit = {"logits": z[:600, None], "targets": y[:600, None]}
+    checked = checked_class_temperatures(z[600:, None], y[600:, None], ["c"], fit_on=fit)
+    row = checked["classes"][0]
+    assert row["applied"] and "out-of-fold" in row["why"] and 2.0 < row["temperature"] < 4.5
+
+
+def test_the_log_loss_of_label_sets_is_mean_binary_cross_entropy():
+    y, p = random_set(3)
+    expected = -np.mean(y * np.log(p.clip(1e-7, 1 - 1e-7)) + ~y * np.log(1 - p.clip(1e-7, 1 - 1e-7)))
+    assert log_loss(y, p) == pytest.approx(expected)
+    assert multilabel_metrics(y, p, list("abcd"), [0.5] * 4)["log_loss"] == pytest.approx(expected)

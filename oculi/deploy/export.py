@@ -133,11 +133,14 @@ class ProbabilityGraph(nn.Module):
     class logits at T = 1: higher = less like the training images)."""
 
     def __init__(self, model: nn.Module, preprocessing, head: str, temperature: float = 1.0,
-                 thresholds: list[float] | None = None):
+                 thresholds: list[float] | None = None, class_temperatures: tuple[float, ...] | None = None):
         super().__init__()
         self.model, self.preprocessing, self.head, self.temperature = model, preprocessing, head, temperature
         # A multi-label graph also answers with each image's label set: 1 where a class reaches its threshold.
         self.register_buffer("thresholds", None if thresholds is None else torch.tensor(thresholds))
+        # ...and may divide each class's logit by its own temperature (float32, as the probabilities are).
+        self.register_buffer("class_temperatures", None if class_temperatures is None else
+                             torch.tensor(class_temperatures, dtype=torch.float32))
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -146,7 +149,8 @@ class ProbabilityGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.preprocessing.normalize(images)
         logits = tta_logits(self.model, x.to(next(self.model.parameters()).dtype), self.preprocessing.tta).float()
-        probs = logits_to_probs(logits / self.temperature, self.head)  # float32 whatever the network's precision
+        divisor = self.temperature if self.class_temperatures is None else self.class_temperatures
+        probs = logits_to_probs(logits / divisor, self.head)  # float32 whatever the network's precision
         energy = -stable_logsumexp(head_class_logits(logits, self.head))
         if self.thresholds is None:
             return probs, energy
@@ -170,8 +174,9 @@ def probability_graph(classifier, half: bool = False) -> ProbabilityGraph:
                          f"exported graph cannot do for its consumers")
     model = copy.deepcopy(classifier.model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     model = model.half() if half else model
-    return ProbabilityGraph(model, pre, classifier.head, classifier.calibration.temperature,
-                            classifier.thresholds).eval()
+    c = classifier.calibration
+    return ProbabilityGraph(model, pre, classifier.head, c.temperature, classifier.thresholds,
+                            c.class_temperatures).eval()
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, thresholds=None) -> dict:

@@ -94,7 +94,7 @@ class Classifier(Answering):
         logits = class_logits(predict_logits(self.model, batch, self.preprocessing, self.device, batch_size).numpy(),
                               self.head)
         if self.head == "multilabel":  # independent classes: a sigmoid each (energy of the same logits)
-            return sigmoid(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
+            return sigmoid(logits, self.calibration.divisor).astype(np.float32), energy_score(logits)
         # Energy at T = 1, as Liu et al. define it: the temperature only sharpens or softens every row alike.
         return softmax(logits, self.calibration.temperature).astype(np.float32), energy_score(logits)
 

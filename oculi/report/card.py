@@ -143,8 +143,9 @@ def _set_results(run: RunFiles) -> str:
 
 
 def _thresholds(run: RunFiles) -> str:
-    from .label_sets import threshold_words
-    return "## Thresholds\n\n" + threshold_words(run.metrics.get("thresholds") or {})
+    from .label_sets import calibration_words, threshold_words
+    return ("## Thresholds and calibration\n\n" + threshold_words(run.metrics.get("thresholds") or {}) + "\n\n"
+            + calibration_words(run.metrics.get("calibration"), run.metrics["split"]))
 
 
 def _trust(run: RunFiles) -> str:

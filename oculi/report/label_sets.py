@@ -39,6 +39,7 @@ def label_set_metrics_section(run, classifier, images) -> Section:
         f"on {m['subset_accuracy']:.2%}, Hamming loss {m['hamming_loss']:.4f} (the share of image-label pairs "
         f"wrong).")
     body += paragraph(threshold_words(m.get("thresholds") or {}))
+    body += paragraph(calibration_words(m.get("calibration"), m["split"]))
     rows = [[c["class"], "-" if c["ap"] is None else f"{c['ap']:.3f}", f"{c['threshold']:.2f}",
              f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
             for c in m["per_class"]]
@@ -60,6 +61,21 @@ def threshold_words(chosen: dict) -> str:
             f"(fitted on {chosen['fitted_on']}) is significantly better on {chosen['checked_on']}. "
             + (f"Moved: {detail}." if moved else "None moved: no class's fitted threshold beat 0.5 by more than "
                "the val images can resolve."))
+
+
+def calibration_words(c: dict | None, split: str) -> str:
+    """What each class's temperature did, from test_metrics.json's ``calibration`` (a run from before it: none)."""
+    if not c:
+        return "Probabilities are the raw sigmoids (this run chose no temperatures)."
+    if not c.get("classes"):
+        return f"Probabilities are the raw sigmoids ({c.get('why', 'not calibrated')})."
+    applied = [r for r in c["classes"] if r["applied"]]
+    detail = "; ".join(f"{r['class']} T = {r['temperature']:.2f}" for r in applied[:8])
+    return (f"Each class's sigmoid may take its own temperature, fitted on logits that chose nothing and kept "
+            f"only when val images it was not fitted on confirm a lower log loss: {len(applied)} of "
+            f"{len(c['classes'])} classes kept one" + (f" ({detail})" if applied else "") + f". {split} log loss "
+            f"(mean binary cross-entropy) {c['log_loss_before']:.4f} raw, {c['log_loss_after']:.4f} as answered. "
+            f"The thresholds were chosen after, on the calibrated probabilities.")
 
 
 def _pr_figure(run) -> str:

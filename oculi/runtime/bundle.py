@@ -51,7 +51,7 @@ KEY_ENV = "OCULI_BUNDLE_KEY"
 MODEL_FIELDS = ("name", "num_classes", "in_chans", "image_size", "head", "classifier")
 # flip_tta: how bundles from before --tta flip-shift stored test-time flips (Preprocessing.from_dict reads it).
 PREPROCESSING_FIELDS = ("image_size", "channels", "resize", "mean", "std", "tta", "filter", "flip_tta")
-CALIBRATION_FIELDS = ("temperature", "abstain_threshold")
+CALIBRATION_FIELDS = ("temperature", "abstain_threshold", "class_temperatures")
 MAX_CLASSES = 1_000_000  # far above any real task; only bounds what a damaged file can ask to allocate
 
 
@@ -220,7 +220,23 @@ def bundle_calibration(meta: dict, meta_path: Path | str = "the bundle") -> Cali
     threshold = section.get("abstain_threshold", "", None)
     if threshold is not None:
         threshold = section.number("abstain_threshold", 0, 1)
-    return Calibration(float(temperature), threshold if threshold is None else float(threshold))
+    return Calibration(float(temperature), threshold if threshold is None else float(threshold),
+                       _class_temperatures(section, meta))
+
+
+def _class_temperatures(section: "_Fields", meta: dict) -> tuple[float, ...] | None:
+    """``calibration.class_temperatures``: a multi-label bundle's temperature for each class (optional; one
+    from before they existed divides by 1); refused with any other head."""
+    value = section.get("class_temperatures", "", None)
+    if value is None:
+        return None
+    if (meta.get("model") or {}).get("head") != "multilabel":
+        section.fail("class_temperatures", "belongs to a multilabel head only")
+    n = len(meta.get("classes") or ())
+    if not (isinstance(value, list) and len(value) == n and all(type(v) in (int, float) and 1e-3 <= v <= 1e3
+                                                                for v in value)):
+        section.wrong("class_temperatures", value, f"a list of {n} numbers from 0.001 to 1000")
+    return tuple(float(v) for v in value)
 
 
 def bundle_thresholds(meta: dict, meta_path: Path | str = "the bundle") -> list[float] | None:

@@ -112,6 +112,42 @@ def test_evaluate_reproduces_the_test_map_from_the_run_and_from_the_table(label_
     assert whole["n"] == 240 and whole["multi_label"]
 
 
+def test_each_class_is_calibrated_and_predict_answers_with_the_calibrated_probabilities(label_run):
+    result, table = label_run
+    run = result.run_dir
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    c = metrics["calibration"]
+    assert [r["class"] for r in c["classes"]] == ["blue", "green", "red"]
+    assert c["log_loss_after"] == pytest.approx(metrics["log_loss"])
+    # a temperature is kept only where held-out val images confirmed it, and then it lowered the test log loss
+    # of these easy colours (label smoothing leaves the raw sigmoids far from 0 and 1)
+    assert all(r["applied"] == (r["held_out_gain"] is not None and r["held_out_gain"] > 0) for r in c["classes"])
+    kept = json.loads((run / "model.json").read_text())["calibration"]
+    if c["applied"]:
+        assert kept["class_temperatures"] == c["temperatures"] and c["log_loss_after"] < c["log_loss_before"]
+        export = json.loads((run / "model.onnx.json").read_text())
+        assert export["calibration"]["class_temperatures"] == c["temperatures"]
+    # predict gives the probabilities the test metrics were computed from
+    rows = list(csv.DictReader(open(run / "test_predictions.csv")))[:6]
+    answers = oculi.load(run).predict([str(table.parent / r["path"]) for r in rows], top_k=3)
+    for row, answer in zip(rows, answers):
+        got = {k["label"]: k["probability"] for k in answer.to_dict()["top_k"]}
+        assert all(got[name] == pytest.approx(float(row[f"p_{name}"]), abs=1e-4) for name in COLOURS)
+
+
+def test_a_bundle_with_wrong_class_temperatures_is_refused_by_name(label_run, tmp_path):
+    result, _ = label_run
+    meta = json.loads((result.run_dir / "model.json").read_text())
+    for bad in ([1.0, 1.0], [1.0, 0.0, 1.0], "2"):
+        with pytest.raises(BundleError, match="class_temperatures"):
+            check_meta({**meta, "calibration": {**meta["calibration"], "class_temperatures": bad}}, tmp_path / "m")
+    one_label = {**meta, "model": {**meta["model"], "head": "softmax"}, "calibration": {
+        "temperature": 1.0, "abstain_threshold": None, "class_temperatures": [1.0, 1.0, 1.0]}}
+    one_label.pop("thresholds")
+    with pytest.raises(BundleError, match="class_temperatures belongs to a multilabel head only"):
+        check_meta(one_label, tmp_path / "m")
+
+
 def test_a_bundle_with_wrong_thresholds_is_refused_by_name(label_run, tmp_path):
     result, _ = label_run
     meta = json.loads((result.run_dir / "model.json").read_text())
