@@ -225,7 +225,8 @@ class TrainConfig:
     abstain_threshold: float | None = setting(None, "Answer 'unknown' below this calibrated confidence (predict, "
                                               "evaluate, serve); kept in the bundle.", low=0, high=1)
     target_precision: float | None = setting(None, "Choose --abstain-threshold on the val images: the lowest "
-                                             "confidence whose answers are right this often (e.g. 0.99).",
+                                             "confidence whose answers are right this often (e.g. 0.99); with "
+                                             "label sets, each class's threshold so.",
                                              low=0, high=1, excluded="low")
     drop_leaks: bool = setting(False, "Leave out of val/test the images that copy a training image (exactly or "
                                "nearly; see `oculi check`).")

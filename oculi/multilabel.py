@@ -125,6 +125,28 @@ def best_f1_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
     return float((s[k] + below) / 2)
 
 
+def precision_threshold(targets: np.ndarray, scores: np.ndarray, target: float) -> float | None:
+    """The lowest threshold whose answers on these images are right at least ``target`` of the time (the
+    most recall at that precision), midway to the next score as ``best_f1_threshold``; None when none is."""
+    targets = np.asarray(targets, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], targets[order]
+    precision = np.cumsum(t) / np.arange(1, len(s) + 1)
+    distinct = np.append(s[1:] != s[:-1], True)
+    reach = np.flatnonzero(distinct & (precision >= target))
+    if not len(reach):
+        return None
+    k = int(reach[-1])
+    below = s[k + 1] if k + 1 < len(s) else 0.0
+    return float((s[k] + below) / 2)
+
+
+def precision_at(targets: np.ndarray, predicted: np.ndarray) -> float | None:
+    """The share of one class's answers that are right (None when it answers none)."""
+    answered = int(predicted.sum())
+    return float((predicted & targets).sum() / answered) if answered else None
+
+
 def f1_bootstrap_p(targets, a_predicted, b_predicted, seed: int = 0, draws: int = BOOTSTRAP_DRAWS) -> float:
     """One-sided paired bootstrap p-value of "A's F1 is higher than B's" on one class's 0/1 predictions."""
     y, a, b = (np.asarray(x, dtype=bool) for x in (targets, a_predicted, b_predicted))
@@ -138,19 +160,18 @@ def f1_bootstrap_p(targets, a_predicted, b_predicted, seed: int = 0, draws: int 
 
 
 def checked_thresholds(probs: np.ndarray, targets: np.ndarray, classes: list[str], seed: int = 0,
-                       fit_on: dict | None = None, folds: int = CHECK_FOLDS) -> dict:
+                       fit_on: dict | None = None, folds: int = CHECK_FOLDS,
+                       target_precision: float | None = None) -> dict:
     """Each class's threshold and why: F1-optimal on ``fit_on`` (``{"probs", "targets"}``, out-of-fold) and
     checked on val, or cross-fitted on val's folds and checked on the fold each was not fitted on; applied
-    when the checked F1 is significantly above 0.5's (paired bootstrap, p < ALPHA), else 0.5."""
+    when the checked F1 is significantly above 0.5's (paired bootstrap, p < ALPHA), else 0.5. With
+    ``target_precision``: ``precision_thresholds`` instead."""
+    if target_precision is not None:
+        return precision_thresholds(probs, targets, classes, target_precision, seed, fit_on, folds)
     probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
     rows = []
     for c, name in enumerate(classes):
-        if fit_on is not None:
-            fitted = best_f1_threshold(fit_on["targets"][:, c], np.asarray(fit_on["probs"])[:, c])
-            held = probs[:, c] >= fitted
-        else:
-            fitted, held = best_f1_threshold(targets[:, c], probs[:, c]), _cross_fitted(probs[:, c], targets[:, c],
-                                                                                       seed, folds)
+        fitted, held = _fitted_and_held(probs[:, c], targets[:, c], fit_on, c, best_f1_threshold, seed, folds)
         plain = probs[:, c] >= DEFAULT_THRESHOLD
         f1_held, f1_plain = f1_at(targets[:, c], held), f1_at(targets[:, c], plain)
         p = f1_bootstrap_p(targets[:, c], held, plain, seed) if f1_held > f1_plain else 1.0
@@ -162,17 +183,52 @@ def checked_thresholds(probs: np.ndarray, targets: np.ndarray, classes: list[str
             "checked_on": f"the {len(targets)} val images" if fit_on is not None else "the val fold each was not fitted on"}
 
 
-def _cross_fitted(scores: np.ndarray, targets: np.ndarray, seed: int, folds: int) -> np.ndarray:
-    """Each val image's 0/1 prediction at the threshold fitted on the other folds (positives dealt round the
-    folds evenly, so that each fold's threshold sees positives)."""
+def precision_thresholds(probs: np.ndarray, targets: np.ndarray, classes: list[str], target: float, seed: int = 0,
+                         fit_on: dict | None = None, folds: int = CHECK_FOLDS) -> dict:
+    """Each class's lowest threshold whose answers are right ``target`` of the time (``--target-precision``),
+    fitted as ``checked_thresholds`` fits (``fit_on``, else val's other folds), with the precision it held on
+    images it was not fitted on; a class that reaches ``target`` at no threshold keeps 0.5, said so."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets).astype(bool)
+    rows = []
+    for c, name in enumerate(classes):
+        fit = lambda y, p: precision_threshold(y, p, target)  # noqa: E731 - the rule, one class at a time
+        fitted, held = _fitted_and_held(probs[:, c], targets[:, c], fit_on, c, fit, seed, folds)
+        checked = precision_at(targets[:, c], held)
+        rows.append({"class": name, "threshold": DEFAULT_THRESHOLD if fitted is None else fitted, "fitted": fitted,
+                     "applied": fitted is not None, "precision_checked": checked,
+                     "recall_checked": recall_at(targets[:, c], held), "target_met": checked is not None
+                     and checked >= target})
+    return {"thresholds": [r["threshold"] for r in rows], "classes": rows, "target_precision": target,
+            "fitted_on": "train (out of fold)" if fit_on is not None else "val (cross-fitted)",
+            "checked_on": f"the {len(targets)} val images" if fit_on is not None else "the val fold each was not fitted on"}
+
+
+def recall_at(targets: np.ndarray, predicted: np.ndarray) -> float | None:
+    """The share of one class's positives answered (None without a positive)."""
+    positives = int(targets.sum())
+    return float((predicted & targets).sum() / positives) if positives else None
+
+
+def _fitted_and_held(scores, targets, fit_on: dict | None, c: int, fit, seed: int, folds: int):
+    """A class's threshold by ``fit(targets, scores)`` (on ``fit_on``'s column ``c`` when given, else on all
+    of val) and val's 0/1 answers at thresholds that did not see them (``fit_on``'s, or the other folds')."""
+    if fit_on is not None:
+        fitted = fit(np.asarray(fit_on["targets"])[:, c].astype(bool), np.asarray(fit_on["probs"])[:, c])
+        return fitted, scores >= (np.inf if fitted is None else fitted)
+    return fit(targets, scores), _cross_fitted(scores, targets, seed, folds, fit)
+
+
+def _cross_fitted(scores: np.ndarray, targets: np.ndarray, seed: int, folds: int, fit=best_f1_threshold) -> np.ndarray:
+    """Each val image's 0/1 prediction at the threshold ``fit`` gives on the other folds (positives dealt round
+    the folds evenly, so that each fold's threshold sees positives; a fold whose threshold is None answers no)."""
     rng, fold = np.random.default_rng(seed), np.empty(len(targets), dtype=int)
     for group in (np.flatnonzero(targets), np.flatnonzero(~targets)):
         fold[rng.permutation(group)] = np.arange(len(group)) % folds
     predicted = np.zeros(len(targets), dtype=bool)
     for k in range(folds):
         held = fold == k
-        t = best_f1_threshold(targets[~held], scores[~held]) if (~held).any() else DEFAULT_THRESHOLD
-        predicted[held] = scores[held] >= t
+        t = fit(targets[~held], scores[~held]) if (~held).any() else DEFAULT_THRESHOLD
+        predicted[held] = scores[held] >= (np.inf if t is None else t)
     return predicted
 
 

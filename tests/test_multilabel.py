@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 from oculi.calibration import binary_logits, checked_temperature
 from oculi.multilabel import (DEFAULT_THRESHOLD, average_precisions, best_f1_threshold, checked_class_temperatures,
                               checked_thresholds, compare_map, f1_at, log_loss, map_bootstrap_p, mean_ap, micro_ap,
-                              multilabel_metrics)
+                              multilabel_metrics, precision_at, precision_threshold)
 from oculi.training.loop import LoopSettings, loss_fn
 
 
@@ -147,3 +147,33 @@ def test_the_log_loss_of_label_sets_is_mean_binary_cross_entropy():
     expected = -np.mean(y * np.log(p.clip(1e-7, 1 - 1e-7)) + ~y * np.log(1 - p.clip(1e-7, 1 - 1e-7)))
     assert log_loss(y, p) == pytest.approx(expected)
     assert multilabel_metrics(y, p, list("abcd"), [0.5] * 4)["log_loss"] == pytest.approx(expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([0.6, 0.8, 0.95]))
+def test_the_precision_threshold_is_the_lowest_cut_that_reaches_the_target(seed, target):
+    rng = np.random.default_rng(seed)
+    y = rng.random(60) < 0.4
+    s = np.round(np.clip(0.3 * y + rng.random(60) * 0.7, 0, 1), 2)  # ties on purpose
+    t = precision_threshold(y, s, target)
+    cuts = [c for c in np.unique(s) if (s >= c).sum() and (y & (s >= c)).sum() / (s >= c).sum() >= target]
+    if not cuts:
+        assert t is None
+        return
+    lowest = min(cuts)
+    assert (s >= t).sum() == (s >= lowest).sum()  # the same answers as the lowest reaching cut
+    assert precision_at(y, s >= t) >= target
+
+
+def test_target_precision_thresholds_say_what_they_held_where_they_were_not_fitted():
+    rng = np.random.default_rng(8)
+    n = 500
+    y = rng.random((n, 2)) < 0.4
+    p = np.stack([np.clip(0.5 * y[:, 0] + rng.random(n) * 0.6, 0, 1),  # separable enough for 90% precision
+                  rng.random(n)], 1)  # noise: 90% is out of reach
+    chosen = checked_thresholds(p, y, ["seen", "noise"], target_precision=0.9)
+    seen, noise = chosen["classes"]
+    assert chosen["target_precision"] == 0.9 and seen["applied"] and seen["precision_checked"] > 0.8
+    assert seen["threshold"] == precision_threshold(y[:, 0], p[:, 0], 0.9)
+    assert not noise["target_met"]
+    assert noise["fitted"] is None or noise["precision_checked"] is None or noise["precision_checked"] < 0.9

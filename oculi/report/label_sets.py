@@ -54,6 +54,8 @@ def threshold_words(chosen: dict) -> str:
     rows = chosen.get("classes") or []
     if not rows:
         return "Every class answers at probability 0.5 (no val images to choose thresholds on)."
+    if chosen.get("target_precision") is not None:
+        return precision_threshold_words(chosen)
     moved = [r for r in rows if r["applied"]]
     detail = "; ".join(f"{r['class']} {r['threshold']:.2f} (F1 {r['f1_checked']:.3f} against {r['f1_at_half']:.3f} "
                        f"at 0.5, p = {r['p_value']:.2g})" for r in moved)
@@ -61,6 +63,20 @@ def threshold_words(chosen: dict) -> str:
             f"(fitted on {chosen['fitted_on']}) is significantly better on {chosen['checked_on']}. "
             + (f"Moved: {detail}." if moved else "None moved: no class's fitted threshold beat 0.5 by more than "
                "the val images can resolve."))
+
+
+def precision_threshold_words(chosen: dict) -> str:
+    """How --target-precision set each class's threshold, and the precision held where it was not fitted."""
+    target = chosen["target_precision"]
+
+    def held(r: dict) -> str:
+        if r["fitted"] is None:
+            return f"{r['class']} 0.50 (no threshold reaches it)"
+        shown = "no answer" if r["precision_checked"] is None else f"{r['precision_checked']:.1%}"
+        return f"{r['class']} {r['threshold']:.2f} ({shown}{'' if r['target_met'] else ', short of the target'})"
+    return (f"Each class answers at the lowest threshold whose answers were right {target:.0%} of the time on "
+            f"{chosen['fitted_on']} (--target-precision); the precision each held on {chosen['checked_on']}: "
+            + "; ".join(held(r) for r in chosen["classes"]) + ".")
 
 
 def calibration_words(c: dict | None, split: str) -> str:

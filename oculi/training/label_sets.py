@@ -31,7 +31,7 @@ def finish_label_sets(model, ctx: RunContext, state: LoopState, class_logits, ke
     val_probs = None if val_logits is None else sigmoid(val_logits, np.asarray(divisor))
     fit_probs = None if fit_on is None else {"probs": sigmoid(fit_on["logits"], np.asarray(divisor)),
                                              "targets": fit_on["labels"]}
-    chosen = _thresholds(val_probs, val.labels.numpy(), source.classes, plan.config.seed, fit_probs, reporter)
+    chosen = _thresholds(val_probs, val.labels.numpy(), source.classes, plan.config, fit_probs, reporter)
     if val_probs is not None:
         kept = {**kept, "val_images": len(val), "val_mAP": multilabel_metrics(
             val.labels.numpy(), val_probs, source.classes, chosen["thresholds"])["mAP"]}
@@ -59,13 +59,20 @@ def _calibration(logits, targets, classes: list[str], cfg, fit_on: dict | None) 
     return checked_class_temperatures(logits, targets, classes, cfg.seed, fit)
 
 
-def _thresholds(probs, targets, classes: list[str], seed: int, fit_on: dict | None, reporter) -> dict:
+def _thresholds(probs, targets, classes: list[str], cfg, fit_on: dict | None, reporter) -> dict:
     """``multilabel.checked_thresholds`` on val's calibrated probabilities (fitted on ``fit_on``'s when a
-    features head was kept); 0.5 for every class, said so, without val images."""
+    features head was kept; to ``--target-precision`` when given); 0.5 for every class, said so, without val
+    images."""
     if probs is None:
         reporter.warn("no val images: every class's threshold stays 0.5")
         return {"thresholds": [DEFAULT_THRESHOLD] * len(classes), "classes": [], "fitted_on": None}
-    return checked_thresholds(probs, targets, classes, seed, fit_on)
+    chosen = checked_thresholds(probs, targets, classes, cfg.seed, fit_on, target_precision=cfg.target_precision)
+    missed = [r["class"] for r in chosen["classes"] if not r.get("target_met", True)]
+    if missed:
+        reporter.warn(f"--target-precision {cfg.target_precision:g}: not held on val images the threshold did not "
+                      f"see for {', '.join(missed[:8])}" + (" (no threshold reaches it: 0.5 kept)" if any(
+                          r["fitted"] is None for r in chosen["classes"]) else ""))
+    return chosen
 
 
 def _evaluate(model, ctx: RunContext, class_logits, chosen: dict, kept: dict, calibration: dict) -> dict | None:
@@ -109,7 +116,13 @@ def _summary(metrics: dict | None, state: LoopState) -> dict:
 
 def _say(metrics: dict | None, chosen: dict, kept: dict, run_dir, reporter) -> None:
     moved = [r for r in chosen.get("classes", []) if r["applied"]]
-    if chosen.get("fitted_on"):
+    if chosen.get("target_precision") is not None:
+        reporter.info(f"[bold]thresholds[/bold] for precision {chosen['target_precision']:g} (fitted on "
+                      f"{chosen['fitted_on']}, checked on {chosen['checked_on']}): " + "; ".join(
+                          f"{r['class']} {r['threshold']:.2f}" + ("" if r["precision_checked"] is None else
+                                                                  f" ({r['precision_checked']:.1%})")
+                          for r in chosen["classes"][:8]))
+    elif chosen.get("fitted_on"):
         reporter.info(f"[bold]thresholds[/bold] {len(moved)} of {len(chosen['thresholds'])} classes moved from 0.5 "
                       f"(F1-optimal on {chosen['fitted_on']}, kept when {chosen['checked_on']} confirm it)"
                       + ("".join(f"; {r['class']} {r['threshold']:.2f}" for r in moved[:5])))
