@@ -191,6 +191,10 @@ def decoded_frames(source: VideoSource, sampling: Sampling, every_frame: bool
     """The stream's StreamInfo, then its frames (the sampled ones, or all with ``every_frame``) with ``Decoded``
     counts in between, then an ``End``. Decoding errors end the stream there; errors opening it raise."""
     av = _av()
+    # A converter made here, not the one PyAV keeps for each thread: in a forked child that one is the
+    # parent's, and its swscale worker threads did not survive the fork (PyAV 18.1.1: the first frame of a
+    # child forked from a process that had decoded a video waited for them forever).
+    to_rgb = av.video.reformatter.VideoReformatter()
     with _opened(source) as container:
         stream = _video_stream(container, source)
         stream.thread_type = "AUTO"  # FFmpeg decodes frames in parallel: a video is the slow part here
@@ -204,7 +208,7 @@ def decoded_frames(source: VideoSource, sampling: Sampling, every_frame: bool
                 time = seconds - start  # a stream may start at any time (an MPEG-TS at 1.4 s)
                 sampled = take(count, time)
                 if sampled or every_frame:
-                    yield Frame(count, time, frame.to_ndarray(format="rgb24"), sampled)
+                    yield Frame(count, time, to_rgb.reformat(frame, format="rgb24").to_ndarray(), sampled)
                 count += 1
                 if not (sampled or every_frame):
                     yield Decoded(count, time)  # a few bytes: the parent always knows how far decoding went

@@ -104,10 +104,19 @@ def test_a_frame_is_predicted_as_the_same_frame_saved_as_a_png(run_dir, clip, tm
             pytest.approx([p["probability"] for p in as_file["top_k"]], abs=1e-5)
 
 
+def test_a_video_the_caller_decoded_first_is_predicted_in_its_child(run_dir, clip, capsys):
+    """The decoder child is a fork of this process: what PyAV left here (its per-thread converter, whose
+    swscale threads a fork does not copy) must not hang the child's first frame (it did with PyAV 18.1.1)."""
+    assert len(decoded(clip)) == FRAMES  # this process converts frames to RGB first
+    code, out, err = run_cli(capsys, "predict", run_dir, clip, "--every", "1", "--csv")
+    assert code == 0 and "timed out" not in err, err
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 3
+
+
 def test_out_writes_a_playable_copy_with_the_label_drawn(run_dir, clip, tmp_path, capsys):
     out_file = tmp_path / "labelled.mp4"
     code, out, err = run_cli(capsys, "predict", run_dir, clip, "--every", "0.5s", "--out", out_file, "--csv")
-    assert code == 0 and f"wrote {out_file}" in err
+    assert code == 0 and f"wrote {out_file}" in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["labelled.mp4"]  # no temporary file left beside it
     original, labelled = decoded(clip), decoded(out_file)
     assert len(labelled) == FRAMES and labelled[0].shape == original[0].shape
