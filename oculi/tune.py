@@ -2,7 +2,9 @@
 
 Stage 1 trains heads on cached backbone features (trials on one backbone and size share the cache, so they
 cost little), pruned by successive halving on their per-epoch val scores; stage 2 fine-tunes the best few
-with the budget left. Every trial is a normal run folder under ``OUT/trials``; ``OUT/tune.db`` (Optuna's
+with the budget left. A trial scores the val score of the epoch its run kept (the ``"kept": true`` row of its
+metrics.jsonl), by the metric the data's runs keep their epochs by (``search_metric``), the same for every
+trial. Every trial is a normal run folder under ``OUT/trials``; ``OUT/tune.db`` (Optuna's
 sqlite storage) makes a killed search go on where it stopped; ``OUT/tune.json`` lists every trial (failed
 and pruned ones too) with the best, and ``OUT/compare.html`` shows them all, score against time.
 """
@@ -21,6 +23,7 @@ from .console import Reporter
 from .errors import OculiError, first_line
 from .io import atomic_write_text
 from .rundir import RunDir
+from .training.loop import score_key
 
 # "auto": what `oculi train` picks for this data (288 px, 8 views on photos), so the default is in the space.
 IMAGE_SIZES = ("auto", 160, 192, 224)
@@ -55,11 +58,12 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     (out / "trials").mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget_s
     backbones = backbones or _available_backbones()
+    metric = search_metric(str(data), seed, options)
     study = _study(out, seed)
     if not study.trials:  # the default's head first: the search never ends below it
         study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
                              "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
-    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, options)
+    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, {**options, "select_by": metric})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
                    timeout=max(1.0, budget_s * (STAGE1_SHARE if finalists else 1.0)))
@@ -69,6 +73,15 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
             break
         search.finetune(trial, (deadline - time.monotonic()) / (len(best) - i))  # an equal share of what is left
     return _summarise(study, search, out, reporter)
+
+
+def search_metric(data: str, seed: int, options: dict) -> str:
+    """The select_by every trial keeps its epoch by and is scored by: ``options``' select_by, or what the data
+    calls for (accuracy; macro-f1 on imbalanced classes; map on label sets), pinned so that the scores compare."""
+    from .data.sources import open_configured
+    from .defaults import chosen_select_by
+    cfg = TrainConfig(data=data, seed=seed, **options)
+    return chosen_select_by(cfg.select_by, open_configured(cfg))
 
 
 def _study(out: Path, seed: int):
@@ -104,6 +117,7 @@ class Search:
     def __init__(self, data, out, seed, backbones, image_sizes, train_fn, reporter, options):
         self.data, self.out, self.seed, self.backbones = str(data), out, seed, backbones
         self.image_sizes, self.train_fn, self.reporter, self.options = image_sizes, train_fn, reporter, options
+        self.metric = options["select_by"]
         self.finetuned: list[dict] = []
 
     def objective(self, trial) -> float:
@@ -126,25 +140,28 @@ class Search:
         if not RunDir(folder).model_json.is_file():  # a finished one (before a kill) is not trained again
             started = time.monotonic()
             try:
-                run = self._train(trial.params, folder, mode="auto", seed=self.seed,
-                                  time_budget=max(10.0, seconds * 0.8))
-                row.update(value=val_score(run.history), seconds=time.monotonic() - started, state="COMPLETE")
+                self._train(trial.params, folder, mode="auto", seed=self.seed, time_budget=max(10.0, seconds * 0.8))
+                row.update(value=self.score(folder), seconds=time.monotonic() - started, state="COMPLETE")
             except Exception as err:  # noqa: BLE001 - a failed finalist is listed; the search keeps its best
                 row.update(state="FAIL", error=one_line(err), seconds=time.monotonic() - started)
         else:
-            row.update(value=_folder_score(folder), state="COMPLETE")
+            row.update(value=self.score(folder), state="COMPLETE")
         self.finetuned.append(row)
 
     def _run(self, trial, params: dict, folder: Path, **fixed) -> float:
         started = time.monotonic()
         try:
-            run = self._train(params, folder, reporter=PruningReporter(trial), **fixed)
+            self._train(params, folder, reporter=PruningReporter(trial, self.metric), **fixed)
+            return self.score(folder)
         except Exception as err:
             trial.set_user_attr("error", one_line(err))
             raise
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
-        return val_score(run.history)
+
+    def score(self, folder: Path) -> float:
+        """The trial's score: the val score of the epoch its run kept, by the search's metric."""
+        return kept_score(RunDir(folder).read_metrics_log(), self.metric)
 
     def _train(self, params: dict, folder: Path, reporter: Reporter | None = None, **fixed):
         chosen = {k: None if v == "auto" else v for k, v in params.items()}  # "auto": the setting's default
@@ -157,33 +174,31 @@ class Search:
 
 
 class PruningReporter(Reporter):
-    """Quiet, but reports each epoch's val score to the Optuna trial, which may stop it (TrialPruned)."""
+    """Quiet, but reports each epoch's val score (by ``metric``, a select_by) to the Optuna trial, which may
+    stop it (TrialPruned). Each epoch's, not the kept one's: the pruner compares trials step by step."""
 
-    def __init__(self, trial):
+    def __init__(self, trial, metric: str = "accuracy"):
         super().__init__(quiet=True)
-        self.trial, self.step = trial, 0
+        self.trial, self.step, self.key = trial, 0, score_key(metric)[0]
 
     def epoch(self, row: dict) -> None:
         import optuna
-        if row.get("val_acc") is None:
+        if row.get(self.key) is None:
             return
         self.step += 1  # counted over the run's phases, so that a step is never reported twice
-        self.trial.report(float(row["val_acc"]), self.step)
+        self.trial.report(float(row[self.key]), self.step)
         if self.trial.should_prune():
             raise optuna.TrialPruned()
 
 
-def val_score(history: list[dict]) -> float:
-    """The best val accuracy of the run's epochs (what its kept epoch is chosen by)."""
-    scores = [r["val_acc"] for r in history if r.get("val_acc") is not None]
-    if not scores:
-        raise OculiError("tune: the run has no val images to score it by; give --val-split")
-    return float(max(scores))
-
-
-def _folder_score(folder: Path) -> float | None:
-    rows = RunDir(folder).read_metrics_log()
-    return val_score(rows) if rows else None
+def kept_score(rows: list[dict], metric: str) -> float:
+    """The val score (``metric``, a select_by) of the epoch the run kept: its ``"kept": true`` row, which the
+    margin rule chose (the features head when no fine-tuned epoch beat it by enough), not its best epoch."""
+    key = score_key(metric)[0]
+    kept = next((r for r in rows if r.get("kept")), None)
+    if kept is None or kept.get(key) is None:
+        raise OculiError("tune: the run kept no epoch with a val score to score it by; give --val-split")
+    return float(kept[key])
 
 
 def one_line(err: BaseException) -> str:
@@ -211,16 +226,17 @@ def _summarise(study, search: Search, out: Path, reporter: Reporter) -> TuneResu
     finished = [r for r in rows if r["state"] == "COMPLETE" and r.get("value") is not None
                 and RunDir(Path(r["run"])).model_json.is_file()]
     best = max(finished, key=lambda r: r["value"], default=None)
-    summary = {"data": search.data, "best": best, "trials": rows}
+    metric = f"val {score_key(search.metric)[1]} of the kept epoch"
+    summary = {"data": search.data, "metric": metric, "best": best, "trials": rows}
     atomic_write_text(out / "tune.json", json.dumps(summary, indent=2, default=str) + "\n")
     if finished:
         from .report.compare import write_comparison
         write_comparison([r["run"] for r in finished], out / "compare.html")
-    _tell(reporter, rows, best, out)
+    _tell(reporter, rows, best, out, metric)
     return TuneResult(out, Path(best["run"]) if best else None, best["value"] if best else None, rows)
 
 
-def _tell(reporter: Reporter, rows: list[dict], best: dict | None, out: Path) -> None:
+def _tell(reporter: Reporter, rows: list[dict], best: dict | None, out: Path, metric: str) -> None:
     states = {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}}
     reporter.info(f"[bold]tune[/bold]   {len(rows)} trials ({', '.join(f'{n} {s.lower()}' for s, n in states.items())}); "
                   f"{out / 'tune.json'}, {out / 'compare.html'}")
@@ -230,5 +246,5 @@ def _tell(reporter: Reporter, rows: list[dict], best: dict | None, out: Path) ->
     if best is None:
         reporter.warn("tune: no trial finished")
         return
-    reporter.info(f"[bold]best[/bold]   {best['run']}: val accuracy {best['value']:.2%}; "
+    reporter.info(f"[bold]best[/bold]   {best['run']}: {metric} {best['value']:.2%}; "
                   f"predict with `oculi predict {best['run']} IMAGES`")

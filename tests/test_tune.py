@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 pytest.importorskip("optuna")
 
+from oculi.rundir import RunDir  # noqa: E402
 from oculi.tune import tune  # noqa: E402
 
 FAST = {"head_epochs": 5, "device": "cpu"}
 
 
-def fake_train(fail_on: set[int]):
-    """A train_fn that records each config and fails on the trials numbered in ``fail_on`` (no training)."""
+def fake_train(fail_on: set[int], rows=None):
+    """A train_fn that records each config and fails on the trials numbered in ``fail_on``; the others write
+    ``rows`` (default: one kept epoch, a better score each trial) as their metrics.jsonl (no training)."""
     seen = []
 
     def train(cfg, reporter):
         seen.append(cfg)
         if len(seen) - 1 in fail_on:
             raise RuntimeError("boom\nsecond line")
-        return SimpleNamespace(history=[{"val_acc": 0.5 + 0.01 * len(seen)}])
+        history = rows or [{"epoch": 1, "val_acc": 0.5 + 0.01 * len(seen), "kept": True}]
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        RunDir(Path(cfg.out)).write_metrics_log(history)
+        return SimpleNamespace(history=history)
     train.seen = seen
     return train
 
@@ -38,6 +44,23 @@ def test_a_failing_trial_is_listed_and_the_search_goes_on(tmp_path):
     assert (first.image_size, first.feature_views, first.classifier, first.head_lr) == (None, None, "linear", 1e-3)
     assert {c.out for c in train.seen} == {str(tmp_path / "t" / "trials" / f"{i:03d}") for i in range(4)}
     assert len(json.loads((tmp_path / "t" / "tune.json").read_text())["trials"]) == 4
+
+
+def test_a_trial_is_scored_by_the_epoch_its_run_kept_not_its_best(tmp_path):
+    rows = [{"epoch": 1, "val_acc": 0.9, "val_macro_f1": 0.8, "kept": False},  # best, not kept (no margin)
+            {"epoch": 2, "val_acc": 0.7, "val_macro_f1": 0.6, "kept": True}]
+    result = tune("digits", 60, tmp_path / "t", n_trials=1, finalists=0, train_fn=fake_train(set(), rows))
+    assert result.trials[0]["value"] == 0.7
+    summary = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert summary["metric"] == "val accuracy of the kept epoch"
+
+
+def test_a_search_scores_by_the_metric_its_runs_keep_epochs_by(tmp_path):
+    rows = [{"epoch": 1, "val_acc": 0.9, "val_macro_f1": 0.6, "kept": True}]
+    train = fake_train(set(), rows)
+    result = tune("digits", 60, tmp_path / "t", n_trials=1, finalists=0, train_fn=train, select_by="macro-f1")
+    assert result.trials[0]["value"] == 0.6 and train.seen[0].select_by == "macro-f1"
+    assert json.loads((tmp_path / "t" / "tune.json").read_text())["metric"] == "val macro-F1 of the kept epoch"
 
 
 def test_a_search_resumes_from_its_folder(tmp_path):
@@ -62,6 +85,14 @@ def test_trials_are_run_folders_in_one_compare_page(tmp_path, tiny_data):
     assert (result.best_run / "model.json").is_file()
     page = (tmp_path / "t" / "compare.html").read_text()
     assert "Score against time" in page and "finetune-" in page
+
+
+def test_the_pruner_hears_the_search_metric_of_every_epoch():
+    from oculi.tune import PruningReporter
+    reported = []
+    trial = SimpleNamespace(report=lambda value, step: reported.append((value, step)), should_prune=lambda: False)
+    PruningReporter(trial, "macro-f1").epoch({"val_acc": 0.9, "val_macro_f1": 0.4})
+    assert reported == [(0.4, 1)]
 
 
 def test_the_pruner_stops_a_trial_through_the_reporter():
