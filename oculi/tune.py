@@ -119,6 +119,9 @@ class Search:
         self.image_sizes, self.train_fn, self.reporter, self.options = image_sizes, train_fn, reporter, options
         self.metric = options["select_by"]
         self.finetuned: list[dict] = []
+        # The data's warnings (the check's duplicates and leaks, the folder's, skipped files), said by the first
+        # trial that meets them; the later trials, on the same data, record them in their folders only.
+        self.said: set[str] = set()
 
     def objective(self, trial) -> float:
         """Stage 1: a head on cached features, with the trial's settings."""
@@ -151,7 +154,7 @@ class Search:
     def _run(self, trial, params: dict, folder: Path, **fixed) -> float:
         started = time.monotonic()
         try:
-            self._train(params, folder, reporter=PruningReporter(trial, self.metric), **fixed)
+            self._train(params, folder, reporter=PruningReporter(trial, self.metric, self.said), **fixed)
             return self.score(folder)
         except Exception as err:
             trial.set_user_attr("error", one_line(err))
@@ -170,15 +173,15 @@ class Search:
         cfg = TrainConfig(data=self.data, out=str(folder), pretrained=True, report=False, export="none",
                           progress=False, **settings)
         self.reporter.info(f"[bold]trial[/bold]  {folder.name}: " + ", ".join(f"{k} {v}" for k, v in params.items()))
-        return self.train_fn(cfg, reporter or Reporter(quiet=True))
+        return self.train_fn(cfg, reporter or Reporter(quiet=True, said=self.said))
 
 
 class PruningReporter(Reporter):
     """Quiet, but reports each epoch's val score (by ``metric``, a select_by) to the Optuna trial, which may
     stop it (TrialPruned). Each epoch's, not the kept one's: the pruner compares trials step by step."""
 
-    def __init__(self, trial, metric: str = "accuracy"):
-        super().__init__(quiet=True)
+    def __init__(self, trial, metric: str = "accuracy", said: set[str] | None = None):
+        super().__init__(quiet=True, said=said)
         self.trial, self.step, self.key = trial, 0, score_key(metric)[0]
 
     def epoch(self, row: dict) -> None:

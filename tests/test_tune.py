@@ -121,3 +121,20 @@ def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(args, message,
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith(message), err
     assert list(tmp_path.iterdir()) == []  # no tune folder made
+
+
+def test_the_data_warnings_are_said_by_the_first_trial_only_and_kept_in_every_folder(tmp_path, capsys):
+    import shutil
+
+    from tests.conftest import make_class_folder
+    data = make_class_folder(tmp_path / "colours", per_class=12, classes=("red", "blue"), size=(32, 32))
+    shutil.copy(data / "red" / "img_00.png", data / "red" / "img_copy.png")  # a copy: a val/test leak, likely
+    tune(str(data), 300, tmp_path / "t", n_trials=2, finalists=0, image_sizes=(32,), **FAST)
+    err = capsys.readouterr().err
+    assert err.count("trial  ") == 2  # both trials ran and said they started
+    for trial in ("000", "001"):
+        run = RunDir(tmp_path / "t" / "trials" / trial)
+        warnings = run.read_json(run.check)["warnings"]
+        assert {w["kind"] for w in warnings} >= {"leaks", "few_test"}  # recorded by each trial's folder
+        for warning in warnings:
+            assert err.count(warning["message"]) == 1, warning  # said once, by the first trial
