@@ -4,7 +4,9 @@ Stage 1 trains heads on cached backbone features (trials on one backbone and siz
 cost little), pruned by successive halving on their per-epoch val scores; stage 2 fine-tunes the best few
 with the budget left. A trial scores the val score of the epoch its run kept (the ``"kept": true`` row of its
 metrics.jsonl), by the metric the data's runs keep their epochs by (``search_metric``), the same for every
-trial. Every trial is a normal run folder under ``OUT/trials``; ``OUT/tune.db`` (Optuna's
+trial. Each trial is given the time left as its ``time_budget`` and no trial starts once the time is up, so the
+search ends within the budget plus one trial's fixed costs (``SLACK``). Every trial is a normal run folder under
+``OUT/trials``; ``OUT/tune.db`` (Optuna's
 sqlite storage) makes a killed search go on where it stopped; ``OUT/tune.json`` lists every trial (failed
 and pruned ones too) with the best, and ``OUT/compare.html`` shows them all, score against time.
 """
@@ -31,7 +33,18 @@ HEADS = ("linear", "mlp")
 VIEWS = ("auto", 1, 2, 4)
 DEFAULT_HEAD_LR = 1e-3
 STAGE1_SHARE = 0.6  # of the budget, for the head search when finalists are fine-tuned after it
+# A finalist's time_budget is this share of its share of the time left: its epochs are what the budget bounds,
+# and the rest pays for what comes around them (the features head, the top's cached activations, the test).
+FINETUNE_SHARE = 0.8
+# No trial starts with less than this left: it could train one epoch at most (the loop always trains one).
+MIN_TRIAL_SECONDS = 1.0
+# The slack: a trial's time_budget bounds its epochs (none starts that would end past it; the first always
+# runs), not its fixed costs: opening and decoding the data, a backbone pass whose features are not cached yet,
+# the calibration heads and the test. So the search ends within --budget plus the fixed costs of the trial
+# running when the time is up, FIGURES_PENDING.
+SLACK = "the fixed costs of one trial"
 STUDY = "tune"
+clock = time.monotonic  # the search's clock: tests pass time by replacing it
 
 
 @dataclass
@@ -52,26 +65,29 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     from .data.sources import data_folder
     if not budget_s > 0:  # also NaN
         raise OculiError(f"--budget must be more than 0 seconds, got {budget_s:g}")
+    started = clock()
     data_folder(str(data))  # a wrong path is one line now, not three failed trials and an empty tune folder
     reporter = reporter or Reporter()
     out = Path(out or f"tunes/{Path(str(data)).name}").expanduser().resolve()
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + budget_s
+    deadline = started + budget_s
     backbones = backbones or _available_backbones()
     metric = search_metric(str(data), seed, options)
     study = _study(out, seed)
     if not study.trials:  # the default's head first: the search never ends below it
         study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
                              "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
-    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, {**options, "select_by": metric})
+    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, {**options, "select_by": metric},
+                    ends=started + budget_s * (STAGE1_SHARE if finalists else 1.0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(search.objective, n_trials=n_trials, catch=(Exception,), callbacks=[_stop_when_hopeless],
-                   timeout=max(1.0, budget_s * (STAGE1_SHARE if finalists else 1.0)))
+    study.optimize(search.objective, n_trials=n_trials, catch=(Exception,),
+                   callbacks=[_stop_when_hopeless, search.stop_when_out_of_time])
     best = _best_trials(study, finalists)
     for i, trial in enumerate(best):
-        if time.monotonic() >= deadline:
+        left = deadline - clock()
+        if left < MIN_TRIAL_SECONDS:
             break
-        search.finetune(trial, (deadline - time.monotonic()) / (len(best) - i))  # an equal share of what is left
+        search.finetune(trial, left / (len(best) - i))  # an equal share of what is left
     return _summarise(study, search, out, reporter)
 
 
@@ -114,8 +130,8 @@ def _available_backbones() -> list[str]:
 class Search:
     """The trials of one search: what each tries, where it trains, what it scored."""
 
-    def __init__(self, data, out, seed, backbones, image_sizes, train_fn, reporter, options):
-        self.data, self.out, self.seed, self.backbones = str(data), out, seed, backbones
+    def __init__(self, data, out, seed, backbones, image_sizes, train_fn, reporter, options, ends: float):
+        self.data, self.out, self.seed, self.backbones, self.ends = str(data), out, seed, backbones, ends
         self.image_sizes, self.train_fn, self.reporter, self.options = image_sizes, train_fn, reporter, options
         self.metric = options["select_by"]
         self.finetuned: list[dict] = []
@@ -133,7 +149,17 @@ class Search:
         folder = self.out / "trials" / f"{trial.number:03d}"
         trial.set_user_attr("run", str(folder))
         # One seed for all: the same split, so that val scores compare; a trial is reproducible from it.
-        return self._run(trial, params, folder, mode="features", seed=self.seed)
+        return self._run(trial, params, folder, mode="features", seed=self.seed, time_budget=self.time_left())
+
+    def time_left(self) -> float:
+        """Seconds until the head search ends: the next trial's time_budget. The floor is for the few
+        milliseconds Optuna samples in after ``stop_when_out_of_time`` let it go on with MIN_TRIAL_SECONDS left."""
+        return max(0.1, self.ends - clock())
+
+    def stop_when_out_of_time(self, study, trial) -> None:
+        """After each trial: no other starts with less than MIN_TRIAL_SECONDS of the head search left."""
+        if self.ends - clock() < MIN_TRIAL_SECONDS:
+            study.stop()
 
     def finetune(self, trial, seconds: float) -> None:
         """Stage 2: ``trial``'s settings, the head then fine-tuning (kept when it beats the head), in ``seconds``."""
@@ -141,18 +167,18 @@ class Search:
         row = {"number": f"finetune-{trial.number:03d}", "params": dict(trial.params), "run": str(folder),
                "stage": "finetune"}
         if not RunDir(folder).model_json.is_file():  # a finished one (before a kill) is not trained again
-            started = time.monotonic()
+            started = clock()
             try:
-                self._train(trial.params, folder, mode="auto", seed=self.seed, time_budget=max(10.0, seconds * 0.8))
-                row.update(value=self.score(folder), seconds=time.monotonic() - started, state="COMPLETE")
+                self._train(trial.params, folder, mode="auto", seed=self.seed, time_budget=seconds * FINETUNE_SHARE)
+                row.update(value=self.score(folder), seconds=clock() - started, state="COMPLETE")
             except Exception as err:  # noqa: BLE001 - a failed finalist is listed; the search keeps its best
-                row.update(state="FAIL", error=one_line(err), seconds=time.monotonic() - started)
+                row.update(state="FAIL", error=one_line(err), seconds=clock() - started)
         else:
             row.update(value=self.score(folder), state="COMPLETE")
         self.finetuned.append(row)
 
     def _run(self, trial, params: dict, folder: Path, **fixed) -> float:
-        started = time.monotonic()
+        started = clock()
         try:
             self._train(params, folder, reporter=PruningReporter(trial, self.metric, self.said), **fixed)
             return self.score(folder)
@@ -160,7 +186,7 @@ class Search:
             trial.set_user_attr("error", one_line(err))
             raise
         finally:
-            trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+            trial.set_user_attr("seconds", round(clock() - started, 2))
 
     def score(self, folder: Path) -> float:
         """The trial's score: the val score of the epoch its run kept, by the search's metric."""

@@ -63,6 +63,23 @@ def test_a_search_scores_by_the_metric_its_runs_keep_epochs_by(tmp_path):
     assert json.loads((tmp_path / "t" / "tune.json").read_text())["metric"] == "val macro-F1 of the kept epoch"
 
 
+def test_every_trial_is_given_the_time_left_and_none_starts_after_it(tmp_path, monkeypatch):
+    import oculi.tune
+    now = [0.0]
+    monkeypatch.setattr(oculi.tune, "clock", lambda: now[0])  # a trial takes 15 s of the search's clock
+    given = []
+    train = fake_train(set())
+
+    def timed(cfg, reporter):
+        given.append((cfg.mode, cfg.time_budget))
+        now[0] += 15.0
+        return train(cfg, reporter)
+    tune("digits", 100, tmp_path / "t", finalists=1, train_fn=timed)
+    # The head search has 60 s: trials start at 0, 15, 30 and 45 s; the finalist gets 0.8 of the 40 s left.
+    assert given == [("features", 60.0), ("features", 45.0), ("features", 30.0), ("features", 15.0), ("auto", 32.0)]
+    assert now[0] <= 100.0  # here the trials kept to their budgets; a real one overruns by its fixed costs only
+
+
 def test_a_search_resumes_from_its_folder(tmp_path):
     tune("digits", 60, tmp_path / "t", n_trials=2, finalists=0, train_fn=fake_train(set()))
     again = fake_train(set())
