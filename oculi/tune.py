@@ -4,9 +4,9 @@ Stage 1 trains heads on cached backbone features (trials on one backbone and siz
 cost little), pruned by successive halving on their per-epoch val scores; stage 2 fine-tunes the best few
 with the budget left. A trial scores the val score of the epoch its run kept (the ``"kept": true`` row of its
 metrics.jsonl), by the metric the data's runs keep their epochs by (``search_metric``), the same for every
-trial. Each trial is given the time left as its ``time_budget`` and no trial starts once the time is up, so the
-search ends within the budget plus one trial's fixed costs (``SLACK``). Every trial is a normal run folder under
-``OUT/trials``; ``OUT/tune.db`` (Optuna's
+trial. Each trial is given the time left as its ``time_budget`` and none starts once the time is up, so the
+search ends within the budget plus the fixed costs of the trial running when it is up (the slack: see
+MIN_TRIAL_SECONDS). Every trial is a normal run folder under ``OUT/trials``; ``OUT/tune.db`` (Optuna's
 sqlite storage) makes a killed search go on where it stopped; ``OUT/tune.json`` lists every trial (failed
 and pruned ones too) with the best, and ``OUT/compare.html`` shows them all, score against time.
 """
@@ -37,12 +37,11 @@ STAGE1_SHARE = 0.6  # of the budget, for the head search when finalists are fine
 # and the rest pays for what comes around them (the features head, the top's cached activations, the test).
 FINETUNE_SHARE = 0.8
 # No trial starts with less than this left: it could train one epoch at most (the loop always trains one).
-MIN_TRIAL_SECONDS = 1.0
 # The slack: a trial's time_budget bounds its epochs (none starts that would end past it; the first always
 # runs), not its fixed costs: opening and decoding the data, a backbone pass whose features are not cached yet,
 # the calibration heads and the test. So the search ends within --budget plus the fixed costs of the trial
 # running when the time is up, FIGURES_PENDING.
-SLACK = "the fixed costs of one trial"
+MIN_TRIAL_SECONDS = 1.0
 STUDY = "tune"
 clock = time.monotonic  # the search's clock: tests pass time by replacing it
 
@@ -77,8 +76,8 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     if not study.trials:  # the default's head first: the search never ends below it
         study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
                              "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
-    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter, {**options, "select_by": metric},
-                    ends=started + budget_s * (STAGE1_SHARE if finalists else 1.0))
+    search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter,
+                    {**options, "select_by": metric}, ends=started + budget_s * (STAGE1_SHARE if finalists else 1.0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(search.objective, n_trials=n_trials, catch=(Exception,),
                    callbacks=[_stop_when_hopeless, search.stop_when_out_of_time])
