@@ -72,13 +72,13 @@ def tune(data: str, budget_s: float, out: str | Path | None = None, seed: int = 
     deadline = started + budget_s
     backbones = backbones or _available_backbones()
     metric = search_metric(str(data), seed, options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # before the study: no "A new study created" line
     study = _study(out, seed)
     if not study.trials:  # the default's head first: the search never ends below it
         study.enqueue_trial({"model": backbones[0], "image_size": image_sizes[0], "classifier": "linear",
                              "feature_views": VIEWS[0], "head_lr": DEFAULT_HEAD_LR})
     search = Search(data, out, seed, backbones, tuple(image_sizes), train_fn, reporter,
                     {**options, "select_by": metric}, ends=started + budget_s * (STAGE1_SHARE if finalists else 1.0))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(search.objective, n_trials=n_trials, catch=(Exception,),
                    callbacks=[_stop_when_hopeless, search.stop_when_out_of_time])
     best = _best_trials(study, finalists)
