@@ -209,7 +209,8 @@ class TrainConfig:
                         "metrics measure and what the run keeps (not for a head on cached features).")
     ema_decay: float | None = setting(None, "--ema's decay a step; default: a horizon 1 / (1 - decay) of 5% of the "
                                       "run's steps.", low=0, high=1, excluded="high")
-    patience: int | None = setting(10, "Early stopping after this many epochs without a better val accuracy.",
+    patience: int | None = setting(10, "Early stopping after this many epochs without a better val accuracy "
+                                   "(from scratch with --time-budget and no --epochs: in the last quarter only).",
                                    low=1, high=10_000)  # None: never
     class_weights: str = setting("none", "none or auto: weight each class's loss by its inverse training frequency "
                                  "(for imbalanced data).", choices=CLASS_WEIGHTS)

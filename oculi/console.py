@@ -11,11 +11,12 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 
 class Reporter:
-    """Prints to stderr (stdout stays clean for --json). ``quiet`` keeps only warnings and errors."""
+    """Prints to stderr (stdout stays clean for --json). ``quiet`` keeps only warnings and errors. ``said``: the
+    data warnings said already by runs on the same data (``oculi tune``'s trials share one set), not said again."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, said: set[str] | None = None):
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.quiet = quiet
+        self.quiet, self.said = quiet, said
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -26,6 +27,15 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def data_warning(self, message: str, key: str | None = None) -> None:
+        """A warning about the data (the folder, the check, skipped files), said once per ``said`` set; ``key``:
+        what identifies it when ``message`` also names the run folder."""
+        if self.said is not None:
+            if (key or message) in self.said:
+                return
+            self.said.add(key or message)
+        self.warn(message)
 
     @contextmanager
     def bar(self, description: str, total: int, fields: str = ""):

@@ -174,7 +174,7 @@ def resolve(cfg: TrainConfig, source: DataSource, probe: DataProbe, device_type:
         augment=cfg.augment if cfg.augment != "auto" else "light",
         translate=cfg.translate if cfg.translate is not None or cfg.augment != "auto" else recipe.get("translate"),
         tta=cfg.tta if cfg.tta != "auto" else _auto_tta(recipe, source.flips_keep_class, device_type),
-        select_by=cfg.select_by if cfg.select_by != "auto" else _auto_select_by(source),
+        select_by=chosen_select_by(cfg.select_by, source),
     )
 
 
@@ -189,6 +189,11 @@ def imbalance(source: DataSource) -> float:
     """Training images of the largest class over those of the smallest (inf when a class has none)."""
     counts = label_counts(source.split_records("train"), len(source.classes))
     return float(counts.max() / counts.min()) if counts.min() else float("inf")
+
+
+def chosen_select_by(asked: str, source: DataSource) -> str:
+    """The val score that keeps an epoch: ``asked`` (--select-by), or on auto what the data calls for."""
+    return asked if asked != "auto" else _auto_select_by(source)
 
 
 def _auto_select_by(source: DataSource) -> str:

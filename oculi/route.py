@@ -91,7 +91,7 @@ def plan_words(cfg: TrainConfig, route: str) -> str:
                     f"(counted after the second; {cfg.epochs} until then)")
         return f"from scratch, {cfg.epochs} epochs at lr {cfg.lr:g}"
     if route == "features":
-        return head
+        return head + budget
     if not head_first(route):
         return finetune
     return f"{head}; then {finetune}{early}; kept only if it beats the head by more than the val images can resolve"

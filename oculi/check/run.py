@@ -150,7 +150,7 @@ def check_at_train_start(source: DataSource, loaded: LoadedSource, drop_leaks: b
     reporter.info(f"[bold]check[/bold]  {result.summary()} ({check_file.name})")
     for warning in result.warnings:
         if warning.kind not in SAID_BY_TRAINING:
-            reporter.warn(warning.message)
+            reporter.data_warning(warning.message)
     leaks = result.leaks() if drop_leaks else set()
     if leaks:
         reporter.info(f"--drop-leaks: left out {len(leaks)} val/test image{'s' * (len(leaks) != 1)} that copy a "

@@ -148,7 +148,7 @@ def _run(cfg: TrainConfig, claim: Callable[[], ContextManager[Path]], reporter: 
     with local_main_first(world), reporter.download(f"downloading {cfg.data}") as progress:
         source = open_configured(cfg, progress, cfg.split_manifest)
     for warning in source.warnings:
-        reporter.warn(warning)
+        reporter.data_warning(warning)
     plan = saved or resolve_plan(cfg, source, device.type)
     # Built before any image is decoded: weights that cannot be had change the plan (and so the pixels).
     model, weights, plan = _build_model(plan, cfg, source, device.type, reporter)
@@ -236,8 +236,8 @@ def _report_skipped(skipped: list[tuple[str, str]], run: RunDir, reporter: Repor
     if skipped:
         first = "; ".join(f"{p} ({r})" for p, r in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        reporter.warn(f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {first}{more} "
-                      f"(full list: {run.skipped})")
+        said = f"skipped {len(skipped)} file{'s' if len(skipped) > 1 else ''}: {first}{more}"
+        reporter.data_warning(f"{said} (full list: {run.skipped})", key=said)
 
 
 def _check_trainable(train: TensorSet, source: DataSource) -> None:

@@ -45,23 +45,24 @@ def features_phase(model: BackboneClassifier, plan: Plan, sets: dict[str, Tensor
     # The head's epochs take milliseconds: all of them run (no early stop; the last is kept unless an earlier
     # one is significantly better), in float32 (bfloat16 saves nothing on so small a matrix), without
     # Lookahead. Every process trains the same head alone, on the whole step's batch (the recipe's, whatever
-    # the number of processes).
+    # the number of processes). A time budget bounds the head only when the head is the run (--mode features,
+    # each trial of `oculi tune`); before fine-tuning it is the fine-tune's.
     head_settings = dataclasses.replace(settings, epochs=cfg.head_epochs, lr=cfg.head_lr,
                                         batch_size=min(cfg.batch_size * cfg.world_size, len(feats["train"])),
                                         phase="features", patience=None, lookahead=False, mixed_precision=False,
-                                        time_budget=None)  # the budget is fine-tuning's; a head takes seconds
+                                        time_budget=settings.time_budget if plan.route == "features" else None)
     initial = copy_state(model.head)
 
-    def fit(train: FeatureSet, val: FeatureSet, said: Reporter) -> LoopState:
+    def fit(train: FeatureSet, val: FeatureSet, said: Reporter, loop: LoopSettings = head_settings) -> LoopState:
         optimizer = build_optimizer(model.head, cfg.optimizer, cfg.head_lr, cfg.weight_decay, cfg.momentum)
-        return Learner(model.head, optimizer, head_settings, FeatureData(train, val), device, said,
-                       progress=HeadBar()).fit()
+        return Learner(model.head, optimizer, loop, FeatureData(train, val), device, said, progress=HeadBar()).fit()
 
     state = fit(feats["train"], feats["val"], reporter)
     kept = state.best_state
-    if cfg.calibrate:
+    if cfg.calibrate:  # the out-of-fold heads train the epochs the kept head trained, whatever stopped it
+        folds = dataclasses.replace(head_settings, epochs=state.epoch, time_budget=None)
         state.out_of_fold = out_of_fold_logits(model.head, initial, feats["train"], cfg.feature_views, cfg.seed,
-                                               fit, reporter)
+                                               lambda train, val, said: fit(train, val, said, folds), reporter)
     model.head.load_state_dict(kept)
     return state
 

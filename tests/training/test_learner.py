@@ -1,6 +1,7 @@
 """The Learner: one training loop for images and for feature vectors, its hooks, its early stop."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -189,3 +190,18 @@ def test_a_budget_without_an_epoch_count_sets_it_after_the_first_epoch_and_the_s
     assert after.epoch == 4  # a resumed run keeps the count its first epoch bought
     fixed = _learner(_head(2), data, epochs=2, time_budget=3600.0).fit()
     assert fixed.epoch == 2 and fixed.epochs is None  # --epochs given: trained as asked
+
+
+def test_a_budget_fitted_schedule_early_stops_only_in_its_last_quarter(monkeypatch):
+    import oculi.training.loop as loop
+    from oculi.training.loop import patience_counts
+    fitted = LoopSettings(epochs=100, batch_size=8, lr=0.05, schedule="onecycle", warmup_epochs=1.0,
+                          label_smoothing=0.0, patience=10, head="softmax", seed=0, time_budget=40.0,
+                          epochs_from_budget=True)
+    assert not patience_counts(fitted, 74) and patience_counts(fitted, 75)
+    assert patience_counts(dataclasses.replace(fitted, epochs_from_budget=False), 11)  # --epochs: as always
+    monkeypatch.setattr(loop, "epochs_in_budget", lambda budget, elapsed, seconds, done: 8)
+    # lr 0: no epoch beats the first, so patience 2 would stop after epoch 3; the fitted 8 run to epoch 6
+    state = _learner(_head(3), _feature_data(), epochs=40, lr=0.0, patience=2, time_budget=3600.0,
+                     epochs_from_budget=True).fit()
+    assert state.epochs == 8 and state.epoch == 6

@@ -49,6 +49,12 @@ def _column(csv_file, index):
     return [line.split(",")[index] for line in csv_file.read_text().splitlines()[1:]]
 
 
+def test_a_time_budget_bounds_the_head_when_the_head_is_the_run(tmp_path, colours, weights_file):
+    # Any budget shorter than an epoch: the loop trains one, then none would end in time (tune's trials).
+    run = _train(colours, tmp_path / "run", weights_file, mode="features", head_epochs=30, time_budget=1e-6)
+    assert len(run.history) == 1 and (run.run_dir / "model.json").is_file()
+
+
 def test_second_run_reads_features_from_the_cache(tmp_path, colours, weights_file, monkeypatch, private_cache):
     first = _train(colours, tmp_path / "a", weights_file, mode="features", head_epochs=5, feature_views=2)
     entries = list((private_cache / "features").glob("*.safetensors"))
