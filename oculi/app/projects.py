@@ -226,6 +226,7 @@ class Projects:
             source = inside(project.data, path, "path")
             if not source.is_file():
                 raise ServeError(404, "not_found", f"path {path!r}: no such image in {project.data.name}/")
+            path = project.relative(source)  # red/../red/x.jpg as red/x.jpg: the log names each file one way
             if kind == "drop":
                 target = project.folder / REMOVED / path
             else:
