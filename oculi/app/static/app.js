@@ -127,7 +127,6 @@ function thumb(path, caption) {
   link.rel = "noopener";
   const img = element("img");
   img.alt = path;
-  img.loading = "lazy";
   img.src = imageUrl(path);
   link.append(img);
   if (caption) link.append(element("span", "caption", caption));
@@ -589,6 +588,7 @@ async function predict(blob, name) {
     if (p.error) throw new Error(p.error.message);
     $("#answer").textContent = `${p.label} (${percent(p.probability)})`;
     $("#answer").classList.remove("error");
+    $("#answer").dataset.answers = Number($("#answer").dataset.answers || 0) + 1; // a new answer, even the same words
     showBars(p.top_k);
     return true;
   } catch (err) {
