@@ -76,8 +76,8 @@ def test_the_whole_loop_in_the_browser_at_a_laptops_and_a_phones_width(browser, 
         page.fill("#knobs [name=image_size]", "16")
         playwright.expect(page.locator("#plan")).to_contain_text("from scratch, 2 epochs")
         page.click("#start-button")  # queued behind the check
-        playwright.expect(page.locator("#epoch-rows tr")).to_have_count(1, timeout=120_000)
-        assert "epoch 1 of 2" in page.locator("#progress-text").inner_text()
+        wait_until(lambda: page.locator("#epoch-rows tr").count() >= 1, timeout=120)  # while the job runs
+        assert " of 2 · val accuracy" in page.locator("#progress-text").inner_text()
         shoot(page, "train-laptop", tmp_path)
         playwright.expect(page.locator("#train-status")).to_contain_text("done", timeout=120_000)
         assert page.locator("#epoch-rows tr").count() == 2
@@ -90,7 +90,7 @@ def test_the_whole_loop_in_the_browser_at_a_laptops_and_a_phones_width(browser, 
         playwright.expect(page.locator("#confusion td")).to_have_count(9)
         page.locator("#confusion td").first.click()
         playwright.expect(page.locator("#mistakes-title")).to_contain_text("predicted as")
-        playwright.expect(page.locator("#report")).to_be_visible()
+        playwright.expect(page.frame_locator("#report").locator("h1")).to_contain_text("run-1")
         shoot(page, "results-laptop", tmp_path)
 
         page.click("#tabs [data-screen=try]")
@@ -116,6 +116,8 @@ def test_the_whole_loop_in_the_browser_at_a_laptops_and_a_phones_width(browser, 
             if screen == "try":
                 phone.set_input_files("#picker", str(red))
                 playwright.expect(phone.locator("#bars li")).to_have_count(3)
+            if screen == "results":
+                playwright.expect(phone.frame_locator("#report").locator("h1")).to_contain_text("run-1")
             if screen == "train":
                 playwright.expect(phone.locator("#epoch-rows tr")).to_have_count(2)
             until_images_load(phone)

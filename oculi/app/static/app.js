@@ -114,7 +114,7 @@ function classCard(c, uploads) {
   const card = element("article", "class-card");
   card.append(element("h3", "", `${c.name} · ${c.count}`));
   const thumbs = element("div", "thumbs");
-  thumbs.append(...c.samples.map((path) => thumb(path, path)));
+  thumbs.append(...c.samples.map((path) => thumb(path, path.split("/").pop())));
   card.append(thumbs);
   if (uploads) card.append(dropZone(c.name));
   return card;
@@ -294,16 +294,19 @@ function schedulePlan() {
   state.planTimer = setTimeout(showPlan, 300);
 }
 
+// Only the answer to the latest settings is shown: an earlier request may answer after a later one.
 async function showPlan() {
   if (!state.project) return;
+  const asked = (state.planAsked = (state.planAsked || 0) + 1);
+  let text, failed = false;
   try {
-    const { lines } = await post(projectUrl("/plan"), { settings: settings() });
-    $("#plan").textContent = lines.join("\n");
-    $("#plan").classList.remove("error");
+    text = (await post(projectUrl("/plan"), { settings: settings() })).lines.join("\n");
   } catch (err) {
-    $("#plan").textContent = err.message;
-    $("#plan").classList.add("error");
+    [text, failed] = [err.message, true];
   }
+  if (asked !== state.planAsked) return;
+  $("#plan").textContent = text;
+  $("#plan").classList.toggle("error", failed);
 }
 
 async function startTraining() {
