@@ -57,8 +57,9 @@ class Jobs:
             self._save()
             self._advance()
 
-    def shutdown(self) -> None:
-        """Terminate every running job and mark it interrupted; queued ones stay queued for the next start."""
+    def shutdown(self) -> list[dict]:
+        """Terminate every running job and mark it interrupted (returned); queued ones stay queued for the
+        next start."""
         with self._lock:
             running = [job for job in self.jobs if job["id"] in self._processes]
             for job in running:
@@ -73,6 +74,7 @@ class Jobs:
                 if job["state"] == "running":
                     self._ended(job, "interrupted", job.get("returncode"), "the app stopped while it ran")
             self._save()
+        return running
 
     # ------------------------------------------------------------ asking
 

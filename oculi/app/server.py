@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sys
 import zipfile
 from collections import OrderedDict
 from contextlib import asynccontextmanager
@@ -80,6 +81,7 @@ def knob(name: str) -> dict:
     s = SETTINGS[name]
     limits = s.range._asdict() if s.range else {}
     return {"name": name, "flag": s.flag, "help": s.help, "default": s.default, "kind": s.kind,
+            "text": s.parse is not None,  # written as words (90s, 24x32), parsed by the setting itself
             "choices": list(s.choices) if s.choices else None, "low": limits.get("low"), "high": limits.get("high")}
 
 
@@ -247,7 +249,10 @@ def create_app(root: str | Path) -> FastAPI:
             yield
         finally:
             servers.stop()
-            await asyncio.to_thread(jobs.shutdown)
+            for job in await asyncio.to_thread(jobs.shutdown):
+                print(f"oculi app: job {job['id']} ({job['kind']} of {job['project']}) interrupted; "
+                      f"{'resume it on the page' if job['kind'] == 'train' else 'start it again on the page'}",
+                      file=sys.stderr, flush=True)
 
     app = FastAPI(title="oculi app", lifespan=lifespan, redoc_url=None, docs_url="/api/docs",
                   openapi_url="/api/openapi.json")
@@ -393,7 +398,9 @@ async def job_events(jobs: Jobs, job_id: int, sent: int):
         if files is not None and not told_plan and files.config.is_file():
             told_plan = True
             saved = files.read_config()
-            yield _event("plan", {"epochs": saved["config"]["epochs"], "route": saved.get("route")})
+            config = saved["config"]
+            yield _event("plan", {"epochs": config["epochs"], "head_epochs": config.get("head_epochs"),
+                                  "route": saved.get("route")})
         rows = _rows(files)
         for number, row in enumerate(rows[sent:], sent + 1):
             yield _event("epoch", row, number)

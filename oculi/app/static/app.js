@@ -75,6 +75,8 @@ async function openProject(name) {
 async function loadProject() {
   const data = await api(projectUrl());
   state.data = data;
+  const option = $("#project").selectedOptions[0];
+  if (option) option.textContent = `${data.name} (${data.images} images)`; // uploads change the count
   showClasses(data);
   showCheck(data);
   showChanges(data);
@@ -271,7 +273,7 @@ async function loadKnobs() {
     input.name = k.name;
     if (k.choices) input.append(new Option(`default (${k.default ?? "auto"})`, ""), ...k.choices.map((c) => new Option(c, c)));
     else {
-      input.type = k.kind === "int" || k.kind === "float" ? "number" : "text";
+      input.type = !k.text && (k.kind === "int" || k.kind === "float") ? "number" : "text";
       if (k.kind === "float") input.step = "any";
       if (k.low != null) input.min = k.low;
       if (k.high != null) input.max = k.high;
@@ -338,7 +340,7 @@ function follow(job) {
   showTrainJob(job);
   const events = new EventSource(`/api/jobs/${job.id}/events`);
   state.events = events;
-  events.addEventListener("plan", (event) => { state.epochs = JSON.parse(event.data).epochs; drawProgress(); });
+  events.addEventListener("plan", (event) => { state.epochs = JSON.parse(event.data); drawProgress(); });
   events.addEventListener("epoch", (event) => { addRow(JSON.parse(event.data)); });
   events.addEventListener("job", (event) => {
     const current = JSON.parse(event.data);
@@ -363,13 +365,19 @@ function addRow(row) {
   drawProgress();
 }
 
+// A run's phases each count their own epochs: the head on cached features (--head-epochs), then fine-tuning
+// or training from scratch (--epochs); a phase may stop early (patience, the time budget).
+const PHASE_WORDS = { features: "head on features", finetune: "fine-tuning", train: "training" };
+
 function drawProgress() {
-  const done = state.rows.filter((r) => (r.phase || "train") !== "head").length;
-  const total = state.epochs || Math.max(done, 1);
-  $("#progress-fill").style.width = `${Math.min(100, (100 * done) / total).toFixed(1)}%`;
   const last = state.rows[state.rows.length - 1];
+  const phase = last ? last.phase || "train" : null;
+  const done = state.rows.filter((r) => (r.phase || "train") === phase).length;
+  const plan = state.epochs || {};
+  const total = phase === "features" ? plan.head_epochs : plan.epochs;
+  $("#progress-fill").style.width = `${Math.min(100, (100 * done) / (total || Math.max(done, 1))).toFixed(1)}%`;
   $("#progress-text").textContent = last
-    ? `epoch ${done} of ${state.epochs ?? "?"} · val accuracy ${percent(last.val_acc)} · val loss ${fixed(last.val_loss)}`
+    ? `${PHASE_WORDS[phase] || phase}: epoch ${done} of ${total ?? "?"} · val accuracy ${percent(last.val_acc)} · val loss ${fixed(last.val_loss)}`
     : "waiting for the first epoch…";
   drawCurves($("#curves"), state.rows);
 }
