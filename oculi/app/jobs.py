@@ -42,6 +42,7 @@ class Jobs:
         self._lock = threading.RLock()
         self._processes: dict[int, subprocess.Popen] = {}
         self._stopping: dict[int, str] = {}  # job id -> the state it ends in (cancelled, interrupted)
+        self._closing = False
         self.jobs: list[dict] = json.loads(self.file.read_text())["jobs"] if self.file.is_file() else []
 
     # ------------------------------------------------------------ its life
@@ -58,23 +59,18 @@ class Jobs:
             self._advance()
 
     def shutdown(self) -> list[dict]:
-        """Terminate every running job and mark it interrupted (returned); queued ones stay queued for the
-        next start."""
+        """Terminate every running job and mark it interrupted (returned: those that did not end of
+        themselves meanwhile); queued ones stay queued for the next start."""
         with self._lock:
-            running = [job for job in self.jobs if job["id"] in self._processes]
-            for job in running:
+            self._closing = True  # nothing queued starts now
+            running = [(job, self._processes[job["id"]]) for job in self.jobs if job["id"] in self._processes]
+            for job, _ in running:
                 self._stopping[job["id"]] = "interrupted"
                 self._signal(job["id"], signal.SIGTERM)
-        for job in running:
-            process = self._processes.get(job["id"])
-            if process is not None:
-                _wait_or_kill(process)
-        for job in running:  # the watcher threads may not have run yet
-            with self._lock:
-                if job["state"] == "running":
-                    self._ended(job, "interrupted", job.get("returncode"), "the app stopped while it ran")
-            self._save()
-        return running
+        for job, process in running:
+            _wait_or_kill(process)
+            self._settle(job, process.returncode)  # at once: the watcher thread may not have run yet
+        return [job for job, _ in running if job["state"] == "interrupted"]
 
     # ------------------------------------------------------------ asking
 
@@ -117,16 +113,29 @@ class Jobs:
                 raise ServeError(409, "job_ended", f"job {job_id} is {job['state']} already")
         return job
 
+    def shown(self, job: dict) -> dict:
+        """A job as the page sees it: with whether its run can be resumed."""
+        return {**job, "resumable": self._resumable(job) is None}
+
+    def _resumable(self, job: dict) -> str | None:
+        """None when ``job`` is a stopped training whose run can go on; else why not."""
+        if job["kind"] != "train" or not job["run"] or job["state"] not in ENDED or job["state"] == "done":
+            return f"job {job['id']} is not a stopped training run"
+        run = RunDir(Path(job["run"]))
+        if run.model_json.is_file():
+            return f"job {job['id']}'s run {run.path.name} finished"
+        if not run.config.is_file():
+            return f"job {job['id']}'s run {run.path.name} never began: start a new one"
+        return None
+
     def resume(self, job_id: int) -> dict:
         """A new job continuing training job ``job_id``'s run (interrupted, cancelled or failed)."""
         job = self.get(job_id)
-        run = RunDir(Path(job["run"])) if job["kind"] == "train" and job["run"] else None
-        if run is None or job["state"] not in ENDED or job["state"] == "done":
-            raise ServeError(409, "not_resumable", f"job {job_id} is not a stopped training run")
-        if not run.config.is_file() or run.model_json.is_file():
-            raise ServeError(409, "not_resumable", f"job {job_id}'s run {run.path.name} "
-                                                   f"{'finished' if run.model_json.is_file() else 'never began'}")
-        return self.submit("train", job["project"], ["train", "--resume", str(run.path)], run.path, run.path.name)
+        why_not = self._resumable(job)
+        if why_not:
+            raise ServeError(409, "not_resumable", why_not)
+        run = Path(job["run"])
+        return self.submit("train", job["project"], ["train", "--resume", str(run)], run, run.name)
 
     def log_text(self, job_id: int) -> str:
         """The end of the job's output."""
@@ -138,7 +147,7 @@ class Jobs:
     def _advance(self) -> None:
         """Start queued jobs while fewer than ``max_running`` run."""
         with self._lock:
-            while len(self._processes) < self.max_running:
+            while len(self._processes) < self.max_running and not self._closing:
                 job = next((j for j in self.jobs if j["state"] == "queued"), None)
                 if job is None:
                     return
@@ -163,14 +172,18 @@ class Jobs:
         threading.Thread(target=self._watch, args=(job, process), name=f"oculi-job-{job['id']}", daemon=True).start()
 
     def _watch(self, job: dict, process: subprocess.Popen) -> None:
-        code = process.wait()
+        self._settle(job, process.wait())
+
+    def _settle(self, job: dict, code: int) -> None:
+        """The state of a job whose process ended with ``code`` (once; the next queued job then starts)."""
         with self._lock:
-            self._processes.pop(job["id"], None)
+            if self._processes.pop(job["id"], None) is None:
+                return
             stopped = self._stopping.pop(job["id"], None)
-            if stopped:
-                self._ended(job, stopped, code, "cancelled" if stopped == "cancelled" else "the app stopped")
-            elif code == 0:
+            if code == 0:  # it ended of itself, also when a stop was asked as it did
                 self._ended(job, "done", code, None)
+            elif stopped:
+                self._ended(job, stopped, code, "cancelled" if stopped == "cancelled" else "the app stopped while it ran")
             else:
                 self._ended(job, "failed", code, _error_line(self.log_text(job["id"])) or f"exit code {code}")
             self._save()

@@ -363,11 +363,11 @@ def _routes(projects: Projects, jobs: Jobs):
 
     @router.get("/api/jobs")
     def job_list() -> dict:
-        return {"jobs": jobs.jobs}
+        return {"jobs": [jobs.shown(j) for j in jobs.jobs]}
 
     @router.get("/api/jobs/{job_id}")
     def job(job_id: int) -> dict:
-        return {**jobs.get(job_id), "log": jobs.log_text(job_id)}
+        return {**jobs.shown(jobs.get(job_id)), "log": jobs.log_text(job_id)}
 
     @router.post("/api/jobs/{job_id}/cancel")
     def cancel(job_id: int) -> dict:
@@ -407,7 +407,7 @@ async def job_events(jobs: Jobs, job_id: int, sent: int):
         sent = max(sent, len(rows))
         if job["state"] != seen_state:
             seen_state = job["state"]
-            yield _event("job", job)
+            yield _event("job", jobs.shown(job))
         if seen_state in ENDED:
             return
         await asyncio.sleep(EVENT_POLL_S)

@@ -104,7 +104,7 @@ def test_a_check_job_writes_findings_the_project_shows(tmp_path):
 
 def test_a_run_the_app_stopped_is_interrupted_then_resumed_by_a_new_app_and_cancelled(tmp_path):
     root = make_root(tmp_path / "root")
-    long = {**TINY_TRAIN, "epochs": 200, "report": False}
+    long = {**TINY_TRAIN, "epochs": 5000, "patience": 10_000, "report": False}  # never done before it is stopped
     with app_client(root) as client:
         client.post("/api/projects", json={"name": "colours", "folder": "colours"})
         job = client.post("/api/projects/colours/train", json={"settings": long}).json()
@@ -113,7 +113,7 @@ def test_a_run_the_app_stopped_is_interrupted_then_resumed_by_a_new_app_and_canc
     # The app stopped: its job is interrupted, and the run can go on from its checkpoint.
     with app_client(root) as client:
         stopped = client.get(f"/api/jobs/{job['id']}").json()
-        assert stopped["state"] == "interrupted" and not run.model_json.is_file()
+        assert stopped["state"] == "interrupted" and stopped["resumable"] and not run.model_json.is_file()
         before = len(run.read_metrics_log())
         resumed = client.post(f"/api/jobs/{job['id']}/resume")
         assert resumed.status_code == 200, resumed.text
@@ -124,6 +124,7 @@ def test_a_run_the_app_stopped_is_interrupted_then_resumed_by_a_new_app_and_canc
         assert cancelled.status_code == 200
         assert wait_job(client, resumed.json()["id"])["state"] == "cancelled"
         assert client.post(f"/api/jobs/{resumed.json()['id']}/cancel").status_code == 409
+        assert client.get(f"/api/jobs/{resumed.json()['id']}").json()["resumable"]  # cancelled: it can go on
 
 
 def test_a_job_recorded_running_by_an_app_that_died_is_interrupted_at_start(root):

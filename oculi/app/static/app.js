@@ -444,7 +444,7 @@ function showTrainJob(job) {
   const active = job && ["queued", "running"].includes(job.state);
   $("#cancel-button").hidden = !active;
   $("#cancel-button").dataset.job = job ? job.id : "";
-  const resumable = job && ["interrupted", "cancelled", "failed"].includes(job.state);
+  const resumable = Boolean(job && job.resumable);
   $("#resume-button").hidden = !resumable;
   $("#resume-button").dataset.job = job ? job.id : "";
   $("#start-button").disabled = Boolean(active);
@@ -692,7 +692,7 @@ function showJobs(jobs) {
     item.append(element("span", "", `#${j.id} ${j.kind} ${j.project} ${target}`), element("span", "state", j.state));
     if (j.message) item.append(element("span", "muted", j.message));
     const action = ["queued", "running"].includes(j.state) ? ["Cancel", () => cancelJob(j.id)]
-      : j.kind === "train" && ["interrupted", "cancelled", "failed"].includes(j.state) ? ["Resume", () => resumeJob(j.id)] : null;
+      : j.resumable ? ["Resume", () => resumeJob(j.id)] : null;
     if (action) {
       const button = element("button", "", action[0]);
       button.type = "button";
@@ -710,6 +710,7 @@ function showScreen(name) {
   for (const button of document.querySelectorAll("#tabs button")) button.classList.toggle("active", button.dataset.screen === name);
   for (const screen of document.querySelectorAll(".screen")) screen.hidden = screen.id !== `screen-${name}`;
   if (name !== "try") stopCamera();
+  say(""); // a message is about the screen it was said on
   if (name === "train") drawCurves($("#curves"), state.rows);
 }
 
