@@ -7,7 +7,9 @@ under $OCULI_SCREENSHOTS when set, to look at."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 
@@ -59,6 +61,7 @@ def fits(page, width: int) -> None:
 def test_the_whole_loop_in_the_browser_at_a_laptops_and_a_phones_width(browser, tmp_path):
     root = make_root(tmp_path / "root")
     red = root / "colours" / "red" / "img_00.png"
+    shutil.copy(red, root / "colours" / "green" / "copy.png")  # one picture, two labels: a finding to fix
     problems: list = []
     with live_app(root) as url:
         page = watched_page(browser, WIDTHS["laptop"], problems)
@@ -83,14 +86,24 @@ def test_the_whole_loop_in_the_browser_at_a_laptops_and_a_phones_width(browser, 
         assert page.locator("#epoch-rows tr").count() == 2
 
         page.click("#tabs [data-screen=data]")
-        playwright.expect(page.locator("#check-summary")).to_contain_text("images", timeout=30_000)
+        playwright.expect(page.locator("#check-summary")).to_contain_text("1 exact", timeout=30_000)
         shoot(page, "data-laptop", tmp_path)
+        copy = page.locator(".finding", has_text="exact copy")
+        copy.locator("button").click()  # drop the copy: moved out of the data, logged
+        playwright.expect(page.locator("#changes li")).to_contain_text("dropped")
+        pair = (red, root / "colours" / "green" / "copy.png")
+        assert sum(p.is_file() for p in pair) == 1  # one of the pair is in the project's removed/
+        page.locator("#changes button", has_text="Undo").click()
+        playwright.expect(page.locator("#changes li")).to_contain_text("undone")
+        assert (root / "colours" / "green" / "copy.png").is_file() and red.is_file()
 
         page.click("#tabs [data-screen=results]")
         playwright.expect(page.locator("#confusion td")).to_have_count(9)
         page.locator("#confusion td").first.click()
         playwright.expect(page.locator("#mistakes-title")).to_contain_text("predicted as")
         playwright.expect(page.frame_locator("#report").locator("h1")).to_contain_text("run-1")
+        with urlopen(f"{url}/api/projects/colours/runs/run-1/files/report") as report:
+            assert "sandbox" in report.headers["Content-Security-Policy"]
         shoot(page, "results-laptop", tmp_path)
 
         page.click("#tabs [data-screen=try]")
