@@ -61,6 +61,8 @@ def image_files(folder: Path) -> list[Path]:
 
 def class_folders(data: Path) -> list[tuple[str, Path]]:
     """(class, folder) of each class folder of ``data``, in every split folder when it has train/ val/ test/."""
+    if not data.is_dir():  # a data folder moved or deleted since the project was made: no classes
+        return []
     splits = split_folders(data) or {"": data}
     return [(c.name, c) for folder in splits.values() for c in sorted(folder.iterdir())
             if c.is_dir() and not is_hidden(c)]

@@ -41,6 +41,7 @@ TRAIN_KNOBS = ("model", "epochs", "image_size", "time_budget", "seed")
 # Settings the app decides itself: where the data and the run are, how many processes.
 APP_DECIDES = {"data", "out", "nproc", "max_restarts", "world_size", "progress"}
 PARSERS = {"int": int, "float": float, "str": str}
+IMAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "default-src 'none'"}
 MAX_REQUEST_MB = 100  # an upload request's largest body
 EVENT_POLL_S = 0.5
 LOADED_RUNS = 2  # finished runs kept loaded for predictions
@@ -316,7 +317,8 @@ def _routes(projects: Projects, jobs: Jobs):
 
     @router.get("/api/projects/{name}/image")
     def image(name: str, path: str) -> FileResponse:
-        return FileResponse(projects.get(name).image(path))
+        # Shown as the image it claims to be, never as a page: a folder of the root may hold anything.
+        return FileResponse(projects.get(name).image(path), headers=IMAGE_HEADERS)
 
     @router.post("/api/projects/{name}/fixes")
     async def fix(name: str, request: Request) -> dict:

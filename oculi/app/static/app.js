@@ -679,6 +679,8 @@ async function loadJobs() {
   for (const j of ended) state.seenEnded.add(j.id);
   state.jobs = jobs;
   showJobs(jobs);
+  const check = jobs.filter((j) => j.kind === "check" && j.project === state.project).pop();
+  $("#check-status").textContent = check ? `check job ${check.id}: ${check.state}${check.message ? " · " + check.message : ""}` : "";
   for (const j of fresh.filter((j) => j.project === state.project)) {
     if (j.kind === "check") await loadProject();
     if (["export", "card"].includes(j.kind) && state.run) await openRun(state.run);
