@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -38,6 +39,7 @@ def test_a_project_from_a_folder_shows_its_classes_counts_and_images(client):
     sample = project["classes"][0]["samples"][0]
     image = client.get("/api/projects/colours/image", params={"path": sample})
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert image.headers["x-content-type-options"] == "nosniff"
     assert client.post("/api/projects", json={"name": "colours", "folder": "colours"}).status_code == 409
 
 
@@ -96,6 +98,12 @@ def test_uploads_save_images_and_refuse_what_is_not_one(client, root, monkeypatc
     assert client.post("/api/projects/mine/classes", json={"name": "wasps"}).status_code == 200
     counts = {c["name"]: c["count"] for c in client.get("/api/projects/mine").json()["classes"]}
     assert counts == {"ants": 3, "bees": 0, "wasps": 0}
+
+
+def test_a_project_whose_folder_went_shows_no_classes(client, root):
+    client.post("/api/projects", json={"name": "colours", "folder": "colours"})
+    shutil.rmtree(root / "colours")
+    assert client.get("/api/projects/colours").json()["classes"] == []
 
 
 def test_uploads_into_a_folder_project_are_refused(client):
