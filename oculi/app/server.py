@@ -29,8 +29,9 @@ from ..deploy.exported import FILES as EXPORT_FILES
 from ..deploy.serve import HTTP_CODES, PAGE_POLICY, STATIC as SERVE_STATIC
 from ..deploy.service import ServeError
 from ..errors import OculiError, first_line
+from ..io import exclusive_lock
 from ..rundir import RunDir
-from .jobs import ENDED, Jobs
+from .jobs import ENDED, STATE_FOLDER, Jobs
 from .projects import Project, Projects
 
 STATIC = Path(__file__).parent / "static"
@@ -473,13 +474,17 @@ def serve_app(root: str | Path, host: str = "127.0.0.1", port: int = 8000) -> No
     root = Path(root)
     if not root.is_dir():
         raise OculiError(f"--root {root}: no such folder")
-    sock = bind(host, port)
-    print(f"oculi app: http://{host}:{sock.getsockname()[1]}/ (root {root.resolve()}; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(create_app(root), log_level="warning", timeout_graceful_shutdown=5)
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as serve: uvicorn stops on it
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    lock = root / STATE_FOLDER / "app.lock"
+    lock.parent.mkdir(exist_ok=True)
+    # One app a root: two would each start the queue's jobs and write over each other's jobs.json.
+    with exclusive_lock(lock, lambda holder: OculiError(f"--root {root}: another oculi app works on it ({holder})")):
+        sock = bind(host, port)
+        print(f"oculi app: http://{host}:{sock.getsockname()[1]}/ (root {root.resolve()}; Ctrl-C stops)", flush=True)
+        config = uvicorn.Config(create_app(root), log_level="warning", timeout_graceful_shutdown=5)
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as serve: uvicorn stops on it
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
