@@ -80,6 +80,15 @@ class Jobs:
             raise ServeError(404, "not_found", f"no job {job_id}")
         return job
 
+    def refuse_while_reading(self, project: str, doing: str) -> None:
+        """A 409 while a check or training of ``project`` is queued or running: it reads the data folder
+        that ``doing`` would change under it."""
+        busy = next((j for j in self.jobs if j["project"] == project and j["kind"] in ("check", "train")
+                     and j["state"] in ACTIVE), None)
+        if busy is not None:
+            raise ServeError(409, "data_in_use", f"{doing} waits: job {busy['id']} ({busy['kind']} of {project}) "
+                                                 f"is {busy['state']} and reads the data")
+
     def submit(self, kind: str, project: str, args: list[str], run: Path | None = None,
                target: str | None = None) -> dict:
         """Queue ``oculi ARGS`` (started at once when nothing else runs). ``target`` names what the job

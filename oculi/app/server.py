@@ -310,6 +310,7 @@ def _routes(projects: Projects, jobs: Jobs):
     @router.post("/api/projects/{name}/classes/{class_name}/images")
     async def upload(name: str, class_name: str, request: Request) -> dict:
         p = projects.get(name)
+        jobs.refuse_while_reading(p.name, "an upload")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_REQUEST_MB * 2**20:
             raise ServeError(413, "upload_too_large", f"the request is larger than {MAX_REQUEST_MB} MB")
@@ -324,11 +325,15 @@ def _routes(projects: Projects, jobs: Jobs):
     @router.post("/api/projects/{name}/fixes")
     async def fix(name: str, request: Request) -> dict:
         body = await _json(request)
-        return projects.apply_fix(projects.get(name), _field(body, "kind"), _field(body, "path"), body.get("to_class"))
+        project = projects.get(name)
+        jobs.refuse_while_reading(project.name, "a fix")
+        return projects.apply_fix(project, _field(body, "kind"), _field(body, "path"), body.get("to_class"))
 
     @router.post("/api/projects/{name}/fixes/{change_id}/undo")
     def undo(name: str, change_id: int) -> dict:
-        return projects.undo(projects.get(name), change_id)
+        project = projects.get(name)
+        jobs.refuse_while_reading(project.name, "an undo")
+        return projects.undo(project, change_id)
 
     # ------------------------------------------------------------ jobs
 

@@ -96,6 +96,8 @@ def test_a_run_the_app_stopped_is_interrupted_then_resumed_by_a_new_app_and_canc
         job = client.post("/api/projects/colours/train", json={"settings": long}).json()
         run = RunDir(root / "projects" / "colours" / "runs" / "run-1")
         wait_until(lambda: run.checkpoint.is_file() and run.metrics_log.is_file())
+        busy = client.post("/api/projects/colours/fixes", json={"kind": "drop", "path": "red/img_00.png"})
+        assert busy.status_code == 409 and busy.json()["error"]["code"] == "data_in_use"  # training reads it
     # The app stopped: its job is interrupted, and the run can go on from its checkpoint.
     with app_client(root) as client:
         stopped = client.get(f"/api/jobs/{job['id']}").json()
