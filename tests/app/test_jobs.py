@@ -16,10 +16,11 @@ from tests.app.conftest import TINY_TRAIN, app_client, make_root, wait_job, wait
 pytestmark = pytest.mark.slow  # real training processes
 
 
-def sse_events(client, job_id: int) -> list[tuple[str, dict]]:
-    """Every (event, data) of a job's stream, to its end."""
+def sse_events(client, job_id: int, last_event: int | None = None) -> list[tuple[str, dict]]:
+    """Every (event, data) of a job's stream, to its end (``last_event``: as a reconnecting page asks)."""
     events, kind = [], None
-    with client.stream("GET", f"/api/jobs/{job_id}/events") as stream:
+    headers = {} if last_event is None else {"Last-Event-ID": str(last_event)}
+    with client.stream("GET", f"/api/jobs/{job_id}/events", headers=headers) as stream:
         for line in stream.iter_lines():
             if line.startswith("event: "):
                 kind = line[len("event: "):]
@@ -50,6 +51,12 @@ def test_a_training_job_streams_its_epochs_and_ends_done(trained):
     assert "plan" in kinds and kinds.count("epoch") == 1
     assert events[-1][0] == "job" and events[-1][1]["state"] == "done", client.get(f"/api/jobs/{job['id']}").json()
     assert job["args"][:2] == ["train", str(RunDir(client.app.state.projects.root / "colours").path)]
+
+
+def test_a_reconnecting_stream_gets_only_the_epochs_it_lacks(trained):
+    client, job = trained[:2]
+    assert [kind for kind, _ in sse_events(client, job["id"], last_event=0)] == ["plan", "epoch", "job"]
+    assert [kind for kind, _ in sse_events(client, job["id"], last_event=1)] == ["plan", "job"]
 
 
 def test_the_finished_run_shows_its_figures_predictions_and_report(trained):
