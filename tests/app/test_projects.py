@@ -13,6 +13,7 @@ from PIL import Image
 
 from oculi.app import projects as projects_module
 from tests.app.conftest import app_client
+from tests.conftest import make_class_folder
 
 
 def png(size=(16, 16), colour=0) -> bytes:
@@ -159,3 +160,14 @@ def test_the_plan_is_said_before_training_and_a_bad_setting_names_its_flag(clien
                            ({"image_size": "big"}, "--image-size"), ({"out": "/tmp/x"}, "settings.out")]:
         answer = client.post("/api/projects/colours/plan", json={"settings": settings})
         assert answer.status_code == 400 and flag in answer.json()["error"]["message"], answer.json()
+
+
+def test_a_relabel_in_split_folders_moves_within_the_split(client, root):
+    for split in ("train", "val"):
+        make_class_folder(root / "presplit" / split, per_class=2, classes=("a", "b"), size=(16, 16))
+    client.post("/api/projects", json={"name": "pre", "folder": "presplit"})
+    counts = {c["name"]: c["count"] for c in client.get("/api/projects/pre").json()["classes"]}
+    assert counts == {"a": 4, "b": 4}
+    change = client.post("/api/projects/pre/fixes", json={"kind": "relabel", "path": "val/a/img_00.png",
+                                                          "to_class": "b"}).json()
+    assert change["moved_to"] == "val/b/img_00-2.png" and (root / "presplit" / "val" / "b" / "img_00-2.png").is_file()
