@@ -17,7 +17,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -269,8 +269,8 @@ def create_app(root: str | Path) -> FastAPI:
     return app
 
 
-def _routes(projects: Projects, jobs: Jobs):
-    from fastapi import APIRouter
+def _routes(projects: Projects, jobs: Jobs) -> APIRouter:
+    """Every route of the page and its API, over these projects and jobs."""
     router = APIRouter()
 
     @router.get("/", include_in_schema=False)
