@@ -709,6 +709,19 @@ def serve(
     serve_run(local_run(run), settings, host=host, port=port, device=device, engine=engine)
 
 
+@app.command("app")
+def web_app(
+    root: Path = typer.Option(Path("."), help="The app's folder: data folders inside it become projects; its "
+                              "projects, runs and jobs are kept in it (projects/, .oculi-app/)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """A web page for the whole loop: data and its check (with fixes you can undo), training with live
+    curves, results, trying the model (upload or webcam), exports and the model card."""
+    from .app.server import serve_app
+    serve_app(root, host=host, port=port)
+
+
 @app.command()
 def push(
     run: Path = typer.Argument(..., help="Run folder."),

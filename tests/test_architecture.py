@@ -34,6 +34,7 @@ LAYERS = (
     ("oculi.evaluate", "oculi.report"),  # scores and report.html of a trained model, through deploy's Classifier
     ("oculi.api",),
     ("oculi.tune",),  # oculi tune: Optuna's search over api.train_and_report runs
+    ("oculi.app",),  # oculi app: the web page for the whole loop, its projects and jobs (never needed by the CLI)
     ("oculi.cli",),
     ("oculi", "oculi.__main__"),
 )
