@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.children import ChildDied, map_in_children
 from ..data.pixels import IMAGE_EXTENSIONS, decode_array, is_hidden
 from ..data.sources import split_folders
 from ..data.unreadable import Unreadable
@@ -33,6 +34,7 @@ REMOVED = "removed"  # where a dropped copy goes, under the project: undo brings
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SAMPLES = 6  # thumbnails per class
 MAX_IMAGE_MB = 20  # an upload's largest file
+DECODE_TIMEOUT_S = 30.0  # an upload whose decoder is silent this long is refused as a hang
 
 
 def checked_name(name: str, what: str) -> str:
@@ -193,8 +195,7 @@ class Projects:
         if not folder.is_dir():
             raise ServeError(404, "not_found", f"project {project.name} has no class {class_name!r}")
         saved, refused = [], []
-        for name, data in files:
-            problem = upload_problem(name, data)
+        for (name, data), problem in zip(files, upload_problems(files)):
             if problem:
                 refused.append({"file": name, "error": {"code": problem[0], "message": f"{name}: {problem[1]}"}})
                 continue
@@ -276,15 +277,33 @@ def relabelled(project: Project, path: str, to_class: str | None) -> str:
     return Path(*parts[:at], to_class, *parts[at + 1:]).as_posix()
 
 
+def upload_problems(files: list[tuple[str, bytes]]) -> list[tuple[str, str] | None]:
+    """For each (name, bytes): (code, reason) when it may not be saved (``upload_problem``), else None. The
+    bytes are decoded in a forked child (``map_in_children``), as serve decodes uploads: a decoder that
+    crashes or hangs on one file refuses that file, not the app."""
+    problems = [upload_problem(name, data) for name, data in files]
+    unchecked = [i for i, problem in enumerate(problems) if problem is None]
+    decoded = map_in_children(lambda i: decoding_problem(files[i][1]), unchecked, timeout=DECODE_TIMEOUT_S)
+    for i, outcome in zip(unchecked, decoded):
+        problems[i] = (("decoder_crashed", f"the decoder {outcome.reason} on it ({outcome.detail})")
+                       if isinstance(outcome, ChildDied) else outcome)
+    return problems
+
+
 def upload_problem(name: str, data: bytes) -> tuple[str, str] | None:
-    """(code, reason) when an upload may not be saved: a name that is not a plain file name, too large, or
-    bytes that do not decode as an image (oculi's own decoding, as training will read them)."""
+    """(code, reason) when an upload's name or size rules it out: not a plain file name, not an image's
+    extension, too large."""
     if not name or Path(name).name != name or name.startswith(".") or "\\" in name or ".." in name:
         return "invalid_name", "not a plain file name"
     if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
         return "not_an_image", f"not an image file name (use {', '.join(sorted(IMAGE_EXTENSIONS))})"
     if len(data) > MAX_IMAGE_MB * 2**20:
         return "upload_too_large", f"larger than {MAX_IMAGE_MB} MB"
+    return None
+
+
+def decoding_problem(data: bytes) -> tuple[str, str] | None:
+    """(code, reason) when ``data`` does not decode as an image (oculi's own decoding, as training reads it)."""
     try:
         decode_array(data)
     except ImageDecodeError as err:

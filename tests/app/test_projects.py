@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -99,6 +100,26 @@ def test_uploads_save_images_and_refuse_what_is_not_one(client, root, monkeypatc
     assert client.post("/api/projects/mine/classes", json={"name": "wasps"}).status_code == 200
     counts = {c["name"]: c["count"] for c in client.get("/api/projects/mine").json()["classes"]}
     assert counts == {"ants": 3, "bees": 0, "wasps": 0}
+
+
+def test_an_upload_whose_decoder_crashes_is_refused_and_the_app_goes_on(client, root, monkeypatch):
+    """Uploads decode in a forked child: a decoder that dies there refuses its file, and the next is saved."""
+    client.post("/api/projects", json={"name": "mine", "classes": ["ants"]})
+    real = projects_module.decode_array
+
+    def crash_on_poison(data):
+        if data.startswith(b"POISON"):
+            os.abort()  # what a segfaulting native decoder does to the process it runs in
+        return real(data)
+    monkeypatch.setattr(projects_module, "decode_array", crash_on_poison)
+    url = "/api/projects/mine/classes/ants/images"
+    answer = client.post(url, files=[("files", ("bad.png", b"POISON" + png(), "image/png")),
+                                     ("files", ("good.png", png(), "image/png"))])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["saved"] == ["ants/good.png"]
+    refused = answer.json()["refused"][0]
+    assert refused["file"] == "bad.png" and refused["error"]["code"] == "decoder_crashed"
+    assert "SIGABRT" in refused["error"]["message"]
 
 
 def test_a_project_whose_folder_went_shows_no_classes(client, root):
