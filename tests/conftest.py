@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,29 @@ def private_cache(tmp_path, monkeypatch) -> Path:
 def without_timing(rows: list[dict]) -> list[dict]:
     """Metrics rows less what depends on the clock (equal runs differ only there)."""
     return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "time")} for r in rows]
+
+
+@contextmanager
+def on_loopback(app, ready=lambda: True, timeout: float = 30):
+    """A FastAPI ``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread of this process, once it has
+    started and ``ready()``: yields its URL; the server is stopped after."""
+    import threading
+
+    import uvicorn
+
+    from oculi.deploy.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not (server.started and ready()):
+            assert time.monotonic() < deadline, "the server did not start in time"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

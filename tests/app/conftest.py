@@ -3,7 +3,6 @@ and waiting for its jobs."""
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from oculi.app.server import create_app
-from oculi.deploy.serve import bind
-from tests.conftest import make_class_folder
+from tests.conftest import make_class_folder, on_loopback
 
 # The smallest training the app can start: oculi's small-image CNN, 16 px, one epoch, no ONNX export.
 TINY_TRAIN = {"model": "fast-cnn", "epochs": 1, "image_size": "16", "export": "none"}
@@ -59,16 +57,5 @@ def wait_until(condition, timeout: float = 120, every: float = 0.2):
 @contextmanager
 def live_app(root: Path):
     """The app on a real socket (127.0.0.1, a free port) in a thread of this process: yields its URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(root), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout=30, every=0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with on_loopback(create_app(root)) as url:
+        yield url

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from contextlib import contextmanager
 
 import pytest
@@ -11,8 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from oculi.deploy.predict import Classifier
-from oculi.deploy.serve import bind, create_app
+from oculi.deploy.serve import create_app
 from oculi.deploy.service import ServeSettings, Service
+from tests.conftest import on_loopback
 
 
 @pytest.fixture(scope="session")
@@ -45,18 +44,5 @@ def serving(service: Service, raise_server_exceptions: bool = True):
 @contextmanager
 def live_server(service: Service):
     """The app on a real socket (127.0.0.1, a free port) in a thread of this process: yields its URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_ready(service)
-        while not server.started:
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
+    with on_loopback(create_app(service), ready=service.ready.is_set) as url:  # the model warmed up too
+        yield url
