@@ -191,10 +191,7 @@ def decoded_frames(source: VideoSource, sampling: Sampling, every_frame: bool
     """The stream's StreamInfo, then its frames (the sampled ones, or all with ``every_frame``) with ``Decoded``
     counts in between, then an ``End``. Decoding errors end the stream there; errors opening it raise."""
     av = _av()
-    # A converter made here, not the one PyAV keeps for each thread: in a forked child that one is the
-    # parent's, and its swscale worker threads did not survive the fork (PyAV 18.1.1: the first frame of a
-    # child forked from a process that had decoded a video waited for them forever).
-    to_rgb = av.video.reformatter.VideoReformatter()
+    to_rgb = own_converter(av)
     with _opened(source) as container:
         stream = _video_stream(container, source)
         stream.thread_type = "AUTO"  # FFmpeg decodes frames in parallel: a video is the slow part here
@@ -234,6 +231,14 @@ def _opened(source: VideoSource):
         raise OculiError(f"{source.said}: cannot read a camera here ({err})") from None
     with container:
         yield container
+
+
+def own_converter(av):
+    """A frame converter of the caller's own, freed with it. Not PyAV's default, which it keeps for each thread
+    with swscale worker threads that a fork does not copy: PyAV 18.1.1 hung a forked child that used the
+    parent's (the first frame of a video never came) and one forked while another thread held one (Python
+    frees the other threads' objects in the child, and freeing it waits for the missing threads)."""
+    return av.video.reformatter.VideoReformatter()
 
 
 def _video_stream(container, source: VideoSource):
@@ -419,11 +424,12 @@ def labelled_video(path: Path, info: StreamInfo, live: bool = False
     with atomic_path(path) as tmp:
         container = av.open(str(tmp), "w", format=output_format(path))
         try:
-            stream = _encoder(container, info, live)
+            stream, to_yuv = _encoder(container, info, live), own_converter(av)
 
             def write(pixels: np.ndarray, prediction: Prediction | None) -> None:
                 image = draw_label(pixels[: stream.height, : stream.width], prediction)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")))
+                frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
+                container.mux(stream.encode(to_yuv.reformat(frame, format=stream.pix_fmt)))
 
             yield write
             container.mux(stream.encode())  # the frames the encoder still holds
