@@ -448,10 +448,26 @@ function showTrainJob(job) {
   $("#resume-button").hidden = !resumable;
   $("#resume-button").dataset.job = job ? job.id : "";
   $("#start-button").disabled = Boolean(active);
+  // The job's own settings: after a reload the form above shows the defaults again, not what this job runs with.
+  const flags = job ? jobFlags(job) : "";
   $("#train-status").textContent = job
-    ? `job ${job.id}: ${job.run ? job.run.split("/").pop() : ""} ${job.state}${job.message ? " · " + job.message : ""}`
+    ? `job ${job.id}: ${job.run ? job.run.split("/").pop() : ""} ${job.state}${job.message ? " · " + job.message : ""}` +
+      ` · ${flags || "the defaults"}`
     : "No training yet.";
   if (job) api(`/api/jobs/${job.id}`).then((j) => { $("#train-log").textContent = j.log; }).catch(() => {});
+}
+
+function jobFlags(job) {
+  // `oculi train DATA [flags] --out RUN` (or `train --resume RUN`): the flags, without the folders.
+  const args = (job.args || []).slice(1);
+  if (args.includes("--resume")) return "its run's own settings (resumed)";
+  const shown = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === "--out" || args[i] === "--resume") { i++; continue; }
+    if (i === 0 && !args[i].startsWith("--")) continue;  // the data folder
+    shown.push(args[i]);
+  }
+  return shown.join(" ");
 }
 
 async function cancelJob(id) {
