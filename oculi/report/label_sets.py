@@ -89,7 +89,8 @@ def calibration_words(c: dict | None, split: str) -> str:
     detail = "; ".join(f"{r['class']} T = {r['temperature']:.2f}" for r in applied[:8])
     return (f"Each class's sigmoid may take its own temperature, fitted on logits that chose nothing and kept "
             f"only when val images it was not fitted on confirm a lower log loss: {len(applied)} of "
-            f"{len(c['classes'])} classes kept one" + (f" ({detail})" if applied else "") + f". {split} log loss "
+            f"{len(c['classes'])} classes kept one" + (f" ({detail})" if applied else "")
+            + f". {split.capitalize()} log loss "
             f"(mean binary cross-entropy) {c['log_loss_before']:.4f} raw, {c['log_loss_after']:.4f} as answered. "
             f"The thresholds were chosen after, on the calibrated probabilities.")
 

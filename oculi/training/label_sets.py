@@ -67,11 +67,11 @@ def _thresholds(probs, targets, classes: list[str], cfg, fit_on: dict | None, re
         reporter.warn("no val images: every class's threshold stays 0.5")
         return {"thresholds": [DEFAULT_THRESHOLD] * len(classes), "classes": [], "fitted_on": None}
     chosen = checked_thresholds(probs, targets, classes, cfg.seed, fit_on, target_precision=cfg.target_precision)
-    missed = [r["class"] for r in chosen["classes"] if not r.get("target_met", True)]
-    if missed:
+    short = [r["class"] + (" (no threshold reaches it: 0.5 kept)" if r["fitted"] is None else "")
+             for r in chosen["classes"] if not r.get("target_met", True)]
+    if short:
         reporter.warn(f"--target-precision {cfg.target_precision:g}: not held on val images the threshold did not "
-                      f"see for {', '.join(missed[:8])}" + (" (no threshold reaches it: 0.5 kept)" if any(
-                          r["fitted"] is None for r in chosen["classes"]) else ""))
+                      f"see for {', '.join(short[:8])}")
     return chosen
 
 
