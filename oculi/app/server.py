@@ -479,11 +479,12 @@ def serve_app(root: str | Path, host: str = "127.0.0.1", port: int = 8000) -> No
     root = Path(root)
     if not root.is_dir():
         raise OculiError(f"--root {root}: no such folder")
+    sock = bind(host, port)  # first: a port that cannot be had leaves nothing in the root
     lock = root / STATE_FOLDER / "app.lock"
     lock.parent.mkdir(exist_ok=True)
     # One app a root: two would each start the queue's jobs and write over each other's jobs.json.
-    with exclusive_lock(lock, lambda holder: OculiError(f"--root {root}: another oculi app works on it ({holder})")):
-        sock = bind(host, port)
+    with sock, exclusive_lock(lock, lambda holder: OculiError(f"--root {root}: another oculi app works on it "
+                                                                f"({holder})")):
         print(f"oculi app: http://{host}:{sock.getsockname()[1]}/ (root {root.resolve()}; Ctrl-C stops)", flush=True)
         config = uvicorn.Config(create_app(root), log_level="warning", timeout_graceful_shutdown=5)
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as serve: uvicorn stops on it

@@ -18,6 +18,7 @@ def test_a_missing_root_is_a_one_line_error(tmp_path, capsys):
 def test_a_bad_port_is_a_one_line_error(tmp_path, capsys):
     assert main(["app", "--root", str(tmp_path), "--port", "70000"]) == 2
     assert capsys.readouterr().err.startswith("error: --port must be from 0 to 65535")
+    assert list(tmp_path.iterdir()) == []  # the port is checked before the app claims the root
 
 
 def test_a_root_another_app_holds_is_refused(tmp_path):
