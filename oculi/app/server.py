@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from ..config import SETTINGS, TrainConfig
 from ..deploy.exported import FILES as EXPORT_FILES
-from ..deploy.serve import HTTP_CODES, PAGE_POLICY, STATIC as SERVE_STATIC
+from ..deploy.serve import HTTP_CODES, PAGE_POLICY, STATIC as SERVE_STATIC, BodyLimit
 from ..deploy.service import ServeError
 from ..errors import OculiError, first_line
 from ..io import exclusive_lock
@@ -70,6 +70,10 @@ async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
 async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in err.errors())
     return error_json(400, "invalid_parameter", problems)
+
+
+def _request_too_large() -> JSONResponse:
+    return error_json(413, "upload_too_large", f"the request is larger than {MAX_REQUEST_MB} MB")
 
 
 async def _unexpected(request: Request, err: Exception) -> JSONResponse:
@@ -266,6 +270,8 @@ def create_app(root: str | Path) -> FastAPI:
     for kind, handler in ((ServeError, _serve_error), (OculiError, _oculi_error), (HTTPException, _http_error),
                           (RequestValidationError, _invalid), (Exception, _unexpected)):
         app.add_exception_handler(kind, handler)
+    # Every body is counted as it arrives (a chunked one declares no length), before a route reads it whole.
+    app.add_middleware(BodyLimit, limit=MAX_REQUEST_MB * 2**20, refusal=_request_too_large)
     return app
 
 
@@ -311,9 +317,6 @@ def _routes(projects: Projects, jobs: Jobs) -> APIRouter:
     async def upload(name: str, class_name: str, request: Request) -> dict:
         p = projects.get(name)
         jobs.refuse_while_reading(p.name, "an upload")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_REQUEST_MB * 2**20:
-            raise ServeError(413, "upload_too_large", f"the request is larger than {MAX_REQUEST_MB} MB")
         files = await _files(request)
         return await asyncio.to_thread(projects.save_uploads, p, class_name, files)
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
@@ -187,7 +188,7 @@ async def _uploads(request: Request, max_files: int) -> list[Upload]:
 # ---------------------------------------------------------------- errors
 
 class BodyTooLarge(Exception):
-    """Raised while reading a request body that goes past the limit (one that declared no length)."""
+    """Raised while reading a request body that goes past BodyLimit's limit (one that declared no length)."""
 
 
 def error_response(metrics: ServerMetrics, status: int, code: str, message: str, details: list | None = None,
@@ -205,10 +206,6 @@ def _metrics_of(request: Request) -> ServerMetrics:
 
 async def _serve_error(request: Request, err: ServeError) -> JSONResponse:
     return error_response(_metrics_of(request), err.status, err.code, err.message, err.details, err.retry_after)
-
-
-async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
-    return _upload_too_large(_metrics_of(request), _service(request).settings)
 
 
 def _upload_too_large(metrics, settings: ServeSettings) -> JSONResponse:
@@ -239,29 +236,38 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 # ---------------------------------------------------------------- middleware
 
 class BodyLimit:
-    """Refuses a request body over ``service.settings.max_upload_bytes`` with 413: at once when its declared
-    length says so, else as soon as the bytes read pass the limit (``BodyTooLarge``): never read to the end."""
+    """Refuses a request body over ``limit`` bytes with ``refusal()`` (a 413): at once when its declared length
+    says so, else as soon as the bytes read pass the limit: a chunked body is never read to its end."""
 
-    def __init__(self, app, service: Service):
-        self.app, self.service = app, service
+    def __init__(self, app, limit: int, refusal: Callable[[], Response]):
+        self.app, self.limit, self.refusal = app, limit, refusal
 
     async def __call__(self, scope, receive, send):
-        limit = self.service.settings.max_upload_bytes
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            return await _upload_too_large(self.service.metrics, self.service.settings)(scope, receive, send)
-        seen = 0
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self.refusal()(scope, receive, send)
+        seen, started = 0, False
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > limit:
+            if seen > self.limit:
                 raise BodyTooLarge()
             return message
-        await self.app(scope, counted, send)
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:
+            if started:  # an answer already under way cannot become a 413
+                raise
+            await self.refusal()(scope, receive, send)
 
 
 class Timing:
@@ -312,10 +318,11 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for kind, handler in ((ServeError, _serve_error), (BodyTooLarge, _too_large), (HTTPException, _http_error),
+    for kind, handler in ((ServeError, _serve_error), (HTTPException, _http_error),
                           (RequestValidationError, _invalid), (Exception, _unexpected)):
         app.add_exception_handler(kind, handler)
-    app.add_middleware(BodyLimit, service=service)
+    app.add_middleware(BodyLimit, limit=service.settings.max_upload_bytes,
+                       refusal=lambda: _upload_too_large(service.metrics, service.settings))
     app.add_middleware(Timing, service=service)  # added last, so outermost: it times everything
     return app
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from oculi.app import projects as projects_module
+from oculi.app import server as server_module
 from tests.app.conftest import app_client
 from tests.conftest import make_class_folder
 
@@ -100,6 +101,26 @@ def test_uploads_save_images_and_refuse_what_is_not_one(client, root, monkeypatc
     assert client.post("/api/projects/mine/classes", json={"name": "wasps"}).status_code == 200
     counts = {c["name"]: c["count"] for c in client.get("/api/projects/mine").json()["classes"]}
     assert counts == {"ants": 3, "bees": 0, "wasps": 0}
+
+
+def test_an_upload_over_the_request_limit_is_refused_as_it_arrives_declared_or_chunked(root, monkeypatch):
+    """The body is counted as it comes: a chunked upload (no Content-Length) is refused too, not saved."""
+    monkeypatch.setattr(server_module, "MAX_REQUEST_MB", 0.01)  # 10 KiB
+    with app_client(root) as client:
+        client.post("/api/projects", json={"name": "mine", "classes": ["ants"]})
+        url = "/api/projects/mine/classes/ants/images"
+        declared = client.post(url, files=[("files", ("big.png", os.urandom(20_000), "image/png"))])
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "upload_too_large"
+
+        def chunks():
+            yield b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+            for _ in range(100):
+                yield os.urandom(1000)
+        chunked = client.post(url, content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "upload_too_large"
+        assert "0.01 MB" in chunked.json()["error"]["message"]
+        assert client.post(url, files=[("files", ("a.png", png(), "image/png"))]).json()["saved"] == ["ants/a.png"]
+    assert sorted(f.name for f in (root / "projects" / "mine" / "data" / "ants").iterdir()) == ["a.png"]
 
 
 def test_an_upload_whose_decoder_crashes_is_refused_and_the_app_goes_on(client, root, monkeypatch):

@@ -249,6 +249,41 @@ def test_a_body_over_the_limit_is_a_413_declared_or_streamed(served_run):
         assert client.post("/v1/predict", files=files(("a.png", image_bytes()))).status_code == 200
 
 
+def test_the_body_limit_stops_reading_a_chunked_body_once_past_it():
+    """BodyLimit on its own (the app uses it too): a body that declares no length is read only until it passes
+    the limit, then the refusal answers; a body under the limit reaches the app whole."""
+    import asyncio
+
+    from fastapi.responses import JSONResponse
+
+    from oculi.deploy.serve import BodyLimit
+
+    async def reads_all(scope, receive, send):
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message["body"], message.get("more_body", False)
+        await JSONResponse({"read": len(body)})(scope, receive, send)
+
+    def post(chunks: int) -> tuple[list, int]:
+        given, sent = [], []
+
+        async def receive():
+            given.append(1)
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": len(given) < chunks}
+
+        async def send(message):
+            sent.append(message)
+        limited = BodyLimit(reads_all, limit=10_000, refusal=lambda: JSONResponse({"error": "big"}, 413))
+        asyncio.run(limited({"type": "http", "headers": []}, receive, send))
+        return sent, len(given)
+
+    sent, read = post(1000)
+    assert sent[0]["status"] == 413 and read == 11  # the 11th kilobyte passed the limit; 989 never read
+    sent, read = post(10)
+    assert sent[0]["status"] == 200 and json.loads(sent[1]["body"]) == {"read": 10_000} and read == 10
+
+
 def test_a_client_file_name_is_only_ever_shown_back(client, tmp_path):
     name = "../../" + tmp_path.name + "-escaped.png"
     response = client.post("/v1/predict", files=files((name, image_bytes())))
