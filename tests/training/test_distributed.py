@@ -129,8 +129,9 @@ def _one_process(args: list[str], cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """The runs the tests compare, all with the same flags (--batch-size 32: a step's batch over all
-    processes): mlp on one process and two (2 x 16, by --nproc); fast-cnn (BatchNorm) on one, two (by
-    torchrun) and four (4 x 8, by --nproc)."""
+    processes): mlp on one process, two (2 x 16) and four (4 x 8, both by --nproc); fast-cnn (BatchNorm) on
+    one and two (by torchrun). Four processes train the mlp: on 2 cores each of fast-cnn's steps waits on
+    the others (29 s against the mlp's 16 s), and the mlp's weights can be compared, not only its score."""
     root = tmp_path_factory.mktemp("distributed")
     (root / "cache").mkdir()
     bn2 = _torchrun(["train", *BN, "--batch-size", "32", "--sync-bn", "--out", "bn2"], root)
@@ -139,19 +140,20 @@ def runs(tmp_path_factory) -> Path:
     _one_process(["train", *BN, "-q", "--batch-size", "32", "--out", "bn1"], root)
     (root / "bn2.log").write_text("\n".join(_finished(bn2)))
     _finished(mlp2)
-    _finished(_oculi(["train", *BN, "-q", "--batch-size", "32", "--nproc", "4", "--out", "bn4"], root))
+    _finished(_oculi(["train", *MLP, "--batch-size", "32", "--nproc", "4", "--out", "mlp4"], root))
     return root
 
 
 @pytest.mark.slow
-def test_two_ranks_of_half_the_batch_end_with_one_processs_weights(runs):
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_ranks_sharing_the_batch_end_with_one_processs_weights(runs, ranks):
     one = load_file(runs / "mlp1" / "checkpoint.safetensors")
-    two = load_file(runs / "mlp2" / "checkpoint.safetensors")
+    many = load_file(runs / f"mlp{ranks}" / "checkpoint.safetensors")
     weights = [k for k in one if k.startswith("model/")]
-    assert weights and set(one) == set(two)
+    assert weights and set(one) == set(many)
     for key in weights:
-        assert torch.allclose(one[key], two[key], atol=1e-5), key
-    history = [json.loads(line) for line in (runs / "mlp2" / "metrics.jsonl").read_text().splitlines()]
+        assert torch.allclose(one[key], many[key], atol=1e-5), key
+    history = [json.loads(line) for line in (runs / f"mlp{ranks}" / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2]  # written once per epoch, by one process
 
 
@@ -185,12 +187,13 @@ def test_sync_batchnorm_over_two_ranks_scores_as_one_process_with_their_batch(ru
 
 @pytest.mark.slow
 def test_the_same_flags_on_one_two_and_four_processes_follow_one_recipe(runs):
-    # issue 24: the batch was per process, so N processes took N times the batch, 1/N of the steps, at one lr
-    plans = {n: json.loads((runs / f"bn{n}" / "config.json").read_text())["config"] for n in (1, 2, 4)}
-    assert {n: (p["batch_size"] * p["world_size"], p["lr"], p["epochs"]) for n, p in plans.items()} == {
-        n: (32, plans[1]["lr"], plans[1]["epochs"]) for n in (1, 2, 4)}
-    accuracy = {n: json.loads((runs / f"bn{n}" / "test_metrics.json").read_text())["accuracy"] for n in (1, 2, 4)}
-    assert max(accuracy.values()) - min(accuracy.values()) <= 0.01, accuracy
+    # issue 24: the batch was per process, so N processes took N times the batch, 1/N of the steps, at one lr;
+    # the weights above show the steps are one process's, the plans that the recipe's lr and epochs are too
+    plans = {(m, n): json.loads((runs / f"{m}{n}" / "config.json").read_text())["config"]
+             for m, ns in (("bn", (1, 2)), ("mlp", (1, 2, 4))) for n in ns}
+    recipe = {key: (p["batch_size"] * p["world_size"], p["lr"], p["epochs"]) for key, p in plans.items()}
+    assert recipe == {(m, n): recipe[(m, 1)] for m, n in recipe} and recipe[("bn", 1)][0] == 32
+    assert [plans[("mlp", n)]["world_size"] for n in (1, 2, 4)] == [1, 2, 4]
 
 
 def _children(pid: int) -> list[int]:
