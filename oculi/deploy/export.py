@@ -81,6 +81,8 @@ class Format:
     file: str
     write: Callable[[nn.Module, torch.Tensor, Path], None]
     runner: Callable[[Path], object] | None
+    # (written file, calibration images) -> the int8 file's bytes; None: the format has no int8 form
+    int8: Callable[[Path, torch.Tensor | None], bytes] | None = None
     companions: tuple[str, ...] = ()  # suffixes of files written beside it, with the same stem (.bin)
     needs: tuple[str, ...] = ()  # optional modules (``exported.EXTRAS`` names their extras)
     layout: str = "NCHW"
@@ -102,12 +104,13 @@ def _write_bytes(serialise):
 
 FORMATS = {
     "onnx": Format("onnx", FILES["onnx"], _write_bytes(lambda m, x: onnx_bytes(m, x, output=m.output_names)),
-                   lambda path: OnnxRunner(path.read_bytes())),
+                   lambda path: OnnxRunner(path.read_bytes()),
+                   int8=lambda path, calibration: int8_bytes(path.read_bytes(), calibration)),
     "torchscript": Format("torchscript", FILES["torchscript"], _write_bytes(torchscript_bytes), TorchScriptRunner),
     "openvino": Format("openvino", FILES["openvino"], targets.write_openvino, targets.OpenVinoSession,
                        companions=(".bin",), needs=("openvino",)),
     "tflite": Format("tflite", FILES["tflite"], targets.write_tflite, targets.TfliteSession,
-                     needs=("litert_torch", "ai_edge_litert"), layout="NHWC", batch=1,
+                     int8=targets.tflite_int8_bytes, needs=("litert_torch", "ai_edge_litert"), layout="NHWC", batch=1,
                      names="signature serving_default: input args_0; outputs output_0 (probabilities), output_1 "
                            "(energy), output_2 (labels, multi-label only)"),
     "coreml": Format("coreml", FILES["coreml"], targets.write_coreml,
@@ -247,11 +250,13 @@ def export_classifier(classifier, images: torch.Tensor, fmt: str, folder: str | 
 
 
 def check_precision(fmt: str, precision: str) -> None:
-    """Refuse a precision the format does not offer (int8 and fp16 are ONNX graphs)."""
+    """Refuse a precision the format does not offer (int8: ONNX and TFLite; fp16: ONNX)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'")
-    if precision != "fp32" and fmt != "onnx":
-        raise OculiError(f"--{'int8' if precision == 'int8' else 'half'}: only for --format onnx")
+    if precision == "int8" and FORMATS[fmt].int8 is None:
+        raise OculiError("--int8: only for --format onnx or tflite")
+    if precision == "fp16" and fmt != "onnx":
+        raise OculiError("--half: only for --format onnx")
 
 
 def gate_figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None, source: str,
@@ -375,7 +380,7 @@ def _write(form: Format, graph: nn.Module, example: torch.Tensor, path: Path, pr
     try:
         form.write(graph, example, path)
         if precision == "int8":
-            path.write_bytes(int8_bytes(path.read_bytes(), calibration))
+            path.write_bytes(form.int8(path, calibration))
     except OculiError:
         raise
     except Exception as err:  # an operator the format lacks, say: the user's answer is another format

@@ -23,7 +23,8 @@ FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript", "openvino": "
 ENGINES = {"auto": ("onnx", "fp32"), "torch": None, "onnx": ("onnx", "fp32"), "onnx-int8": ("onnx", "int8"),
            "onnx-fp16": ("onnx", "fp16"), "openvino": ("openvino", "fp32")}
 # The pip extra that brings each optional package (its import name -> the extra).
-EXTRAS = {"openvino": "openvino", "litert_torch": "tflite", "ai_edge_litert": "tflite", "coremltools": "coreml"}
+EXTRAS = {"openvino": "openvino", "litert_torch": "tflite", "ai_edge_litert": "tflite", "ai_edge_quantizer": "tflite",
+          "coremltools": "coreml"}
 
 
 def optional_module(name: str, purpose: str):
@@ -44,8 +45,9 @@ def require_module(name: str, purpose: str) -> None:
 
 def export_file(fmt: str, precision: str = "fp32") -> str:
     """The file an export writes: model.onnx, model.int8.onnx, model.fp16.onnx, model.torchscript, model.xml
-    (with model.bin), model.tflite, model.mlpackage (a folder)."""
-    return FILES[fmt] if precision == "fp32" else f"model.{precision}.onnx"
+    (with model.bin), model.tflite, model.int8.tflite, model.mlpackage (a folder)."""
+    stem, suffix = FILES[fmt].split(".", 1)
+    return FILES[fmt] if precision == "fp32" else f"{stem}.{precision}.{suffix}"
 
 
 def artifact_sha256(path: Path) -> str:

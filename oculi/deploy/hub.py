@@ -12,12 +12,13 @@ from pathlib import Path
 
 from ..errors import OculiError, first_line
 from ..rundir import LABEL_SET_FILES, RunDir
-from .exported import FILES
+from .exported import FILES, export_file
 
 # owner/name as the Hub allows them (letters, digits, - _ .), and an optional @revision (branch, tag or commit).
 ADDRESS = re.compile(r"^hf:/{1,2}([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)(?:@([\w./-]+))?$")
-# Every export file a run can hold, by name (the ONNX precisions beside model.onnx); each travels with its .json.
-EXPORTS = (*FILES.values(), "model.int8.onnx", "model.fp16.onnx")
+# Every export file a run can hold, by name (the reduced precisions beside model.onnx and model.tflite); each
+# travels with its .json.
+EXPORTS = (*FILES.values(), export_file("onnx", "int8"), export_file("onnx", "fp16"), export_file("tflite", "int8"))
 # What a download fetches: the bundle and the exports (with their .json and companions, OpenVINO's model.bin);
 # never the card, the figures or anything else a repo holds.
 PULLED = [RunDir(Path()).model_json.name, RunDir(Path()).weights.name, *(f"{name}*" for name in EXPORTS), "model.bin"]

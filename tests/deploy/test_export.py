@@ -239,8 +239,10 @@ def test_the_float32_gate_checks_the_ood_scores_too():
 
 @pytest.mark.parametrize("args, message", [
     (["--int8", "--half"], "error: --int8 and --half: choose one"),
-    (["--int8", "--format", "torchscript"], "error: --int8: only for --format onnx"),
+    (["--int8", "--format", "torchscript"], "error: --int8: only for --format onnx or tflite"),
+    (["--int8", "--format", "openvino"], "error: --int8: only for --format onnx or tflite"),
     (["--half", "--format", "torchscript"], "error: --half: only for --format onnx"),
+    (["--half", "--format", "tflite"], "error: --half: only for --format onnx"),
 ])
 def test_precision_flags_mistakes_are_one_error_line(tmp_path, args, message, capsys):
     run = _bundle(tmp_path / "run", "fast-cnn", (16, 16))
