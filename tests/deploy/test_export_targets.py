@@ -166,8 +166,6 @@ class WithoutEnergy(Shifted):
         return self.inner(images)[0]
 
 
-# JAX (which litert-torch imports) warns at every fork once it is loaded: here, the decoding workers of a later test.
-@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")
 @pytest.mark.parametrize("fmt, breakage", [("openvino", Shifted), ("openvino", WithoutEnergy),
                                            ("tflite", Shifted), ("coreml", WithoutEnergy)])
 def test_a_broken_conversion_is_refused_and_nothing_is_written(tmp_path, monkeypatch, fmt, breakage, capsys):
