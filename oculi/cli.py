@@ -467,7 +467,7 @@ def export(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the files (default: the run folder)."),
     data: Optional[List[str]] = typer.Option(None, help="Images to check the export on (files, folders, globs; default: the run's own test split)."),
     max_images: int = typer.Option(1000, help="Most images the check uses."),
-    int8: bool = typer.Option(False, "--int8", help="model.int8.onnx: int8 weights and activations (ONNX Runtime static quantisation, calibrated on up to 128 training images of the run); faster on CPUs. With --format tflite, model.int8.tflite: the network in int8 the same way (ai-edge-quantizer), probabilities in float. Gate: at most 2% of the check images (or one) change class and test accuracy at most 0.5 points below the bundle's."),
+    int8: bool = typer.Option(False, "--int8", help="model.int8.onnx: int8 weights and activations (ONNX Runtime static quantisation, calibrated on up to 128 training images of the run); faster on CPUs. With --format tflite, model.int8.tflite: the convolutions in int8 the same way (ai-edge-quantizer), dense layers and probabilities in float. Gate: at most 2% of the check images (or one) change class and test accuracy at most 0.5 points below the bundle's."),
     half: bool = typer.Option(False, "--half", help="model.fp16.onnx: float16 weights and activations, for GPUs (runs on CPUs, slowly). Same gate as --int8."),
 ) -> int:
     """Export a trained model as one file that takes uint8 images [N, C, H, W] at the bundle's size and
