@@ -266,3 +266,24 @@ def test_a_resume_with_another_number_of_processes_keeps_the_global_batch_when_i
     cfg = _for_world(TrainConfig(world_size=world_size, batch_size=per_rank, lr=0.1, optimizer="sgd"),
                      World(0, 0, now), Reporter(quiet=True))
     assert (cfg.world_size, cfg.batch_size) == (now, batch) and cfg.lr == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("nproc, cores, cuda, warned", [(4, 2, False, True), (3, 2, False, True), (2, 2, False, False),
+                                                        (4, 2, True, False), (1, 1, False, False)])
+def test_more_processes_than_cpu_cores_are_warned_about(nproc, cores, cuda, warned):
+    from oculi.runtime.world import oversubscribed
+    warning = oversubscribed(nproc, cores, cuda)
+    assert (warning is not None) == warned
+    if warned:
+        assert warning.startswith(f"--nproc {nproc} on {cores} CPU cores: each process gets less than a core")
+
+
+def test_the_warning_is_printed_once_before_the_workers_start(monkeypatch, capsys):
+    import oculi.runtime.onnx
+    import oculi.runtime.world
+    started = []
+    monkeypatch.setattr(oculi.runtime.onnx, "usable_cores", lambda: 2)
+    monkeypatch.setattr(oculi.runtime.world, "launch", lambda nproc, *args, **kw: started.append(nproc) or (None, 0))
+    assert main(["predict", str(ROOT / "no-run-needed"), "x.png", "--nproc", "4"]) == 0
+    assert started == [4]
+    assert capsys.readouterr().err.count("warning: --nproc 4 on 2 CPU cores") == 1
