@@ -39,24 +39,26 @@ def main() -> None:
 
     from oculi.cli import app
 
-    api, finish, loop, run = (import_module(f"oculi.{name}") for name in ("api", "training.finish", "training.loop",
-                                                                           "training.run"))
+    api, finish, fitting, loop, run = (import_module(f"oculi.{name}") for name in (
+        "api", "training.finish", "training.fitting", "training.loop", "training.run"))
 
     imported = time.perf_counter() - STARTED
     totals, counts = defaultdict(float), defaultdict(int)
+    # Each phase by the name its caller looks up at call time (a module's global, or a method).
     for owner, name, label in [
-        (run, "open_source", "open the data (scan, split)"),
-        (run, "load_source", "decode images (cache)"),
+        (run, "open_configured", "open the data (scan, split)"),
+        (run, "load_with_progress", "decode images (cache)"),
         (run, "check_at_train_start", "data check"),
         (run, "_statistics", "channel statistics"),
         (run, "_init_from_data", "whitening init"),
         (loop.Learner, "train_epoch", "epochs: training"),
         (loop.ImageData, "validate", "epochs: validation"),
-        (run, "save_checkpoint", "epochs: checkpoint"),
+        (fitting, "save_checkpoint", "epochs: checkpoint"),
         (finish, "_calibrate", "calibration (val logits)"),
         (finish, "_evaluate", "test evaluation (and its files)"),
         (finish, "plot_curves", "curves"),
         (finish, "save_bundle", "bundle"),
+        (api, "_write_export", "model.onnx (export and its gate)"),
         (api, "write_report", "report.html"),
     ]:
         timed_calls(totals, counts, owner, name, label)
