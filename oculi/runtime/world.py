@@ -129,6 +129,13 @@ def oversubscribed(nproc: int, cores: int, cuda: bool) -> str | None:
             f"GPUs, or for CPUs with a core for every process")
 
 
+def worker_threads(nproc: int) -> int:
+    """Threads for each of ``nproc`` worker processes: the cores this process may use (its affinity, which a
+    container or ``taskset`` narrows, where os.cpu_count() counts the machine's), shared out, at least one."""
+    from .onnx import usable_cores
+    return max(1, usable_cores() // nproc)
+
+
 def launch(nproc: int, entrypoint: Callable, *args, max_restarts: int = 0):
     """Run ``entrypoint(*args)`` in ``nproc`` worker processes on this machine through torch.distributed's
     elastic launcher, as ``torchrun --standalone --nproc-per-node N`` would (a c10d rendezvous on a free
@@ -137,5 +144,5 @@ def launch(nproc: int, entrypoint: Callable, *args, max_restarts: int = 0):
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=max_restarts,
                           monitor_interval=0.5, start_method="spawn")
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(nproc)))
     return elastic_launch(config, entrypoint)(*args)[0]

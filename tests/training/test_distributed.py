@@ -287,3 +287,10 @@ def test_the_warning_is_printed_once_before_the_workers_start(monkeypatch, capsy
     assert main(["predict", str(ROOT / "no-run-needed"), "x.png", "--nproc", "4"]) == 0
     assert started == [4]
     assert capsys.readouterr().err.count("warning: --nproc 4 on 2 CPU cores") == 1
+
+
+def test_each_worker_gets_its_share_of_the_cores_this_process_may_use(monkeypatch):
+    import oculi.runtime.onnx
+    from oculi.runtime.world import worker_threads
+    monkeypatch.setattr(oculi.runtime.onnx.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    assert [worker_threads(n) for n in (1, 2, 4, 8)] == [6, 3, 1, 1]
