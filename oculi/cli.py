@@ -131,15 +131,9 @@ def _in_workers(nproc: int, max_restarts: int, command, *args):
     """``command(*args)`` in ``nproc`` worker processes started by torch.distributed's elastic launcher
     (runtime.world.launch); rank 0's result. A user error comes back as a value (the launcher would
     restart a worker that raised) and is raised here, once."""
-    import torch
-
-    from .runtime.onnx import usable_cores
-    from .runtime.world import launch, oversubscribed
+    from .runtime.world import launch
     if max_restarts and command is not _train_here:
         raise OculiError("--max-restarts is for `oculi train`")
-    warning = oversubscribed(nproc, usable_cores(), torch.cuda.is_available())
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
     error, result = launch(nproc, _contained, command, *args, max_restarts=max_restarts)
     if error is not None:
         raise OculiError(error)

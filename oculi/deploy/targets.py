@@ -116,9 +116,8 @@ def tflite_int8_bytes(path: Path, calibration) -> bytes:
         rules += [{**static[0], "operation": op, "algorithm_key": "no_quantize"} for op in FLOAT_OPERATIONS]
         job = quantizer.Quantizer(str(path))
         job.load_quantization_recipe(rules)
-        session = TfliteSession(path)
-        nhwc = np.ascontiguousarray(np.asarray(calibration).transpose(0, 2, 3, 1))
-        ranges = job.calibrate({"serving_default": [{session.input: nhwc[i:i + 1]} for i in range(len(nhwc))]})
+        name, nhwc = TfliteSession(path).input, _nhwc(calibration)
+        ranges = job.calibrate({"serving_default": [{name: nhwc[i:i + 1]} for i in range(len(nhwc))]})
         quantised = bytes(job.quantize(ranges).quantized_model)
         interpreter = optional_module("ai_edge_litert.interpreter", "--format tflite")
         tensors = interpreter.Interpreter(model_content=quantised).get_tensor_details()
@@ -158,11 +157,16 @@ class TfliteSession:
         self.input = next(iter(self.runner.get_input_details()))
 
     def outputs(self, images) -> tuple[np.ndarray, ...]:
-        nhwc = np.ascontiguousarray(np.asarray(images).transpose(0, 2, 3, 1))
+        nhwc = _nhwc(images)
         rows = [self.runner(**{self.input: nhwc[i:i + 1]}) for i in range(len(nhwc))]
         # outputs are named output_0, output_1, ... in the graph's order
         names = sorted(rows[0], key=lambda name: int(name.rsplit("_", 1)[1])) if rows else []
         return tuple(np.concatenate([row[name] for row in rows]) for name in names)
+
+
+def _nhwc(images) -> np.ndarray:
+    """NCHW images (numpy or torch) as the contiguous NHWC array a TFLite file takes."""
+    return np.ascontiguousarray(np.asarray(images).transpose(0, 2, 3, 1))
 
 
 # --- Core ML ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ What only training needs (data shards, sums and broadcasts, DistributedDataParal
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -144,5 +145,9 @@ def launch(nproc: int, entrypoint: Callable, *args, max_restarts: int = 0):
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=max_restarts,
                           monitor_interval=0.5, start_method="spawn")
+    from .onnx import usable_cores
+    warning = oversubscribed(nproc, usable_cores(), torch.cuda.is_available())
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", str(worker_threads(nproc)))
     return elastic_launch(config, entrypoint)(*args)[0]

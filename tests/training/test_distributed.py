@@ -279,11 +279,14 @@ def test_more_processes_than_cpu_cores_are_warned_about(nproc, cores, cuda, warn
 
 
 def test_the_warning_is_printed_once_before_the_workers_start(monkeypatch, capsys):
+    import torch.distributed.launcher.api as launcher
+
     import oculi.runtime.onnx
-    import oculi.runtime.world
     started = []
     monkeypatch.setattr(oculi.runtime.onnx, "usable_cores", lambda: 2)
-    monkeypatch.setattr(oculi.runtime.world, "launch", lambda nproc, *args, **kw: started.append(nproc) or (None, 0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # launch sets it for its workers: not for this process
+    monkeypatch.setattr(launcher, "elastic_launch", lambda config, entrypoint: lambda *args: started.append(
+        config.nproc_per_node) or {0: (None, 0)})
     assert main(["predict", str(ROOT / "no-run-needed"), "x.png", "--nproc", "4"]) == 0
     assert started == [4]
     assert capsys.readouterr().err.count("warning: --nproc 4 on 2 CPU cores") == 1
